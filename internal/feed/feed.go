@@ -1,0 +1,238 @@
+// Package feed turns a store watch into the ordered stream of VariableUpdate
+// messages a watcher receives. The gRPC server and LocalState both run it, so
+// a remote and an in-process watch keep exactly the same semantics.
+package feed
+
+import (
+	"context"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/varbridge/varbridge/internal/store"
+	"github.com/varbridge/varbridge/internal/where"
+	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
+)
+
+// Heartbeat bounds.
+const (
+	DefaultHeartbeat = 5 * time.Second
+	MinHeartbeat     = 10 * time.Millisecond
+	MaxHeartbeat     = time.Hour
+)
+
+// pollMax bounds how many history records one Poll scans, so a watcher far
+// behind holds the session's read lock only briefly at a time.
+const pollMax = 256
+
+// Options configure Run.
+type Options struct {
+	Where     *where.Filter // server-side filter; nil passes everything
+	Coalesce  bool          // deliver only the latest value per variable when behind
+	Heartbeat time.Duration // 0: DefaultHeartbeat
+	// OnFilterError, if set, sees filter evaluation errors (the update is sent).
+	OnFilterError func(error)
+	// OnSent, if set, is told of each update sent (for metrics).
+	OnSent func(*pb.VariableUpdate)
+	// OnResync, if set, is told when the watch fell out of the history window.
+	OnResync func()
+}
+
+// Sender delivers one update; an error ends the feed. It may block (a gRPC
+// stream under flow control): only this watch waits, never a writer.
+type Sender func(*pb.VariableUpdate) error
+
+// Run feeds w to send until ctx ends, the session ends, or send fails. It
+// closes w when it returns. Run is the one goroutine that owns the watch.
+func Run(ctx context.Context, w *store.Watch, o Options, send Sender) error {
+	defer w.Close()
+	f := &feeder{w: w, o: o, send: send}
+	if f.o.Heartbeat <= 0 {
+		f.o.Heartbeat = DefaultHeartbeat
+	}
+	f.o.Heartbeat = min(max(f.o.Heartbeat, MinHeartbeat), MaxHeartbeat)
+	if err := f.sendInitial(); err != nil {
+		return err
+	}
+	hb := time.NewTicker(f.o.Heartbeat)
+	defer hb.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-w.Done():
+			return w.Err()
+		case <-w.Wake():
+			if err := f.drain(); err != nil {
+				return err
+			}
+		case <-hb.C:
+			if err := f.drain(); err != nil {
+				return err
+			}
+			if err := f.emit(&pb.VariableUpdate{
+				UpdateType: pb.UpdateType_UPDATE_TYPE_HEARTBEAT, Revision: f.covered,
+				Timestamp: timestamppb.Now(), LastInRevision: true,
+			}); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+type feeder struct {
+	w       *store.Watch
+	o       Options
+	send    Sender
+	covered int64
+	out     []*pb.VariableUpdate // reused between batches
+}
+
+func (f *feeder) emit(u *pb.VariableUpdate) error {
+	if err := f.send(u); err != nil {
+		return err
+	}
+	if f.o.OnSent != nil {
+		f.o.OnSent(u)
+	}
+	return nil
+}
+
+func (f *feeder) flush() error {
+	for i, u := range f.out {
+		if err := f.emit(u); err != nil {
+			return err
+		}
+		f.out[i] = nil
+	}
+	f.out = f.out[:0]
+	return nil
+}
+
+func (f *feeder) sendInitial() error {
+	vars, rev := f.w.Initial()
+	f.covered = rev
+	for _, v := range vars {
+		f.out = append(f.out, &pb.VariableUpdate{
+			VariableId: v.Id, Variable: v, UpdateType: pb.UpdateType_UPDATE_TYPE_INITIAL_VALUE,
+			Revision: rev, UpdateSource: v.Source, Timestamp: v.UpdatedAt, VariableName: v.Name,
+		})
+	}
+	markLast(f.out)
+	return f.flush()
+}
+
+// drain sends everything the watch has pending.
+func (f *feeder) drain() error {
+	for {
+		b, err := f.w.Poll(pollMax)
+		if err != nil {
+			return err
+		}
+		if b.Resync != nil {
+			f.resync(b.Resync)
+		} else {
+			f.changes(b.Changes)
+		}
+		if err := f.flush(); err != nil {
+			return err
+		}
+		f.covered = b.Covered
+		if !b.More {
+			return nil
+		}
+	}
+}
+
+func (f *feeder) resync(rs *store.Resync) {
+	if f.o.OnResync != nil {
+		f.o.OnResync()
+	}
+	ts := timestamppb.Now()
+	for _, v := range rs.Vars {
+		f.out = append(f.out, &pb.VariableUpdate{
+			VariableId: v.Id, Variable: v, UpdateType: pb.UpdateType_UPDATE_TYPE_RESYNC,
+			Revision: rs.Revision, UpdateSource: v.Source, Timestamp: ts, VariableName: v.Name,
+		})
+	}
+	for _, id := range rs.Gone {
+		f.out = append(f.out, &pb.VariableUpdate{
+			VariableId: id, UpdateType: pb.UpdateType_UPDATE_TYPE_DELETED,
+			Revision: rs.Revision, Timestamp: ts, VariableName: f.w.Identifier(id),
+		})
+	}
+	if len(f.out) == 0 { // nothing watched exists: still tell the client where it stands
+		f.out = append(f.out, &pb.VariableUpdate{
+			UpdateType: pb.UpdateType_UPDATE_TYPE_RESYNC, Revision: rs.Revision, Timestamp: ts,
+		})
+	}
+	markLast(f.out)
+}
+
+// changes appends the updates for a batch of changes, filtered, and in
+// coalesce mode reduced to the latest per variable.
+func (f *feeder) changes(cs []*store.Change) {
+	var latest map[string]int // coalesce: variable id -> index in f.out
+	if f.o.Coalesce && len(cs) > 1 {
+		latest = map[string]int{}
+	}
+	for _, c := range cs {
+		start := len(f.out)
+		ts := timestamppb.New(c.Time)
+		for _, it := range c.Items {
+			if !f.w.Concerns(it) || !f.pass(c, it) {
+				continue
+			}
+			u := &pb.VariableUpdate{
+				VariableId: it.Var.Id, Variable: it.Var, OldValue: it.Old,
+				UpdateType: pb.UpdateType_UPDATE_TYPE_VALUE_CHANGE, Revision: c.Revision,
+				UpdateSource: c.Source, UpdateMetadata: c.Metadata, Timestamp: ts, VariableName: it.Var.Name,
+			}
+			if it.Kind == store.Deleted {
+				u.UpdateType = pb.UpdateType_UPDATE_TYPE_DELETED
+			}
+			if latest != nil {
+				if i, ok := latest[it.Var.Id]; ok {
+					u.OldValue = f.out[i].OldValue // the value this watcher last saw
+					f.out[i] = nil
+				}
+				latest[it.Var.Id] = len(f.out)
+			}
+			f.out = append(f.out, u)
+		}
+		if latest == nil {
+			markLast(f.out[start:])
+		}
+	}
+	if latest != nil {
+		kept := f.out[:0]
+		for _, u := range f.out {
+			if u != nil {
+				kept = append(kept, u)
+			}
+		}
+		clear(f.out[len(kept):])
+		f.out = kept
+		for i, u := range f.out {
+			u.LastInRevision = i == len(f.out)-1 || f.out[i+1].Revision != u.Revision
+		}
+	}
+}
+
+// pass applies the where filter to value changes; deletions always pass.
+func (f *feeder) pass(c *store.Change, it store.Item) bool {
+	if f.o.Where == nil || it.Kind == store.Deleted {
+		return true
+	}
+	ok, err := f.o.Where.Match(it.Old, it.Var.Value, it.Var.Name, c.Metadata)
+	if err != nil && f.o.OnFilterError != nil {
+		f.o.OnFilterError(err)
+	}
+	return ok
+}
+
+func markLast(us []*pb.VariableUpdate) {
+	if len(us) > 0 {
+		us[len(us)-1].LastInRevision = true
+	}
+}

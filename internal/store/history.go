@@ -1,0 +1,100 @@
+package store
+
+import (
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
+)
+
+// ItemKind says what happened to a variable in a Change.
+type ItemKind int
+
+// Item kinds.
+const (
+	Registered ItemKind = iota + 1
+	Updated
+	Deleted
+)
+
+// Item is one variable's part of a Change.
+type Item struct {
+	Kind ItemKind
+	// Var is the variable after the change; for Deleted, as it was. Shared
+	// and immutable.
+	Var *pb.Variable
+	// Old is the value before the change; nil for Registered.
+	Old *pb.Value
+}
+
+// Change is the record of one committed mutation: everything it changed took
+// the same revision. Changes are shared by every watch and never modified.
+type Change struct {
+	Revision int64
+	Time     time.Time
+	Source   string
+	Metadata map[string]string
+	Items    []Item
+	size     int64
+}
+
+// history is a session's bounded window of recent changes, with contiguous
+// revisions. It is every watch's queue: a watch is a cursor into it, so the
+// memory for a slow watcher is bounded by the window, not by its lag.
+type history struct {
+	limit    int
+	maxAge   time.Duration
+	maxBytes int64
+
+	buf   []*Change // ring, len(buf) == capacity once grown
+	head  int       // index of the oldest change
+	n     int
+	bytes int64
+}
+
+func (h *history) append(c *Change) {
+	if h.limit <= 0 {
+		return // closed session
+	}
+	for _, it := range c.Items {
+		c.size += int64(proto.Size(it.Var)) + int64(proto.Size(it.Old)) + 64
+	}
+	if h.n == h.limit {
+		h.evict()
+	}
+	if h.n == len(h.buf) { // grow geometrically up to the limit
+		nb := make([]*Change, min(max(2*len(h.buf), 64), h.limit))
+		for i := range h.n {
+			nb[i] = h.buf[(h.head+i)%len(h.buf)]
+		}
+		h.buf, h.head = nb, 0
+	}
+	h.buf[(h.head+h.n)%len(h.buf)] = c
+	h.n++
+	h.bytes += c.size
+	for h.n > 1 && (h.bytes > h.maxBytes || c.Time.Sub(h.buf[h.head].Time) > h.maxAge) {
+		h.evict()
+	}
+}
+
+func (h *history) evict() {
+	old := h.buf[h.head]
+	h.buf[h.head] = nil
+	h.head = (h.head + 1) % len(h.buf)
+	h.n--
+	h.bytes -= old.size
+}
+
+// first returns the oldest revision still held, or 0 when empty.
+func (h *history) first() int64 {
+	if h.n == 0 {
+		return 0
+	}
+	return h.buf[h.head].Revision
+}
+
+// at returns the change with revision rev, which must be held.
+func (h *history) at(rev int64) *Change {
+	return h.buf[(h.head+int(rev-h.first()))%len(h.buf)]
+}

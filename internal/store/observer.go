@@ -1,0 +1,307 @@
+package store
+
+import (
+	"fmt"
+	"sort"
+
+	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
+)
+
+// This file is the ObserverManager: watches are registered on their session
+// under its lock, together with the snapshot, so no change can fall between
+// the snapshot and the stream. A commit wakes the watches it concerns through
+// a one-slot channel and never waits for them; each watch's owner then reads
+// the shared history from its own cursor.
+
+// WatchOptions configure Store.Watch.
+type WatchOptions struct {
+	// StartRevision > 0 resumes: every change with revision >= it is
+	// delivered (RESYNC when history no longer holds them). Initial values
+	// are not taken then.
+	StartRevision int64
+	// IncludeInitial takes a snapshot of the watched variables at the
+	// registration revision.
+	IncludeInitial bool
+}
+
+// Watch is one observer of a session's variables. One goroutine owns it: it
+// waits on Wake, Done and its own timers, and calls Poll.
+type Watch struct {
+	sess   *session
+	all    bool
+	idents map[string]string // variable id -> the identifier as first passed
+
+	initial []*pb.Variable
+	snapRev int64
+
+	wake chan struct{}
+	done chan struct{}
+
+	// Guarded by sess.mu. Writers (holding the write lock) set pending; the
+	// owner reads and clears it, and moves next, under the read lock, which
+	// excludes writers while other watches poll concurrently.
+	next    int64 // the first revision not yet returned by Poll
+	pending int64 // the first concerning revision not yet polled; 0 if none
+	closed  bool
+	err     error
+}
+
+// Watch registers an observer of the identified variables (ids or names; none
+// means every variable, including ones registered later). Identifiers that
+// name nothing fail the call, all of them listed.
+func (st *Store) Watch(sessionID string, identifiers []string, opts WatchOptions) (*Watch, error) {
+	sess, err := st.session(sessionID)
+	if err != nil {
+		return nil, err
+	}
+	if len(identifiers) > st.opts.MaxWatchIdentifiers {
+		return nil, &LimitError{Limit: "max_watch_identifiers", Max: int64(st.opts.MaxWatchIdentifiers), What: fmt.Sprintf("a watch names %d variables", len(identifiers))}
+	}
+	if opts.StartRevision < 0 {
+		return nil, fieldErr("start_revision", "must not be negative, got %d", opts.StartRevision)
+	}
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	if sess.closed {
+		return nil, sessionNotFound(sessionID)
+	}
+	if len(sess.watches) >= st.opts.MaxWatches {
+		return nil, &LimitError{Limit: "max_watches_per_session", Max: int64(st.opts.MaxWatches), What: fmt.Sprintf("session %q has %d watches", sess.id, len(sess.watches))}
+	}
+	vars, err := sess.resolve(identifiers)
+	if err != nil {
+		return nil, err
+	}
+	w := &Watch{
+		sess: sess, all: len(identifiers) == 0, idents: make(map[string]string, len(vars)),
+		wake: make(chan struct{}, 1), done: make(chan struct{}),
+	}
+	for i, v := range vars {
+		if _, dup := w.idents[v.cur.Id]; !dup {
+			w.idents[v.cur.Id] = identifiers[i]
+		}
+	}
+	rev := sess.revision
+	switch {
+	case opts.StartRevision > 0:
+		w.next = opts.StartRevision
+		if opts.StartRevision <= rev {
+			w.pending = opts.StartRevision
+			w.signal()
+		}
+	default:
+		w.next = rev + 1
+		if opts.IncludeInitial {
+			w.initial, w.snapRev = w.current(), rev
+		}
+	}
+	sess.watches[w] = struct{}{}
+	if w.all {
+		sess.watchAll[w] = struct{}{}
+	}
+	for id := range w.idents {
+		set := sess.watchVar[id]
+		if set == nil {
+			set = map[*Watch]struct{}{}
+			sess.watchVar[id] = set
+		}
+		set[w] = struct{}{}
+	}
+	return w, nil
+}
+
+// current returns the watched variables that exist now, sorted by name. The
+// caller holds sess.mu.
+func (w *Watch) current() []*pb.Variable {
+	var out []*pb.Variable
+	if w.all {
+		for _, v := range w.sess.byID {
+			out = append(out, v.cur)
+		}
+	} else {
+		for id := range w.idents {
+			if v := w.sess.byID[id]; v != nil {
+				out = append(out, v.cur)
+			}
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Initial returns the snapshot taken at registration and its revision.
+func (w *Watch) Initial() ([]*pb.Variable, int64) { return w.initial, w.snapRev }
+
+// Identifier returns the identifier the caller used for a variable id, or
+// "" when the watch covers every variable.
+func (w *Watch) Identifier(varID string) string { return w.idents[varID] }
+
+// Concerns reports whether an item is one this watch observes.
+func (w *Watch) Concerns(it Item) bool {
+	if w.all {
+		return true
+	}
+	_, ok := w.idents[it.Var.Id]
+	return ok
+}
+
+// Wake receives a value when changes may be ready for Poll.
+func (w *Watch) Wake() <-chan struct{} { return w.wake }
+
+// Done is closed when the session ends; Err then says why.
+func (w *Watch) Done() <-chan struct{} { return w.done }
+
+// Err returns why the watch ended, once Done is closed.
+func (w *Watch) Err() error {
+	select {
+	case <-w.done:
+		return w.err
+	default:
+		return nil
+	}
+}
+
+// Close unregisters the watch. It is idempotent.
+func (w *Watch) Close() {
+	s := w.sess
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if w.closed {
+		return
+	}
+	w.closed = true
+	if s.closed {
+		return
+	}
+	delete(s.watches, w)
+	delete(s.watchAll, w)
+	for id := range w.idents {
+		if set := s.watchVar[id]; set != nil {
+			delete(set, w)
+			if len(set) == 0 {
+				delete(s.watchVar, id)
+			}
+		}
+	}
+}
+
+// end finishes the watch because its session ended; sess.mu is held.
+func (w *Watch) end(err error) {
+	if !w.closed {
+		w.closed = true
+		w.err = err
+		close(w.done)
+	}
+}
+
+// signal marks the watch as having work; sess.mu is held for writing.
+func (w *Watch) signal() {
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+// notify wakes the watches a change concerns; sess.mu is held for writing.
+func (s *session) notify(c *Change) {
+	mark := func(w *Watch) {
+		if w.pending == 0 {
+			w.pending = c.Revision
+		}
+		w.signal()
+	}
+	for w := range s.watchAll {
+		mark(w)
+	}
+	for _, it := range c.Items {
+		for w := range s.watchVar[it.Var.Id] {
+			mark(w)
+		}
+	}
+}
+
+// Batch is what one Poll returns.
+type Batch struct {
+	// Changes that concern the watch, in revision order. Items of a change
+	// that the watch does not observe are still present; see Concerns.
+	Changes []*Change
+	// Resync is set instead of Changes when the history no longer holds
+	// revisions the watch had not read.
+	Resync *Resync
+	// Covered is the revision through which every change was returned or did
+	// not concern the watch: a resume point.
+	Covered int64
+	// More is true when max was reached and Poll should be called again.
+	More bool
+}
+
+// Resync is the current state of the watched variables at Revision.
+type Resync struct {
+	Revision int64
+	Vars     []*pb.Variable
+	// Gone lists watched variable ids that no longer exist.
+	Gone []string
+}
+
+// Poll returns up to max history records from the watch's cursor and
+// advances it. Only the watch's owner calls it.
+func (w *Watch) Poll(max int) (Batch, error) {
+	s := w.sess
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if w.closed {
+		if w.err != nil {
+			return Batch{}, w.err
+		}
+		return Batch{}, fmt.Errorf("%w: the watch was closed", ErrSessionClosed)
+	}
+	p := w.pending
+	w.pending = 0
+	if p == 0 {
+		w.next = maxInt64(w.next, s.revision+1)
+		return Batch{Covered: w.next - 1}, nil
+	}
+	from := maxInt64(w.next, p)
+	if from <= s.revision && (s.history.n == 0 || from < s.history.first()) {
+		rs := &Resync{Revision: s.revision, Vars: w.current()}
+		for id := range w.idents {
+			if s.byID[id] == nil {
+				rs.Gone = append(rs.Gone, id)
+			}
+		}
+		sort.Strings(rs.Gone)
+		w.next = s.revision + 1
+		return Batch{Resync: rs, Covered: s.revision}, nil
+	}
+	var b Batch
+	r := from
+	for ; r <= s.revision && r-from < int64(max); r++ {
+		c := s.history.at(r)
+		if w.all || w.concernsAny(c) {
+			b.Changes = append(b.Changes, c)
+		}
+	}
+	w.next = maxInt64(w.next, r)
+	if r <= s.revision {
+		w.pending = r
+		b.More = true
+	}
+	b.Covered = w.next - 1
+	return b, nil
+}
+
+func (w *Watch) concernsAny(c *Change) bool {
+	for _, it := range c.Items {
+		if _, ok := w.idents[it.Var.Id]; ok {
+			return true
+		}
+	}
+	return false
+}
+
+func maxInt64(a, b int64) int64 {
+	if a > b {
+		return a
+	}
+	return b
+}
