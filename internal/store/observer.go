@@ -82,6 +82,7 @@ func (st *Store) Watch(sessionID string, identifiers []string, opts WatchOptions
 		}
 	}
 	rev := sess.revision
+	w.snapRev = rev
 	switch {
 	case opts.StartRevision > 0:
 		w.next = opts.StartRevision
@@ -92,7 +93,7 @@ func (st *Store) Watch(sessionID string, identifiers []string, opts WatchOptions
 	default:
 		w.next = rev + 1
 		if opts.IncludeInitial {
-			w.initial, w.snapRev = w.current(), rev
+			w.initial = w.current()
 		}
 	}
 	sess.watches[w] = struct{}{}
@@ -129,7 +130,8 @@ func (w *Watch) current() []*pb.Variable {
 	return out
 }
 
-// Initial returns the snapshot taken at registration and its revision.
+// Initial returns the snapshot taken at registration (empty unless asked
+// for) and the session revision at registration.
 func (w *Watch) Initial() ([]*pb.Variable, int64) { return w.initial, w.snapRev }
 
 // Identifier returns the identifier the caller used for a variable id, or

@@ -1,0 +1,255 @@
+// Package server implements varbridge.v1.BridgeService over a store.Store.
+package server
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+
+	"github.com/varbridge/varbridge/internal/feed"
+	"github.com/varbridge/varbridge/internal/store"
+	"github.com/varbridge/varbridge/internal/where"
+	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
+)
+
+// RevisionHeader is the response header a watch sends as soon as its
+// observer is registered: the session revision it starts after. A client
+// that waits for it knows every later write will reach the watch.
+const RevisionHeader = "varbridge-watch-revision"
+
+// Server is the BridgeService. Create it with New.
+type Server struct {
+	pb.UnimplementedBridgeServiceServer
+	st   *store.Store
+	opts options
+}
+
+type options struct {
+	log       *slog.Logger
+	keepalive keepalive.ServerParameters
+	grpcOpts  []grpc.ServerOption
+}
+
+// Option configures a Server.
+type Option func(*options)
+
+// WithLogger sets the logger (default slog.Default()).
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
+
+// WithKeepalive sets how often the server pings an idle client and how long
+// it waits for the answer before dropping the connection and its watches.
+func WithKeepalive(interval, timeout time.Duration) Option {
+	return func(o *options) { o.keepalive.Time, o.keepalive.Timeout = interval, timeout }
+}
+
+// WithGRPCOptions adds grpc.ServerOptions (credentials, interceptors).
+func WithGRPCOptions(opts ...grpc.ServerOption) Option {
+	return func(o *options) { o.grpcOpts = append(o.grpcOpts, opts...) }
+}
+
+// New returns a Server over st.
+func New(st *store.Store, opts ...Option) *Server {
+	o := options{log: slog.Default(), keepalive: keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return &Server{st: st, opts: o}
+}
+
+// ClientPingInterval is the most frequent keepalive ping the server accepts
+// from clients; clients must not ping more often, or they get GOAWAY.
+const ClientPingInterval = 10 * time.Second
+
+// GRPCServer returns a grpc.Server serving BridgeService, health and
+// reflection, with keepalive set deliberately on the server side.
+func (s *Server) GRPCServer() *grpc.Server {
+	opts := append([]grpc.ServerOption{
+		grpc.KeepaliveParams(s.opts.keepalive),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: ClientPingInterval, PermitWithoutStream: true}),
+	}, s.opts.grpcOpts...)
+	g := grpc.NewServer(opts...)
+	pb.RegisterBridgeServiceServer(g, s)
+	hs := health.NewServer()
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	hs.SetServingStatus(pb.BridgeService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	healthpb.RegisterHealthServer(g, hs)
+	reflection.Register(g)
+	return g
+}
+
+// InitializeSession implements BridgeService.
+func (s *Server) InitializeSession(_ context.Context, req *pb.InitializeSessionRequest) (*pb.InitializeSessionResponse, error) {
+	info, created, err := s.st.CreateSession(req.GetSessionId(), req.GetTtl().AsDuration(), req.GetMetadata())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if created {
+		s.opts.log.Info("session created", "session", info.ID, "ttl", info.TTL)
+	}
+	return &pb.InitializeSessionResponse{Session: info.Proto(), Created: created}, nil
+}
+
+// GetSession implements BridgeService.
+func (s *Server) GetSession(_ context.Context, req *pb.GetSessionRequest) (*pb.GetSessionResponse, error) {
+	info, err := s.st.GetSession(req.GetSessionId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.GetSessionResponse{Session: info.Proto()}, nil
+}
+
+// Heartbeat implements BridgeService.
+func (s *Server) Heartbeat(_ context.Context, req *pb.HeartbeatRequest) (*pb.HeartbeatResponse, error) {
+	info, err := s.st.Heartbeat(req.GetSessionId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.HeartbeatResponse{Session: info.Proto()}, nil
+}
+
+// CleanupSession implements BridgeService.
+func (s *Server) CleanupSession(_ context.Context, req *pb.CleanupSessionRequest) (*pb.CleanupSessionResponse, error) {
+	n, err := s.st.CleanupSession(req.GetSessionId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	s.opts.log.Info("session cleaned up", "session", req.GetSessionId(), "variables", n)
+	return &pb.CleanupSessionResponse{VariablesRemoved: int64(n)}, nil
+}
+
+// RegisterVariable implements BridgeService.
+func (s *Server) RegisterVariable(_ context.Context, req *pb.RegisterVariableRequest) (*pb.RegisterVariableResponse, error) {
+	v, rev, err := s.st.Register(req.GetSessionId(), store.Register{
+		Name: req.GetName(), Type: req.GetType(), Value: req.GetInitialValue(), Constraints: req.GetConstraints(),
+		Metadata: req.GetMetadata(), Source: req.GetSource(),
+	})
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.RegisterVariableResponse{Variable: v, Revision: rev}, nil
+}
+
+// GetVariable implements BridgeService.
+func (s *Server) GetVariable(_ context.Context, req *pb.GetVariableRequest) (*pb.GetVariableResponse, error) {
+	v, rev, err := s.st.Get(req.GetSessionId(), req.GetVariableIdentifier())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.GetVariableResponse{Variable: v, Revision: rev}, nil
+}
+
+// GetVariables implements BridgeService.
+func (s *Server) GetVariables(_ context.Context, req *pb.GetVariablesRequest) (*pb.GetVariablesResponse, error) {
+	found, missing, rev, err := s.st.GetMany(req.GetSessionId(), req.GetVariableIdentifiers())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.GetVariablesResponse{Variables: found, Missing: missing, Revision: rev}, nil
+}
+
+// SetVariable implements BridgeService.
+func (s *Server) SetVariable(_ context.Context, req *pb.SetVariableRequest) (*pb.SetVariableResponse, error) {
+	res, err := s.st.Set(req.GetSessionId(), []store.Write{{
+		Identifier: req.GetVariableIdentifier(), Value: req.GetValue(), ExpectedVersion: req.ExpectedVersion,
+	}}, req.GetMetadata(), req.GetSource())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.SetVariableResponse{
+		Variable: res.Variables[req.GetVariableIdentifier()], Revision: res.Revision, Changed: len(res.Changed) > 0,
+	}, nil
+}
+
+// SetVariables implements BridgeService.
+func (s *Server) SetVariables(_ context.Context, req *pb.SetVariablesRequest) (*pb.SetVariablesResponse, error) {
+	for id := range req.GetExpectedVersions() {
+		if _, ok := req.GetUpdates()[id]; !ok {
+			return nil, status.Errorf(codes.InvalidArgument, "expected_versions names %q, which is not in updates", id)
+		}
+	}
+	writes := make([]store.Write, 0, len(req.GetUpdates()))
+	for id, v := range req.GetUpdates() {
+		w := store.Write{Identifier: id, Value: v}
+		if ev, ok := req.GetExpectedVersions()[id]; ok {
+			w.ExpectedVersion = &ev
+		}
+		writes = append(writes, w)
+	}
+	res, err := s.st.Set(req.GetSessionId(), writes, req.GetMetadata(), req.GetSource())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.SetVariablesResponse{Variables: res.Variables, Revision: res.Revision, Changed: res.Changed}, nil
+}
+
+// ListVariables implements BridgeService.
+func (s *Server) ListVariables(_ context.Context, req *pb.ListVariablesRequest) (*pb.ListVariablesResponse, error) {
+	vars, rev, err := s.st.List(req.GetSessionId(), req.GetPattern())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.ListVariablesResponse{Variables: vars, Revision: rev}, nil
+}
+
+// DeleteVariable implements BridgeService.
+func (s *Server) DeleteVariable(_ context.Context, req *pb.DeleteVariableRequest) (*pb.DeleteVariableResponse, error) {
+	v, rev, err := s.st.Delete(req.GetSessionId(), req.GetVariableIdentifier(), req.GetMetadata(), req.GetSource())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.DeleteVariableResponse{Variable: v, Revision: rev}, nil
+}
+
+// WatchVariables implements BridgeService. The handler's goroutine is the
+// one that owns the stream: it polls the watch and sends, so a client that
+// stops reading stalls only its own stream.
+func (s *Server) WatchVariables(req *pb.WatchVariablesRequest, stream grpc.ServerStreamingServer[pb.VariableUpdate]) error {
+	hb := req.GetHeartbeatIntervalMs()
+	if hb < 0 {
+		return status.Errorf(codes.InvalidArgument, "heartbeat_interval_ms must not be negative, got %d", hb)
+	}
+	var filter *where.Filter
+	if req.GetWhere() != "" {
+		f, err := where.Compile(req.GetWhere())
+		if err != nil {
+			return status.Errorf(codes.InvalidArgument, "where: %v", err)
+		}
+		filter = f
+	}
+	w, err := s.st.Watch(req.GetSessionId(), req.GetVariableIdentifiers(), store.WatchOptions{
+		StartRevision: req.GetStartRevision(), IncludeInitial: req.GetIncludeInitialValues(),
+	})
+	if err != nil {
+		return toStatus(err)
+	}
+	_, rev := w.Initial()
+	if req.GetStartRevision() > 0 {
+		rev = req.GetStartRevision() - 1
+	}
+	if err := stream.SendHeader(metadata.Pairs(RevisionHeader, strconv.FormatInt(rev, 10))); err != nil {
+		w.Close()
+		return err
+	}
+	log := s.opts.log
+	err = feed.Run(stream.Context(), w, feed.Options{
+		Where: filter, Coalesce: req.GetCoalesce(), Heartbeat: time.Duration(hb) * time.Millisecond,
+		OnFilterError: func(err error) {
+			log.Debug("where filter failed; update sent", "session", req.GetSessionId(), "err", err)
+		},
+	}, stream.Send)
+	if errors.Is(err, context.Canceled) || status.Code(err) == codes.Canceled {
+		return status.Error(codes.Canceled, "watch cancelled by the client")
+	}
+	return toStatus(err)
+}
