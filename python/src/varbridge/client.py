@@ -1,0 +1,536 @@
+"""The asyncio client: :func:`connect`, :class:`Bridge` and :class:`SessionContext`."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import weakref
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import grpc
+import grpc.aio
+from google.protobuf import duration_pb2
+
+from varbridge import _convert as cv
+from varbridge.errors import ConstraintViolation, VariableNotFound, from_rpc_error
+from varbridge.models import (
+    GetVariablesResult,
+    SessionInfo,
+    SetVariablesResult,
+    Variable,
+)
+from varbridge.v1 import varbridge_pb2 as pb
+from varbridge.v1 import varbridge_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from varbridge.watch import UpdateFilter, Watch
+
+__all__ = ["DEFAULT_OPTIONS", "Bridge", "SessionContext", "connect"]
+
+R = TypeVar("R")
+
+# Deliberate keepalive settings, matched by the server, which permits client
+# pings every 10 s: ping an idle connection every 30 s, give up on a peer
+# that does not answer in 10 s, also while no call is open, and without the
+# default limit on pings without data (long idle watches).
+DEFAULT_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    # Reconnect soon after a dropped connection; the watch's own backoff
+    # paces the retries.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 5_000),
+)
+
+# Type and dtype constraint of a variable, for converting values on writes.
+_TypeInfo = tuple[int, "str | None"]
+
+
+def connect(
+    target: str,
+    *,
+    credentials: grpc.ChannelCredentials | None = None,
+    token: str | None = None,
+    options: Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None,
+    timeout: float | None = 30.0,
+    source: str | None = None,
+) -> Bridge:
+    """Open a channel to a varbridge server.
+
+    Use as ``async with varbridge.connect("127.0.0.1:50051") as bridge:`` (or
+    ``bridge = await varbridge.connect(...)`` and ``await bridge.close()``).
+
+    ``credentials``: TLS channel credentials (plaintext when None).
+    ``token``: a bearer token sent on every call (sessions created with auth
+    on return their own, which is used automatically).
+    ``options``: gRPC channel options, overriding :data:`DEFAULT_OPTIONS`.
+    ``timeout``: per-call deadline in seconds for unary calls; watches never
+    carry a deadline.
+    ``source``: the default ``source`` recorded on writes.
+    """
+    return Bridge(
+        target,
+        credentials=credentials,
+        token=token,
+        options=options,
+        timeout=timeout,
+        source=source,
+    )
+
+
+def _merge_options(
+    options: Mapping[str, Any] | Sequence[tuple[str, Any]] | None,
+) -> list[tuple[str, Any]]:
+    merged = dict(DEFAULT_OPTIONS)
+    if options:
+        items = options.items() if isinstance(options, Mapping) else options
+        merged.update(dict(items))
+    return list(merged.items())
+
+
+class Bridge:
+    """A connection to a varbridge server: one gRPC channel shared by all calls."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
+        options: Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None,
+        timeout: float | None = 30.0,
+        source: str | None = None,
+    ) -> None:
+        self.target = target
+        self.token = token
+        self.timeout = timeout
+        self.source = source
+        opts = _merge_options(options)
+        if credentials is not None:
+            self._channel = grpc.aio.secure_channel(target, credentials, options=opts)
+        else:
+            self._channel = grpc.aio.insecure_channel(target, options=opts)
+        self.stub: Any = pb_grpc.BridgeServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._watches: weakref.WeakSet[Watch] = weakref.WeakSet()
+        self._closed = False
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        return self._channel
+
+    async def __aenter__(self) -> Bridge:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __await__(self) -> Generator[Any, None, Bridge]:
+        async def _self() -> Bridge:
+            return self
+
+        return _self().__await__()
+
+    async def close(self, grace: float | None = None) -> None:
+        """Close every watch and the channel."""
+        if self._closed:
+            return
+        self._closed = True
+        for w in list(self._watches):
+            await w.aclose()
+        await self._channel.close(grace)
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        """Wait until the channel is connected (raises TimeoutError)."""
+        import asyncio
+
+        await asyncio.wait_for(self._channel.channel_ready(), timeout)
+
+    def _metadata(self, token: str | None) -> tuple[tuple[str, str], ...] | None:
+        tok = token or self.token
+        if not tok:
+            return None
+        return (("authorization", f"Bearer {tok}"),)
+
+    async def _unary(
+        self,
+        method: Callable[..., Awaitable[R]],
+        request: Any,
+        *,
+        token: str | None = None,
+        write: bool = False,
+        session_rpc: bool = False,
+    ) -> R:
+        try:
+            return await method(request, timeout=self.timeout, metadata=self._metadata(token))
+        except grpc.aio.AioRpcError as e:
+            raise from_rpc_error(e, write=write, session_rpc=session_rpc) from e
+
+    # -- sessions ---------------------------------------------------------
+
+    async def session(
+        self,
+        session_id: str | None = None,
+        *,
+        ttl: float | _dt.timedelta | None = None,
+        metadata: Mapping[str, str] | None = None,
+        token: str | None = None,
+    ) -> SessionContext:
+        """Create the session, or join it if it exists (InitializeSession).
+
+        ``session_id`` None: the server generates one. ``ttl`` in seconds or a
+        timedelta (server default 1 h). ``token``: the session's token, when
+        joining a session another client created with auth on.
+        """
+        req = pb.InitializeSessionRequest(session_id=session_id or "", metadata=metadata or {})
+        if ttl is not None:
+            d = duration_pb2.Duration()
+            d.FromTimedelta(ttl if isinstance(ttl, _dt.timedelta) else _dt.timedelta(seconds=ttl))
+            req.ttl.CopyFrom(d)
+        resp = await self._unary(self.stub.InitializeSession, req, token=token, session_rpc=True)
+        info = SessionInfo.from_pb(resp.session)
+        return SessionContext(
+            self,
+            info.session_id,
+            token=resp.session_token or token,
+            info=info,
+            created=resp.created,
+        )
+
+    async def get_session(self, session_id: str, *, token: str | None = None) -> SessionInfo:
+        """Describe a session without extending its TTL (GetSession)."""
+        resp = await self._unary(
+            self.stub.GetSession,
+            pb.GetSessionRequest(session_id=session_id),
+            token=token,
+            session_rpc=True,
+        )
+        return SessionInfo.from_pb(resp.session)
+
+    async def cleanup_session(self, session_id: str, *, token: str | None = None) -> int:
+        """Remove a session and end its watches; returns the variables removed."""
+        resp = await self._unary(
+            self.stub.CleanupSession,
+            pb.CleanupSessionRequest(session_id=session_id),
+            token=token,
+            session_rpc=True,
+        )
+        return int(resp.variables_removed)
+
+
+class SessionContext:
+    """Variables of one session. Get one with ``await bridge.session("id")``."""
+
+    def __init__(
+        self,
+        bridge: Bridge,
+        session_id: str,
+        *,
+        token: str | None = None,
+        info: SessionInfo | None = None,
+        created: bool = False,
+    ) -> None:
+        self.bridge = bridge
+        self.session_id = session_id
+        self.token = token
+        self.info = info
+        """The session as last reported (InitializeSession, Heartbeat, get_info)."""
+        self.created = created
+        """True when this client's InitializeSession created the session."""
+        self._types: dict[str, _TypeInfo] = {}
+
+    def __repr__(self) -> str:
+        return f"SessionContext({self.session_id!r})"
+
+    # -- helpers ----------------------------------------------------------
+
+    async def _call(
+        self,
+        method: Callable[..., Awaitable[R]],
+        request: Any,
+        *,
+        write: bool = False,
+        session_rpc: bool = False,
+    ) -> R:
+        return await self.bridge._unary(
+            method, request, token=self.token, write=write, session_rpc=session_rpc
+        )
+
+    def _source(self, source: str | None) -> str:
+        return source if source is not None else (self.bridge.source or "")
+
+    def _remember(self, v: pb.Variable, *also: str) -> None:
+        info: _TypeInfo = (v.type, v.constraints.dtype if v.constraints.HasField("dtype") else None)
+        self._types[v.id] = info
+        self._types[v.name] = info
+        for ident in also:
+            self._types[ident] = info
+
+    def _forget(self, *idents: str) -> None:
+        for ident in idents:
+            self._types.pop(ident, None)
+
+    async def _type_of(self, identifier: str, *, refresh: bool = False) -> _TypeInfo:
+        if not refresh and identifier in self._types:
+            return self._types[identifier]
+        resp = await self._call(
+            self.bridge.stub.GetVariable,
+            pb.GetVariableRequest(session_id=self.session_id, variable_identifier=identifier),
+        )
+        self._remember(resp.variable, identifier)
+        return self._types[identifier]
+
+    # -- session ----------------------------------------------------------
+
+    async def get_info(self) -> SessionInfo:
+        """The session's current description (GetSession; does not extend the TTL)."""
+        self.info = await self.bridge.get_session(self.session_id, token=self.token)
+        return self.info
+
+    async def heartbeat(self) -> SessionInfo:
+        """Extend the session's TTL."""
+        resp = await self._call(
+            self.bridge.stub.Heartbeat,
+            pb.HeartbeatRequest(session_id=self.session_id),
+            session_rpc=True,
+        )
+        self.info = SessionInfo.from_pb(resp.session)
+        return self.info
+
+    async def cleanup(self) -> int:
+        """Remove the session, its variables and its watches; returns the variables removed."""
+        n = await self.bridge.cleanup_session(self.session_id, token=self.token)
+        self._types.clear()
+        return n
+
+    # -- variables --------------------------------------------------------
+
+    async def register_variable(
+        self,
+        name: str,
+        type: str | int,
+        initial_value: Any = None,
+        *,
+        constraints: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        source: str | None = None,
+    ) -> Variable:
+        """Create a typed variable; its name must be new in the session."""
+        t = cv.type_enum(type)
+        cons = cv.constraints_to_pb(constraints)
+        req = pb.RegisterVariableRequest(
+            session_id=self.session_id,
+            name=name,
+            type=t,  # type: ignore[arg-type]
+            metadata=metadata or {},
+            source=self._source(source),
+        )
+        if cons is not None:
+            req.constraints.CopyFrom(cons)
+        if initial_value is not None:
+            dtype = cons.dtype if cons is not None and cons.HasField("dtype") else None
+            req.initial_value.CopyFrom(cv.to_value(t, initial_value, dtype=dtype, name=name))
+        resp = await self._call(self.bridge.stub.RegisterVariable, req, write=True)
+        self._remember(resp.variable)
+        return Variable.from_pb(resp.variable)
+
+    async def get_variable(self, identifier: str) -> Variable:
+        """Read one variable by id or name."""
+        resp = await self._call(
+            self.bridge.stub.GetVariable,
+            pb.GetVariableRequest(session_id=self.session_id, variable_identifier=identifier),
+        )
+        self._remember(resp.variable, identifier)
+        return Variable.from_pb(resp.variable)
+
+    async def get_variables(self, identifiers: Iterable[str]) -> GetVariablesResult:
+        """Read many variables at one revision; unknown identifiers are listed in ``missing``."""
+        ids = list(identifiers)
+        resp = await self._call(
+            self.bridge.stub.GetVariables,
+            pb.GetVariablesRequest(session_id=self.session_id, variable_identifiers=ids),
+        )
+        found: dict[str, Variable] = {}
+        for ident, v in resp.variables.items():
+            self._remember(v, ident)
+            found[ident] = Variable.from_pb(v)
+        return GetVariablesResult(found=found, missing=list(resp.missing), revision=resp.revision)
+
+    async def list_variables(self, pattern: str | None = None) -> list[Variable]:
+        """The session's variables sorted by name, optionally by glob on names."""
+        resp = await self._call(
+            self.bridge.stub.ListVariables,
+            pb.ListVariablesRequest(session_id=self.session_id, pattern=pattern or ""),
+        )
+        out = []
+        for v in resp.variables:
+            self._remember(v)
+            out.append(Variable.from_pb(v))
+        return out
+
+    async def set_variable(
+        self,
+        identifier: str,
+        value: Any,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        expected_version: int | None = None,
+        source: str | None = None,
+    ) -> Variable:
+        """Write one variable; with ``expected_version``, only at that version
+        (else :class:`VersionConflict`). Writing the current value is a no-op.
+
+        Returns the variable after the write.
+        """
+        cached = identifier in self._types
+        t, dtype = await self._type_of(identifier)
+
+        def build(t: int, dtype: str | None) -> pb.SetVariableRequest:
+            req = pb.SetVariableRequest(
+                session_id=self.session_id,
+                variable_identifier=identifier,
+                value=cv.to_value(t, value, dtype=dtype, name=identifier),
+                metadata=metadata or {},
+                source=self._source(source),
+            )
+            if expected_version is not None:
+                req.expected_version = expected_version
+            return req
+
+        try:
+            resp = await self._call(self.bridge.stub.SetVariable, build(t, dtype), write=True)
+        except (ConstraintViolation, VariableNotFound):
+            if not cached:
+                raise
+            # The cached type may be stale (deleted and registered again).
+            fresh = await self._type_of(identifier, refresh=True)
+            if fresh == (t, dtype):
+                raise
+            resp = await self._call(self.bridge.stub.SetVariable, build(*fresh), write=True)
+        self._remember(resp.variable, identifier)
+        return Variable.from_pb(resp.variable)
+
+    async def set_variables(
+        self,
+        updates: Mapping[str, Any],
+        *,
+        metadata: Mapping[str, str] | None = None,
+        expected_versions: Mapping[str, int] | None = None,
+        source: str | None = None,
+    ) -> SetVariablesResult:
+        """Write many variables atomically: all or nothing, at one revision."""
+        idents = list(updates)
+        unknown = [i for i in idents if i not in self._types]
+        if unknown:
+            await self._fetch_types(unknown)
+
+        def build() -> pb.SetVariablesRequest:
+            req = pb.SetVariablesRequest(
+                session_id=self.session_id,
+                metadata=metadata or {},
+                expected_versions=expected_versions or {},
+                source=self._source(source),
+            )
+            for ident, val in updates.items():
+                # An identifier the server does not know: guess from the value
+                # and let the server report it missing.
+                t, dtype = self._types.get(ident) or (cv.infer_type(val), None)
+                req.updates[ident].CopyFrom(cv.to_value(t, val, dtype=dtype, name=ident))
+            return req
+
+        before = {i: self._types.get(i) for i in idents}
+        try:
+            resp = await self._call(self.bridge.stub.SetVariables, build(), write=True)
+        except (ConstraintViolation, VariableNotFound):
+            if len(unknown) == len(idents):
+                raise  # every type was just fetched: not stale
+            await self._fetch_types(idents)
+            if all(self._types.get(i) == before[i] for i in idents):
+                raise
+            resp = await self._call(self.bridge.stub.SetVariables, build(), write=True)
+        variables = {}
+        for ident, v in resp.variables.items():
+            self._remember(v, ident)
+            variables[ident] = Variable.from_pb(v)
+        return SetVariablesResult(
+            variables=variables, revision=resp.revision, changed=list(resp.changed)
+        )
+
+    async def _fetch_types(self, idents: list[str]) -> None:
+        resp = await self._call(
+            self.bridge.stub.GetVariables,
+            pb.GetVariablesRequest(session_id=self.session_id, variable_identifiers=idents),
+        )
+        for ident, v in resp.variables.items():
+            self._remember(v, ident)
+        self._forget(*resp.missing)
+
+    async def delete_variable(
+        self,
+        identifier: str,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        source: str | None = None,
+    ) -> Variable:
+        """Remove a variable (watchers get a "deleted" update); returns it as it was."""
+        resp = await self._call(
+            self.bridge.stub.DeleteVariable,
+            pb.DeleteVariableRequest(
+                session_id=self.session_id,
+                variable_identifier=identifier,
+                metadata=metadata or {},
+                source=self._source(source),
+            ),
+            write=True,
+        )
+        self._forget(identifier, resp.variable.id, resp.variable.name)
+        return Variable.from_pb(resp.variable)
+
+    # -- watching ---------------------------------------------------------
+
+    def watch_variables(
+        self,
+        identifiers: Iterable[str] | None = None,
+        *,
+        include_initial: bool = True,
+        filter: UpdateFilter | None = None,
+        where: str | None = None,
+        start_revision: int | None = None,
+        coalesce: bool = False,
+        heartbeat_interval_ms: int | None = None,
+        max_retries: int = 10,
+        backoff_base: float = 1.0,
+        backoff_cap: float = 30.0,
+    ) -> Watch:
+        """Watch variables (all of the session's when ``identifiers`` is empty).
+
+        Returns an async iterator of :class:`VariableUpdate` that is also an
+        async context manager. See :class:`varbridge.watch.Watch`.
+        """
+        from varbridge.watch import Watch
+
+        w = Watch(
+            self,
+            list(identifiers or ()),
+            include_initial=include_initial,
+            filter=filter,
+            where=where,
+            start_revision=start_revision,
+            coalesce=coalesce,
+            heartbeat_interval_ms=heartbeat_interval_ms,
+            max_retries=max_retries,
+            backoff_base=backoff_base,
+            backoff_cap=backoff_cap,
+        )
+        self.bridge._watches.add(w)
+        return w
