@@ -1,0 +1,183 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	varbridgev1 "github.com/varbridge/varbridge/proto/varbridge/v1"
+)
+
+func newSetCmd(g *globalOptions) *cobra.Command {
+	var (
+		expectedVersion int64
+		meta            []string
+		source          string
+		batch           bool
+	)
+	cmd := &cobra.Command{
+		Use:   "set ID_OR_NAME VALUE | set --batch ID_OR_NAME=VALUE...",
+		Short: "Write a variable, or several atomically",
+		Long: `Write a variable's value. VALUE is parsed per the variable's type (see
+'varbridge register --help'). Writing the value it already has changes nothing.
+
+--expected-version makes the write a compare-and-set: it applies only when the
+variable is at that version, and fails with FailedPrecondition otherwise.
+
+--batch writes several variables atomically at one revision: all or nothing.`,
+		Example: `  varbridge set temperature 0.9
+  varbridge set temperature 1.1 --expected-version 2 --meta reason=tuning
+  varbridge set --batch temperature=0.5 model=claude`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if batch {
+				return cobra.MinimumNArgs(1)(cmd, args)
+			}
+			return cobra.ExactArgs(2)(cmd, args)
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			md, err := parseMeta(meta)
+			if err != nil {
+				return err
+			}
+			if batch {
+				if cmd.Flags().Changed("expected-version") {
+					return errors.New("--expected-version applies to one variable; it cannot be used with --batch")
+				}
+				updates, err := parseBatchArgs(args)
+				if err != nil {
+					return err
+				}
+				return g.run(cmd, true, func(ctx context.Context, c *client) error {
+					return setBatch(ctx, c, updates, md, source)
+				})
+			}
+			ident, text := args[0], args[1]
+			return g.run(cmd, true, func(ctx context.Context, c *client) error {
+				cur, err := c.api.GetVariable(c.ctx(ctx), &varbridgev1.GetVariableRequest{
+					SessionId:          c.session,
+					VariableIdentifier: ident,
+				})
+				if err != nil {
+					return opError("set "+strconv.Quote(ident), err)
+				}
+				v := cur.GetVariable()
+				value, err := ParseValue(v.GetType(), text, v.GetConstraints())
+				if err != nil {
+					return fmt.Errorf("value for %s %q: %w", TypeName(v.GetType()), v.GetName(), err)
+				}
+				req := &varbridgev1.SetVariableRequest{
+					SessionId:          c.session,
+					VariableIdentifier: ident,
+					Value:              value,
+					Metadata:           md,
+					Source:             source,
+				}
+				if cmd.Flags().Changed("expected-version") {
+					req.ExpectedVersion = &expectedVersion
+				}
+				resp, err := c.api.SetVariable(c.ctx(ctx), req)
+				if err != nil {
+					return opError("set "+strconv.Quote(ident), err)
+				}
+				if g.json {
+					return c.printJSON(resp)
+				}
+				line := variableLine(resp.GetVariable())
+				if !resp.GetChanged() {
+					line += " (unchanged)"
+				}
+				_, err = fmt.Fprintln(c.out, line)
+				return err
+			})
+		},
+	}
+	f := cmd.Flags()
+	f.Int64Var(&expectedVersion, "expected-version", 0, "write only if the variable is at this version (compare-and-set)")
+	f.StringArrayVar(&meta, "meta", nil, "writer's metadata key=value, delivered to watchers (repeatable)")
+	f.StringVar(&source, "source", "cli", "who writes")
+	f.BoolVar(&batch, "batch", false, "arguments are ID_OR_NAME=VALUE pairs written atomically")
+	return cmd
+}
+
+// batchUpdate is one ID_OR_NAME=VALUE argument of `set --batch`.
+type batchUpdate struct {
+	ident, text string
+}
+
+// parseBatchArgs splits ID_OR_NAME=VALUE arguments at the first '='.
+func parseBatchArgs(args []string) ([]batchUpdate, error) {
+	seen := make(map[string]bool, len(args))
+	updates := make([]batchUpdate, 0, len(args))
+	for _, a := range args {
+		ident, text, ok := strings.Cut(a, "=")
+		if !ok || ident == "" {
+			return nil, fmt.Errorf("--batch argument %q: want ID_OR_NAME=VALUE", a)
+		}
+		if seen[ident] {
+			return nil, fmt.Errorf("--batch: %q is given twice", ident)
+		}
+		seen[ident] = true
+		updates = append(updates, batchUpdate{ident: ident, text: text})
+	}
+	return updates, nil
+}
+
+func setBatch(ctx context.Context, c *client, updates []batchUpdate, md map[string]string, source string) error {
+	idents := make([]string, len(updates))
+	for i, u := range updates {
+		idents[i] = u.ident
+	}
+	cur, err := c.api.GetVariables(c.ctx(ctx), &varbridgev1.GetVariablesRequest{
+		SessionId:           c.session,
+		VariableIdentifiers: idents,
+	})
+	if err != nil {
+		return opError("set --batch", err)
+	}
+	if missing := cur.GetMissing(); len(missing) > 0 {
+		return opError("set --batch", status.Errorf(codes.NotFound,
+			"no variable named %s in session %q", strings.Join(missing, ", "), c.session))
+	}
+	values := make(map[string]*varbridgev1.Value, len(updates))
+	for _, u := range updates {
+		v := cur.GetVariables()[u.ident]
+		value, err := ParseValue(v.GetType(), u.text, v.GetConstraints())
+		if err != nil {
+			return fmt.Errorf("value for %s %q: %w", TypeName(v.GetType()), v.GetName(), err)
+		}
+		values[u.ident] = value
+	}
+	resp, err := c.api.SetVariables(c.ctx(ctx), &varbridgev1.SetVariablesRequest{
+		SessionId: c.session,
+		Updates:   values,
+		Metadata:  md,
+		Source:    source,
+	})
+	if err != nil {
+		return opError("set --batch", err)
+	}
+	if c.g.json {
+		return c.printJSON(resp)
+	}
+	changed := make(map[string]bool, len(resp.GetChanged()))
+	for _, id := range resp.GetChanged() {
+		changed[id] = true
+	}
+	for _, u := range updates {
+		line := variableLine(resp.GetVariables()[u.ident])
+		if !changed[u.ident] {
+			line += " (unchanged)"
+		}
+		if _, err := fmt.Fprintln(c.out, line); err != nil {
+			return err
+		}
+	}
+	_, err = fmt.Fprintf(c.out, "revision=%d changed=%d\n", resp.GetRevision(), len(resp.GetChanged()))
+	return err
+}
