@@ -1,0 +1,96 @@
+# varbridge: `make demo` and `make test` install what they need and run.
+#
+#   make venv         Python virtualenv in .venv (grpcio-tools, pytest, ruff, numpy, ./python)
+#   make proto        regenerate Go and Python code from proto/
+#   make proto-check  fail when the committed generated code is stale; buf lint
+#   make build        .bin/varbridge
+#   make test         vet, go test -race, pytest, ruff (after venv, proto-check, build)
+#   make demo         scripted CLI session against a live server
+#   make fmt / lint   format / check Go, proto and Python sources
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := test
+
+PYTHON3 ?= python3
+VENV := .venv
+VENV_STAMP := $(VENV)/.varbridge-stamp
+PY := $(VENV)/bin/python
+PY_PACKAGES := grpcio==1.85.1 grpcio-tools==1.85.1 protobuf pytest pytest-asyncio pytest-timeout ruff numpy
+BIN := .bin/varbridge
+GO_TEST_TIMEOUT ?= 15m
+# buf is pinned in its own module (tools/buf); paths given to it are relative to tools/buf.
+BUF := cd tools/buf && go tool buf
+
+.PHONY: venv proto proto-check build test demo fmt lint buf-lint
+
+# --- Python environment ------------------------------------------------------
+# The stamp is rebuilt when this Makefile or python/pyproject.toml changes.
+venv: $(VENV_STAMP)
+
+$(VENV_STAMP): Makefile $(wildcard python/pyproject.toml)
+	@echo "==> venv: $(VENV)"
+	@if [ ! -x $(PY) ]; then \
+	  $(PYTHON3) -m venv $(VENV) || { echo "venv: '$(PYTHON3) -m venv' failed (on Debian: apt-get install python3-venv)" >&2; exit 1; }; \
+	fi
+	$(PY) -m pip install --disable-pip-version-check -q $(PY_PACKAGES)
+	@if [ -f python/pyproject.toml ]; then \
+	  echo "$(PY) -m pip install -e './python[dev]'"; \
+	  $(PY) -m pip install --disable-pip-version-check -q -e './python[dev]'; \
+	fi
+	@touch $@
+
+# --- Generated code ----------------------------------------------------------
+proto: venv
+	@echo "==> proto: regenerating Go and Python code"
+	scripts/genproto.sh
+
+proto-check: venv buf-lint
+	@echo "==> proto-check: generated code vs proto/"
+	@scripts/proto-check.sh
+
+buf-lint:
+	@echo "==> buf lint"
+	@$(BUF) lint ../..
+	@$(BUF) format --diff --exit-code ../../proto
+
+# --- Go ----------------------------------------------------------------------
+build:
+	@echo "==> build: $(BIN)"
+	go build -o $(BIN) ./cmd/varbridge
+
+# --- Tests -------------------------------------------------------------------
+test: venv proto-check build
+	@echo "==> go vet"
+	go vet ./...
+	@echo "==> go test -race"
+	go test -race -count=1 -timeout $(GO_TEST_TIMEOUT) ./...
+	@if [ -d python/tests ]; then \
+	  echo "==> pytest"; \
+	  VARBRIDGE_BIN="$(CURDIR)/$(BIN)" $(PY) -m pytest python/tests; \
+	else \
+	  echo "==> pytest: skipped (no python/tests)"; \
+	fi
+	@if [ -d python ]; then \
+	  echo "==> ruff check"; \
+	  $(VENV)/bin/ruff check python; \
+	fi
+	@echo "==> test: all passed"
+
+demo: build
+	@echo "==> demo"
+	@VARBRIDGE_BIN="$(CURDIR)/$(BIN)" scripts/demo.sh
+
+# --- Formatting and lint -----------------------------------------------------
+fmt: venv
+	gofmt -w $$(git ls-files '*.go') $$(git ls-files --others --exclude-standard '*.go')
+	$(BUF) format -w ../../proto
+	@if [ -d python ]; then $(VENV)/bin/ruff format python; fi
+
+lint: venv buf-lint
+	@echo "==> gofmt"
+	@out=$$(gofmt -l $$(git ls-files '*.go') $$(git ls-files --others --exclude-standard '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt: these files need 'make fmt':" >&2; echo "$$out" >&2; exit 1; fi
+	@echo "==> go vet"
+	go vet ./...
+	@if [ -d python ]; then echo "==> ruff check"; $(VENV)/bin/ruff check python; fi
