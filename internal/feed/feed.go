@@ -36,6 +36,10 @@ type Options struct {
 	OnSent func(*pb.VariableUpdate)
 	// OnResync, if set, is told when the watch fell out of the history window.
 	OnResync func()
+	// SendBatch, if set, replaces the Sender for updates (heartbeats
+	// included): it gets every update that is ready at once, in order. The
+	// slice is reused after it returns.
+	SendBatch func([]*pb.VariableUpdate) error
 }
 
 // Sender delivers one update; an error ends the feed. It may block (a gRPC
@@ -89,22 +93,31 @@ type feeder struct {
 }
 
 func (f *feeder) emit(u *pb.VariableUpdate) error {
-	if err := f.send(u); err != nil {
-		return err
-	}
-	if f.o.OnSent != nil {
-		f.o.OnSent(u)
-	}
-	return nil
+	f.out = append(f.out, u)
+	return f.flush()
 }
 
 func (f *feeder) flush() error {
-	for i, u := range f.out {
-		if err := f.emit(u); err != nil {
+	if len(f.out) == 0 {
+		return nil
+	}
+	if f.o.SendBatch != nil {
+		if err := f.o.SendBatch(f.out); err != nil {
 			return err
 		}
-		f.out[i] = nil
+	} else {
+		for _, u := range f.out {
+			if err := f.send(u); err != nil {
+				return err
+			}
+		}
 	}
+	if f.o.OnSent != nil {
+		for _, u := range f.out {
+			f.o.OnSent(u)
+		}
+	}
+	clear(f.out)
 	f.out = f.out[:0]
 	return nil
 }

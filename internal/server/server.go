@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"strconv"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/varbridge/varbridge/internal/feed"
 	"github.com/varbridge/varbridge/internal/store"
@@ -215,6 +217,34 @@ func (s *Server) DeleteVariable(_ context.Context, req *pb.DeleteVariableRequest
 // one that owns the stream: it polls the watch and sends, so a client that
 // stops reading stalls only its own stream.
 func (s *Server) WatchVariables(req *pb.WatchVariablesRequest, stream grpc.ServerStreamingServer[pb.VariableUpdate]) error {
+	return s.watch(req, stream, stream.Send, nil)
+}
+
+// maxBatchBytes keeps a batch well under the 4 MiB that gRPC clients accept
+// by default; a single larger update still travels alone.
+const maxBatchBytes = 1 << 20
+
+// WatchVariableBatches implements BridgeService: WatchVariables, with every
+// update that is ready sent as one message.
+func (s *Server) WatchVariableBatches(req *pb.WatchVariablesRequest, stream grpc.ServerStreamingServer[pb.VariableUpdateBatch]) error {
+	return s.watch(req, stream, nil, func(us []*pb.VariableUpdate) error {
+		for len(us) > 0 {
+			n, size := 0, 0
+			for n < len(us) && (n == 0 || size+proto.Size(us[n]) <= maxBatchBytes) {
+				size += proto.Size(us[n])
+				n++
+			}
+			// A fresh message per Send: grpc-go may read it after Send returns.
+			if err := stream.Send(&pb.VariableUpdateBatch{Updates: slices.Clone(us[:n])}); err != nil {
+				return err
+			}
+			us = us[n:]
+		}
+		return nil
+	})
+}
+
+func (s *Server) watch(req *pb.WatchVariablesRequest, stream grpc.ServerStream, send feed.Sender, sendBatch func([]*pb.VariableUpdate) error) error {
 	hb := req.GetHeartbeatIntervalMs()
 	if hb < 0 {
 		return status.Errorf(codes.InvalidArgument, "heartbeat_interval_ms must not be negative, got %d", hb)
@@ -244,10 +274,11 @@ func (s *Server) WatchVariables(req *pb.WatchVariablesRequest, stream grpc.Serve
 	log := s.opts.log
 	err = feed.Run(stream.Context(), w, feed.Options{
 		Where: filter, Coalesce: req.GetCoalesce(), Heartbeat: time.Duration(hb) * time.Millisecond,
+		SendBatch: sendBatch,
 		OnFilterError: func(err error) {
 			log.Debug("where filter failed; update sent", "session", req.GetSessionId(), "err", err)
 		},
-	}, stream.Send)
+	}, send)
 	if errors.Is(err, context.Canceled) || status.Code(err) == codes.Canceled {
 		return status.Error(codes.Canceled, "watch cancelled by the client")
 	}

@@ -558,3 +558,37 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+func TestWatchVariableBatchesCarriesTheSameStream(t *testing.T) {
+	f := newFixture(t, store.Options{})
+	f.session("s")
+	f.register("s", "a", 0)
+	const n = 500
+	for i := range n {
+		f.set("s", "a", int64(i+1)) // revisions 2..n+1
+	}
+	s, err := f.c.WatchVariableBatches(f.ctx, &pb.WatchVariablesRequest{SessionId: "s", StartRevision: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	next, msgs := int64(2), 0
+	for next <= n+1 {
+		b, err := s.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		msgs++
+		for _, u := range b.Updates {
+			if u.UpdateType == pb.UpdateType_UPDATE_TYPE_HEARTBEAT {
+				continue
+			}
+			if u.Revision != next || u.Variable.Value.GetIntValue() != next-1 {
+				t.Fatalf("got revision %d value %d, want %d", u.Revision, u.Variable.Value.GetIntValue(), next)
+			}
+			next++
+		}
+	}
+	if msgs >= n {
+		t.Fatalf("%d updates took %d messages: not batched", n, msgs)
+	}
+}

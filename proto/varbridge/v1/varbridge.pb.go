@@ -2281,6 +2281,51 @@ func (x *VariableUpdate) GetLastInRevision() bool {
 	return false
 }
 
+// VariableUpdateBatch carries consecutive updates of one watch stream.
+type VariableUpdateBatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Updates       []*VariableUpdate      `protobuf:"bytes,1,rep,name=updates,proto3" json:"updates,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VariableUpdateBatch) Reset() {
+	*x = VariableUpdateBatch{}
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VariableUpdateBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VariableUpdateBatch) ProtoMessage() {}
+
+func (x *VariableUpdateBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VariableUpdateBatch.ProtoReflect.Descriptor instead.
+func (*VariableUpdateBatch) Descriptor() ([]byte, []int) {
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *VariableUpdateBatch) GetUpdates() []*VariableUpdate {
+	if x != nil {
+		return x.Updates
+	}
+	return nil
+}
+
 var File_varbridge_v1_varbridge_proto protoreflect.FileDescriptor
 
 const file_varbridge_v1_varbridge_proto_rawDesc = "" +
@@ -2503,7 +2548,9 @@ const file_varbridge_v1_varbridge_proto_rawDesc = "" +
 	" \x01(\bR\x0elastInRevision\x1aA\n" +
 	"\x13UpdateMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*\x81\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"M\n" +
+	"\x13VariableUpdateBatch\x126\n" +
+	"\aupdates\x18\x01 \x03(\v2\x1c.varbridge.v1.VariableUpdateR\aupdates*\x81\x02\n" +
 	"\fVariableType\x12\x1d\n" +
 	"\x19VARIABLE_TYPE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15VARIABLE_TYPE_INTEGER\x10\x01\x12\x17\n" +
@@ -2521,7 +2568,7 @@ const file_varbridge_v1_varbridge_proto_rawDesc = "" +
 	"\x18UPDATE_TYPE_VALUE_CHANGE\x10\x02\x12\x17\n" +
 	"\x13UPDATE_TYPE_DELETED\x10\x03\x12\x19\n" +
 	"\x15UPDATE_TYPE_HEARTBEAT\x10\x04\x12\x16\n" +
-	"\x12UPDATE_TYPE_RESYNC\x10\x052\xb8\b\n" +
+	"\x12UPDATE_TYPE_RESYNC\x10\x052\x9a\t\n" +
 	"\rBridgeService\x12d\n" +
 	"\x11InitializeSession\x12&.varbridge.v1.InitializeSessionRequest\x1a'.varbridge.v1.InitializeSessionResponse\x12O\n" +
 	"\n" +
@@ -2535,7 +2582,8 @@ const file_varbridge_v1_varbridge_proto_rawDesc = "" +
 	"\fSetVariables\x12!.varbridge.v1.SetVariablesRequest\x1a\".varbridge.v1.SetVariablesResponse\x12X\n" +
 	"\rListVariables\x12\".varbridge.v1.ListVariablesRequest\x1a#.varbridge.v1.ListVariablesResponse\x12[\n" +
 	"\x0eDeleteVariable\x12#.varbridge.v1.DeleteVariableRequest\x1a$.varbridge.v1.DeleteVariableResponse\x12U\n" +
-	"\x0eWatchVariables\x12#.varbridge.v1.WatchVariablesRequest\x1a\x1c.varbridge.v1.VariableUpdate0\x01B?Z=github.com/varbridge/varbridge/proto/varbridge/v1;varbridgev1b\x06proto3"
+	"\x0eWatchVariables\x12#.varbridge.v1.WatchVariablesRequest\x1a\x1c.varbridge.v1.VariableUpdate0\x01\x12`\n" +
+	"\x14WatchVariableBatches\x12#.varbridge.v1.WatchVariablesRequest\x1a!.varbridge.v1.VariableUpdateBatch0\x01B?Z=github.com/varbridge/varbridge/proto/varbridge/v1;varbridgev1b\x06proto3"
 
 var (
 	file_varbridge_v1_varbridge_proto_rawDescOnce sync.Once
@@ -2550,7 +2598,7 @@ func file_varbridge_v1_varbridge_proto_rawDescGZIP() []byte {
 }
 
 var file_varbridge_v1_varbridge_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_varbridge_v1_varbridge_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
+var file_varbridge_v1_varbridge_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
 var file_varbridge_v1_varbridge_proto_goTypes = []any{
 	(VariableType)(0),                 // 0: varbridge.v1.VariableType
 	(UpdateType)(0),                   // 1: varbridge.v1.UpdateType
@@ -2584,20 +2632,21 @@ var file_varbridge_v1_varbridge_proto_goTypes = []any{
 	(*DeleteVariableResponse)(nil),    // 29: varbridge.v1.DeleteVariableResponse
 	(*WatchVariablesRequest)(nil),     // 30: varbridge.v1.WatchVariablesRequest
 	(*VariableUpdate)(nil),            // 31: varbridge.v1.VariableUpdate
-	nil,                               // 32: varbridge.v1.Variable.MetadataEntry
-	nil,                               // 33: varbridge.v1.Session.MetadataEntry
-	nil,                               // 34: varbridge.v1.InitializeSessionRequest.MetadataEntry
-	nil,                               // 35: varbridge.v1.RegisterVariableRequest.MetadataEntry
-	nil,                               // 36: varbridge.v1.GetVariablesResponse.VariablesEntry
-	nil,                               // 37: varbridge.v1.SetVariableRequest.MetadataEntry
-	nil,                               // 38: varbridge.v1.SetVariablesRequest.UpdatesEntry
-	nil,                               // 39: varbridge.v1.SetVariablesRequest.MetadataEntry
-	nil,                               // 40: varbridge.v1.SetVariablesRequest.ExpectedVersionsEntry
-	nil,                               // 41: varbridge.v1.SetVariablesResponse.VariablesEntry
-	nil,                               // 42: varbridge.v1.DeleteVariableRequest.MetadataEntry
-	nil,                               // 43: varbridge.v1.VariableUpdate.UpdateMetadataEntry
-	(*timestamppb.Timestamp)(nil),     // 44: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),       // 45: google.protobuf.Duration
+	(*VariableUpdateBatch)(nil),       // 32: varbridge.v1.VariableUpdateBatch
+	nil,                               // 33: varbridge.v1.Variable.MetadataEntry
+	nil,                               // 34: varbridge.v1.Session.MetadataEntry
+	nil,                               // 35: varbridge.v1.InitializeSessionRequest.MetadataEntry
+	nil,                               // 36: varbridge.v1.RegisterVariableRequest.MetadataEntry
+	nil,                               // 37: varbridge.v1.GetVariablesResponse.VariablesEntry
+	nil,                               // 38: varbridge.v1.SetVariableRequest.MetadataEntry
+	nil,                               // 39: varbridge.v1.SetVariablesRequest.UpdatesEntry
+	nil,                               // 40: varbridge.v1.SetVariablesRequest.MetadataEntry
+	nil,                               // 41: varbridge.v1.SetVariablesRequest.ExpectedVersionsEntry
+	nil,                               // 42: varbridge.v1.SetVariablesResponse.VariablesEntry
+	nil,                               // 43: varbridge.v1.DeleteVariableRequest.MetadataEntry
+	nil,                               // 44: varbridge.v1.VariableUpdate.UpdateMetadataEntry
+	(*timestamppb.Timestamp)(nil),     // 45: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 46: google.protobuf.Duration
 }
 var file_varbridge_v1_varbridge_proto_depIdxs = []int32{
 	2,  // 0: varbridge.v1.Value.embedding_value:type_name -> varbridge.v1.Embedding
@@ -2605,72 +2654,75 @@ var file_varbridge_v1_varbridge_proto_depIdxs = []int32{
 	0,  // 2: varbridge.v1.Variable.type:type_name -> varbridge.v1.VariableType
 	4,  // 3: varbridge.v1.Variable.value:type_name -> varbridge.v1.Value
 	5,  // 4: varbridge.v1.Variable.constraints:type_name -> varbridge.v1.Constraints
-	32, // 5: varbridge.v1.Variable.metadata:type_name -> varbridge.v1.Variable.MetadataEntry
-	44, // 6: varbridge.v1.Variable.updated_at:type_name -> google.protobuf.Timestamp
-	44, // 7: varbridge.v1.Variable.created_at:type_name -> google.protobuf.Timestamp
-	44, // 8: varbridge.v1.Session.created_at:type_name -> google.protobuf.Timestamp
-	44, // 9: varbridge.v1.Session.expires_at:type_name -> google.protobuf.Timestamp
-	45, // 10: varbridge.v1.Session.ttl:type_name -> google.protobuf.Duration
-	33, // 11: varbridge.v1.Session.metadata:type_name -> varbridge.v1.Session.MetadataEntry
-	45, // 12: varbridge.v1.InitializeSessionRequest.ttl:type_name -> google.protobuf.Duration
-	34, // 13: varbridge.v1.InitializeSessionRequest.metadata:type_name -> varbridge.v1.InitializeSessionRequest.MetadataEntry
+	33, // 5: varbridge.v1.Variable.metadata:type_name -> varbridge.v1.Variable.MetadataEntry
+	45, // 6: varbridge.v1.Variable.updated_at:type_name -> google.protobuf.Timestamp
+	45, // 7: varbridge.v1.Variable.created_at:type_name -> google.protobuf.Timestamp
+	45, // 8: varbridge.v1.Session.created_at:type_name -> google.protobuf.Timestamp
+	45, // 9: varbridge.v1.Session.expires_at:type_name -> google.protobuf.Timestamp
+	46, // 10: varbridge.v1.Session.ttl:type_name -> google.protobuf.Duration
+	34, // 11: varbridge.v1.Session.metadata:type_name -> varbridge.v1.Session.MetadataEntry
+	46, // 12: varbridge.v1.InitializeSessionRequest.ttl:type_name -> google.protobuf.Duration
+	35, // 13: varbridge.v1.InitializeSessionRequest.metadata:type_name -> varbridge.v1.InitializeSessionRequest.MetadataEntry
 	7,  // 14: varbridge.v1.InitializeSessionResponse.session:type_name -> varbridge.v1.Session
 	7,  // 15: varbridge.v1.GetSessionResponse.session:type_name -> varbridge.v1.Session
 	7,  // 16: varbridge.v1.HeartbeatResponse.session:type_name -> varbridge.v1.Session
 	0,  // 17: varbridge.v1.RegisterVariableRequest.type:type_name -> varbridge.v1.VariableType
 	4,  // 18: varbridge.v1.RegisterVariableRequest.initial_value:type_name -> varbridge.v1.Value
 	5,  // 19: varbridge.v1.RegisterVariableRequest.constraints:type_name -> varbridge.v1.Constraints
-	35, // 20: varbridge.v1.RegisterVariableRequest.metadata:type_name -> varbridge.v1.RegisterVariableRequest.MetadataEntry
+	36, // 20: varbridge.v1.RegisterVariableRequest.metadata:type_name -> varbridge.v1.RegisterVariableRequest.MetadataEntry
 	6,  // 21: varbridge.v1.RegisterVariableResponse.variable:type_name -> varbridge.v1.Variable
 	6,  // 22: varbridge.v1.GetVariableResponse.variable:type_name -> varbridge.v1.Variable
-	36, // 23: varbridge.v1.GetVariablesResponse.variables:type_name -> varbridge.v1.GetVariablesResponse.VariablesEntry
+	37, // 23: varbridge.v1.GetVariablesResponse.variables:type_name -> varbridge.v1.GetVariablesResponse.VariablesEntry
 	4,  // 24: varbridge.v1.SetVariableRequest.value:type_name -> varbridge.v1.Value
-	37, // 25: varbridge.v1.SetVariableRequest.metadata:type_name -> varbridge.v1.SetVariableRequest.MetadataEntry
+	38, // 25: varbridge.v1.SetVariableRequest.metadata:type_name -> varbridge.v1.SetVariableRequest.MetadataEntry
 	6,  // 26: varbridge.v1.SetVariableResponse.variable:type_name -> varbridge.v1.Variable
-	38, // 27: varbridge.v1.SetVariablesRequest.updates:type_name -> varbridge.v1.SetVariablesRequest.UpdatesEntry
-	39, // 28: varbridge.v1.SetVariablesRequest.metadata:type_name -> varbridge.v1.SetVariablesRequest.MetadataEntry
-	40, // 29: varbridge.v1.SetVariablesRequest.expected_versions:type_name -> varbridge.v1.SetVariablesRequest.ExpectedVersionsEntry
-	41, // 30: varbridge.v1.SetVariablesResponse.variables:type_name -> varbridge.v1.SetVariablesResponse.VariablesEntry
+	39, // 27: varbridge.v1.SetVariablesRequest.updates:type_name -> varbridge.v1.SetVariablesRequest.UpdatesEntry
+	40, // 28: varbridge.v1.SetVariablesRequest.metadata:type_name -> varbridge.v1.SetVariablesRequest.MetadataEntry
+	41, // 29: varbridge.v1.SetVariablesRequest.expected_versions:type_name -> varbridge.v1.SetVariablesRequest.ExpectedVersionsEntry
+	42, // 30: varbridge.v1.SetVariablesResponse.variables:type_name -> varbridge.v1.SetVariablesResponse.VariablesEntry
 	6,  // 31: varbridge.v1.ListVariablesResponse.variables:type_name -> varbridge.v1.Variable
-	42, // 32: varbridge.v1.DeleteVariableRequest.metadata:type_name -> varbridge.v1.DeleteVariableRequest.MetadataEntry
+	43, // 32: varbridge.v1.DeleteVariableRequest.metadata:type_name -> varbridge.v1.DeleteVariableRequest.MetadataEntry
 	6,  // 33: varbridge.v1.DeleteVariableResponse.variable:type_name -> varbridge.v1.Variable
 	6,  // 34: varbridge.v1.VariableUpdate.variable:type_name -> varbridge.v1.Variable
 	4,  // 35: varbridge.v1.VariableUpdate.old_value:type_name -> varbridge.v1.Value
 	1,  // 36: varbridge.v1.VariableUpdate.update_type:type_name -> varbridge.v1.UpdateType
-	43, // 37: varbridge.v1.VariableUpdate.update_metadata:type_name -> varbridge.v1.VariableUpdate.UpdateMetadataEntry
-	44, // 38: varbridge.v1.VariableUpdate.timestamp:type_name -> google.protobuf.Timestamp
-	6,  // 39: varbridge.v1.GetVariablesResponse.VariablesEntry.value:type_name -> varbridge.v1.Variable
-	4,  // 40: varbridge.v1.SetVariablesRequest.UpdatesEntry.value:type_name -> varbridge.v1.Value
-	6,  // 41: varbridge.v1.SetVariablesResponse.VariablesEntry.value:type_name -> varbridge.v1.Variable
-	8,  // 42: varbridge.v1.BridgeService.InitializeSession:input_type -> varbridge.v1.InitializeSessionRequest
-	10, // 43: varbridge.v1.BridgeService.GetSession:input_type -> varbridge.v1.GetSessionRequest
-	12, // 44: varbridge.v1.BridgeService.Heartbeat:input_type -> varbridge.v1.HeartbeatRequest
-	14, // 45: varbridge.v1.BridgeService.CleanupSession:input_type -> varbridge.v1.CleanupSessionRequest
-	16, // 46: varbridge.v1.BridgeService.RegisterVariable:input_type -> varbridge.v1.RegisterVariableRequest
-	18, // 47: varbridge.v1.BridgeService.GetVariable:input_type -> varbridge.v1.GetVariableRequest
-	20, // 48: varbridge.v1.BridgeService.GetVariables:input_type -> varbridge.v1.GetVariablesRequest
-	22, // 49: varbridge.v1.BridgeService.SetVariable:input_type -> varbridge.v1.SetVariableRequest
-	24, // 50: varbridge.v1.BridgeService.SetVariables:input_type -> varbridge.v1.SetVariablesRequest
-	26, // 51: varbridge.v1.BridgeService.ListVariables:input_type -> varbridge.v1.ListVariablesRequest
-	28, // 52: varbridge.v1.BridgeService.DeleteVariable:input_type -> varbridge.v1.DeleteVariableRequest
-	30, // 53: varbridge.v1.BridgeService.WatchVariables:input_type -> varbridge.v1.WatchVariablesRequest
-	9,  // 54: varbridge.v1.BridgeService.InitializeSession:output_type -> varbridge.v1.InitializeSessionResponse
-	11, // 55: varbridge.v1.BridgeService.GetSession:output_type -> varbridge.v1.GetSessionResponse
-	13, // 56: varbridge.v1.BridgeService.Heartbeat:output_type -> varbridge.v1.HeartbeatResponse
-	15, // 57: varbridge.v1.BridgeService.CleanupSession:output_type -> varbridge.v1.CleanupSessionResponse
-	17, // 58: varbridge.v1.BridgeService.RegisterVariable:output_type -> varbridge.v1.RegisterVariableResponse
-	19, // 59: varbridge.v1.BridgeService.GetVariable:output_type -> varbridge.v1.GetVariableResponse
-	21, // 60: varbridge.v1.BridgeService.GetVariables:output_type -> varbridge.v1.GetVariablesResponse
-	23, // 61: varbridge.v1.BridgeService.SetVariable:output_type -> varbridge.v1.SetVariableResponse
-	25, // 62: varbridge.v1.BridgeService.SetVariables:output_type -> varbridge.v1.SetVariablesResponse
-	27, // 63: varbridge.v1.BridgeService.ListVariables:output_type -> varbridge.v1.ListVariablesResponse
-	29, // 64: varbridge.v1.BridgeService.DeleteVariable:output_type -> varbridge.v1.DeleteVariableResponse
-	31, // 65: varbridge.v1.BridgeService.WatchVariables:output_type -> varbridge.v1.VariableUpdate
-	54, // [54:66] is the sub-list for method output_type
-	42, // [42:54] is the sub-list for method input_type
-	42, // [42:42] is the sub-list for extension type_name
-	42, // [42:42] is the sub-list for extension extendee
-	0,  // [0:42] is the sub-list for field type_name
+	44, // 37: varbridge.v1.VariableUpdate.update_metadata:type_name -> varbridge.v1.VariableUpdate.UpdateMetadataEntry
+	45, // 38: varbridge.v1.VariableUpdate.timestamp:type_name -> google.protobuf.Timestamp
+	31, // 39: varbridge.v1.VariableUpdateBatch.updates:type_name -> varbridge.v1.VariableUpdate
+	6,  // 40: varbridge.v1.GetVariablesResponse.VariablesEntry.value:type_name -> varbridge.v1.Variable
+	4,  // 41: varbridge.v1.SetVariablesRequest.UpdatesEntry.value:type_name -> varbridge.v1.Value
+	6,  // 42: varbridge.v1.SetVariablesResponse.VariablesEntry.value:type_name -> varbridge.v1.Variable
+	8,  // 43: varbridge.v1.BridgeService.InitializeSession:input_type -> varbridge.v1.InitializeSessionRequest
+	10, // 44: varbridge.v1.BridgeService.GetSession:input_type -> varbridge.v1.GetSessionRequest
+	12, // 45: varbridge.v1.BridgeService.Heartbeat:input_type -> varbridge.v1.HeartbeatRequest
+	14, // 46: varbridge.v1.BridgeService.CleanupSession:input_type -> varbridge.v1.CleanupSessionRequest
+	16, // 47: varbridge.v1.BridgeService.RegisterVariable:input_type -> varbridge.v1.RegisterVariableRequest
+	18, // 48: varbridge.v1.BridgeService.GetVariable:input_type -> varbridge.v1.GetVariableRequest
+	20, // 49: varbridge.v1.BridgeService.GetVariables:input_type -> varbridge.v1.GetVariablesRequest
+	22, // 50: varbridge.v1.BridgeService.SetVariable:input_type -> varbridge.v1.SetVariableRequest
+	24, // 51: varbridge.v1.BridgeService.SetVariables:input_type -> varbridge.v1.SetVariablesRequest
+	26, // 52: varbridge.v1.BridgeService.ListVariables:input_type -> varbridge.v1.ListVariablesRequest
+	28, // 53: varbridge.v1.BridgeService.DeleteVariable:input_type -> varbridge.v1.DeleteVariableRequest
+	30, // 54: varbridge.v1.BridgeService.WatchVariables:input_type -> varbridge.v1.WatchVariablesRequest
+	30, // 55: varbridge.v1.BridgeService.WatchVariableBatches:input_type -> varbridge.v1.WatchVariablesRequest
+	9,  // 56: varbridge.v1.BridgeService.InitializeSession:output_type -> varbridge.v1.InitializeSessionResponse
+	11, // 57: varbridge.v1.BridgeService.GetSession:output_type -> varbridge.v1.GetSessionResponse
+	13, // 58: varbridge.v1.BridgeService.Heartbeat:output_type -> varbridge.v1.HeartbeatResponse
+	15, // 59: varbridge.v1.BridgeService.CleanupSession:output_type -> varbridge.v1.CleanupSessionResponse
+	17, // 60: varbridge.v1.BridgeService.RegisterVariable:output_type -> varbridge.v1.RegisterVariableResponse
+	19, // 61: varbridge.v1.BridgeService.GetVariable:output_type -> varbridge.v1.GetVariableResponse
+	21, // 62: varbridge.v1.BridgeService.GetVariables:output_type -> varbridge.v1.GetVariablesResponse
+	23, // 63: varbridge.v1.BridgeService.SetVariable:output_type -> varbridge.v1.SetVariableResponse
+	25, // 64: varbridge.v1.BridgeService.SetVariables:output_type -> varbridge.v1.SetVariablesResponse
+	27, // 65: varbridge.v1.BridgeService.ListVariables:output_type -> varbridge.v1.ListVariablesResponse
+	29, // 66: varbridge.v1.BridgeService.DeleteVariable:output_type -> varbridge.v1.DeleteVariableResponse
+	31, // 67: varbridge.v1.BridgeService.WatchVariables:output_type -> varbridge.v1.VariableUpdate
+	32, // 68: varbridge.v1.BridgeService.WatchVariableBatches:output_type -> varbridge.v1.VariableUpdateBatch
+	56, // [56:69] is the sub-list for method output_type
+	43, // [43:56] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_varbridge_v1_varbridge_proto_init() }
@@ -2694,7 +2746,7 @@ func file_varbridge_v1_varbridge_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_varbridge_v1_varbridge_proto_rawDesc), len(file_varbridge_v1_varbridge_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   42,
+			NumMessages:   43,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

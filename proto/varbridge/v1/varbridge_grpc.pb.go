@@ -25,18 +25,19 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	BridgeService_InitializeSession_FullMethodName = "/varbridge.v1.BridgeService/InitializeSession"
-	BridgeService_GetSession_FullMethodName        = "/varbridge.v1.BridgeService/GetSession"
-	BridgeService_Heartbeat_FullMethodName         = "/varbridge.v1.BridgeService/Heartbeat"
-	BridgeService_CleanupSession_FullMethodName    = "/varbridge.v1.BridgeService/CleanupSession"
-	BridgeService_RegisterVariable_FullMethodName  = "/varbridge.v1.BridgeService/RegisterVariable"
-	BridgeService_GetVariable_FullMethodName       = "/varbridge.v1.BridgeService/GetVariable"
-	BridgeService_GetVariables_FullMethodName      = "/varbridge.v1.BridgeService/GetVariables"
-	BridgeService_SetVariable_FullMethodName       = "/varbridge.v1.BridgeService/SetVariable"
-	BridgeService_SetVariables_FullMethodName      = "/varbridge.v1.BridgeService/SetVariables"
-	BridgeService_ListVariables_FullMethodName     = "/varbridge.v1.BridgeService/ListVariables"
-	BridgeService_DeleteVariable_FullMethodName    = "/varbridge.v1.BridgeService/DeleteVariable"
-	BridgeService_WatchVariables_FullMethodName    = "/varbridge.v1.BridgeService/WatchVariables"
+	BridgeService_InitializeSession_FullMethodName    = "/varbridge.v1.BridgeService/InitializeSession"
+	BridgeService_GetSession_FullMethodName           = "/varbridge.v1.BridgeService/GetSession"
+	BridgeService_Heartbeat_FullMethodName            = "/varbridge.v1.BridgeService/Heartbeat"
+	BridgeService_CleanupSession_FullMethodName       = "/varbridge.v1.BridgeService/CleanupSession"
+	BridgeService_RegisterVariable_FullMethodName     = "/varbridge.v1.BridgeService/RegisterVariable"
+	BridgeService_GetVariable_FullMethodName          = "/varbridge.v1.BridgeService/GetVariable"
+	BridgeService_GetVariables_FullMethodName         = "/varbridge.v1.BridgeService/GetVariables"
+	BridgeService_SetVariable_FullMethodName          = "/varbridge.v1.BridgeService/SetVariable"
+	BridgeService_SetVariables_FullMethodName         = "/varbridge.v1.BridgeService/SetVariables"
+	BridgeService_ListVariables_FullMethodName        = "/varbridge.v1.BridgeService/ListVariables"
+	BridgeService_DeleteVariable_FullMethodName       = "/varbridge.v1.BridgeService/DeleteVariable"
+	BridgeService_WatchVariables_FullMethodName       = "/varbridge.v1.BridgeService/WatchVariables"
+	BridgeService_WatchVariableBatches_FullMethodName = "/varbridge.v1.BridgeService/WatchVariableBatches"
 )
 
 // BridgeServiceClient is the client API for BridgeService service.
@@ -76,6 +77,11 @@ type BridgeServiceClient interface {
 	// revision R, then every change after R in revision order, with heartbeats
 	// carrying the revision the stream has fully covered.
 	WatchVariables(ctx context.Context, in *WatchVariablesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[VariableUpdate], error)
+	// WatchVariableBatches is WatchVariables with the same request and the same
+	// guarantees, sending every update that is ready at once as one message.
+	// A watcher that keeps up gets batches of one; one that is behind catches
+	// up with far fewer messages. Updates of one revision may span two batches.
+	WatchVariableBatches(ctx context.Context, in *WatchVariablesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[VariableUpdateBatch], error)
 }
 
 type bridgeServiceClient struct {
@@ -215,6 +221,25 @@ func (c *bridgeServiceClient) WatchVariables(ctx context.Context, in *WatchVaria
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type BridgeService_WatchVariablesClient = grpc.ServerStreamingClient[VariableUpdate]
 
+func (c *bridgeServiceClient) WatchVariableBatches(ctx context.Context, in *WatchVariablesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[VariableUpdateBatch], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &BridgeService_ServiceDesc.Streams[1], BridgeService_WatchVariableBatches_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchVariablesRequest, VariableUpdateBatch]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type BridgeService_WatchVariableBatchesClient = grpc.ServerStreamingClient[VariableUpdateBatch]
+
 // BridgeServiceServer is the server API for BridgeService service.
 // All implementations must embed UnimplementedBridgeServiceServer
 // for forward compatibility.
@@ -252,6 +277,11 @@ type BridgeServiceServer interface {
 	// revision R, then every change after R in revision order, with heartbeats
 	// carrying the revision the stream has fully covered.
 	WatchVariables(*WatchVariablesRequest, grpc.ServerStreamingServer[VariableUpdate]) error
+	// WatchVariableBatches is WatchVariables with the same request and the same
+	// guarantees, sending every update that is ready at once as one message.
+	// A watcher that keeps up gets batches of one; one that is behind catches
+	// up with far fewer messages. Updates of one revision may span two batches.
+	WatchVariableBatches(*WatchVariablesRequest, grpc.ServerStreamingServer[VariableUpdateBatch]) error
 	mustEmbedUnimplementedBridgeServiceServer()
 }
 
@@ -297,6 +327,9 @@ func (UnimplementedBridgeServiceServer) DeleteVariable(context.Context, *DeleteV
 }
 func (UnimplementedBridgeServiceServer) WatchVariables(*WatchVariablesRequest, grpc.ServerStreamingServer[VariableUpdate]) error {
 	return status.Error(codes.Unimplemented, "method WatchVariables not implemented")
+}
+func (UnimplementedBridgeServiceServer) WatchVariableBatches(*WatchVariablesRequest, grpc.ServerStreamingServer[VariableUpdateBatch]) error {
+	return status.Error(codes.Unimplemented, "method WatchVariableBatches not implemented")
 }
 func (UnimplementedBridgeServiceServer) mustEmbedUnimplementedBridgeServiceServer() {}
 func (UnimplementedBridgeServiceServer) testEmbeddedByValue()                       {}
@@ -528,6 +561,17 @@ func _BridgeService_WatchVariables_Handler(srv interface{}, stream grpc.ServerSt
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type BridgeService_WatchVariablesServer = grpc.ServerStreamingServer[VariableUpdate]
 
+func _BridgeService_WatchVariableBatches_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchVariablesRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(BridgeServiceServer).WatchVariableBatches(m, &grpc.GenericServerStream[WatchVariablesRequest, VariableUpdateBatch]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type BridgeService_WatchVariableBatchesServer = grpc.ServerStreamingServer[VariableUpdateBatch]
+
 // BridgeService_ServiceDesc is the grpc.ServiceDesc for BridgeService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -584,6 +628,11 @@ var BridgeService_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "WatchVariables",
 			Handler:       _BridgeService_WatchVariables_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "WatchVariableBatches",
+			Handler:       _BridgeService_WatchVariableBatches_Handler,
 			ServerStreams: true,
 		},
 	},

@@ -476,3 +476,9 @@ class VariableUpdate(_message.Message):
     variable_name: str
     last_in_revision: bool
     def __init__(self, variable_id: _Optional[str] = ..., variable: _Optional[_Union[Variable, _Mapping]] = ..., old_value: _Optional[_Union[Value, _Mapping]] = ..., update_type: _Optional[_Union[UpdateType, str]] = ..., revision: _Optional[int] = ..., update_source: _Optional[str] = ..., update_metadata: _Optional[_Mapping[str, str]] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., variable_name: _Optional[str] = ..., last_in_revision: _Optional[bool] = ...) -> None: ...
+
+class VariableUpdateBatch(_message.Message):
+    __slots__ = ("updates",)
+    UPDATES_FIELD_NUMBER: _ClassVar[int]
+    updates: _containers.RepeatedCompositeFieldContainer[VariableUpdate]
+    def __init__(self, updates: _Optional[_Iterable[_Union[VariableUpdate, _Mapping]]] = ...) -> None: ...

@@ -99,6 +99,11 @@ class BridgeServiceStub:
                 request_serializer=varbridge_dot_v1_dot_varbridge__pb2.WatchVariablesRequest.SerializeToString,
                 response_deserializer=varbridge_dot_v1_dot_varbridge__pb2.VariableUpdate.FromString,
                 _registered_method=True)
+        self.WatchVariableBatches = channel.unary_stream(
+                '/varbridge.v1.BridgeService/WatchVariableBatches',
+                request_serializer=varbridge_dot_v1_dot_varbridge__pb2.WatchVariablesRequest.SerializeToString,
+                response_deserializer=varbridge_dot_v1_dot_varbridge__pb2.VariableUpdateBatch.FromString,
+                _registered_method=True)
 
 
 class BridgeServiceServicer:
@@ -196,6 +201,16 @@ class BridgeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchVariableBatches(self, request, context):
+        """WatchVariableBatches is WatchVariables with the same request and the same
+        guarantees, sending every update that is ready at once as one message.
+        A watcher that keeps up gets batches of one; one that is behind catches
+        up with far fewer messages. Updates of one revision may span two batches.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BridgeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -258,6 +273,11 @@ def add_BridgeServiceServicer_to_server(servicer, server):
                     servicer.WatchVariables,
                     request_deserializer=varbridge_dot_v1_dot_varbridge__pb2.WatchVariablesRequest.FromString,
                     response_serializer=varbridge_dot_v1_dot_varbridge__pb2.VariableUpdate.SerializeToString,
+            ),
+            'WatchVariableBatches': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchVariableBatches,
+                    request_deserializer=varbridge_dot_v1_dot_varbridge__pb2.WatchVariablesRequest.FromString,
+                    response_serializer=varbridge_dot_v1_dot_varbridge__pb2.VariableUpdateBatch.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -589,6 +609,33 @@ class BridgeService:
             '/varbridge.v1.BridgeService/WatchVariables',
             varbridge_dot_v1_dot_varbridge__pb2.WatchVariablesRequest.SerializeToString,
             varbridge_dot_v1_dot_varbridge__pb2.VariableUpdate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchVariableBatches(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/varbridge.v1.BridgeService/WatchVariableBatches',
+            varbridge_dot_v1_dot_varbridge__pb2.WatchVariablesRequest.SerializeToString,
+            varbridge_dot_v1_dot_varbridge__pb2.VariableUpdateBatch.FromString,
             options,
             channel_credentials,
             insecure,
