@@ -154,7 +154,8 @@ func (st *Store) Register(sessionID string, r Register) (*pb.Variable, int64, er
 	if idPattern.MatchString(r.Name) {
 		return nil, 0, fieldErr("name", "%q has the form of a variable id; choose another name", r.Name)
 	}
-	rl, err := newRules(r.Type, r.Constraints)
+	// The rules keep their own copy: the caller may reuse its request.
+	rl, err := newRules(r.Type, proto.CloneOf(r.Constraints))
 	if err != nil {
 		return nil, 0, fmt.Errorf("variable %q: %w", r.Name, err)
 	}
