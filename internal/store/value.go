@@ -123,13 +123,16 @@ func (r *rules) check(name string, v *pb.Value) error {
 		return &ConstraintError{Variable: name, Constraint: constraint, Value: FormatValue(v), Reason: reason}
 	}
 	switch r.typ {
-	case pb.VariableType_VARIABLE_TYPE_INTEGER, pb.VariableType_VARIABLE_TYPE_FLOAT:
-		var x float64
-		if r.typ == pb.VariableType_VARIABLE_TYPE_INTEGER {
-			x = float64(v.GetIntValue())
-		} else {
-			x = v.GetFloatValue()
+	case pb.VariableType_VARIABLE_TYPE_INTEGER:
+		n := v.GetIntValue()
+		if c.Min != nil && intBelow(n, *c.Min) {
+			return violation("min", fmt.Sprintf("must be >= %v", *c.Min))
 		}
+		if c.Max != nil && intAbove(n, *c.Max) {
+			return violation("max", fmt.Sprintf("must be <= %v", *c.Max))
+		}
+	case pb.VariableType_VARIABLE_TYPE_FLOAT:
+		x := v.GetFloatValue()
 		if math.IsNaN(x) && (c.Min != nil || c.Max != nil) {
 			return violation("min", "NaN is outside every range")
 		}
@@ -173,6 +176,32 @@ func (r *rules) check(name string, v *pb.Value) error {
 		}
 	}
 	return nil
+}
+
+// twoTo63 is 2^63, the first float64 above every int64.
+const twoTo63 = float64(1 << 63)
+
+// intBelow reports n < min exactly: converting n to float64 would round
+// integers past 2^53 and let a value just outside a bound through.
+func intBelow(n int64, min float64) bool {
+	switch {
+	case min >= twoTo63:
+		return true
+	case min <= -twoTo63:
+		return false
+	}
+	return n < int64(math.Ceil(min))
+}
+
+// intAbove reports n > max exactly.
+func intAbove(n int64, max float64) bool {
+	switch {
+	case max >= twoTo63:
+		return false
+	case max < -twoTo63:
+		return true
+	}
+	return n > int64(math.Floor(max))
 }
 
 func shapeMatches(want, got []int64) bool {

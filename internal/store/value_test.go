@@ -396,3 +396,38 @@ func TestValuesEqualAndFormat(t *testing.T) {
 		}
 	}
 }
+
+func TestIntegerBoundsAreExactPast2To53(t *testing.T) {
+	const big = int64(1) << 60
+	tests := []struct {
+		min, max float64
+		v        int64
+		ok       bool
+	}{
+		{min: float64(big), max: float64(big), v: big, ok: true},
+		{min: float64(big), max: float64(big), v: big + 1, ok: false},
+		{min: float64(big), max: float64(big), v: big - 1, ok: false},
+		{min: -9.3e18, max: 9.3e18, v: math.MaxInt64, ok: true},
+		{min: -9.3e18, max: 9.3e18, v: math.MinInt64, ok: true},
+		{min: 9.3e18, max: 9.4e18, v: math.MaxInt64, ok: false},
+		{min: 0.5, max: 1.5, v: 1, ok: true},
+		{min: 0.5, max: 1.5, v: 0, ok: false},
+		{min: 0.5, max: 1.5, v: 2, ok: false},
+	}
+	for _, tc := range tests {
+		st := store.New(store.Options{})
+		if _, _, err := st.CreateSession("s", 0, nil); err != nil {
+			t.Fatal(err)
+		}
+		min, max := tc.min, tc.max
+		_, _, err := st.Register("s", store.Register{
+			Name: "n", Type: pb.VariableType_VARIABLE_TYPE_INTEGER,
+			Value:       &pb.Value{Kind: &pb.Value_IntValue{IntValue: tc.v}},
+			Constraints: &pb.Constraints{Min: &min, Max: &max},
+		})
+		st.Close()
+		if (err == nil) != tc.ok {
+			t.Errorf("min %v max %v value %d: err = %v, want ok=%v", tc.min, tc.max, tc.v, err, tc.ok)
+		}
+	}
+}
