@@ -77,6 +77,9 @@ test: venv proto-check build
 	fi
 	@echo "==> test: all passed"
 
+bench: venv build ; @bench/run.sh -out bench/results.json
+bench-smoke: venv build ; @bench/run.sh -smoke
+
 demo: build
 	@echo "==> demo"
 	@VARBRIDGE_BIN="$(CURDIR)/$(BIN)" scripts/demo.sh

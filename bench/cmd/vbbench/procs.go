@@ -1,0 +1,187 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// mono is CLOCK_MONOTONIC in nanoseconds: the clock Python's
+// time.monotonic_ns() reads too, so timestamps compare across processes on
+// the same host.
+func mono() int64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		panic(err)
+	}
+	return ts.Nano()
+}
+
+// proc is a child process that announced "listening on ADDR" on stdout.
+type proc struct {
+	name   string
+	cmd    *exec.Cmd
+	addr   string
+	stderr *tailBuffer
+	stdin  io.WriteCloser
+	exited chan struct{}
+}
+
+// startListener runs bin with args and waits for its "listening on ADDR" line.
+func startListener(name, bin string, args ...string) (*proc, error) {
+	cmd := exec.Command(bin, args...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	p := &proc{name: name, cmd: cmd, stderr: &tailBuffer{max: 8 << 10}, stdin: stdin, exited: make(chan struct{})}
+	cmd.Stderr = p.stderr
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	go func() { _ = cmd.Wait(); close(p.exited) }()
+	addrc := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			if a, ok := strings.CutPrefix(sc.Text(), "listening on "); ok {
+				select {
+				case addrc <- strings.TrimSpace(a):
+				default:
+				}
+			}
+		}
+	}()
+	select {
+	case p.addr = <-addrc:
+		return p, nil
+	case <-p.exited:
+		return nil, fmt.Errorf("%s exited before listening: %s", name, p.stderr)
+	case <-time.After(20 * time.Second):
+		p.stop()
+		return nil, fmt.Errorf("%s did not announce its address within 20s: %s", name, p.stderr)
+	}
+}
+
+func (p *proc) pid() int { return p.cmd.Process.Pid }
+
+// stop sends SIGTERM, then SIGKILL after 5 s.
+func (p *proc) stop() {
+	_ = p.stdin.Close()
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.exited:
+	case <-time.After(5 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.exited
+	}
+}
+
+// rssBytes reads VmRSS of a process from /proc.
+func rssBytes(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			f := strings.Fields(rest)
+			kb, err := strconv.ParseInt(f[0], 10, 64)
+			return kb << 10, err
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
+}
+
+// tailBuffer keeps the last max bytes written to it.
+type tailBuffer struct {
+	mu  sync.Mutex
+	max int
+	b   []byte
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.b = append(t.b, p...)
+	if len(t.b) > t.max {
+		t.b = t.b[len(t.b)-t.max:]
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return string(bytes.TrimSpace(t.b))
+}
+
+// pyProc is a Python helper script: it prints "ready" when its watch is
+// open, then one JSON line with its results before exiting.
+type pyProc struct {
+	cmd    *exec.Cmd
+	lines  chan string
+	stderr *tailBuffer
+	done   chan error
+}
+
+func startPython(ctx context.Context, python string, args ...string) (*pyProc, error) {
+	cmd := exec.CommandContext(ctx, python, args...)
+	cmd.Env = append(os.Environ(), "PYTHONUNBUFFERED=1")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	p := &pyProc{cmd: cmd, lines: make(chan string, 16), stderr: &tailBuffer{max: 16 << 10}, done: make(chan error, 1)}
+	cmd.Stderr = p.stderr
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", python, err)
+	}
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		sc.Buffer(make([]byte, 1<<20), 256<<20)
+		for sc.Scan() {
+			p.lines <- sc.Text()
+		}
+		close(p.lines)
+		p.done <- cmd.Wait()
+	}()
+	return p, nil
+}
+
+// waitLine returns the next stdout line, or an error when the script ended
+// or the timeout passed.
+func (p *pyProc) waitLine(timeout time.Duration) (string, error) {
+	select {
+	case l, ok := <-p.lines:
+		if !ok {
+			err := <-p.done
+			p.done <- err
+			return "", fmt.Errorf("python helper ended (%v): %s", err, p.stderr)
+		}
+		return l, nil
+	case <-time.After(timeout):
+		return "", fmt.Errorf("python helper silent for %s: %s", timeout, p.stderr)
+	}
+}
+
+func (p *pyProc) kill() {
+	if p.cmd.Process != nil {
+		_ = p.cmd.Process.Kill()
+	}
+}
