@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/varbridge/varbridge/internal/feed"
+	"github.com/varbridge/varbridge/internal/metrics"
 	"github.com/varbridge/varbridge/internal/store"
 	"github.com/varbridge/varbridge/internal/where"
 	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
@@ -35,12 +36,16 @@ type Server struct {
 	pb.UnimplementedBridgeServiceServer
 	st   *store.Store
 	opts options
+	auth authState
 }
 
 type options struct {
 	log       *slog.Logger
 	keepalive keepalive.ServerParameters
 	grpcOpts  []grpc.ServerOption
+	auth      bool             // WithAuth, see auth.go
+	metrics   *metrics.Metrics // WithMetrics; nil records nothing
+	limits    RequestLimits    // WithRequestLimits, see limits.go
 }
 
 // Option configures a Server.
@@ -60,11 +65,20 @@ func WithGRPCOptions(opts ...grpc.ServerOption) Option {
 	return func(o *options) { o.grpcOpts = append(o.grpcOpts, opts...) }
 }
 
+// WithMetrics records the server's metrics in m: gRPC calls and codes, open
+// sessions and watches of its store, deliveries, resyncs, closed watches,
+// filter errors and recovered panics.
+func WithMetrics(m *metrics.Metrics) Option { return func(o *options) { o.metrics = m } }
+
 // New returns a Server over st.
 func New(st *store.Store, opts ...Option) *Server {
 	o := options{log: slog.Default(), keepalive: keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}}
 	for _, opt := range opts {
 		opt(&o)
+	}
+	o.limits.withDefaults()
+	if err := o.metrics.ObserveStore(st); err != nil {
+		o.log.Warn("metrics already observe another store; session and watch gauges show that one", "err", err)
 	}
 	return &Server{st: st, opts: o}
 }
@@ -74,11 +88,27 @@ func New(st *store.Store, opts ...Option) *Server {
 const ClientPingInterval = 10 * time.Second
 
 // GRPCServer returns a grpc.Server serving BridgeService, health and
-// reflection, with keepalive set deliberately on the server side.
+// reflection, with keepalive set deliberately on the server side. Its
+// interceptors run in this order: metrics (which see every final code),
+// panic recovery, auth (WithAuth), request limits.
 func (s *Server) GRPCServer() *grpc.Server {
+	var unary []grpc.UnaryServerInterceptor
+	var stream []grpc.StreamServerInterceptor
+	if s.opts.metrics != nil {
+		u, st := s.opts.metrics.ServerOptions()
+		unary, stream = append(unary, u), append(stream, st)
+	}
+	unary, stream = append(unary, s.recoverUnary), append(stream, s.recoverStream)
+	if s.opts.auth {
+		unary, stream = append(unary, s.authUnary), append(stream, s.authStream)
+	}
+	unary, stream = append(unary, s.limitsUnary), append(stream, s.limitsStream)
 	opts := append([]grpc.ServerOption{
 		grpc.KeepaliveParams(s.opts.keepalive),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: ClientPingInterval, PermitWithoutStream: true}),
+		grpc.MaxRecvMsgSize(s.opts.limits.MaxRecvMsgBytes),
+		grpc.ChainUnaryInterceptor(unary...),
+		grpc.ChainStreamInterceptor(stream...),
 	}, s.opts.grpcOpts...)
 	g := grpc.NewServer(opts...)
 	pb.RegisterBridgeServiceServer(g, s)
@@ -87,6 +117,7 @@ func (s *Server) GRPCServer() *grpc.Server {
 	hs.SetServingStatus(pb.BridgeService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	healthpb.RegisterHealthServer(g, hs)
 	reflection.Register(g)
+	s.opts.metrics.InitializeGRPC(g)
 	return g
 }
 
@@ -267,20 +298,58 @@ func (s *Server) watch(req *pb.WatchVariablesRequest, stream grpc.ServerStream, 
 	if req.GetStartRevision() > 0 {
 		rev = req.GetStartRevision() - 1
 	}
+	m := s.opts.metrics
+	m.WatchOpened()
 	if err := stream.SendHeader(metadata.Pairs(RevisionHeader, strconv.FormatInt(rev, 10))); err != nil {
 		w.Close()
+		m.WatchClosed(metrics.ClosedSendFailed)
 		return err
+	}
+	// sendFailed tells a broken stream from other ends, for metrics.
+	sendFailed := false
+	if send != nil {
+		inner := send
+		send = func(u *pb.VariableUpdate) error {
+			err := inner(u)
+			sendFailed = err != nil
+			return err
+		}
+	}
+	if sendBatch != nil {
+		inner := sendBatch
+		sendBatch = func(us []*pb.VariableUpdate) error {
+			err := inner(us)
+			sendFailed = err != nil
+			return err
+		}
 	}
 	log := s.opts.log
 	err = feed.Run(stream.Context(), w, feed.Options{
 		Where: filter, Coalesce: req.GetCoalesce(), Heartbeat: time.Duration(hb) * time.Millisecond,
 		SendBatch: sendBatch,
 		OnFilterError: func(err error) {
+			m.FilterError()
 			log.Debug("where filter failed; update sent", "session", req.GetSessionId(), "err", err)
 		},
+		OnSent:   m.UpdateSent,
+		OnResync: m.Resync,
 	}, send)
+	m.WatchClosed(closeReason(stream.Context(), err, sendFailed))
 	if errors.Is(err, context.Canceled) || status.Code(err) == codes.Canceled {
 		return status.Error(codes.Canceled, "watch cancelled by the client")
 	}
 	return toStatus(err)
+}
+
+// closeReason classifies how a watch ended, for metrics.
+func closeReason(ctx context.Context, err error, sendFailed bool) string {
+	switch {
+	case errors.Is(err, store.ErrSessionClosed):
+		return metrics.ClosedSessionEnded
+	case ctx.Err() != nil || errors.Is(err, context.Canceled) || status.Code(err) == codes.Canceled:
+		return metrics.ClosedCancelled
+	case sendFailed:
+		return metrics.ClosedSendFailed
+	}
+	return metrics.ClosedError
 }
