@@ -1,16 +1,23 @@
 package main
 
 import (
+	"context"
+	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
+	"github.com/varbridge/varbridge/internal/metrics"
 	"github.com/varbridge/varbridge/internal/server"
 	"github.com/varbridge/varbridge/internal/store"
 )
@@ -26,6 +33,11 @@ func newServeCmd() *cobra.Command {
 		so        store.Options
 		kaTime    time.Duration
 		kaTimeout time.Duration
+
+		tlsCert, tlsKey string
+		requireAuth     bool
+		metricsListen   string
+		limits          server.RequestLimits
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -33,7 +45,19 @@ func newServeCmd() *cobra.Command {
 		Long: `Run the varbridge gRPC server with an in-memory store.
 
 It serves varbridge.v1.BridgeService, grpc.health.v1.Health and server
-reflection, so "grpcurl -plaintext ADDR list" works. SIGINT or SIGTERM stop it.`,
+reflection, so "grpcurl -plaintext ADDR list" works. SIGINT or SIGTERM stop it.
+
+Security: --tls-cert and --tls-key serve TLS. --require-auth makes
+InitializeSession return a session_token for each session it creates; every
+later call on that session must send "authorization: Bearer <token>"
+(missing: UNAUTHENTICATED; another session's token: PERMISSION_DENIED;
+initializing an existing session without its token: ALREADY_EXISTS).
+
+Limits (sessions, variables and watches per session, identifiers per watch,
+value size, request size and metadata) fail with RESOURCE_EXHAUSTED or
+INVALID_ARGUMENT naming the limit.
+
+--metrics-listen serves Prometheus metrics on http://ADDR/metrics.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var level slog.Level
@@ -41,19 +65,66 @@ reflection, so "grpcurl -plaintext ADDR list" works. SIGINT or SIGTERM stop it.`
 				return fmt.Errorf("--log-level: %w", err)
 			}
 			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			sopts := []server.Option{
+				server.WithLogger(log), server.WithKeepalive(kaTime, kaTimeout), server.WithRequestLimits(limits),
+			}
+			if (tlsCert == "") != (tlsKey == "") {
+				return errors.New("--tls-cert and --tls-key go together")
+			}
+			if tlsCert != "" {
+				cert, err := tls.LoadX509KeyPair(tlsCert, tlsKey)
+				if err != nil {
+					return fmt.Errorf("--tls-cert/--tls-key: %w", err)
+				}
+				creds := credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+				sopts = append(sopts, server.WithGRPCOptions(grpc.Creds(creds)))
+			}
+			if requireAuth {
+				sopts = append(sopts, server.WithAuth())
+				if tlsCert == "" {
+					log.Warn("--require-auth without TLS: session tokens travel in plaintext")
+				}
+			}
+			var m *metrics.Metrics
+			var mlis net.Listener
+			if metricsListen != "" {
+				var err error
+				if mlis, err = net.Listen("tcp", metricsListen); err != nil {
+					return fmt.Errorf("--metrics-listen %s: %w", metricsListen, err)
+				}
+				defer mlis.Close()
+				m = metrics.New()
+				sopts = append(sopts, server.WithMetrics(m))
+			}
 			lis, err := net.Listen("tcp", listen)
 			if err != nil {
 				return fmt.Errorf("listen on %s: %w", listen, err)
 			}
 			st := store.New(so)
 			defer st.Close()
-			g := server.New(st, server.WithLogger(log), server.WithKeepalive(kaTime, kaTimeout)).GRPCServer()
+			g := server.New(st, sopts...).GRPCServer()
+			if m != nil {
+				hs := m.NewHTTPServer()
+				go func() {
+					if err := hs.Serve(mlis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+						log.Error("metrics server stopped", "err", err)
+					}
+				}()
+				defer func() {
+					ctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
+					defer cancel()
+					_ = hs.Shutdown(ctx)
+				}()
+				log.Info("metrics serving", "url", "http://"+mlis.Addr().String()+"/metrics")
+				// Scripts read this line to learn the port when --metrics-listen ends in :0.
+				fmt.Fprintf(cmd.OutOrStdout(), "metrics on http://%s/metrics\n", mlis.Addr())
+			}
 
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			served := make(chan error, 1)
 			go func() { served <- g.Serve(lis) }()
-			log.Info("varbridge serving", "addr", lis.Addr().String())
+			log.Info("varbridge serving", "addr", lis.Addr().String(), "tls", tlsCert != "", "auth", requireAuth)
 			// Scripts read this line to learn the port when --listen ends in :0.
 			fmt.Fprintf(cmd.OutOrStdout(), "listening on %s\n", lis.Addr())
 
@@ -86,6 +157,14 @@ reflection, so "grpcurl -plaintext ADDR list" works. SIGINT or SIGTERM stop it.`
 	f.IntVar(&so.MaxWatches, "max-watches", store.DefaultMaxWatches, "watches per session")
 	f.IntVar(&so.MaxWatchIdentifiers, "max-watch-identifiers", store.DefaultMaxWatchIdentifiers, "variables named by one watch")
 	f.IntVar(&so.MaxValueBytes, "max-value-bytes", store.DefaultMaxValueBytes, "encoded size of one value")
+	f.IntVar(&limits.MaxRecvMsgBytes, "max-recv-msg-bytes", server.DefaultMaxRecvMsgBytes, "largest request message accepted")
+	f.IntVar(&limits.MaxMetadataEntries, "max-metadata-entries", server.DefaultMaxMetadataEntries, "entries in one request metadata map")
+	f.IntVar(&limits.MaxMetadataKeyBytes, "max-metadata-key-bytes", server.DefaultMaxMetadataKeyBytes, "bytes in one metadata key")
+	f.IntVar(&limits.MaxMetadataValueBytes, "max-metadata-value-bytes", server.DefaultMaxMetadataValueBytes, "bytes in one metadata value")
+	f.StringVar(&tlsCert, "tls-cert", "", "PEM certificate (chain) file; with --tls-key, serve TLS")
+	f.StringVar(&tlsKey, "tls-key", "", "PEM private key file for --tls-cert")
+	f.BoolVar(&requireAuth, "require-auth", false, "require each session's token (authorization: Bearer) on every call")
+	f.StringVar(&metricsListen, "metrics-listen", "", "serve Prometheus /metrics on this address (empty: off)")
 	f.DurationVar(&kaTime, "keepalive-time", 30*time.Second, "ping an idle client after this long")
 	f.DurationVar(&kaTimeout, "keepalive-timeout", 10*time.Second, "drop a client that does not answer a ping within this")
 	return cmd
