@@ -13,6 +13,8 @@ import re
 
 import grpc
 
+from varbridge import _status
+
 __all__ = [
     "AlreadyExists",
     "ConstraintViolation",
@@ -40,11 +42,22 @@ class VarbridgeError(Exception):
 
     code: grpc.StatusCode
     details: str
+    field: str | None
+    """The request field at fault (google.rpc BadRequest), e.g. "value" or "constraints.max"."""
+    constraint: str | None
+    """For a broken constraint: its wire name ("min", "pattern", "dtype", ...)."""
+    limit: str | None
+    """For RESOURCE_EXHAUSTED: the server limit's name."""
+    status_details: _status.StatusDetails | None
 
     def __init__(self, details: str, code: grpc.StatusCode = grpc.StatusCode.UNKNOWN) -> None:
         super().__init__(details)
         self.code = code
         self.details = details
+        self.field = None
+        self.constraint = None
+        self.limit = None
+        self.status_details = None
 
     def __str__(self) -> str:
         return f"{self.details} ({self.code.name})"
@@ -132,9 +145,15 @@ _WORD = re.compile(r"\b(session|variables?)\b", re.IGNORECASE)
 def _not_found_kind(details: str) -> str:
     """Return "session" or "variable": which thing a NOT_FOUND message is about.
 
-    The server's messages read 'session "x" not found' or 'variable "y" not
-    found in session "x"': the first of the two words decides.
+    Used only when the status carries no google.rpc ResourceInfo. The
+    server's messages read 'session not found: session "x"', 'session closed'
+    or 'session "x" has no variable "y"'.
     """
+    low = details.lower()
+    if "has no variable" in low or "variable not found" in low:
+        return "variable"
+    if low.startswith(("session not found", "session closed")):
+        return "session"
     m = _WORD.search(details)
     if m is None:
         return "unknown"
@@ -142,32 +161,72 @@ def _not_found_kind(details: str) -> str:
 
 
 def from_rpc_error(
-    err: grpc.aio.AioRpcError | grpc.RpcError, *, write: bool = False, session_rpc: bool = False
+    err: grpc.RpcError, *, write: bool = False, session_rpc: bool = False
 ) -> VarbridgeError:
     """Map a gRPC error to the matching :class:`VarbridgeError` subclass.
 
-    ``write``: the call was a write (INVALID_ARGUMENT becomes ConstraintViolation).
-    ``session_rpc``: the call names only a session (NOT_FOUND is SessionNotFound).
+    ``write``: the call was a write (INVALID_ARGUMENT about the value becomes
+    ConstraintViolation). ``session_rpc``: the call names only a session
+    (NOT_FOUND is SessionNotFound). The google.rpc details the server
+    attaches, when present, decide between session and variable and name
+    the constraint or limit.
     """
     code_fn = getattr(err, "code", None)
     details_fn = getattr(err, "details", None)
-    code = code_fn() if callable(code_fn) else grpc.StatusCode.UNKNOWN
+    trailers_fn = getattr(err, "trailing_metadata", None)
+    code = code_fn() if callable(code_fn) else None
     details = (details_fn() if callable(details_fn) else None) or str(err)
-    if code is None:
-        code = grpc.StatusCode.UNKNOWN
-    return error_for(code, details, write=write, session_rpc=session_rpc)
+    info = None
+    if callable(trailers_fn):
+        try:
+            info = _status.parse(trailers_fn())
+        except Exception:
+            info = None
+    return error_for(
+        code or grpc.StatusCode.UNKNOWN,
+        details,
+        write=write,
+        session_rpc=session_rpc,
+        status_details=info,
+    )
 
 
 def error_for(
-    code: grpc.StatusCode, details: str, *, write: bool = False, session_rpc: bool = False
+    code: grpc.StatusCode,
+    details: str,
+    *,
+    write: bool = False,
+    session_rpc: bool = False,
+    status_details: _status.StatusDetails | None = None,
 ) -> VarbridgeError:
-    """Build the typed error for a status code and message."""
+    """Build the typed error for a status code, message and decoded details."""
+    sd = status_details
     cls: type[VarbridgeError]
     if code == grpc.StatusCode.NOT_FOUND:
-        kind = "session" if session_rpc else _not_found_kind(details)
+        if session_rpc:
+            kind = "session"
+        elif sd is not None and sd.resource_type in ("session", "variable"):
+            kind = sd.resource_type
+        else:
+            kind = _not_found_kind(details)
         cls = {"session": SessionNotFound, "variable": VariableNotFound}.get(kind, NotFound)
     elif code == grpc.StatusCode.INVALID_ARGUMENT and write:
         cls = ConstraintViolation
+        if sd is not None and sd.field_violations:
+            fv = sd.field_violations[0]
+            if fv.reason != "CONSTRAINT_VIOLATION" and not fv.field.startswith("value"):
+                # A malformed request (a bad name, constraint definition,
+                # empty batch): not the value breaking a rule.
+                cls = InvalidArgument
     else:
         cls = _BY_CODE.get(code, VarbridgeError)
-    return cls(details, code)
+    e = cls(details, code)
+    if sd is not None:
+        e.status_details = sd
+        if sd.field_violations:
+            e.field = sd.field_violations[0].field
+            if e.field.startswith("constraints."):
+                e.constraint = e.field[len("constraints.") :]
+        if sd.quota_subjects:
+            e.limit = sd.quota_subjects[0]
+    return e

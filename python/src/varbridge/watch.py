@@ -69,7 +69,7 @@ class Watch(AsyncIterator[VariableUpdate]):
 
     Counters for monitoring: ``received`` (messages off the wire), ``yielded``,
     ``filtered`` (by ``filter=``), ``filter_errors``, ``reconnects``,
-    ``duplicates_skipped`` and ``last_revision`` (the last revision received
+    ``duplicates_skipped``, ``mid_group_resumes`` and ``last_revision`` (the last revision received
     completely; a resume starts after it).
     """
 
@@ -126,6 +126,7 @@ class Watch(AsyncIterator[VariableUpdate]):
         self.filter_errors = 0
         self.reconnects = 0
         self.duplicates_skipped = 0
+        self.mid_group_resumes = 0
         self.attempts = 0
 
     # -- public -----------------------------------------------------------
@@ -244,6 +245,8 @@ class Watch(AsyncIterator[VariableUpdate]):
             req.include_initial_values = True
         else:
             req.start_revision = self.resume_revision
+            if self._group_rev is not None:
+                self.mid_group_resumes += 1
         self.attempts += 1
         if self.attempts > 1:
             self.reconnects += 1
