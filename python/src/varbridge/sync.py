@@ -303,13 +303,15 @@ class SyncSession:
 class SyncWatch(Iterator[VariableUpdate]):
     """Blocking iterator over a :class:`varbridge.watch.Watch`.
 
-    ``next(watch, timeout)``-style polling: :meth:`next` with ``timeout``
-    raises TimeoutError and, like any interruption, ends the watch.
+    :meth:`next` takes a ``timeout``: TimeoutError leaves the watch running
+    and the next call picks up the same pending read. Ctrl-C (or any other
+    interruption) ends the watch.
     """
 
     def __init__(self, bridge: SyncBridge, watch: Watch) -> None:
         self._bridge = bridge
         self.watch = watch
+        self._pending: concurrent.futures.Future[VariableUpdate] | None = None
 
     def __iter__(self) -> SyncWatch:
         return self
@@ -318,10 +320,30 @@ class SyncWatch(Iterator[VariableUpdate]):
         return self.next()
 
     def next(self, timeout: float | None = None) -> VariableUpdate:
+        """The next update; TimeoutError after ``timeout`` seconds (the watch goes on)."""
+        if self._pending is None:
+            if self.watch.closed:
+                raise StopIteration
+            self._pending = asyncio.run_coroutine_threadsafe(
+                self.watch.__anext__(), self._bridge._lt.loop
+            )
+        fut = self._pending
         try:
-            return self._bridge._lt.run(self.watch.__anext__(), timeout)
+            result = fut.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise TimeoutError("no update within the timeout") from None
         except StopAsyncIteration:
+            self._pending = None
             raise StopIteration from None
+        except concurrent.futures.CancelledError:
+            self._pending = None
+            raise StopIteration from None
+        except BaseException:
+            self._pending = None
+            fut.cancel()  # KeyboardInterrupt: end the watch
+            raise
+        self._pending = None
+        return result
 
     def __enter__(self) -> SyncWatch:
         return self
@@ -337,6 +359,9 @@ class SyncWatch(Iterator[VariableUpdate]):
     def close(self) -> None:
         if not self.watch.closed and not self._bridge._closed:
             self._bridge._run(self.watch.aclose())
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
 
     def __del__(self) -> None:
         w = getattr(self, "watch", None)
