@@ -1,0 +1,382 @@
+package varbridge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	grpcbackoff "google.golang.org/grpc/backoff"
+
+	"github.com/varbridge/varbridge/internal/cutproxy"
+	"github.com/varbridge/varbridge/internal/servertest"
+	"github.com/varbridge/varbridge/internal/store"
+	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
+)
+
+// fastRedial makes grpc-go retry a failed connect within milliseconds
+// rather than its default of 1 s and more, so that tests that cut
+// connections all the time do not wait on it.
+var fastRedial = WithDialOptions(grpc.WithConnectParams(grpc.ConnectParams{
+	Backoff:           grpcbackoff.Config{BaseDelay: 2 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 50 * time.Millisecond},
+	MinConnectTimeout: 2 * time.Second,
+}))
+
+func newProxy(t testing.TB, target string) *cutproxy.Proxy {
+	t.Helper()
+	p, err := cutproxy.New(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Close() })
+	return p
+}
+
+// change is one variable's part of a committed write.
+type change struct {
+	rev int64
+	id  string
+}
+
+// A proxy cuts the BridgedState's connection over and over while more than
+// 10,000 updates flow, single writes and batches mixed: the watcher gets
+// every change exactly once, in commit order, each batch whole.
+func TestBridgedCutConnectionsExactlyOnce(t *testing.T) {
+	for _, batchRPC := range []bool{true, false} {
+		name := map[bool]string{true: "WatchVariableBatches", false: "WatchVariables"}[batchRPC]
+		t.Run(name, func(t *testing.T) {
+			srv := servertest.Start(t, store.Options{HistoryLimit: 100_000})
+			proxy := newProxy(t, srv.Addr)
+			b := dialBridged(t, proxy.Addr(), fastRedial)
+			ids := map[string]string{}
+			var names []string
+			var ref WatchRef
+			for i := range 8 {
+				n := fmt.Sprintf("x%d", i)
+				names = append(names, n)
+				ids[n] = mustRegister(t, b, n, TypeInteger, 0).ID
+			}
+
+			var got []change // only the watch goroutine appends until the end
+			var resyncs atomic.Int64
+			ref = mustWatch(t, b, context.Background(), names, func(ident string, _, _ any, m UpdateMeta) {
+				if m.Resync {
+					resyncs.Add(1)
+				}
+				got = append(got, change{m.Revision, m.VariableID})
+			}, WithBackoff(time.Millisecond, 10*time.Millisecond), WithMaxFailures(1000), WithHeartbeat(20*time.Millisecond),
+				WithBatchedStream(batchRPC))
+
+			w := b.watches.watches[ref]
+			stopCuts := make(chan struct{})
+			cutterDone := make(chan struct{})
+			go func() { // cuts at random moments, each after the watch made some progress
+				defer close(cutterDone)
+				for {
+					select {
+					case <-stopCuts:
+						return
+					case <-time.After(time.Duration(rand.IntN(4000)) * time.Microsecond):
+					}
+					if proxy.Cut() == 0 {
+						continue
+					}
+					at := w.lastRev.Load()
+					for w.lastRev.Load() == at {
+						select {
+						case <-stopCuts:
+							return
+						case <-time.After(500 * time.Microsecond):
+						}
+					}
+				}
+			}()
+
+			var want []change
+			counter := int64(0)
+			sess := b.SessionID()
+			for len(want) < 10_500 {
+				var ws []store.Write
+				if rand.IntN(3) == 0 {
+					for _, k := range rand.Perm(len(names))[:2+rand.IntN(4)] {
+						counter++
+						ws = append(ws, store.Write{Identifier: names[k], Value: &pb.Value{Kind: &pb.Value_IntValue{IntValue: counter}}})
+					}
+				} else {
+					counter++
+					ws = []store.Write{{Identifier: names[rand.IntN(len(names))], Value: &pb.Value{Kind: &pb.Value_IntValue{IntValue: counter}}}}
+				}
+				res, err := srv.Store.Set(sess, ws, nil, "writer")
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, w := range ws {
+					want = append(want, change{res.Revision, ids[w.Identifier]})
+				}
+				if len(want)%100 < len(ws) {
+					time.Sleep(time.Millisecond) // let the stream flow while the writes go on
+				}
+			}
+			last := want[len(want)-1].rev
+			deadline := time.Now().Add(20 * time.Second)
+			for watchInfo(t, b, ref).LastRevision < last {
+				if time.Now().After(deadline) {
+					t.Fatalf("the watch reached revision %d of %d: %+v; %d cuts", watchInfo(t, b, ref).LastRevision, last, watchInfo(t, b, ref), proxy.Cuts())
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			close(stopCuts)
+			<-cutterDone
+			wi := watchInfo(t, b, ref)
+			if err := b.UnwatchVariables(ref); err != nil {
+				t.Fatal(err)
+			}
+			if resyncs.Load() != 0 {
+				t.Fatalf("%d resyncs with history large enough", resyncs.Load())
+			}
+			if !slices.Equal(got, want) {
+				i := 0
+				for i < min(len(got), len(want)) && got[i] == want[i] {
+					i++
+				}
+				t.Fatalf("delivered %d changes, want %d; first difference at %d: got %v, want %v",
+					len(got), len(want), i, got[i:min(i+3, len(got))], want[i:min(i+3, len(want))])
+			}
+			if proxy.Cuts() < 10 || wi.Reconnects < 10 {
+				t.Fatalf("only %d cuts and %d reconnects", proxy.Cuts(), wi.Reconnects)
+			}
+			t.Logf("%d changes, %d cuts, %d reconnects, %d errors, %d duplicates skipped",
+				len(got), proxy.Cuts(), wi.Reconnects, wi.Errors, wi.DuplicatesSkipped)
+			eventually(t, "the server's observers to go", func() bool { return srv.Store.WatchCount() == 0 })
+		})
+	}
+}
+
+// A consumer whose connection stays down gives up after N consecutive
+// failures, says why, calls the error handler and shows as not alive.
+func TestBridgedGivesUpAfterMaxFailures(t *testing.T) {
+	srv := servertest.Start(t, store.Options{})
+	proxy := newProxy(t, srv.Addr)
+	b := dialBridged(t, proxy.Addr(), fastRedial)
+	mustRegister(t, b, "v", TypeInteger, 0)
+	errc := make(chan error, 1)
+	ref := mustWatch(t, b, context.Background(), []string{"v"}, func(string, any, any, UpdateMeta) {},
+		WithMaxFailures(3), WithBackoff(time.Millisecond, 5*time.Millisecond), WithErrorHandler(func(err error) { errc <- err }))
+	proxy.SetRefuse(true)
+	proxy.Cut()
+	var err error
+	select {
+	case err = <-errc:
+	case <-time.After(waitTimeout):
+		t.Fatal("the consumer did not give up")
+	}
+	if !errors.Is(err, ErrGaveUp) || !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "3 consecutive failures") {
+		t.Fatalf("error = %v", err)
+	}
+	wi := watchInfo(t, b, ref)
+	if wi.Alive || !strings.Contains(wi.Reason, "gave up") || wi.Errors != 3 || !errors.Is(wi.LastError, ErrGaveUp) {
+		t.Fatalf("watch info %+v", wi)
+	}
+	eventually(t, "the server's observer to go", func() bool { return srv.Store.WatchCount() == 0 })
+}
+
+// A watch that loses its connection for a while resumes without loss once
+// it is back, and a received message resets the failure count.
+func TestBridgedResumesAfterOutage(t *testing.T) {
+	srv := servertest.Start(t, store.Options{})
+	proxy := newProxy(t, srv.Addr)
+	b := dialBridged(t, proxy.Addr(), fastRedial)
+	mustRegister(t, b, "v", TypeInteger, 0)
+	e := env{p: b, st: srv.Store}
+	rec := newRecorder()
+	ref := mustWatch(t, b, context.Background(), []string{"v"}, rec.watch,
+		WithMaxFailures(1000), WithBackoff(time.Millisecond, 5*time.Millisecond))
+	for round := range 3 {
+		proxy.SetRefuse(true)
+		proxy.Cut()
+		before := watchInfo(t, b, ref).Errors
+		eventually(t, "failed reconnects", func() bool { return watchInfo(t, b, ref).Errors >= before+2 })
+		base := int64(round * 10)
+		for i := int64(1); i <= 5; i++ { // written while the watch is cut off
+			e.set(t, "v", base+i, nil)
+		}
+		proxy.SetRefuse(false)
+		for i := int64(1); i <= 5; i++ {
+			if u := rec.next(t); u.New != base+i || u.Old != base+i-1 {
+				t.Fatalf("round %d: got %+v, want %d", round, u, base+i)
+			}
+		}
+		e.set(t, "v", base+10, nil)
+		if u := rec.next(t); u.New != base+10 {
+			t.Fatalf("round %d: after resume %+v", round, u)
+		}
+	}
+	if wi := watchInfo(t, b, ref); !wi.Alive || wi.Reconnects < 3 {
+		t.Fatalf("after outages %+v", wi)
+	}
+}
+
+// Resume bookkeeping, update by update: a cut in the middle of a batch
+// resumes at that revision and skips the members already delivered.
+func TestConsumerResumesMidBatch(t *testing.T) {
+	var got []string
+	w := newWatch([]string{"a", "b", "c"}, func(id string, _, _ any, m UpdateMeta) {
+		got = append(got, fmt.Sprintf("%d%s", m.Revision, id))
+	}, newWatchConfig(nil), quiet)
+	w.identOf = func(id string) (string, bool) { return id, true }
+	c := &streamConsumer{b: &BridgedState{session: "s"}, w: w, resume: 5}
+	up := func(rev int64, id string, last bool) *pb.VariableUpdate {
+		return &pb.VariableUpdate{VariableId: id, UpdateType: pb.UpdateType_UPDATE_TYPE_VALUE_CHANGE,
+			Revision: rev, LastInRevision: last, Variable: &pb.Variable{Id: id, Name: id}}
+	}
+	c.process(up(5, "a", true))
+	c.process(up(6, "a", false))
+	c.process(up(6, "b", false))
+	// Cut: the request resumes at 6.
+	if r := c.request(); r.StartRevision != 6 {
+		t.Fatalf("resume at %d, want 6", r.StartRevision)
+	}
+	c.process(up(6, "a", false)) // sent again: skipped
+	c.process(up(6, "b", false))
+	c.process(up(6, "c", true))
+	c.process(heartbeatUpdate(9))
+	if r := c.request(); r.StartRevision != 10 {
+		t.Fatalf("resume at %d after a heartbeat, want 10", r.StartRevision)
+	}
+	c.process(up(8, "a", true)) // older than the resume point: skipped
+	c.process(up(10, "b", true))
+	want := []string{"5a", "6a", "6b", "6c", "10b"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("delivered %v, want %v", got, want)
+	}
+	if w.duplicates.Load() != 3 || w.lastRev.Load() != 10 {
+		t.Fatalf("duplicates %d, last revision %d", w.duplicates.Load(), w.lastRev.Load())
+	}
+	// A deleted variable leaves the resume request.
+	del := up(11, "b", true)
+	del.UpdateType = pb.UpdateType_UPDATE_TYPE_DELETED
+	c.process(del)
+	if r := c.request(); !slices.Equal(r.VariableIdentifiers, []string{"a", "c"}) || r.StartRevision != 12 {
+		t.Fatalf("request after a delete %v", r)
+	}
+}
+
+func TestBackoff(t *testing.T) {
+	for f, want := range map[int]time.Duration{1: time.Second, 2: 2 * time.Second, 3: 4 * time.Second, 6: 30 * time.Second, 40: 30 * time.Second} {
+		d := backoff(time.Second, 30*time.Second, f)
+		if d < want*9/10 || d > want*11/10 {
+			t.Errorf("backoff after %d failures = %v, want %v +-10%%", f, d, want)
+		}
+	}
+}
+
+// Watches share a target's connections, and the pool adds one past the
+// streams-per-connection limit and drops it when its streams end.
+func TestBridgedConnectionPool(t *testing.T) {
+	srv := servertest.Start(t, store.Options{})
+	b := dialBridged(t, srv.Addr, WithStreamsPerConn(2))
+	b2 := dialBridged(t, srv.Addr, WithSessionID(b.SessionID()))
+	if b.pool != b2.pool {
+		t.Fatal("two states on one target do not share the pool")
+	}
+	mustRegister(t, b, "v", TypeInteger, 0)
+	var refs []WatchRef
+	var n atomic.Int64
+	got := make(chan struct{}, 10)
+	for range 5 {
+		refs = append(refs, mustWatch(t, b, context.Background(), []string{"v"}, func(string, any, any, UpdateMeta) {
+			n.Add(1)
+			got <- struct{}{}
+		}))
+	}
+	if c := b.pool.connCount(); c != 3 {
+		t.Fatalf("%d connections for 5 watches at 2 per connection, want 3", c)
+	}
+	if _, err := b2.Set(context.Background(), "v", 1); err != nil {
+		t.Fatal(err)
+	}
+	for range 5 {
+		select {
+		case <-got:
+		case <-time.After(waitTimeout):
+			t.Fatalf("only %d of 5 watches got the update", n.Load())
+		}
+	}
+	for _, r := range refs {
+		if err := b.UnwatchVariables(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if c := b.pool.connCount(); c != 1 {
+		t.Fatalf("%d connections after unwatching, want 1", c)
+	}
+	key := b.pool.key
+	_ = b.Close()
+	if _, err := b2.Get(context.Background(), "v"); err != nil {
+		t.Fatalf("the other state lost its connection: %v", err)
+	}
+	_ = b2.Close()
+	pools.Lock()
+	_, still := pools.m[key]
+	pools.Unlock()
+	if still {
+		t.Fatal("the pool outlived its last state")
+	}
+	if _, err := b.Get(context.Background(), "v"); !errors.Is(err, ErrClosed) {
+		t.Fatalf("get on a closed state: %v", err)
+	}
+}
+
+// A thousand concurrent watches on one BridgedState all get a change, and
+// closing the state leaves no observer on the server.
+func TestBridgedThousandWatches(t *testing.T) {
+	srv := servertest.Start(t, store.Options{})
+	b := dialBridged(t, srv.Addr)
+	mustRegister(t, b, "v", TypeInteger, 0)
+	const n = 1000
+	var wg sync.WaitGroup
+	wg.Add(n)
+	var got atomic.Int64
+	sem := make(chan struct{}, 32)
+	var setup sync.WaitGroup
+	for range n {
+		setup.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer setup.Done()
+			defer func() { <-sem }()
+			mustWatch(t, b, context.Background(), []string{"v"}, func(_ string, _, new any, _ UpdateMeta) {
+				if new == int64(1) {
+					got.Add(1)
+					wg.Done()
+				}
+			})
+		}()
+	}
+	setup.Wait()
+	if c := srv.Store.WatchCount(); c != n {
+		t.Fatalf("server has %d watches, want %d", c, n)
+	}
+	if c := b.pool.connCount(); c != n/DefaultStreamsPerConn {
+		t.Fatalf("%d connections, want %d", c, n/DefaultStreamsPerConn)
+	}
+	if _, err := b.Set(context.Background(), "v", 1); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(waitTimeout):
+		t.Fatalf("%d of %d watches got the update", got.Load(), n)
+	}
+	_ = b.Close()
+	eventually(t, "the server's observers to go", func() bool { return srv.Store.WatchCount() == 0 })
+}

@@ -1,0 +1,303 @@
+package varbridge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
+)
+
+// streamConsumer is the StreamConsumer of one BridgedState watch. One
+// goroutine (run) owns all of its state: it reads the stream, hands each
+// update to the watch's dispatcher, and on a broken stream reconnects with
+// exponential backoff and jitter, resuming exactly after what it delivered.
+//
+// The resume point: updates of one revision share it, and the server flags
+// the last one it sends for a revision (last_in_revision). After a flagged
+// update or a heartbeat at revision r, the watch resumes at r+1. Cut in the
+// middle of a revision's group, it resumes at that revision and skips the
+// variable ids it already delivered there.
+type streamConsumer struct {
+	b     *BridgedState
+	w     *watch
+	lease *pooledConn
+
+	initial    []*pb.Variable // initial values to deliver first, at initialRev
+	initialRev int64
+
+	resume      int64               // the next revision not yet fully delivered
+	partialRev  int64               // a revision whose group was cut short, or 0
+	partialSeen map[string]struct{} // variable ids delivered at partialRev
+	gone        map[string]bool     // identifiers whose variable was deleted
+	failures    int                 // consecutive failures; a message resets it
+	single      bool                // the server lacks WatchVariableBatches
+}
+
+// request is the WatchVariables request that resumes the watch.
+func (c *streamConsumer) request() *pb.WatchVariablesRequest {
+	cfg := c.w.cfg
+	start := c.resume
+	if c.partialRev != 0 {
+		start = c.partialRev
+	}
+	idents := c.w.identifiers
+	if len(c.gone) > 0 { // a deleted variable's identifier would fail the request
+		idents = nil
+		for _, id := range c.w.identifiers {
+			if !c.gone[id] {
+				idents = append(idents, id)
+			}
+		}
+	}
+	return &pb.WatchVariablesRequest{
+		SessionId: c.b.session, VariableIdentifiers: idents, StartRevision: start,
+		Where: cfg.where, Coalesce: cfg.coalesce, HeartbeatIntervalMs: cfg.heartbeat.Milliseconds(),
+	}
+}
+
+// updateStream is an open watch stream: WatchVariableBatches, or
+// WatchVariables on a server that lacks it.
+type updateStream interface {
+	next() ([]*pb.VariableUpdate, error)
+}
+
+type batchStream struct {
+	s grpc.ServerStreamingClient[pb.VariableUpdateBatch]
+}
+
+func (b batchStream) next() ([]*pb.VariableUpdate, error) {
+	m, err := b.s.Recv()
+	return m.GetUpdates(), err
+}
+
+type singleStream struct {
+	s grpc.ServerStreamingClient[pb.VariableUpdate]
+}
+
+func (s singleStream) next() ([]*pb.VariableUpdate, error) {
+	u, err := s.s.Recv()
+	if err != nil {
+		return nil, err
+	}
+	return []*pb.VariableUpdate{u}, nil
+}
+
+// open starts a stream and waits for the server's response header, which it
+// sends once the observer is registered; a stream the server refuses fails
+// here with the server's status (a raw gRPC error). With WithBatchedStream
+// it uses WatchVariableBatches, falling back to WatchVariables on a server
+// without it.
+func (c *streamConsumer) open(ctx context.Context) (updateStream, error) {
+	api := pb.NewBridgeServiceClient(c.lease.cc)
+	ctx = c.b.ctx(ctx)
+	if !c.single && c.w.cfg.batched {
+		s, err := api.WatchVariableBatches(ctx, c.request())
+		if err == nil {
+			err = waitHeader(s, new(pb.VariableUpdateBatch))
+		}
+		if err == nil {
+			return batchStream{s}, nil
+		}
+		if status.Code(err) != codes.Unimplemented {
+			return nil, err
+		}
+		c.single = true
+	}
+	s, err := api.WatchVariables(ctx, c.request())
+	if err == nil {
+		err = waitHeader(s, new(pb.VariableUpdate))
+	}
+	if err != nil {
+		return nil, err
+	}
+	return singleStream{s}, nil
+}
+
+// waitHeader blocks until the stream's header arrives or the stream fails.
+func waitHeader(s grpc.ClientStream, probe any) error {
+	md, err := s.Header()
+	if err == nil && md == nil { // the stream ended without headers: get its status
+		err = s.RecvMsg(probe)
+		if err == nil || err == io.EOF {
+			err = status.Error(codes.Unavailable, "the watch stream ended before it started")
+		}
+	}
+	return err
+}
+
+// run is the consumer's goroutine.
+func (c *streamConsumer) run(ctx context.Context, stream updateStream) {
+	w := c.w
+	defer close(w.done)
+	defer c.b.pool.release(c.lease)
+	c.deliverInitial()
+	for {
+		if stream == nil {
+			if len(c.w.identifiers) > 0 && len(c.gone) == len(c.w.identifiers) {
+				c.w.fail(&NotFoundError{Session: c.b.session, Identifiers: c.w.identifiers,
+					msg: "every variable the watch named was deleted"})
+				return
+			}
+			s, err := c.open(ctx)
+			if err != nil {
+				if c.failed(ctx, err) {
+					return
+				}
+				continue
+			}
+			stream = s
+			w.reconnects.Add(1)
+		}
+		err := c.consume(stream)
+		stream = nil
+		if c.failed(ctx, err) {
+			return
+		}
+	}
+}
+
+func (c *streamConsumer) deliverInitial() {
+	for i, v := range c.initial {
+		c.w.deliver(&pb.VariableUpdate{
+			VariableId: v.GetId(), Variable: v, UpdateType: pb.UpdateType_UPDATE_TYPE_INITIAL_VALUE,
+			Revision: c.initialRev, UpdateSource: v.GetSource(), Timestamp: v.GetUpdatedAt(),
+			VariableName: v.GetName(), LastInRevision: i == len(c.initial)-1,
+		})
+	}
+	c.initial = nil
+}
+
+// consume reads the stream until it breaks.
+func (c *streamConsumer) consume(stream updateStream) error {
+	for {
+		us, err := stream.next()
+		if err != nil {
+			return err
+		}
+		c.failures = 0
+		for _, u := range us {
+			c.process(u)
+		}
+	}
+}
+
+// process delivers an update unless it was already delivered before a
+// reconnect, and moves the resume point.
+func (c *streamConsumer) process(u *pb.VariableUpdate) {
+	rev := u.GetRevision()
+	if u.GetUpdateType() == pb.UpdateType_UPDATE_TYPE_HEARTBEAT {
+		if rev >= c.resume {
+			c.complete(rev)
+		}
+		c.w.deliver(u)
+		return
+	}
+	switch {
+	case c.partialRev != 0 && rev == c.partialRev:
+		if _, dup := c.partialSeen[u.GetVariableId()]; dup {
+			c.w.duplicates.Add(1)
+			if u.GetLastInRevision() {
+				c.complete(rev)
+			}
+			return
+		}
+	case rev < c.resume:
+		c.w.duplicates.Add(1)
+		return
+	case c.partialRev != 0:
+		// A later revision although the group at partialRev was not flagged
+		// complete: the server sent all of it that this watch gets.
+		c.complete(c.partialRev)
+	}
+	c.w.deliver(u)
+	if u.GetUpdateType() == pb.UpdateType_UPDATE_TYPE_DELETED {
+		if id, ok := c.w.identOf(u.GetVariableId()); ok {
+			if c.gone == nil {
+				c.gone = map[string]bool{}
+			}
+			c.gone[id] = true
+		}
+	}
+	if u.GetLastInRevision() {
+		c.complete(rev)
+		return
+	}
+	if c.partialRev != rev {
+		c.partialRev, c.partialSeen = rev, map[string]struct{}{}
+	}
+	c.partialSeen[u.GetVariableId()] = struct{}{}
+}
+
+// complete records that everything through rev was delivered.
+func (c *streamConsumer) complete(rev int64) {
+	if rev+1 > c.resume {
+		c.resume = rev + 1
+	}
+	c.partialRev, c.partialSeen = 0, nil
+}
+
+// failed handles a failed connect or a broken stream. It reports whether
+// the watch is over: its context ended, the error cannot be fixed by
+// retrying, or too many consecutive failures.
+func (c *streamConsumer) failed(ctx context.Context, err error) bool {
+	w := c.w
+	if ctx.Err() != nil {
+		w.end(ctx.Err())
+		return true
+	}
+	again := retryable(err)
+	err = fromStatus(err)
+	w.noteError(err)
+	if !again {
+		w.fail(err)
+		return true
+	}
+	c.failures++
+	if c.failures >= w.cfg.maxFailures {
+		w.fail(fmt.Errorf("%w after %d consecutive failures; last: %w", ErrGaveUp, c.failures, err))
+		return true
+	}
+	t := time.NewTimer(backoff(w.cfg.backoffBase, w.cfg.backoffCap, c.failures))
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		w.end(ctx.Err())
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
+// retryable reports whether a stream error may go away by reconnecting: a
+// broken connection or a server going away. A session that is gone, a bad
+// request, a limit, and missing or refused credentials are final.
+func retryable(err error) bool {
+	st, ok := status.FromError(err)
+	if !ok {
+		return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
+	}
+	switch st.Code() {
+	case codes.Unavailable, codes.Internal, codes.Unknown, codes.Aborted, codes.Canceled, codes.DeadlineExceeded:
+		return true
+	}
+	return false
+}
+
+// backoff is base doubled per failure after the first, capped, +-10%.
+func backoff(base, limit time.Duration, failures int) time.Duration {
+	d := base
+	for i := 1; i < failures && d < limit; i++ {
+		d *= 2
+	}
+	d = min(d, limit)
+	j := time.Duration(float64(d) * BackoffJitter * (2*rand.Float64() - 1))
+	return d + j
+}

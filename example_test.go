@@ -1,0 +1,131 @@
+package varbridge_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+
+	"github.com/varbridge/varbridge"
+	"github.com/varbridge/varbridge/internal/server"
+	"github.com/varbridge/varbridge/internal/store"
+)
+
+func ExampleLocalState_WatchVariables() {
+	ctx := context.Background()
+	state, err := varbridge.NewLocalState(varbridge.WithSessionID("demo"))
+	if err != nil {
+		panic(err)
+	}
+	defer state.Close()
+	if _, err := state.Register(ctx, "temperature", varbridge.TypeFloat, 0.7); err != nil {
+		panic(err)
+	}
+
+	changed := make(chan struct{})
+	ref, err := state.WatchVariables(ctx, []string{"temperature"}, func(id string, old, new any, meta varbridge.UpdateMeta) {
+		fmt.Printf("%s: %v -> %v (initial=%v, source=%q, revision %d)\n", id, old, new, meta.Initial, meta.Source, meta.Revision)
+		if !meta.Initial {
+			close(changed)
+		}
+	}, varbridge.WithInitialValues(true))
+	if err != nil {
+		panic(err)
+	}
+	if _, err := state.Set(ctx, "temperature", 0.9, varbridge.WithSource("tuner")); err != nil {
+		panic(err)
+	}
+	<-changed
+	_ = state.UnwatchVariables(ref)
+	// Output:
+	// temperature: <nil> -> 0.7 (initial=true, source="", revision 1)
+	// temperature: 0.7 -> 0.9 (initial=false, source="tuner", revision 2)
+}
+
+// startServer serves a fresh in-memory store on loopback, as `varbridge
+// serve` does, and returns its address and a function that stops it.
+func startServer() (addr string, stop func()) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	st := store.New(store.Options{})
+	g := server.New(st, server.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil)))).GRPCServer()
+	done := make(chan struct{})
+	go func() { defer close(done); _ = g.Serve(lis) }()
+	return lis.Addr().String(), func() { g.Stop(); <-done; st.Close() }
+}
+
+func ExampleBridgedState_WatchVariables() {
+	addr, stop := startServer()
+	defer stop()
+	ctx := context.Background()
+
+	// A controller and a worker share session "pipeline" on the server.
+	controller, err := varbridge.NewBridgedState(ctx, addr, varbridge.WithSessionID("pipeline"))
+	if err != nil {
+		panic(err)
+	}
+	defer controller.Close()
+	worker, err := varbridge.NewBridgedState(ctx, addr, varbridge.WithSessionID("pipeline"))
+	if err != nil {
+		panic(err)
+	}
+	defer worker.Close()
+
+	if _, err := controller.Register(ctx, "model", varbridge.TypeChoice, "small",
+		varbridge.WithConstraints(varbridge.Constraints{Choices: []string{"small", "large"}})); err != nil {
+		panic(err)
+	}
+	changed := make(chan struct{})
+	ref, err := worker.WatchVariables(ctx, []string{"model"}, func(id string, old, new any, meta varbridge.UpdateMeta) {
+		fmt.Printf("%s: %v -> %v by %s %v\n", id, old, new, meta.Source, meta.Metadata)
+		close(changed)
+	})
+	if err != nil {
+		panic(err)
+	}
+	// WatchVariables returned: the server has registered the watch.
+	if _, err := controller.Set(ctx, "model", "large",
+		varbridge.WithMetadata(map[string]string{"source": "controller", "reason": "accuracy"})); err != nil {
+		panic(err)
+	}
+	<-changed
+	_ = worker.UnwatchVariables(ref)
+	// Output:
+	// model: small -> large by controller map[reason:accuracy source:controller]
+}
+
+func ExampleUpdates() {
+	ctx := context.Background()
+	state, err := varbridge.NewLocalState()
+	if err != nil {
+		panic(err)
+	}
+	defer state.Close()
+	if _, err := state.Register(ctx, "step", varbridge.TypeInteger, 0); err != nil {
+		panic(err)
+	}
+	for u, err := range varbridge.Updates(ctx, state, []string{"step"}, varbridge.WithInitialValues(true)) {
+		if err != nil {
+			panic(err)
+		}
+		fmt.Println(u.Identifier, u.Old, "->", u.New)
+		if u.Meta.Initial { // the watch is in place: start writing
+			go func() {
+				for i := 1; i <= 3; i++ {
+					_, _ = state.Set(ctx, "step", i)
+				}
+			}()
+		}
+		if u.New == int64(3) {
+			break // removes the watch
+		}
+	}
+	// Output:
+	// step <nil> -> 0
+	// step 0 -> 1
+	// step 1 -> 2
+	// step 2 -> 3
+}

@@ -1,0 +1,170 @@
+package varbridge
+
+import (
+	"fmt"
+	"sync"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
+)
+
+// connPool is the set of client connections to one target. Unary calls use
+// the first; watches lease a stream slot on the first connection with room,
+// and a new connection is dialed when all are at the streams-per-connection
+// limit. Pools are shared by every BridgedState with the same target and
+// credentials, reference-counted, and closed with their last user.
+type connPool struct {
+	key      string // "" for a private pool
+	target   string
+	dialOpts []grpc.DialOption
+	limit    int
+
+	mu     sync.Mutex
+	refs   int
+	conns  []*pooledConn
+	closed bool
+}
+
+type pooledConn struct {
+	cc      *grpc.ClientConn
+	streams int
+}
+
+var pools = struct {
+	sync.Mutex
+	m map[string]*connPool
+}{m: map[string]*connPool{}}
+
+// acquirePool returns the shared pool for o's target and credentials, or a
+// private one when o has extra dial options.
+func acquirePool(target string, o *options) (*connPool, error) {
+	creds := insecure.NewCredentials()
+	credKey := "insecure"
+	if o.tlsConfig != nil {
+		creds = credentials.NewTLS(o.tlsConfig)
+		credKey = fmt.Sprintf("tls:%p", o.tlsConfig)
+	}
+	dialOpts := append([]grpc.DialOption{
+		grpc.WithTransportCredentials(creds),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{
+			Time: o.keepTime, Timeout: o.keepTimeout, PermitWithoutStream: true,
+		}),
+	}, o.dialOpts...)
+	key := fmt.Sprintf("%s|%s|%s|%s", target, credKey, o.keepTime, o.keepTimeout)
+	if len(o.dialOpts) > 0 {
+		key = "" // options we cannot compare: not shared
+	}
+	newPool := func() (*connPool, error) {
+		p := &connPool{key: key, target: target, dialOpts: dialOpts, limit: o.streamsPerConn, refs: 1}
+		if _, err := p.dial(); err != nil {
+			return nil, err
+		}
+		return p, nil
+	}
+	if key == "" {
+		return newPool()
+	}
+	pools.Lock()
+	defer pools.Unlock()
+	if p := pools.m[key]; p != nil {
+		p.mu.Lock()
+		p.refs++
+		p.mu.Unlock()
+		return p, nil
+	}
+	p, err := newPool()
+	if err != nil {
+		return nil, err
+	}
+	pools.m[key] = p
+	return p, nil
+}
+
+// dial adds a connection; p.mu is held or p is not yet shared.
+func (p *connPool) dial() (*pooledConn, error) {
+	cc, err := grpc.NewClient(p.target, p.dialOpts...)
+	if err != nil {
+		return nil, fmt.Errorf("%w: connect to %s: %v", ErrInvalidArgument, p.target, err)
+	}
+	pc := &pooledConn{cc: cc}
+	p.conns = append(p.conns, pc)
+	return pc, nil
+}
+
+// unary returns the connection for unary calls.
+func (p *connPool) unary() *grpc.ClientConn {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.conns[0].cc
+}
+
+// lease reserves a stream slot for a watch's lifetime.
+func (p *connPool) lease() (*pooledConn, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil, ErrClosed
+	}
+	for _, pc := range p.conns {
+		if pc.streams < p.limit {
+			pc.streams++
+			return pc, nil
+		}
+	}
+	pc, err := p.dial()
+	if err != nil {
+		return nil, err
+	}
+	pc.streams++
+	return pc, nil
+}
+
+// release returns a stream slot. An extra connection left without streams
+// is closed; the first one stays for unary calls.
+func (p *connPool) release(pc *pooledConn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	pc.streams--
+	if pc.streams > 0 || p.closed || len(p.conns) == 0 || p.conns[0] == pc {
+		return
+	}
+	for i, c := range p.conns {
+		if c == pc {
+			p.conns = append(p.conns[:i], p.conns[i+1:]...)
+			_ = pc.cc.Close()
+			return
+		}
+	}
+}
+
+// connCount returns the number of open connections (for tests and stats).
+func (p *connPool) connCount() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.conns)
+}
+
+// releasePool drops one reference; the last closes every connection.
+func releasePool(p *connPool) {
+	if p.key != "" {
+		pools.Lock()
+		defer pools.Unlock()
+	}
+	p.mu.Lock()
+	p.refs--
+	last := p.refs == 0
+	var conns []*pooledConn
+	if last {
+		p.closed = true
+		conns, p.conns = p.conns, nil
+		if p.key != "" {
+			delete(pools.m, p.key)
+		}
+	}
+	p.mu.Unlock()
+	for _, pc := range conns {
+		_ = pc.cc.Close()
+	}
+}

@@ -1,0 +1,513 @@
+package varbridge
+
+import (
+	"context"
+	"errors"
+	"math"
+	"slices"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/varbridge/varbridge/internal/store"
+)
+
+// Seed scenario 1: a watched integer set 1 -> 2 through the store with
+// metadata source "test" reaches the watcher as (identifier as passed, 1, 2,
+// meta with that source).
+func TestSeedIntegerChangeReachesWatcher(t *testing.T) {
+	both(t, func(t *testing.T, e env) {
+		v := mustRegister(t, e.p, "streamed", TypeInteger, 1)
+		for _, ident := range []string{"streamed", v.ID} {
+			rec := newRecorder()
+			ctx, cancel := context.WithCancel(context.Background())
+			ref := mustWatch(t, e.p, ctx, []string{ident}, rec.watch)
+			want := int64(2)
+			if ident == v.ID {
+				want = 3
+			}
+			rev := e.set(t, "streamed", want, map[string]string{"source": "test"})
+			u := rec.next(t)
+			if u.Identifier != ident || u.Old != want-1 || u.New != want {
+				t.Fatalf("got (%q, %v, %v), want (%q, %d, %d)", u.Identifier, u.Old, u.New, ident, want-1, want)
+			}
+			if u.Meta.Source != "test" || u.Meta.Metadata["source"] != "test" || u.Meta.Revision != rev ||
+				u.Meta.Initial || u.Meta.Name != "streamed" || u.Meta.Type != TypeInteger || u.Meta.VariableID != v.ID {
+				t.Fatalf("meta = %+v", u.Meta)
+			}
+			if err := e.p.UnwatchVariables(ref); err != nil {
+				t.Fatal(err)
+			}
+			cancel()
+		}
+	})
+}
+
+// Seed scenario 2: killing a consumer shows it not alive in ListWatchers.
+// Here the consumer's context is cancelled; TestBridgedGivesUpAfterMaxFailures
+// kills one by cutting its connection for good.
+func TestSeedKilledConsumerNotAlive(t *testing.T) {
+	both(t, func(t *testing.T, e env) {
+		mustRegister(t, e.p, "test", TypeString, "initial")
+		ctx, cancel := context.WithCancel(context.Background())
+		ref := mustWatch(t, e.p, ctx, []string{"test"}, func(string, any, any, UpdateMeta) {})
+		if wi := watchInfo(t, e.p, ref); !wi.Alive || wi.Identifiers[0] != "test" {
+			t.Fatalf("before: %+v", wi)
+		}
+		cancel()
+		eventually(t, "the watch to die", func() bool { return !watchInfo(t, e.p, ref).Alive })
+		wi := watchInfo(t, e.p, ref)
+		if wi.Reason == "" || wi.LastError != nil {
+			t.Fatalf("after cancel: %+v", wi)
+		}
+		eventually(t, "the observer to go", func() bool { return e.st.WatchCount() == 0 })
+		if err := e.p.UnwatchVariables(ref); err != nil {
+			t.Fatalf("unwatch a dead watch: %v", err)
+		}
+		if len(e.p.ListWatchers()) != 0 {
+			t.Fatal("an unwatched watch is still listed")
+		}
+	})
+}
+
+// Seed scenario 3: a float filter abs(new-old) > 1.0 suppresses 20.0 -> 20.5
+// and delivers 22.0.
+func TestSeedFloatFilter(t *testing.T) {
+	both(t, func(t *testing.T, e env) {
+		mustRegister(t, e.p, "temp", TypeFloat, 20.0)
+		rec := newRecorder()
+		ref := mustWatch(t, e.p, context.Background(), []string{"temp"}, rec.watch,
+			WithFilter(func(old, new any) bool { return math.Abs(new.(float64)-old.(float64)) > 1.0 }))
+		e.set(t, "temp", 20.5, nil)
+		rev := e.set(t, "temp", 22.0, nil)
+		// Delivery is in order, so 22.0 arriving first shows 20.5 was dropped.
+		if u := rec.next(t); u.New != 22.0 || u.Old != 20.5 || u.Meta.Revision != rev {
+			t.Fatalf("first delivered update = %+v, want 20.5 -> 22.0", u)
+		}
+		wi := watchInfo(t, e.p, ref)
+		if wi.UpdatesFiltered != 1 || wi.UpdatesReceived != 2 || wi.LastRevision != rev {
+			t.Fatalf("stats = %+v", wi)
+		}
+	})
+}
+
+func TestInitialValuesThenChanges(t *testing.T) {
+	both(t, func(t *testing.T, e env) {
+		mustRegister(t, e.p, "b", TypeString, "x")
+		mustRegister(t, e.p, "a", TypeFloat, 1.5)
+		rec := newRecorder()
+		mustWatch(t, e.p, context.Background(), []string{"b", "a"}, rec.watch, WithInitialValues(true))
+		u1, u2 := rec.next(t), rec.next(t)
+		if u1.Identifier != "a" || u1.New != 1.5 || u1.Old != nil || !u1.Meta.Initial ||
+			u2.Identifier != "b" || u2.New != "x" || !u2.Meta.Initial || u1.Meta.Revision != 2 || u2.Meta.Revision != 2 {
+			t.Fatalf("initial values: %+v, %+v", u1, u2)
+		}
+		e.set(t, "b", "y", nil)
+		if u := rec.next(t); u.Identifier != "b" || u.Old != "x" || u.New != "y" || u.Meta.Initial {
+			t.Fatalf("change: %+v", u)
+		}
+	})
+}
+
+// A batch arrives as consecutive updates of one revision.
+func TestBatchDeliveredTogether(t *testing.T) {
+	both(t, func(t *testing.T, e env) {
+		for _, n := range []string{"x", "y", "z"} {
+			mustRegister(t, e.p, n, TypeInteger, 0)
+		}
+		rec := newRecorder()
+		mustWatch(t, e.p, context.Background(), nil, rec.watch)
+		res, err := e.p.SetMany(context.Background(), map[string]any{"x": 1, "y": 2, "z": 3},
+			WithSource("go"), WithMetadata(map[string]string{"k": "v"}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rev := res["x"].Revision
+		var got []string
+		for range 3 {
+			u := rec.next(t)
+			if u.Meta.Revision != rev || u.Meta.Source != "go" || u.Meta.Metadata["k"] != "v" {
+				t.Fatalf("batch member %+v", u)
+			}
+			got = append(got, u.Identifier)
+		}
+		sort.Strings(got)
+		if !slices.Equal(got, []string{"x", "y", "z"}) {
+			t.Fatalf("batch members %v", got)
+		}
+	})
+}
+
+func TestDeleteDelivered(t *testing.T) {
+	both(t, func(t *testing.T, e env) {
+		mustRegister(t, e.p, "gone", TypeBoolean, true)
+		mustRegister(t, e.p, "stays", TypeBoolean, true)
+		rec := newRecorder()
+		mustWatch(t, e.p, context.Background(), []string{"gone", "stays"}, rec.watch)
+		if err := e.p.Delete(context.Background(), "gone", WithSource("deleter")); err != nil {
+			t.Fatal(err)
+		}
+		u := rec.next(t)
+		if u.Identifier != "gone" || !u.Meta.Deleted || u.Old != true || u.New != nil || u.Meta.Source != "deleter" {
+			t.Fatalf("delete update %+v", u)
+		}
+		e.set(t, "stays", false, nil)
+		if u := rec.next(t); u.Identifier != "stays" || u.New != false {
+			t.Fatalf("after delete %+v", u)
+		}
+	})
+}
+
+func TestUnwatchAndCancelLeaveNoObserver(t *testing.T) {
+	both(t, func(t *testing.T, e env) {
+		mustRegister(t, e.p, "v", TypeInteger, 0)
+		refs := make([]WatchRef, 3)
+		for i := range refs {
+			refs[i] = mustWatch(t, e.p, context.Background(), []string{"v"}, func(string, any, any, UpdateMeta) {})
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		mustWatch(t, e.p, ctx, []string{"v"}, func(string, any, any, UpdateMeta) {})
+		// WatchVariables returns once the observer is registered, on both.
+		if n := e.st.WatchCount(); n != 4 {
+			t.Fatalf("server-side watch count %d, want 4", n)
+		}
+		info, _ := e.st.GetSession(e.p.SessionID())
+		if info.WatchCount != 4 {
+			t.Fatalf("session watch_count %d, want 4", info.WatchCount)
+		}
+		cancel()
+		eventually(t, "cancel to remove the observer", func() bool { return e.st.WatchCount() == 3 })
+		for i, ref := range refs {
+			if err := e.p.UnwatchVariables(ref); err != nil {
+				t.Fatal(err)
+			}
+			want := len(refs) - 1 - i
+			eventually(t, "unwatch to remove the observer", func() bool { return e.st.WatchCount() == want })
+		}
+		if err := e.p.UnwatchVariables(refs[0]); !errors.Is(err, ErrUnknownWatch) {
+			t.Fatalf("unwatch twice: %v, want ErrUnknownWatch", err)
+		}
+		if err := e.p.UnwatchVariables(WatchRef{}); !errors.Is(err, ErrUnknownWatch) {
+			t.Fatalf("unwatch zero ref: %v", err)
+		}
+	})
+}
+
+func TestMissingIdentifiersListed(t *testing.T) {
+	both(t, func(t *testing.T, e env) {
+		mustRegister(t, e.p, "here", TypeInteger, 0)
+		_, err := e.p.WatchVariables(context.Background(), []string{"nope1", "here", "nope2"}, func(string, any, any, UpdateMeta) {})
+		var nf *NotFoundError
+		if !errors.Is(err, ErrNotFound) || !errors.As(err, &nf) || !slices.Equal(nf.Identifiers, []string{"nope1", "nope2"}) {
+			t.Fatalf("err = %v (%#v)", err, nf)
+		}
+		if e.st.WatchCount() != 0 || len(e.p.ListWatchers()) != 0 {
+			t.Fatal("a failed watch left something behind")
+		}
+	})
+}
+
+func TestPanickingWatcherCountedWatchGoesOn(t *testing.T) {
+	both(t, func(t *testing.T, e env) {
+		mustRegister(t, e.p, "p", TypeInteger, 0)
+		rec := newRecorder()
+		ref := mustWatch(t, e.p, context.Background(), []string{"p"}, func(id string, old, new any, m UpdateMeta) {
+			if new == int64(1) {
+				panic("boom")
+			}
+			rec.watch(id, old, new, m)
+		}, WithFilter(func(old, new any) bool {
+			if new == int64(2) {
+				panic("filter boom") // counts as "notify"
+			}
+			return true
+		}))
+		e.set(t, "p", 1, nil)
+		e.set(t, "p", 2, nil)
+		if u := rec.next(t); u.New != int64(2) || u.Old != int64(1) {
+			t.Fatalf("after the panic: %+v", u)
+		}
+		if wi := watchInfo(t, e.p, ref); !wi.Alive || wi.Panics != 2 || wi.UpdatesReceived != 2 {
+			t.Fatalf("stats %+v", wi)
+		}
+	})
+}
+
+// Many writers race a watch opened mid-stream with initial values: the
+// watcher sees the snapshot at R, then exactly the committed revisions
+// after R, in order.
+func TestConcurrentWritersNoGapNoDuplicate(t *testing.T) {
+	both(t, func(t *testing.T, e env) {
+		names := []string{"w0", "w1", "w2", "w3"}
+		for _, n := range names {
+			mustRegister(t, e.p, n, TypeInteger, 0)
+		}
+		const perWriter = 300
+		var (
+			mu        sync.Mutex
+			committed []int64
+			wg        sync.WaitGroup
+			started   = make(chan struct{})
+		)
+		for i, n := range names {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for k := 1; k <= perWriter; k++ {
+					if k == perWriter/3 && i == 0 {
+						close(started)
+					}
+					v, err := e.p.Set(context.Background(), n, int64(k))
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					mu.Lock()
+					committed = append(committed, v.Revision)
+					mu.Unlock()
+				}
+			}()
+		}
+		<-started
+		rec := newRecorder()
+		mustWatch(t, e.p, context.Background(), names, rec.watch, WithInitialValues(true))
+		wg.Wait()
+		var initial []Update
+		for range names {
+			initial = append(initial, rec.next(t))
+		}
+		snap := initial[0].Meta.Revision
+		for _, u := range initial {
+			if !u.Meta.Initial || u.Meta.Revision != snap {
+				t.Fatalf("initial value %+v", u)
+			}
+		}
+		var want []int64
+		for _, r := range committed {
+			if r > snap {
+				want = append(want, r)
+			}
+		}
+		slices.Sort(want)
+		got := make([]int64, 0, len(want))
+		for len(got) < len(want) {
+			got = append(got, rec.next(t).Meta.Revision)
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("revisions after the snapshot differ: got %d, want %d", len(got), len(want))
+		}
+		select {
+		case u := <-rec.ch:
+			t.Fatalf("an extra update: %+v", u)
+		default:
+		}
+	})
+}
+
+func TestSessionCleanupEndsWatch(t *testing.T) {
+	both(t, func(t *testing.T, e env) {
+		mustRegister(t, e.p, "v", TypeInteger, 0)
+		errc := make(chan error, 1)
+		ref := mustWatch(t, e.p, context.Background(), []string{"v"}, func(string, any, any, UpdateMeta) {},
+			WithErrorHandler(func(err error) { errc <- err }), WithBackoff(time.Millisecond, time.Millisecond))
+		if _, err := e.st.CleanupSession(e.p.SessionID()); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-errc:
+			if !errors.Is(err, ErrSessionClosed) {
+				t.Fatalf("error handler got %v, want ErrSessionClosed", err)
+			}
+		case <-time.After(waitTimeout):
+			t.Fatal("the error handler was not called")
+		}
+		if wi := watchInfo(t, e.p, ref); wi.Alive || !errors.Is(wi.LastError, ErrSessionClosed) {
+			t.Fatalf("after cleanup: %+v", wi)
+		}
+		if _, err := e.p.Get(context.Background(), "v"); !errors.Is(err, ErrSessionNotFound) {
+			t.Fatalf("get after cleanup: %v", err)
+		}
+	})
+}
+
+// The channel and iterator forms.
+func TestWatchChannelAndIterator(t *testing.T) {
+	both(t, func(t *testing.T, e env) {
+		mustRegister(t, e.p, "c", TypeInteger, 0)
+		ctx, cancel := context.WithCancel(context.Background())
+		ch, err := Watch(ctx, e.p, []string{"c"}, WithInitialValues(true))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if u := <-ch; !u.Meta.Initial || u.New != int64(0) {
+			t.Fatalf("channel initial %+v", u)
+		}
+		e.set(t, "c", 1, nil)
+		if u := <-ch; u.New != int64(1) {
+			t.Fatalf("channel change %+v", u)
+		}
+		cancel()
+		for range ch { // closes
+		}
+		if len(e.p.ListWatchers()) != 0 {
+			t.Fatal("the channel watch is still listed")
+		}
+
+		done := make(chan []int64)
+		go func() {
+			var got []int64
+			for u, err := range Updates(context.Background(), e.p, []string{"c"}) {
+				if err != nil {
+					t.Error(err)
+					break
+				}
+				got = append(got, u.New.(int64))
+				if len(got) == 3 {
+					break
+				}
+			}
+			done <- got
+		}()
+		eventually(t, "the iterator's watch", func() bool { return len(e.p.ListWatchers()) == 1 })
+		for i := int64(2); i <= 4; i++ {
+			e.set(t, "c", i, nil)
+		}
+		if got := <-done; !slices.Equal(got, []int64{2, 3, 4}) {
+			t.Fatalf("iterator got %v", got)
+		}
+		if len(e.p.ListWatchers()) != 0 {
+			t.Fatal("the iterator's watch is still listed after break")
+		}
+		for u, err := range Updates(context.Background(), e.p, []string{"nope"}) {
+			if !errors.Is(err, ErrNotFound) {
+				t.Fatalf("iterator over a missing variable: %v, %+v", err, u)
+			}
+		}
+	})
+}
+
+// Both providers return the same errors for the same failures.
+func TestErrorsMatchAcrossProviders(t *testing.T) {
+	both(t, func(t *testing.T, e env) {
+		ctx := context.Background()
+		mustRegister(t, e.p, "n", TypeInteger, 5, WithConstraints(Constraints{Min: Ptr(0.0), Max: Ptr(10.0)}))
+		if _, err := e.p.Register(ctx, "n", TypeInteger, 1); !errors.Is(err, ErrAlreadyExists) {
+			t.Errorf("duplicate register: %v", err)
+		}
+		_, err := e.p.Set(ctx, "n", 11)
+		var ce *ConstraintError
+		if !errors.Is(err, ErrConstraint) || !errors.Is(err, ErrInvalidArgument) || !errors.As(err, &ce) ||
+			ce.Variable != "n" || ce.Constraint != "max" {
+			t.Errorf("constraint: %v %+v", err, ce)
+		}
+		if _, err := e.p.Set(ctx, "n", 6, WithExpectedVersion(7)); !errors.Is(err, ErrVersionConflict) {
+			t.Errorf("cas: %v", err)
+		}
+		if v, err := e.p.Set(ctx, "n", 6, WithExpectedVersion(1)); err != nil || v.Version != 2 || v.Value != int64(6) {
+			t.Errorf("cas ok: %+v %v", v, err)
+		}
+		var nf *NotFoundError
+		if _, err := e.p.Get(ctx, "missing"); !errors.As(err, &nf) || !slices.Equal(nf.Identifiers, []string{"missing"}) {
+			t.Errorf("get missing: %v", err)
+		}
+		if _, err := e.p.SetMany(ctx, map[string]any{"n": 7, "m1": 1, "m2": 2}); !errors.As(err, &nf) || len(nf.Identifiers) != 2 {
+			t.Errorf("set many with missing: %v", err)
+		}
+		found, missing, err := e.p.GetMany(ctx, []string{"n", "x"})
+		if err != nil || found["n"].Value != int64(6) || !slices.Equal(missing, []string{"x"}) {
+			t.Errorf("get many: %v %v %v", found, missing, err)
+		}
+		if _, err := e.p.WatchVariables(ctx, nil, func(string, any, any, UpdateMeta) {}, WithWhere("new >")); !errors.Is(err, ErrInvalidArgument) {
+			t.Errorf("bad where: %v", err)
+		}
+		if _, err := e.p.Set(ctx, "n", "text"); !errors.Is(err, ErrInvalidArgument) {
+			t.Errorf("wrong kind: %v", err)
+		}
+	})
+}
+
+func TestValuesRoundTrip(t *testing.T) {
+	both(t, func(t *testing.T, e env) {
+		ctx := context.Background()
+		tensor := TensorFromFloat32([]int64{2, 2}, []float32{1, 2, 3, 4})
+		cases := []struct {
+			name string
+			typ  Type
+			in   any
+			opts []WriteOption
+			want any
+		}{
+			{"i", TypeInteger, 3, nil, int64(3)},
+			{"f", TypeFloat, 2, nil, 2.0},
+			{"s", TypeString, "hi", nil, "hi"},
+			{"b", TypeBoolean, true, nil, true},
+			{"c", TypeChoice, "gpt", []WriteOption{WithConstraints(Constraints{Choices: []string{"gpt", "claude"}})}, "gpt"},
+			{"m", TypeModule, "Predict", nil, "Predict"},
+			{"e", TypeEmbedding, []float32{0.5, 1}, nil, []float64{0.5, 1}},
+			{"t", TypeTensor, tensor, []WriteOption{WithConstraints(Constraints{Shape: []int64{2, -1}, DType: Ptr("float32")})}, tensor},
+		}
+		for _, c := range cases {
+			v := mustRegister(t, e.p, c.name, c.typ, c.in, c.opts...)
+			got, err := e.p.Get(ctx, c.name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if v.Type != c.typ || !equalValue(got.Value, c.want) {
+				t.Errorf("%s: registered %+v, read %#v, want %#v", c.name, v, got.Value, c.want)
+			}
+		}
+		f, err := e.p.Get(ctx, "t")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if xs, err := f.Value.(Tensor).Float32s(); err != nil || !slices.Equal(xs, []float32{1, 2, 3, 4}) {
+			t.Errorf("tensor decode %v %v", xs, err)
+		}
+		vars, err := e.p.List(ctx, "[a-f]")
+		if err != nil || len(vars) != 4 || vars[0].Name != "b" {
+			t.Errorf("list: %v %v", vars, err)
+		}
+	})
+}
+
+func equalValue(a, b any) bool {
+	switch x := a.(type) {
+	case []float64:
+		y, ok := b.([]float64)
+		return ok && slices.Equal(x, y)
+	case Tensor:
+		y, ok := b.(Tensor)
+		return ok && x.DType == y.DType && slices.Equal(x.Shape, y.Shape) && string(x.Data) == string(y.Data)
+	}
+	return a == b
+}
+
+// Export from a LocalState, import into a BridgedState: the session moves.
+func TestExportLocalImportBridged(t *testing.T) {
+	ctx := context.Background()
+	l := newLocalEnv(t)
+	mustRegister(t, l.p, "temperature", TypeFloat, 0.7, WithConstraints(Constraints{Min: Ptr(0.0), Max: Ptr(2.0)}),
+		WithMetadata(map[string]string{"owner": "go"}))
+	mustRegister(t, l.p, "model", TypeChoice, "a", WithConstraints(Constraints{Choices: []string{"a", "b"}}))
+	snap, err := l.p.Export(ctx)
+	if err != nil || len(snap.Variables) != 2 || snap.Revision != 2 {
+		t.Fatalf("export %+v %v", snap, err)
+	}
+	b, _ := newBridgedEnv(t, store.Options{})
+	mustRegister(t, b.p, "model", TypeChoice, "b", WithConstraints(Constraints{Choices: []string{"a", "b"}}))
+	if err := b.p.Import(ctx, snap); err != nil {
+		t.Fatal(err)
+	}
+	vars, err := b.p.List(ctx, "")
+	if err != nil || len(vars) != 2 {
+		t.Fatalf("after import %v %v", vars, err)
+	}
+	if vars[0].Name != "model" || vars[0].Value != "a" || vars[1].Value != 0.7 || vars[1].Metadata["owner"] != "go" ||
+		*vars[1].Constraints.Max != 2.0 {
+		t.Fatalf("imported %+v %+v", vars[0], vars[1])
+	}
+	if _, err := b.p.Set(ctx, "temperature", 3.0); !errors.Is(err, ErrConstraint) {
+		t.Fatalf("imported constraints do not hold: %v", err)
+	}
+}
