@@ -78,7 +78,7 @@ func main() {
 	flag.IntVar(&c.idleN, "idle", 100000, "idle: watches to open")
 	flag.IntVar(&c.idleConns, "idle-conns", 50, "idle: connections the watches are spread over")
 	flag.Parse()
-	c.latWarm, c.fanWrites, c.fanBurst, c.liveDur, c.idleRuns = 500, 30, 50, 3*time.Second, 3
+	c.latWarm, c.fanWrites, c.fanBurst, c.liveDur, c.idleRuns = 500, 30, 50, 3*time.Second, min(c.runs, 3)
 	if c.smoke {
 		c.runs, c.latN, c.latWarm = 1, 100, 20
 		c.goTputRevs, c.goTputVars, c.pyTputN, c.liveDur = 50, 100, 2000, 300*time.Millisecond
@@ -106,8 +106,12 @@ func fatal(err error) {
 }
 
 func run(c *config) error {
-	ctx, stop := context.WithTimeout(context.Background(), 60*time.Minute)
+	// A cancel-only context bounds the whole run: a deadline would travel to
+	// the server as grpc-timeout on every watch stream (and cost it a timer
+	// per stream).
+	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
+	defer time.AfterFunc(60*time.Minute, stop).Stop()
 	col := newCollector()
 	self, err := os.Executable()
 	if err != nil {
@@ -444,7 +448,7 @@ func withKV(m map[string]any, k string, v any) map[string]any {
 func benchIdle(ctx context.Context, c *config, col *collector) error {
 	for r := range c.idleRuns {
 		err := func() error {
-			srv, stopSrv, err := startServer(c, "idle", "--max-watches", fmt.Sprint(2*c.idleN))
+			srv, stopSrv, err := startServer(c, "idle", "--max-watches", fmt.Sprint(2*c.idleN), "--metrics-listen", "127.0.0.1:0")
 			if err != nil {
 				return err
 			}
@@ -460,6 +464,13 @@ func benchIdle(ctx context.Context, c *config, col *collector) error {
 			if err != nil {
 				return err
 			}
+			gauges := []string{"go_goroutines", "go_memstats_heap_inuse_bytes", "go_memstats_stack_inuse_bytes"}
+			var g0 map[string]float64
+			if srv.metrics != "" {
+				if g0, err = promGauges(srv.metrics, gauges...); err != nil {
+					return err
+				}
+			}
 			opened, el, release, err := idleWatches(ctx, srv.addr, sessionName("idle"), c.idleN, c.idleConns, 128)
 			if release != nil {
 				defer release()
@@ -473,6 +484,16 @@ func benchIdle(ctx context.Context, c *config, col *collector) error {
 				return err
 			}
 			per := float64(rss1-rss0) / float64(opened)
+			if g0 != nil {
+				g1, err := promGauges(srv.metrics, gauges...)
+				if err != nil {
+					return err
+				}
+				pr := map[string]any{"how": "server /metrics delta / watches"}
+				col.add("idle_watch_server_heap_bytes", "bytes", (g1["go_memstats_heap_inuse_bytes"]-g0["go_memstats_heap_inuse_bytes"])/float64(opened), pr)
+				col.add("idle_watch_server_stack_bytes", "bytes", (g1["go_memstats_stack_inuse_bytes"]-g0["go_memstats_stack_inuse_bytes"])/float64(opened), pr)
+				col.add("idle_watch_server_goroutines", "goroutines", (g1["go_goroutines"]-g0["go_goroutines"])/float64(opened), pr)
+			}
 			rate := float64(opened) / el.Seconds()
 			fmt.Fprintf(os.Stderr, "   run %d: %d watches open in %s (%.0f/s); server RSS %d -> %d MiB: %.0f bytes/watch\n",
 				r, opened, el.Round(time.Millisecond), rate, rss0>>20, rss1>>20, per)

@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"strconv"
@@ -30,12 +31,15 @@ func mono() int64 {
 
 // proc is a child process that announced "listening on ADDR" on stdout.
 type proc struct {
-	name   string
-	cmd    *exec.Cmd
-	addr   string
-	stderr *tailBuffer
-	stdin  io.WriteCloser
-	exited chan struct{}
+	name string
+	cmd  *exec.Cmd
+	addr string
+	// metrics is the URL of the server's Prometheus endpoint, when it
+	// announced one ("metrics on URL") before its address.
+	metrics string
+	stderr  *tailBuffer
+	stdin   io.WriteCloser
+	exited  chan struct{}
 }
 
 // startListener runs bin with args and waits for its "listening on ADDR" line.
@@ -59,6 +63,9 @@ func startListener(name, bin string, args ...string) (*proc, error) {
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
+			if m, ok := strings.CutPrefix(sc.Text(), "metrics on "); ok {
+				p.metrics = strings.TrimSpace(m) // read after addrc hands over the address
+			}
 			if a, ok := strings.CutPrefix(sc.Text(), "listening on "); ok {
 				select {
 				case addrc <- strings.TrimSpace(a):
@@ -184,4 +191,32 @@ func (p *pyProc) kill() {
 	if p.cmd.Process != nil {
 		_ = p.cmd.Process.Kill()
 	}
+}
+
+// promGauges reads the named metrics (unlabelled samples) from a
+// Prometheus text endpoint.
+func promGauges(url string, names ...string) (map[string]float64, error) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	want := map[string]bool{}
+	for _, n := range names {
+		want[n] = true
+	}
+	out := map[string]float64{}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 2 && want[f[0]] {
+			if v, err := strconv.ParseFloat(f[1], 64); err == nil {
+				out[f[0]] = v
+			}
+		}
+	}
+	return out, nil
 }
