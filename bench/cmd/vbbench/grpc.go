@@ -197,20 +197,23 @@ func fillHistory(ctx context.Context, c pb.BridgeServiceClient, session string, 
 
 // goStreamReplay opens a watch at startRev and reads n VALUE_CHANGE updates
 // as fast as the stream delivers them; it returns updates per second, timed
-// from the first update to the n-th.
+// from opening the stream to the n-th update.
 func goStreamReplay(ctx context.Context, addr, session string, startRev int64, n int) (float64, error) {
 	cc, c, err := dial(addr)
 	if err != nil {
 		return 0, err
 	}
 	defer cc.Close()
-	sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	if _, err := c.GetSession(ctx, &pb.GetSessionRequest{SessionId: session}); err != nil { // connect first
+		return 0, err
+	}
+	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	t0 := time.Now()
 	stream, err := c.WatchVariables(sctx, &pb.WatchVariablesRequest{SessionId: session, StartRevision: startRev})
 	if err != nil {
 		return 0, err
 	}
-	var t0 time.Time
 	got := 0
 	var sum int64
 	for got < n {
@@ -221,15 +224,12 @@ func goStreamReplay(ctx context.Context, addr, session string, startRev int64, n
 		if u.GetUpdateType() != pb.UpdateType_UPDATE_TYPE_VALUE_CHANGE {
 			continue
 		}
-		if got == 0 {
-			t0 = time.Now()
-		}
 		sum += u.GetVariable().GetValue().GetIntValue() // touch the value as a consumer would
 		got++
 	}
 	el := time.Since(t0)
 	_ = sum
-	return float64(n-1) / el.Seconds(), nil
+	return float64(n) / el.Seconds(), nil
 }
 
 // goStreamLive runs writers (SetVariables of vars variables each) while one

@@ -38,6 +38,7 @@ type config struct {
 	goTputVars, goTputRevs int
 	liveDur                time.Duration
 	pyTputN                int
+	localN                 int
 	fanN, fanConns         int
 	fanWrites, fanBurst    int
 	idleN, idleConns       int
@@ -73,6 +74,7 @@ func main() {
 	flag.IntVar(&c.goTputRevs, "tput-revs", 10000, "stream replay: revisions of SetVariables in history")
 	flag.IntVar(&c.goTputVars, "tput-vars", 100, "stream replay: variables per SetVariables")
 	flag.IntVar(&c.pyTputN, "py-tput-n", 100000, "Python stream replay: updates read per run")
+	flag.IntVar(&c.localN, "local-n", 200000, "LocalState saturated stream: updates per run")
 	flag.IntVar(&c.fanN, "fanout", 10000, "fan-out: watches")
 	flag.IntVar(&c.fanConns, "fanout-conns", 10, "fan-out: connections the watches are spread over")
 	flag.IntVar(&c.idleN, "idle", 100000, "idle: watches to open")
@@ -81,7 +83,7 @@ func main() {
 	c.latWarm, c.fanWrites, c.fanBurst, c.liveDur, c.idleRuns = 500, 30, 50, 3*time.Second, min(c.runs, 3)
 	if c.smoke {
 		c.runs, c.latN, c.latWarm = 1, 100, 20
-		c.goTputRevs, c.goTputVars, c.pyTputN, c.liveDur = 50, 100, 2000, 300*time.Millisecond
+		c.goTputRevs, c.goTputVars, c.pyTputN, c.liveDur, c.localN = 50, 100, 2000, 300*time.Millisecond, 2000
 		c.fanN, c.fanConns, c.fanWrites, c.fanBurst = 200, 4, 5, 5
 		c.idleN, c.idleConns, c.idleRuns = 500, 4, 1
 	}
@@ -132,7 +134,7 @@ func run(c *config) error {
 		}
 		fmt.Fprintf(os.Stderr, "   %s done in %s\n", name, time.Since(t0).Round(time.Millisecond))
 	}
-	group("local", func() error { return benchLocal(c, col) })
+	group("local", func() error { return benchLocal(ctx, c, col) })
 	group("latency", func() error { return benchLatency(ctx, c, col, self) })
 	group("stream", func() error { return benchStream(ctx, c, col) })
 	group("fanout", func() error { return benchFanout(ctx, c, col) })
@@ -210,10 +212,36 @@ func pyProfileArgs(c *config, name string) []string {
 	return []string{"--cprofile", filepath.Join(c.pyProf, name+".pstats")}
 }
 
-// benchLocal measures LocalState set -> watcher. LocalState (root package
-// varbridge) has not landed yet.
-func benchLocal(_ *config, col *collector) error {
-	col.skipped("local_set_to_watcher_p50_us", "us", "varbridge.LocalState has not landed in the root package yet")
+// benchLocal measures LocalState (in process, no network): set -> watcher
+// callback at the latency workload's rate, and a saturated single watch.
+func benchLocal(ctx context.Context, c *config, col *collector) error {
+	n := c.latN + c.latWarm
+	for r := range c.runs {
+		ls, err := localLatency(ctx, n, c.rate)
+		if err != nil {
+			return fmt.Errorf("run %d: %w", r, err)
+		}
+		send := ls.send[min(c.latWarm, len(ls.send)):]
+		p50, p99, pmax := latencyStats(send)
+		pr := map[string]any{"rate_per_s": c.rate, "samples_per_run": c.latN, "client": "varbridge.LocalState Set -> Watcher callback"}
+		col.add("local_set_to_watcher_p50_us", "us", p50, pr)
+		col.add("local_set_to_watcher_p99_us", "us", p99, pr)
+		fmt.Fprintf(os.Stderr, "   %-28s p50 %7.1f us  p99 %7.1f us  max %8.1f us  missed %d\n", "local_set_to_watcher", p50, p99, pmax, ls.missed)
+		pp, err := localPingPong(ctx, c.latN)
+		if err != nil {
+			return fmt.Errorf("run %d: %w", r, err)
+		}
+		q50, q99, _ := latencyStats(pp)
+		col.add("local_set_to_watcher_pingpong_p50_us", "us", q50, map[string]any{"how": "Set, wait for the callback, Set again (no idle gap: no OS thread wake-up)", "samples_per_run": c.latN})
+		col.add("local_set_to_watcher_pingpong_p99_us", "us", q99, nil)
+		fmt.Fprintf(os.Stderr, "   %-28s p50 %7.1f us  p99 %7.1f us\n", "local ping-pong", q50, q99)
+		rate, err := localThroughput(ctx, c.localN)
+		if err != nil {
+			return fmt.Errorf("run %d: %w", r, err)
+		}
+		fmt.Fprintf(os.Stderr, "   local stream       %10.0f updates/s\n", rate)
+		col.add("local_stream_updates_per_s", "updates/s", rate, map[string]any{"how": "one goroutine Sets as fast as it can; one watch; timed until the last callback", "updates": c.localN})
+	}
 	return nil
 }
 
@@ -262,11 +290,16 @@ func benchLatency(ctx context.Context, c *config, col *collector, self string) e
 	}
 	for r := range c.runs {
 		// Interleaved, so drift in machine load hits all four alike.
-		ls, err := grpcLatencyRaw(ctx, srv.addr, sessionName("lat-go"), n, c.rate)
+		ls, err := bridgedLatency(ctx, srv.addr, sessionName("lat-bridged"), n, c.rate)
 		if err != nil {
-			return fmt.Errorf("grpc go run %d: %w", r, err)
+			return fmt.Errorf("grpc go (BridgedState) run %d: %w", r, err)
 		}
-		gp50, gp99 := record("grpc_set_to_go_watcher", ls, map[string]any{"client": "generated grpc-go stream (BridgedState not landed yet)", "time_from": "writer's SetVariable start, CLOCK_MONOTONIC"})
+		gp50, gp99 := record("grpc_set_to_go_watcher", ls, map[string]any{"client": "varbridge.BridgedState watcher; writer: another BridgedState's Set", "time_from": "writer's Set start, CLOCK_MONOTONIC"})
+		ls, err = grpcLatencyRaw(ctx, srv.addr, sessionName("lat-go"), n, c.rate)
+		if err != nil {
+			return fmt.Errorf("grpc go (raw) run %d: %w", r, err)
+		}
+		record("rawgrpc_set_to_go_watcher", ls, map[string]any{"client": "generated grpc-go WatchVariables stream; writer: generated SetVariable", "time_from": "writer's SetVariable start, CLOCK_MONOTONIC"})
 
 		var np50, np99 float64
 		if nsrv != nil {
@@ -344,21 +377,44 @@ func benchStream(ctx context.Context, c *config, col *collector) error {
 	fmt.Fprintf(os.Stderr, "   filled %d updates (%d revisions) in %s\n", total, c.goTputRevs, time.Since(t0).Round(time.Millisecond))
 	rss, _ := rssBytes(srv.pid())
 	for r := range c.runs {
-		rate, err := goStreamReplay(ctx, srv.addr, sess, first, total)
-		if err != nil {
-			return fmt.Errorf("go replay run %d: %w", r, err)
-		}
-		fmt.Fprintf(os.Stderr, "   go replay          %10.0f updates/s\n", rate)
-		col.add("go_stream_updates_per_s", "updates/s", rate, map[string]any{
+		base := map[string]any{
 			"how":     "one watch replays history from start_revision (every update ready at the server); timed first to last update",
-			"updates": total, "variables_per_revision": c.goTputVars, "client": "generated grpc-go stream", "server_rss_bytes_with_history": rss,
-		})
-		for _, raw := range []bool{false, true} {
-			name, client := "py_stream_updates_per_s", "varbridge (python) watch_variables"
+			"updates": total, "variables_per_revision": c.goTputVars, "server_rss_bytes_with_history": rss,
+		}
+		rate, err := bridgedReplay(ctx, srv.addr, sess, first, total, true)
+		if err != nil {
+			return fmt.Errorf("BridgedState batched replay run %d: %w", r, err)
+		}
+		fmt.Fprintf(os.Stderr, "   %-34s %10.0f updates/s\n", "go_stream (BridgedState, batched)", rate)
+		col.add("go_stream_updates_per_s", "updates/s", rate, withKV(base, "client", "varbridge.BridgedState WithBatchedStream(true) (WatchVariableBatches), Watcher callback"))
+		rate, err = bridgedReplay(ctx, srv.addr, sess, first, total, false)
+		if err != nil {
+			return fmt.Errorf("BridgedState replay run %d: %w", r, err)
+		}
+		fmt.Fprintf(os.Stderr, "   %-34s %10.0f updates/s\n", "go_stream (BridgedState, per-update)", rate)
+		col.add("go_stream_bridged_unbatched_updates_per_s", "updates/s", rate, withKV(base, "client", "varbridge.BridgedState default (WatchVariables, one message per update)"))
+		rate, err = goStreamReplay(ctx, srv.addr, sess, first, total)
+		if err != nil {
+			return fmt.Errorf("go raw replay run %d: %w", r, err)
+		}
+		fmt.Fprintf(os.Stderr, "   %-34s %10.0f updates/s\n", "go_stream (raw WatchVariables)", rate)
+		col.add("go_stream_raw_updates_per_s", "updates/s", rate, withKV(base, "client", "generated grpc-go WatchVariables stream"))
+		rate, per, err := goStreamReplayBatches(ctx, srv.addr, sess, first, total)
+		if err != nil {
+			return fmt.Errorf("go raw batched replay run %d: %w", r, err)
+		}
+		fmt.Fprintf(os.Stderr, "   %-34s %10.0f updates/s (%.0f updates/message)\n", "go_stream (raw WatchVariableBatches)", rate, per)
+		col.add("go_stream_raw_batched_updates_per_s", "updates/s", rate, withKV(withKV(base, "client", "generated grpc-go WatchVariableBatches stream"), "updates_per_message", round3(per)))
+		for _, mode := range []string{"lib", "raw", "rawbatched"} {
 			args := []string{pyScript(c, "vb_watch.py"), "tput", "--addr", srv.addr, "--session", sess, "--start-revision", fmt.Sprint(first), "--count", fmt.Sprint(c.pyTputN)}
-			if raw {
-				name, client = "py_stream_raw_grpc_updates_per_s", "grpc.aio generated stub, no varbridge.Watch"
+			name, client := "py_stream_updates_per_s", "varbridge (python) watch_variables, its default stream"
+			switch mode {
+			case "raw":
+				name, client = "py_stream_raw_grpc_updates_per_s", "grpc.aio generated stub, WatchVariables, no varbridge.Watch"
 				args = append(args, "--raw")
+			case "rawbatched":
+				name, client = "py_stream_raw_batched_updates_per_s", "grpc.aio generated stub, WatchVariableBatches, no varbridge.Watch"
+				args = append(args, "--raw", "--batched")
 			}
 			args = append(args, pyProfileArgs(c, fmt.Sprintf("%s_%d", name, r))...)
 			rate, _, err := pyThroughput(ctx, c.python, args)
