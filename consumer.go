@@ -136,6 +136,7 @@ func waitHeader(s grpc.ClientStream, probe any) error {
 // run is the consumer's goroutine.
 func (c *streamConsumer) run(ctx context.Context, stream updateStream) {
 	w := c.w
+	w.start()
 	defer close(w.done)
 	defer c.b.pool.release(c.lease)
 	c.deliverInitial()

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/varbridge/varbridge/internal/goid"
 	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
 
@@ -32,8 +33,8 @@ type watch struct {
 
 	received, filtered, errors, panics, reconnects, duplicates, lastRev atomic.Int64
 
-	stopped atomic.Bool // set by unwatch: no new watcher call starts
-	inCall  atomic.Bool // a watcher call is in progress
+	stopped atomic.Bool   // set by unwatch: no new watcher call starts
+	gid     atomic.Uint64 // the owning goroutine, once it runs
 	cancel  context.CancelFunc
 	done    chan struct{} // closed when the owning goroutine returns
 
@@ -114,9 +115,10 @@ func (w *watch) deliver(u *pb.VariableUpdate) {
 	w.advance(u)
 }
 
-// advance records the revision an update covers.
+// advance records the revision an update completes: the last update of a
+// revision (flagged by the feed) or a heartbeat.
 func (w *watch) advance(u *pb.VariableUpdate) {
-	if r := u.GetRevision(); r > w.lastRev.Load() {
+	if r := u.GetRevision(); u.GetLastInRevision() && r > w.lastRev.Load() {
 		w.lastRev.Store(r)
 	}
 }
@@ -136,9 +138,7 @@ func (w *watch) pass(ident string, old, cur any) (ok bool) {
 
 // call runs the watcher; a panic is logged and counted and the watch goes on.
 func (w *watch) call(ident string, old, cur any, meta UpdateMeta) {
-	w.inCall.Store(true)
 	defer func() {
-		w.inCall.Store(false)
 		if p := recover(); p != nil {
 			w.panics.Add(1)
 			w.log.Error("varbridge: watcher panicked; the watch goes on",
@@ -201,14 +201,16 @@ func (w *watch) safeOnError(err error) {
 	w.cfg.onError(err)
 }
 
+// start is called first by the watch's owning goroutine.
+func (w *watch) start() { w.gid.Store(goid.Current()) }
+
 // stop ends the watch on behalf of UnwatchVariables or Close: no watcher
-// call starts afterwards. It waits for the owning goroutine unless a
-// watcher call is in progress, which may be this very goroutine unwatching
-// from inside its watcher.
+// call starts afterwards. It waits until the owning goroutine has returned,
+// unless it runs on that goroutine (a watcher unwatching itself).
 func (w *watch) stop() {
 	w.stopped.Store(true)
 	w.cancel()
-	if !w.inCall.Load() {
+	if w.gid.Load() != goid.Current() {
 		<-w.done
 	}
 }

@@ -32,7 +32,7 @@ func Watch(ctx context.Context, p StateProvider, identifiers []string, opts ...W
 		case <-ctx.Done():
 		}
 	}
-	opts = append(opts[:len(opts):len(opts)], withErrorTap(func(err error) { errc <- err }))
+	opts = append(opts[:len(opts):len(opts)], WithErrorHandler(func(err error) { errc <- err }))
 	ref, err := p.WatchVariables(ctx, identifiers, fn, opts...)
 	if err != nil {
 		cancel()
@@ -91,19 +91,6 @@ func Updates(ctx context.Context, p StateProvider, identifiers []string, opts ..
 			if !yield(u, nil) {
 				return
 			}
-		}
-	}
-}
-
-// withErrorTap chains f after any error handler the caller set.
-func withErrorTap(f func(error)) WatchOption {
-	return func(c *watchConfig) {
-		prev := c.onError
-		c.onError = func(err error) {
-			if prev != nil {
-				prev(err)
-			}
-			f(err)
 		}
 	}
 }

@@ -246,6 +246,7 @@ func (l *LocalState) WatchVariables(ctx context.Context, identifiers []string, f
 		return WatchRef{}, ErrClosed
 	}
 	go func() {
+		w.start()
 		defer close(w.done)
 		err := feed.Run(wctx, sw, fo, func(u *pb.VariableUpdate) error {
 			w.deliver(u)

@@ -63,13 +63,15 @@ type StateProvider interface {
 	// watch are sequential and in revision order.
 	WatchVariables(ctx context.Context, identifiers []string, w Watcher, opts ...WatchOption) (WatchRef, error)
 	// UnwatchVariables stops a watch and forgets it; ErrUnknownWatch if ref
-	// is not one of this provider's watches. No call of the watcher starts
-	// after it returns.
+	// is not one of this provider's watches. When it returns, the watcher
+	// is not running and will not be called again (called from inside the
+	// watcher itself, it returns at once and no further call starts).
 	UnwatchVariables(ref WatchRef) error
 	// ListWatchers describes every watch not yet removed, alive or not.
 	ListWatchers() []WatchInfo
 
-	// Close stops every watch and releases the provider's resources.
+	// Close stops every watch, waiting for their watchers as
+	// UnwatchVariables does, and releases the provider's resources.
 	Close() error
 }
 
@@ -262,11 +264,24 @@ func WithStartRevision(rev int64) WatchOption {
 	return func(c *watchConfig) { c.startRevision = rev }
 }
 
-// WithErrorHandler is called once, from the watch's goroutine, with the
-// error that ended the watch: it gave up reconnecting (ErrGaveUp), hit an
-// error that retrying cannot fix, or its session closed. Unwatching and
-// ending the context are not errors.
-func WithErrorHandler(f func(error)) WatchOption { return func(c *watchConfig) { c.onError = f } }
+// WithErrorHandler adds f to the functions called once, from the watch's
+// goroutine, with the error that ended the watch: it gave up reconnecting
+// (ErrGaveUp), hit an error that retrying cannot fix, or its session
+// closed. Unwatching and ending the context are not errors. Each
+// WithErrorHandler adds a handler; they run in the order given.
+func WithErrorHandler(f func(error)) WatchOption {
+	return func(c *watchConfig) {
+		prev := c.onError
+		if prev == nil {
+			c.onError = f
+			return
+		}
+		c.onError = func(err error) {
+			prev(err)
+			f(err)
+		}
+	}
+}
 
 // WithMaxFailures sets after how many consecutive failed connects or broken
 // streams a BridgedState watch gives up (default 10); a received message
