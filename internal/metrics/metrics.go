@@ -28,6 +28,7 @@ const (
 	WatchesClosed     = "varbridge_watches_closed_total"
 	UpdatesDelivered  = "varbridge_updates_delivered_total"
 	WatchResyncs      = "varbridge_watch_resyncs_total"
+	WatchSending      = "varbridge_watch_sends_in_flight"
 	FilterErrors      = "varbridge_watch_filter_errors_total"
 	PanicsRecovered   = "varbridge_panics_recovered_total"
 	AuthFailures      = "varbridge_auth_failures_total"
@@ -57,6 +58,7 @@ type Metrics struct {
 	closed       *prometheus.CounterVec
 	updates      map[pb.UpdateType]prometheus.Counter
 	resyncs      prometheus.Counter
+	sending      prometheus.Gauge
 	filterErrors prometheus.Counter
 	panics       prometheus.Counter
 	authFailures *prometheus.CounterVec
@@ -80,6 +82,9 @@ func New() *Metrics {
 		}, []string{"reason"}),
 		resyncs: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: WatchResyncs, Help: "Times a watch fell out of the history window and was sent RESYNC.",
+		}),
+		sending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: WatchSending, Help: "Watch streams inside a send now. Sends take microseconds; a count that stays up is readers that stopped reading (gRPC flow control holds their sends). Each stalls only its own stream.",
 		}),
 		filterErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: FilterErrors, Help: "Server-side where filter evaluations that failed (the update was sent).",
@@ -106,7 +111,7 @@ func New() *Metrics {
 	reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.grpc, m.opened, m.closed, delivered, m.resyncs, m.filterErrors, m.panics, m.authFailures,
+		m.grpc, m.opened, m.closed, delivered, m.resyncs, m.sending, m.filterErrors, m.panics, m.authFailures,
 	)
 	return m
 }
@@ -198,6 +203,20 @@ func (m *Metrics) UpdateSent(u *pb.VariableUpdate) {
 	}
 	if c, ok := m.updates[u.GetUpdateType()]; ok {
 		c.Inc()
+	}
+}
+
+// SendStarted and SendDone bracket one send on a watch stream.
+func (m *Metrics) SendStarted() {
+	if m != nil {
+		m.sending.Inc()
+	}
+}
+
+// SendDone ends what SendStarted began.
+func (m *Metrics) SendDone() {
+	if m != nil {
+		m.sending.Dec()
 	}
 }
 

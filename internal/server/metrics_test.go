@@ -230,3 +230,52 @@ func TestMetricsScrapeCountsMove(t *testing.T) {
 		handled("WatchVariables", "NotFound"): 2, "varbridge_panics_recovered_total": 0,
 	})
 }
+
+// A watcher that stops reading shows in varbridge_watch_sends_in_flight
+// until it goes away.
+func TestMetricsStalledWatcherInFlight(t *testing.T) {
+	m := metrics.New()
+	srv := servertest.Start(t, store.Options{HistoryLimit: 100}, server.WithMetrics(m))
+	sc := startMetrics(t, m)
+	conn, err := grpc.NewClient(srv.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	c := pb.NewBridgeServiceClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := c.InitializeSession(ctx, &pb.InitializeSessionRequest{SessionId: "s"}); err != nil {
+		t.Fatal(err)
+	}
+	big := strings.Repeat("x", 16<<10)
+	if _, err := c.RegisterVariable(ctx, &pb.RegisterVariableRequest{SessionId: "s", Name: "blob", Type: pb.VariableType_VARIABLE_TYPE_STRING, InitialValue: str(big)}); err != nil {
+		t.Fatal(err)
+	}
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	ws, err := c.WatchVariables(wctx, &pb.WatchVariablesRequest{SessionId: "s", HeartbeatIntervalMs: 3_600_000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ws.Header(); err != nil {
+		t.Fatal(err)
+	}
+	// Never read: writes fill the flow-control windows and the sender blocks.
+	stalled := false
+	for i := 0; i < 5000 && !stalled; i++ {
+		v := fmt.Sprintf("%s%08d", big[:len(big)-8], i)
+		if _, err := srv.Store.Set("s", []store.Write{{Identifier: "blob", Value: str(v)}}, nil, "w"); err != nil {
+			t.Fatal(err)
+		}
+		if i%50 == 49 {
+			time.Sleep(10 * time.Millisecond)
+			stalled = sc.scrape()[metrics.WatchSending] == 1
+		}
+	}
+	if !stalled {
+		t.Fatalf("%s never showed the stalled watcher", metrics.WatchSending)
+	}
+	stopWatch()
+	sc.await(map[string]float64{metrics.WatchSending: 0, closedBy(metrics.ClosedCancelled): 1, "varbridge_watches_open": 0})
+}

@@ -310,7 +310,9 @@ func (s *Server) watch(req *pb.WatchVariablesRequest, stream grpc.ServerStream, 
 	if send != nil {
 		inner := send
 		send = func(u *pb.VariableUpdate) error {
+			m.SendStarted()
 			err := inner(u)
+			m.SendDone()
 			sendFailed = err != nil
 			return err
 		}
@@ -318,7 +320,9 @@ func (s *Server) watch(req *pb.WatchVariablesRequest, stream grpc.ServerStream, 
 	if sendBatch != nil {
 		inner := sendBatch
 		sendBatch = func(us []*pb.VariableUpdate) error {
+			m.SendStarted()
 			err := inner(us)
+			m.SendDone()
 			sendFailed = err != nil
 			return err
 		}
