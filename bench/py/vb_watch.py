@@ -22,7 +22,6 @@ import sys
 import time
 
 import grpc
-
 import varbridge
 from varbridge.v1 import varbridge_pb2 as pb
 from varbridge.v1 import varbridge_pb2_grpc as pb_grpc
@@ -59,7 +58,9 @@ async def lat_raw(args: argparse.Namespace) -> dict:
         stub = pb_grpc.BridgeServiceStub(ch)
         call = stub.WatchVariables(
             pb.WatchVariablesRequest(
-                session_id=args.session, variable_identifiers=[args.var], include_initial_values=True
+                session_id=args.session,
+                variable_identifiers=[args.var],
+                include_initial_values=True,
             )
         )
         async for m in call:
@@ -81,11 +82,11 @@ async def lat_raw(args: argparse.Namespace) -> dict:
 async def tput_lib(args: argparse.Namespace) -> dict:
     n = args.count
     got = 0
-    t0 = 0
     acc = 0
     async with varbridge.connect(args.addr) as bridge:
         session = await bridge.session(args.session)
         t0 = time.perf_counter_ns()
+        c0 = time.process_time()
         async with session.watch_variables(
             [], include_initial=False, start_revision=args.start_revision
         ) as watch:
@@ -97,13 +98,12 @@ async def tput_lib(args: argparse.Namespace) -> dict:
                 if got == n:
                     break
     el = time.perf_counter_ns() - t0
-    return {"count": got, "seconds": el / 1e9}
+    return {"count": got, "seconds": el / 1e9, "cpu_seconds": time.process_time() - c0}
 
 
 async def tput_raw(args: argparse.Namespace) -> dict:
     n = args.count
     got = 0
-    t0 = 0
     acc = 0
     msgs = 0
     req = pb.WatchVariablesRequest(session_id=args.session, start_revision=args.start_revision)
@@ -111,6 +111,7 @@ async def tput_raw(args: argparse.Namespace) -> dict:
         await ch.channel_ready()
         stub = pb_grpc.BridgeServiceStub(ch)
         t0 = time.perf_counter_ns()
+        c0 = time.process_time()
         if args.batched:
             call = stub.WatchVariableBatches(req)
             async for b in call:
@@ -136,7 +137,12 @@ async def tput_raw(args: argparse.Namespace) -> dict:
                     break
         call.cancel()
     el = time.perf_counter_ns() - t0
-    return {"count": got, "seconds": el / 1e9, "messages": msgs}
+    return {
+        "count": got,
+        "seconds": el / 1e9,
+        "messages": msgs,
+        "cpu_seconds": time.process_time() - c0,
+    }
 
 
 def main() -> None:
@@ -150,7 +156,6 @@ def main() -> None:
     ap.add_argument("--raw", action="store_true")
     ap.add_argument("--batched", action="store_true", help="--raw tput: WatchVariableBatches")
     ap.add_argument("--cprofile", default="", help="write a cProfile of the run to this file")
-    ap.add_argument("--uvloop", action="store_true")
     args = ap.parse_args()
     fn = {
         ("lat", False): lat_lib,

@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime/pprof"
+	"strings"
 	"syscall"
 	"time"
 
@@ -290,12 +291,16 @@ func benchLatency(ctx context.Context, c *config, col *collector, self string) e
 	}
 	for r := range c.runs {
 		// Interleaved, so drift in machine load hits all four alike.
+		end := srv.phase("latency-bridged")
 		ls, err := bridgedLatency(ctx, srv.addr, sessionName("lat-bridged"), n, c.rate)
+		end()
 		if err != nil {
 			return fmt.Errorf("grpc go (BridgedState) run %d: %w", r, err)
 		}
 		gp50, gp99 := record("grpc_set_to_go_watcher", ls, map[string]any{"client": "varbridge.BridgedState watcher; writer: another BridgedState's Set", "time_from": "writer's Set start, CLOCK_MONOTONIC"})
+		end = srv.phase("latency-raw")
 		ls, err = grpcLatencyRaw(ctx, srv.addr, sessionName("lat-go"), n, c.rate)
+		end()
 		if err != nil {
 			return fmt.Errorf("grpc go (raw) run %d: %w", r, err)
 		}
@@ -322,10 +327,12 @@ func benchLatency(ctx context.Context, c *config, col *collector, self string) e
 			return err
 		}
 		args := append([]string{pyScript(c, "vb_watch.py"), "lat", "--addr", srv.addr, "--session", sess}, pyProfileArgs(c, fmt.Sprintf("lat_py_%d", r))...)
+		end = srv.phase("latency-py")
 		ls, err = pyLatency(ctx, c.python, args, n, c.rate, func(v int64) error {
 			_, err := wc.SetVariable(ctx, &pb.SetVariableRequest{SessionId: sess, VariableIdentifier: "x", Value: intValue(v)})
 			return err
 		})
+		end()
 		wcc.Close()
 		if err != nil {
 			return fmt.Errorf("grpc py run %d: %w", r, err)
@@ -381,25 +388,41 @@ func benchStream(ctx context.Context, c *config, col *collector) error {
 			"how":     "one watch replays history from start_revision (every update ready at the server); timed first to last update",
 			"updates": total, "variables_per_revision": c.goTputVars, "server_rss_bytes_with_history": rss,
 		}
+		end := srv.phase("stream-bridged-batched")
+		cm := startCPU(srv)
 		rate, err := bridgedReplay(ctx, srv.addr, sess, first, total, true)
+		end()
 		if err != nil {
 			return fmt.Errorf("BridgedState batched replay run %d: %w", r, err)
 		}
+		cpuFigures(col, "go_stream", cm, total, "BridgedState, batched stream")
 		fmt.Fprintf(os.Stderr, "   %-34s %10.0f updates/s\n", "go_stream (BridgedState, batched)", rate)
 		col.add("go_stream_updates_per_s", "updates/s", rate, withKV(base, "client", "varbridge.BridgedState WithBatchedStream(true) (WatchVariableBatches), Watcher callback"))
+		end = srv.phase("stream-bridged")
+		cm = startCPU(srv)
 		rate, err = bridgedReplay(ctx, srv.addr, sess, first, total, false)
+		end()
 		if err != nil {
 			return fmt.Errorf("BridgedState replay run %d: %w", r, err)
 		}
+		cpuFigures(col, "go_stream_bridged_unbatched", cm, total, "BridgedState, one message per update")
 		fmt.Fprintf(os.Stderr, "   %-34s %10.0f updates/s\n", "go_stream (BridgedState, per-update)", rate)
 		col.add("go_stream_bridged_unbatched_updates_per_s", "updates/s", rate, withKV(base, "client", "varbridge.BridgedState default (WatchVariables, one message per update)"))
+		end = srv.phase("stream-raw")
+		cm = startCPU(srv)
 		rate, err = goStreamReplay(ctx, srv.addr, sess, first, total)
+		end()
+		cpuFigures(col, "go_stream_raw", cm, total, "generated WatchVariables stream")
 		if err != nil {
 			return fmt.Errorf("go raw replay run %d: %w", r, err)
 		}
 		fmt.Fprintf(os.Stderr, "   %-34s %10.0f updates/s\n", "go_stream (raw WatchVariables)", rate)
 		col.add("go_stream_raw_updates_per_s", "updates/s", rate, withKV(base, "client", "generated grpc-go WatchVariables stream"))
+		end = srv.phase("stream-raw-batched")
+		cm = startCPU(srv)
 		rate, per, err := goStreamReplayBatches(ctx, srv.addr, sess, first, total)
+		end()
+		cpuFigures(col, "go_stream_raw_batched", cm, total, "generated WatchVariableBatches stream")
 		if err != nil {
 			return fmt.Errorf("go raw batched replay run %d: %w", r, err)
 		}
@@ -417,10 +440,17 @@ func benchStream(ctx context.Context, c *config, col *collector) error {
 				args = append(args, "--raw", "--batched")
 			}
 			args = append(args, pyProfileArgs(c, fmt.Sprintf("%s_%d", name, r))...)
-			rate, _, err := pyThroughput(ctx, c.python, args)
+			end := srv.phase("stream-py-" + mode)
+			cm := startCPU(srv)
+			rate, pyCPU, err := pyThroughput(ctx, c.python, args)
+			end()
 			if err != nil {
 				return fmt.Errorf("%s run %d: %w", name, r, err)
 			}
+			srvNs, _ := cm.per(c.pyTputN)
+			base := strings.TrimSuffix(name, "_updates_per_s")
+			col.add(base+"_server_cpu_ns_per_update", "ns", srvNs, map[string]any{"how": "server CPU time (/proc) during the replay / updates"})
+			col.add(base+"_client_cpu_ns_per_update", "ns", pyCPU*1e9/float64(c.pyTputN), map[string]any{"how": "Python process CPU time (time.process_time) during the replay / updates"})
 			fmt.Fprintf(os.Stderr, "   %-34s %10.0f updates/s\n", name, rate)
 			col.add(name, "updates/s", rate, map[string]any{"how": "history replay, as go_stream_updates_per_s", "updates": c.pyTputN, "client": client})
 		}
@@ -450,6 +480,7 @@ func benchFanout(ctx context.Context, c *config, col *collector) error {
 		err = func() error {
 			defer f.close()
 			var all []int64
+			end := srv.phase("fanout-spaced")
 			for w := range c.fanWrites {
 				if err := f.write(ctx); err != nil {
 					return err
@@ -462,7 +493,10 @@ func benchFanout(ctx context.Context, c *config, col *collector) error {
 				}
 				time.Sleep(20 * time.Millisecond)
 			}
+			end()
 			p50, p99, pmax := latencyStats(all)
+			end = srv.phase("fanout-burst")
+			cm := startCPU(srv)
 			t0 := time.Now()
 			for range c.fanBurst {
 				if err := f.write(ctx); err != nil {
@@ -473,6 +507,10 @@ func benchFanout(ctx context.Context, c *config, col *collector) error {
 				return err
 			}
 			el := time.Since(t0)
+			end()
+			srvNs, cliNs := cm.per(c.fanBurst * c.fanN)
+			col.add("fanout_server_cpu_ns_per_delivery", "ns", srvNs, map[string]any{"how": "server CPU time (/proc) during the burst / deliveries"})
+			col.add("fanout_client_cpu_ns_per_delivery", "ns", cliNs, map[string]any{"how": "harness CPU time (10k Go receivers) during the burst / deliveries"})
 			dps := float64(c.fanBurst*c.fanN) / el.Seconds()
 			pr := map[string]any{"watches": c.fanN, "connections": c.fanConns, "client": "generated grpc-go streams, one process"}
 			fmt.Fprintf(os.Stderr, "   run %d: opened %d watches in %s; write->all p50 %.2f ms p99 %.2f ms max %.2f ms; burst %0.f deliveries/s\n",
@@ -491,6 +529,14 @@ func benchFanout(ctx context.Context, c *config, col *collector) error {
 		}
 	}
 	return nil
+}
+
+// cpuFigures records the server's and the Go client's CPU time per update
+// of a stream phase.
+func cpuFigures(col *collector, prefix string, cm cpuMeter, updates int, what string) {
+	srvNs, cliNs := cm.per(updates)
+	col.add(prefix+"_server_cpu_ns_per_update", "ns", srvNs, map[string]any{"how": "server CPU time (/proc) during the replay / updates", "client": what})
+	col.add(prefix+"_client_cpu_ns_per_update", "ns", cliNs, map[string]any{"how": "harness (Go client) CPU time during the replay / updates", "client": what})
 }
 
 func withKV(m map[string]any, k string, v any) map[string]any {

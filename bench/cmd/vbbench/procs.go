@@ -37,9 +37,13 @@ type proc struct {
 	// metrics is the URL of the server's Prometheus endpoint, when it
 	// announced one ("metrics on URL") before its address.
 	metrics string
-	stderr  *tailBuffer
-	stdin   io.WriteCloser
-	exited  chan struct{}
+	// hook, when the server announced "phase hook on URL", is told of each
+	// measured phase (URL+"start?name=...", URL+"stop"): a profiling build
+	// of the server profiles exactly that phase.
+	hook   string
+	stderr *tailBuffer
+	stdin  io.WriteCloser
+	exited chan struct{}
 }
 
 // startListener runs bin with args and waits for its "listening on ADDR" line.
@@ -63,6 +67,9 @@ func startListener(name, bin string, args ...string) (*proc, error) {
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
+			if h, ok := strings.CutPrefix(sc.Text(), "phase hook on "); ok {
+				p.hook = strings.TrimSpace(h)
+			}
 			if m, ok := strings.CutPrefix(sc.Text(), "metrics on "); ok {
 				p.metrics = strings.TrimSpace(m) // read after addrc hands over the address
 			}
@@ -219,4 +226,60 @@ func promGauges(url string, names ...string) (map[string]float64, error) {
 		}
 	}
 	return out, nil
+}
+
+// phase tells the server's phase hook, if any, that a measured phase starts;
+// the returned function tells it that the phase ended.
+func (p *proc) phase(name string) func() {
+	if p == nil || p.hook == "" {
+		return func() {}
+	}
+	if resp, err := http.Get(p.hook + "start?name=" + name); err == nil {
+		resp.Body.Close()
+	}
+	return func() {
+		if resp, err := http.Get(p.hook + "stop"); err == nil {
+			resp.Body.Close()
+		}
+	}
+}
+
+// cpuSeconds is the user+system CPU time a process has used (from
+// /proc/PID/stat; clock ticks of 10 ms).
+func cpuSeconds(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name, which is in parentheses.
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	ut, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return (ut + st) / 100
+}
+
+// selfCPUSeconds is this process's user+system CPU time.
+func selfCPUSeconds() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
+}
+
+// cpuMeter measures the CPU time the server and this process spend in a
+// phase: figures that machine noise hardly moves, unlike rates.
+type cpuMeter struct {
+	pid       int
+	srv, self float64
+}
+
+func startCPU(p *proc) cpuMeter {
+	return cpuMeter{pid: p.pid(), srv: cpuSeconds(p.pid()), self: selfCPUSeconds()}
+}
+
+// per returns the server's and this process's CPU nanoseconds per unit.
+func (m cpuMeter) per(units int) (srvNs, selfNs float64) {
+	return (cpuSeconds(m.pid) - m.srv) * 1e9 / float64(units), (selfCPUSeconds() - m.self) * 1e9 / float64(units)
 }

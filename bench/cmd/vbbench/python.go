@@ -44,8 +44,9 @@ func pyLatency(ctx context.Context, python string, args []string, n, rate int, w
 	return ls, nil
 }
 
-// pyThroughput runs vb_watch.py tput and returns updates per second.
-func pyThroughput(ctx context.Context, python string, args []string) (float64, int, error) {
+// pyThroughput runs vb_watch.py tput and returns updates per second and the
+// CPU seconds the script spent reading them.
+func pyThroughput(ctx context.Context, python string, args []string) (float64, float64, error) {
 	p, err := startPython(ctx, python, args...)
 	if err != nil {
 		return 0, 0, err
@@ -58,12 +59,13 @@ func pyThroughput(ctx context.Context, python string, args []string) (float64, i
 	var out struct {
 		Count   int     `json:"count"`
 		Seconds float64 `json:"seconds"`
+		CPU     float64 `json:"cpu_seconds"`
 	}
 	if err := json.Unmarshal([]byte(l), &out); err != nil {
 		return 0, 0, fmt.Errorf("python output %.200q: %w", l, err)
 	}
 	if out.Count < 2 || out.Seconds <= 0 {
-		return 0, out.Count, fmt.Errorf("python read %d updates in %gs", out.Count, out.Seconds)
+		return 0, 0, fmt.Errorf("python read %d updates in %gs", out.Count, out.Seconds)
 	}
-	return float64(out.Count) / out.Seconds, out.Count, nil
+	return float64(out.Count) / out.Seconds, out.CPU, nil
 }
