@@ -20,9 +20,10 @@ type Proxy struct {
 	refuse bool
 	closed bool
 
-	accepted atomic.Int64
-	cuts     atomic.Int64
-	wg       sync.WaitGroup
+	accepted  atomic.Int64
+	cuts      atomic.Int64
+	forwarded atomic.Int64 // bytes from the target to clients
+	wg        sync.WaitGroup
 }
 
 type pair struct {
@@ -57,6 +58,12 @@ func (p *Proxy) Accepted() int64 { return p.accepted.Load() }
 
 // Cuts counts the connections cut by Cut.
 func (p *Proxy) Cuts() int64 { return p.cuts.Load() }
+
+// Forwarded counts the bytes relayed from the target to clients so far. A
+// test that waits for it to grow after a cut knows that a new connection is
+// past its handshake and carrying data, so its next cut does not hit a
+// connection attempt (which gRPC would retry only after its backoff).
+func (p *Proxy) Forwarded() int64 { return p.forwarded.Load() }
 
 // Cut closes every open connection at once, both ways, and returns how many
 // it closed. New connections are accepted as before unless refused.
@@ -137,16 +144,27 @@ func (p *Proxy) forward(client net.Conn) {
 	p.mu.Unlock()
 
 	done := make(chan struct{}, 2)
-	pipe := func(dst, src net.Conn) {
+	pipe := func(dst io.Writer, src net.Conn) {
 		_, _ = io.Copy(dst, src) // ends on a cut or a peer closing
 		done <- struct{}{}
 	}
 	go pipe(server, client)
-	go pipe(client, server)
+	go pipe(countingWriter{client, &p.forwarded}, server)
 	<-done
 	c.close()
 	<-done
 	p.mu.Lock()
 	delete(p.conns, c)
 	p.mu.Unlock()
+}
+
+type countingWriter struct {
+	w io.Writer
+	n *atomic.Int64
+}
+
+func (c countingWriter) Write(b []byte) (int, error) {
+	n, err := c.w.Write(b)
+	c.n.Add(int64(n))
+	return n, err
 }

@@ -98,7 +98,7 @@ func TestForwardCutRefuse(t *testing.T) {
 	if got, err := roundTrip(c3, "back"); err != nil || got != "back" {
 		t.Fatalf("round trip after refuse = %q, %v", got, err)
 	}
-	if p.Accepted() != 3 || p.Cuts() != 1 {
-		t.Fatalf("accepted %d cuts %d, want 3 and 1", p.Accepted(), p.Cuts())
+	if p.Accepted() != 3 || p.Cuts() != 1 || p.Forwarded() != int64(len("hello\nback\n")) {
+		t.Fatalf("accepted %d cuts %d forwarded %d, want 3, 1 and 11", p.Accepted(), p.Cuts(), p.Forwarded())
 	}
 }
