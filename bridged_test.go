@@ -74,10 +74,9 @@ func TestBridgedCutConnectionsExactlyOnce(t *testing.T) {
 			}, WithBackoff(time.Millisecond, 10*time.Millisecond), WithMaxFailures(1000), WithHeartbeat(20*time.Millisecond),
 				WithBatchedStream(batchRPC))
 
-			w := b.watches.watches[ref]
 			stopCuts := make(chan struct{})
 			cutterDone := make(chan struct{})
-			go func() { // cuts at random moments, each after the watch made some progress
+			go func() { // cuts at random moments
 				defer close(cutterDone)
 				for {
 					select {
@@ -88,8 +87,10 @@ func TestBridgedCutConnectionsExactlyOnce(t *testing.T) {
 					if proxy.Cut() == 0 {
 						continue
 					}
-					at := w.lastRev.Load()
-					for w.lastRev.Load() == at {
+					// Wait until a new connection carries data, so that the
+					// next cut breaks a stream, not a connection attempt.
+					at := proxy.Forwarded()
+					for proxy.Forwarded() < at+4096 {
 						select {
 						case <-stopCuts:
 							return
@@ -269,11 +270,14 @@ func TestConsumerResumesMidBatch(t *testing.T) {
 }
 
 func TestBackoff(t *testing.T) {
-	for f, want := range map[int]time.Duration{1: time.Second, 2: 2 * time.Second, 3: 4 * time.Second, 6: 30 * time.Second, 40: 30 * time.Second} {
+	for f, want := range map[int]time.Duration{2: time.Second, 3: 2 * time.Second, 4: 4 * time.Second, 7: 30 * time.Second, 40: 30 * time.Second} {
 		d := backoff(time.Second, 30*time.Second, f)
 		if d < want*9/10 || d > want*11/10 {
 			t.Errorf("backoff after %d failures = %v, want %v +-10%%", f, d, want)
 		}
+	}
+	if d := backoff(time.Second, 30*time.Second, 1); d < 0 || d > 100*time.Millisecond {
+		t.Errorf("first reconnect after %v, want at most 10%% of the base", d)
 	}
 }
 

@@ -292,10 +292,18 @@ func retryable(err error) bool {
 	return false
 }
 
-// backoff is base doubled per failure after the first, capped, +-10%.
+// backoff is the delay before reconnect attempt number failures (1 for the
+// first after a break). The first waits only a random fraction (up to the
+// jitter, 10%) of base, so that a stream that broke once comes back at once
+// while many watches broken together spread out; each further consecutive
+// failure waits base doubled per failure after the second, capped at limit,
+// +-10%.
 func backoff(base, limit time.Duration, failures int) time.Duration {
+	if failures <= 1 {
+		return time.Duration(float64(base) * BackoffJitter * rand.Float64())
+	}
 	d := base
-	for i := 1; i < failures && d < limit; i++ {
+	for i := 2; i < failures && d < limit; i++ {
 		d *= 2
 	}
 	d = min(d, limit)

@@ -3,8 +3,10 @@ package varbridge
 import (
 	"fmt"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc"
+	grpcbackoff "google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
@@ -50,6 +52,12 @@ func acquirePool(target string, o *options) (*connPool, error) {
 		grpc.WithTransportCredentials(creds),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{
 			Time: o.keepTime, Timeout: o.keepTimeout, PermitWithoutStream: true,
+		}),
+		// Redial a lost server on the watches' schedule: from 1 s up to
+		// 30 s (gRPC's default goes up to 120 s).
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           grpcbackoff.Config{BaseDelay: DefaultBackoffBase, Multiplier: 1.6, Jitter: 0.2, MaxDelay: DefaultBackoffCap},
+			MinConnectTimeout: 20 * time.Second,
 		}),
 	}, o.dialOpts...)
 	key := fmt.Sprintf("%s|%s|%s|%s", target, credKey, o.keepTime, o.keepTimeout)

@@ -288,9 +288,10 @@ func WithErrorHandler(f func(error)) WatchOption {
 // resets the count.
 func WithMaxFailures(n int) WatchOption { return func(c *watchConfig) { c.maxFailures = n } }
 
-// WithBackoff sets the reconnect delay of a BridgedState watch: base after
-// the first failure, doubling per failure up to limit, with 10% jitter
-// (defaults 1 s and 30 s).
+// WithBackoff sets the reconnect delays of a BridgedState watch: after a
+// break it reconnects at once (within 10% of base, at random), then waits
+// base after the second consecutive failure, doubling per failure up to
+// limit, each with 10% jitter (defaults 1 s and 30 s).
 func WithBackoff(base, limit time.Duration) WatchOption {
 	return func(c *watchConfig) { c.backoffBase, c.backoffCap = base, limit }
 }
