@@ -63,6 +63,7 @@ does not exist, on the server at --addr.`,
 		newGetCmd(g),
 		newSetCmd(g),
 		newListCmd(g),
+		newWatchCmd(g),
 		newSessionCmd(g),
 	)
 	return root
