@@ -269,12 +269,18 @@ func (b *BridgedState) WatchVariables(ctx context.Context, identifiers []string,
 				initial = append(initial, v)
 			}
 		}
-	} else {
+	} else if cfg.initial && cfg.startRevision == 0 {
 		resp, err := b.list(ctx, "")
 		if err != nil {
 			return WatchRef{}, err
 		}
 		rev, initial = resp.GetRevision(), resp.GetVariables()
+	} else {
+		resp, err := b.api().GetSession(b.ctx(ctx), &pb.GetSessionRequest{SessionId: b.session})
+		if err != nil {
+			return WatchRef{}, fromStatus(err)
+		}
+		rev = resp.GetSession().GetRevision()
 	}
 	w.identOf = func(id string) (string, bool) { s, ok := ident[id]; return s, ok }
 	c := &streamConsumer{b: b, w: w, resume: rev + 1}

@@ -57,6 +57,7 @@ type NotFoundError struct {
 	msg         string
 }
 
+// Error lists the missing identifiers.
 func (e *NotFoundError) Error() string {
 	if e.msg != "" {
 		return e.msg
@@ -79,6 +80,7 @@ type ConstraintError struct {
 	msg        string
 }
 
+// Error names the variable, the constraint and the value.
 func (e *ConstraintError) Error() string { return e.msg }
 
 // Is makes a ConstraintError match ErrConstraint and ErrInvalidArgument.
@@ -93,6 +95,7 @@ type LimitError struct {
 	msg   string
 }
 
+// Error names the limit and what exceeded it.
 func (e *LimitError) Error() string { return e.msg }
 
 // Is makes a LimitError match ErrLimit.
