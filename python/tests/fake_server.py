@@ -71,6 +71,10 @@ class FakeBridge(pb_grpc.BridgeServiceServicer):
     session_revision: int = 0
     active: int = 0
     cancelled: int = 0
+    # Serve WatchVariableBatches (script steps that are lists go as one batch);
+    # off: it is UNIMPLEMENTED, as on an older server.
+    batches: bool = False
+    batch_requests: list[pb.WatchVariablesRequest] = field(default_factory=list)
 
     async def GetSession(
         self, request: pb.GetSessionRequest, context: grpc.aio.ServicerContext
@@ -100,6 +104,30 @@ class FakeBridge(pb_grpc.BridgeServiceServicer):
                     await context.abort(step.code, step.message)
                 else:
                     yield step
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        finally:
+            self.active -= 1
+
+    async def WatchVariableBatches(
+        self, request: pb.WatchVariablesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.VariableUpdateBatch]:
+        if not self.batches:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no batches here")
+        self.batch_requests.append(request)
+        script = self.scripts.pop(0) if self.scripts else [HANG]
+        self.active += 1
+        try:
+            for step in script:
+                if step is HANG:
+                    await asyncio.Event().wait()
+                elif isinstance(step, Abort):
+                    await context.abort(step.code, step.message)
+                elif isinstance(step, list):
+                    yield pb.VariableUpdateBatch(updates=step)
+                else:
+                    yield pb.VariableUpdateBatch(updates=[step])
         except asyncio.CancelledError:
             self.cancelled += 1
             raise

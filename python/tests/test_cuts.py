@@ -34,8 +34,9 @@ async def proxy(addr: str) -> AsyncIterator[CutProxy]:
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.parametrize("batched", [True, False], ids=["batches", "single"])
 async def test_watch_survives_repeated_cuts(
-    session: varbridge.SessionContext, proxy: CutProxy
+    session: varbridge.SessionContext, proxy: CutProxy, batched: bool
 ) -> None:
     names = [f"v{i}" for i in range(10)]
     for n in names:
@@ -80,7 +81,12 @@ async def test_watch_survives_repeated_cuts(
     async with varbridge.connect(proxy.addr) as pbridge:
         psession = await pbridge.session(session.session_id)
         watch = psession.watch_variables(
-            names, include_initial=True, backoff_base=0.01, backoff_cap=0.1, max_retries=100
+            names,
+            include_initial=True,
+            backoff_base=0.01,
+            backoff_cap=0.1,
+            max_retries=100,
+            batched=batched,
         )
 
         async def consumer() -> None:
@@ -137,6 +143,71 @@ async def test_watch_survives_repeated_cuts(
     assert {r: sorted(v) for r, v in by_rev.items()} == {r: sorted(v) for r, v in exp_rev.items()}
     assert proxy.cuts >= 10
     assert watch.reconnects >= 10
+
+
+@pytest.mark.timeout(180)
+async def test_batched_watch_cut_inside_large_revisions(
+    session: varbridge.SessionContext, proxy: CutProxy
+) -> None:
+    """Revisions larger than one batch message (1 MiB) span several messages:
+    cuts between them resume inside the revision."""
+    names = [f"s{i:02d}" for i in range(24)]
+    for n in names:
+        await session.register_variable(n, "string", "")
+    proxy.chunk, proxy.delay = 16384, 0.0005
+    # 24 x 48 KiB: 1.15 MiB per revision, two batch messages each; 16 rounds
+    # stay well inside the server's default history (64 MiB per session).
+    rounds = 16
+    size = 48 * 1024
+    info = await session.get_info()
+    expected: list[tuple[int, str, str]] = []
+    for r in range(rounds):
+        batch = {n: f"{r}:{n}:" + chr(0x41 + r % 26) * size for n in names}
+        res = await session.set_variables(batch)
+        expected.extend((res.revision, n, v) for n, v in batch.items())
+    got: list[tuple[int, str, str]] = []
+    async with varbridge.connect(proxy.addr) as pbridge:
+        psession = await pbridge.session(session.session_id)
+        watch = psession.watch_variables(
+            names,
+            start_revision=info.revision + 1,
+            backoff_base=0.01,
+            backoff_cap=0.05,
+            max_retries=100,
+        )
+
+        async def cutter() -> None:
+            # Cut at random, but only after new updates came out since the last cut
+            # (a resume inside a revision receives that revision again).
+            rng = random.Random(7)
+            seen = 0
+            while True:
+                await asyncio.sleep(rng.uniform(0.005, 0.05))
+                if watch.yielded > seen:
+                    seen = watch.yielded
+                    proxy.cut()
+
+        cut_task = asyncio.create_task(cutter())
+        try:
+            async with watch:
+                async for u in watch:
+                    assert not u.resync
+                    got.append((u.revision, u.variable_name, u.value))
+                    if len(got) == len(expected):
+                        break
+        finally:
+            cut_task.cancel()
+        log.info(
+            "large revisions: cuts=%d reconnects=%d mid_group_resumes=%d duplicates_skipped=%d",
+            proxy.cuts,
+            watch.reconnects,
+            watch.mid_group_resumes,
+            watch.duplicates_skipped,
+        )
+    revs = [g[0] for g in got]
+    assert revs == sorted(revs)
+    assert sorted(got) == sorted(expected)
+    assert watch.reconnects >= 3
 
 
 async def _watch_next(watch: varbridge.Watch, timeout: float = 30) -> varbridge.VariableUpdate:

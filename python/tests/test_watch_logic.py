@@ -349,3 +349,66 @@ async def test_no_deadline_on_watch(fake) -> None:
     assert w._call is not None
     assert w._call.time_remaining() is None
     await w.aclose()
+
+
+async def test_batches_cut_mid_revision(fake) -> None:
+    srv, s = fake
+    srv.batches = True
+    srv.scripts = [
+        # one message holds a whole revision and the start of the next
+        [
+            [upd(5, "var_a", 1, last=False), upd(5, "var_b", 2, last=True)],
+            [upd(6, "var_a", 3, last=False)],
+            Abort(),
+        ],
+        [
+            [upd(6, "var_a", 3, last=False), upd(6, "var_b", 4, last=True), upd(7, "var_c", 5)],
+            HANG,
+        ],
+    ]
+    w = fast(s, start_revision=5)
+    got = await take(w, 5)
+    assert got == [
+        (5, "var_a", 1),
+        (5, "var_b", 2),
+        (6, "var_a", 3),
+        (6, "var_b", 4),
+        (7, "var_c", 5),
+    ]
+    assert [r.start_revision for r in srv.batch_requests] == [5, 6]
+    assert srv.requests == []  # WatchVariables never used
+    assert w.received == 6
+    assert w.duplicates_skipped == 1
+
+
+async def test_batch_is_drained_before_a_reconnect(fake) -> None:
+    srv, s = fake
+    srv.batches = True
+    srv.scripts = [
+        [[upd(2, "var_a", 1), upd(3, "var_a", 2), upd(4, "var_a", 3)], Abort()],
+        [[upd(5, "var_a", 4)], HANG],
+    ]
+    w = fast(s, start_revision=2)
+    got = await take(w, 4)
+    assert [g[0] for g in got] == [2, 3, 4, 5]
+    assert srv.batch_requests[1].start_revision == 5
+
+
+async def test_falls_back_to_watch_variables(fake) -> None:
+    srv, s = fake
+    srv.scripts = [[upd(2, "var_a"), HANG]]
+    w = fast(s, start_revision=2)
+    assert (await take(w, 1))[0][0] == 2
+    assert not w.batched
+    assert w.reconnects == 0
+    assert len(srv.requests) == 1
+
+
+async def test_batched_false_uses_watch_variables(fake) -> None:
+    srv, s = fake
+    srv.batches = True
+    srv.scripts = [[upd(2, "var_a"), HANG]]
+    w = fast(s, start_revision=2, batched=False)
+    assert (await take(w, 1))[0][0] == 2
+    assert srv.batch_requests == []
+    assert len(srv.requests) == 1

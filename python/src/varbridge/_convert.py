@@ -482,22 +482,17 @@ def constraints_from_pb(c: pb.Constraints | None) -> dict[str, Any]:
     """The set constraints as a dict (absent and empty ones left out)."""
     if c is None:
         return {}
-    out: dict[str, Any] = {}
-    for key in ("min", "max", "min_length", "max_length", "pattern", "dimensions", "dtype"):
-        if c.HasField(key):
-            out[key] = getattr(c, key)
-    for key in ("choices", "allowed_modules"):
-        vals = getattr(c, key)
-        if vals:
-            out[key] = list(vals)
-    if c.shape:
-        out["shape"] = list(c.shape)
-    return out
+    return {fd.name: list(v) if fd.is_repeated else v for fd, v in c.ListFields()}
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def timestamp_to_datetime(ts: Any) -> datetime | None:
     """An aware UTC datetime, or None for an unset timestamp."""
-    if ts is None or (ts.seconds == 0 and ts.nanos == 0):
+    if ts is None:
         return None
-    base = datetime.fromtimestamp(ts.seconds, tz=timezone.utc)
-    return base + timedelta(microseconds=ts.nanos // 1000)
+    seconds, nanos = ts.seconds, ts.nanos
+    if seconds == 0 and nanos == 0:
+        return None
+    return _EPOCH + timedelta(seconds=seconds, microseconds=nanos // 1000)

@@ -511,6 +511,7 @@ class SessionContext:
         max_retries: int = 10,
         backoff_base: float = 1.0,
         backoff_cap: float = 30.0,
+        batched: bool = True,
     ) -> Watch:
         """Watch variables (all of the session's when ``identifiers`` is empty).
 
@@ -531,6 +532,7 @@ class SessionContext:
             max_retries=max_retries,
             backoff_base=backoff_base,
             backoff_cap=backoff_cap,
+            batched=batched,
         )
         self.bridge._watches.add(w)
         return w

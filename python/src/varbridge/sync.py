@@ -279,6 +279,7 @@ class SyncSession:
         max_retries: int = 10,
         backoff_base: float = 1.0,
         backoff_cap: float = 30.0,
+        batched: bool = True,
     ) -> SyncWatch:
         """A plain iterator of updates; close it (or use ``with``) to end the RPC."""
         ids = list(identifiers or ())
@@ -295,6 +296,7 @@ class SyncSession:
                 max_retries=max_retries,
                 backoff_base=backoff_base,
                 backoff_cap=backoff_cap,
+                batched=batched,
             )
 
         return SyncWatch(self._bridge, self._bridge._run(make()))

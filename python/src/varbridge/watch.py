@@ -16,6 +16,11 @@ resumes exactly where it stopped, so the loop body sees no gap and no repeat:
 
 Leaving the loop (``break``, an exception, cancelling the task, ``aclose()``
 or the ``async with`` block) cancels the RPC at once.
+
+By default the watch uses ``WatchVariableBatches`` (the same stream, with
+every update that is ready sent as one message: far fewer messages for a
+watcher that is catching up) and falls back to ``WatchVariables`` on a
+server without it; ``batched=False`` asks for ``WatchVariables``.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -87,8 +93,10 @@ class Watch(AsyncIterator[VariableUpdate]):
         max_retries: int = 10,
         backoff_base: float = 1.0,
         backoff_cap: float = 30.0,
+        batched: bool = True,
     ) -> None:
         self.session = session
+        self.batched = batched
         self.identifiers = list(identifiers)
         self.filter = filter
         self.where = where or ""
@@ -98,9 +106,10 @@ class Watch(AsyncIterator[VariableUpdate]):
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
 
-        self._call: grpc.aio.UnaryStreamCall[pb.WatchVariablesRequest, pb.VariableUpdate] | None
-        self._call = None
-        self._stream: AsyncIterator[pb.VariableUpdate] | None = None
+        self._call: grpc.aio.UnaryStreamCall[pb.WatchVariablesRequest, Any] | None = None
+        self._stream: AsyncIterator[Any] | None = None
+        # Updates received in one batch message and not processed yet.
+        self._buffer: deque[pb.VariableUpdate] = deque()
         self._closed = False
         self._failures = 0  # consecutive failed attempts
 
@@ -194,7 +203,15 @@ class Watch(AsyncIterator[VariableUpdate]):
             call.cancel()
 
     async def _next(self) -> VariableUpdate:
+        buf = self._buffer
         while True:
+            while buf:
+                update = self._process(buf.popleft())
+                if update is not None:
+                    self.yielded += 1
+                    return update
+            # Only an empty buffer reads on: the resume point then covers
+            # everything received, so a reconnect repeats and loses nothing.
             if self._stream is None:
                 try:
                     await self._connect()
@@ -216,17 +233,24 @@ class Watch(AsyncIterator[VariableUpdate]):
                 continue
             except grpc.aio.AioRpcError as e:
                 self._drop_call()
+                if e.code() == grpc.StatusCode.UNIMPLEMENTED and self.batched:
+                    # A server without WatchVariableBatches: one update per message.
+                    log.info("watch: server lacks WatchVariableBatches; using WatchVariables")
+                    self.batched = False
+                    self.attempts -= 1
+                    continue
                 err = from_rpc_error(e)
                 if e.code() not in RETRYABLE_CODES or self._closed:
                     raise err from e
                 await self._backoff(err)
                 continue
-            self.received += 1
             self._failures = 0
-            update = self._process(msg)
-            if update is not None:
-                self.yielded += 1
-                return update
+            if self.batched:
+                self.received += len(msg.updates)
+                buf.extend(msg.updates)
+            else:
+                self.received += 1
+                buf.append(msg)
 
     async def _connect(self) -> None:
         s = self.session
@@ -252,9 +276,8 @@ class Watch(AsyncIterator[VariableUpdate]):
             self.reconnects += 1
             log.debug("watch %s: reconnecting at revision %d", s.session_id, req.start_revision)
         # No timeout: a deadline would become grpc-timeout and kill the stream.
-        self._call = s.bridge.stub.WatchVariables(
-            req, metadata=s.bridge._metadata(s.token), timeout=None
-        )
+        rpc = s.bridge.stub.WatchVariableBatches if self.batched else s.bridge.stub.WatchVariables
+        self._call = rpc(req, metadata=s.bridge._metadata(s.token), timeout=None)
         self._stream = self._call.__aiter__()
 
     async def _backoff(self, err: VarbridgeError) -> None:
