@@ -74,6 +74,11 @@ func (b *BridgedState) check() error {
 // SessionID implements StateProvider.
 func (b *BridgedState) SessionID() string { return b.session }
 
+// Token returns the session token the state sends (WithToken, or the one
+// the server issued when this state created the session); "" without auth.
+// Hand it to other clients, Go or Python, that join the session.
+func (b *BridgedState) Token() string { return b.token }
+
 // Target returns the server address the state was created with.
 func (b *BridgedState) Target() string { return b.target }
 

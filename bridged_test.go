@@ -16,6 +16,7 @@ import (
 	grpcbackoff "google.golang.org/grpc/backoff"
 
 	"github.com/varbridge/varbridge/internal/cutproxy"
+	"github.com/varbridge/varbridge/internal/server"
 	"github.com/varbridge/varbridge/internal/servertest"
 	"github.com/varbridge/varbridge/internal/store"
 	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
@@ -383,4 +384,35 @@ func TestBridgedThousandWatches(t *testing.T) {
 	}
 	_ = b.Close()
 	eventually(t, "the server's observers to go", func() bool { return srv.Store.WatchCount() == 0 })
+}
+
+// With auth on, the creator's state carries the issued token on every call,
+// watches included; another client joins with it and is refused without it.
+func TestBridgedAuth(t *testing.T) {
+	srv := servertest.Start(t, store.Options{}, server.WithAuth())
+	owner := dialBridged(t, srv.Addr)
+	if owner.Token() == "" {
+		t.Fatal("no session token from a server with auth")
+	}
+	mustRegister(t, owner, "v", TypeInteger, 0)
+	if _, err := NewBridgedState(context.Background(), srv.Addr, WithSessionID(owner.SessionID())); !errors.Is(err, ErrAlreadyExists) {
+		t.Fatalf("joining without the token: %v", err)
+	}
+	other := dialBridged(t, srv.Addr, WithSessionID(owner.SessionID()), WithToken(owner.Token()))
+	rec := newRecorder()
+	mustWatch(t, other, context.Background(), []string{"v"}, rec.watch)
+	if _, err := owner.Set(context.Background(), "v", 1); err != nil {
+		t.Fatal(err)
+	}
+	if u := rec.next(t); u.New != int64(1) {
+		t.Fatalf("update %+v", u)
+	}
+	// A state that sends a wrong token for the session is refused, watches too.
+	bad := &BridgedState{session: owner.SessionID(), token: "forged", pool: owner.pool, log: quiet}
+	if _, err := bad.Get(context.Background(), "v"); !errors.Is(err, ErrPermissionDenied) && !errors.Is(err, ErrUnauthenticated) {
+		t.Fatalf("forged token: %v", err)
+	}
+	if _, err := bad.WatchVariables(context.Background(), []string{"v"}, rec.watch); !errors.Is(err, ErrPermissionDenied) && !errors.Is(err, ErrUnauthenticated) {
+		t.Fatalf("watch with a forged token: %v", err)
+	}
 }
