@@ -230,7 +230,93 @@ async def test_cli_tensor_reaches_python(
     assert got.tolist() == [[1.0, 2.5], [-3.0, 4.0]]
 
 
-# -- Go BridgedState watcher ----------------------------------------------------
-# Python writes and a Go BridgedState watches (`varbridge watch --json`), checking
-# order and completeness on the Go side: to be added here once the CLI has
-# `watch`.
+# -- Go BridgedState watcher: Python writes, Go watches ---------------------------
+
+
+def _json_value(x: Any) -> Any:
+    """A value as `varbridge watch --json` prints it, back in Python terms."""
+    if isinstance(x, str) and x in ("NaN", "Infinity", "-Infinity"):
+        return float(x.replace("Infinity", "inf"))
+    return x
+
+
+async def test_python_writes_go_bridgedstate_watches(
+    varbridge_bin: Path, addr: str, session: varbridge.SessionContext
+) -> None:
+    """`varbridge watch --json` (a Go BridgedState watch) sees every Python write,
+    in order, once, with exact values."""
+    names = ["temperature", "model", "steps"]
+    await session.register_variable("temperature", "float", 0.0)
+    await session.register_variable("model", "string", "")
+    await session.register_variable("steps", "integer", 0)
+    proc = await asyncio.create_subprocess_exec(
+        str(varbridge_bin),
+        "--addr",
+        addr,
+        "--session",
+        session.session_id,
+        "--json",
+        "watch",
+        "--initial",
+        *names,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        limit=1 << 20,
+    )
+    assert proc.stdout is not None
+    lines: list[dict[str, Any]] = []
+
+    async def read_until(n: int) -> None:
+        assert proc.stdout is not None
+        while len(lines) < n:
+            line = await proc.stdout.readline()
+            if not line:
+                err = await proc.stderr.read() if proc.stderr else b""
+                raise AssertionError(f"varbridge watch ended: {err.decode()}")
+            lines.append(json.loads(line, parse_int=lambda t: -0.0 if t == "-0" else int(t)))
+
+    try:
+        await asyncio.wait_for(read_until(3), 20)  # the initial values
+        assert {(d["update"], d["name"]) for d in lines} == {("initial", n) for n in names}
+        expected: list[tuple[int, str, Any]] = []
+        floats = [0.1, 1 / 3, -0.0, 5e-324, math.inf, -math.inf, 1e308, -2.5]
+        for i in range(300):
+            if i % 10 == 9:
+                res = await session.set_variables(
+                    {"temperature": float(i), "model": f"m-{i}-ü", "steps": -(2**63) + i}
+                )
+                expected += [
+                    (res.revision, "temperature", float(i)),
+                    (res.revision, "model", f"m-{i}-ü"),
+                    (res.revision, "steps", -(2**63) + i),
+                ]
+            else:
+                x = floats[i] if i < len(floats) else floats[i % len(floats)] + i
+                v = await session.set_variable("temperature", x)
+                expected.append((v.revision, "temperature", x))
+        await session.set_variable("temperature", math.nan)
+        await asyncio.wait_for(read_until(3 + len(expected) + 1), 60)
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+        await proc.wait()
+
+    changes = lines[3:]
+    assert all(d["update"] == "change" for d in changes)
+    assert math.isnan(_json_value(changes[-1]["new"]))
+    got = [
+        (
+            d["revision"],
+            d["name"],
+            float(_json_value(d["new"])) if d["type"] == "float" else d["new"],
+        )
+        for d in changes[:-1]
+    ]
+    revs = [g[0] for g in got]
+    assert revs == sorted(revs)
+
+    def key(t: tuple[int, str, Any]) -> tuple[int, str, bytes]:
+        r, n, v = t
+        return r, n, struct.pack("<d", v) if isinstance(v, float) else repr(v).encode()
+
+    assert sorted(map(key, got)) == sorted(map(key, expected))
