@@ -138,6 +138,7 @@ func (c *streamConsumer) run(ctx context.Context, stream updateStream) {
 	w := c.w
 	w.start()
 	defer close(w.done)
+	defer w.cancel() // releases the link to the caller's context
 	defer c.b.pool.release(c.lease)
 	c.deliverInitial()
 	for {
