@@ -76,20 +76,32 @@ def varbridge_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def wait_ready(addr: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+def wait_ready(
+    addr: str, proc: subprocess.Popen[bytes], *, tls: bool, timeout: float = 30.0
+) -> None:
+    """Wait until the server accepts connections and (plaintext) answers an RPC."""
     deadline = time.monotonic() + timeout
+    host, port = addr.rsplit(":", 1)
     last: Exception | None = None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+        except OSError as e:
+            last = e
+            time.sleep(0.05)
+            continue
+        if tls:
+            return
         with grpc.insecure_channel(addr) as ch:
             stub = pb_grpc.BridgeServiceStub(ch)
             try:
                 stub.GetSession(pb.GetSessionRequest(session_id="__ready__"), timeout=1)
                 return
             except grpc.RpcError as e:
-                if e.code() == grpc.StatusCode.NOT_FOUND:
-                    return  # the server answers
+                if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    return  # the server answers (NOT_FOUND, or UNAUTHENTICATED with auth on)
                 last = e
         time.sleep(0.05)
     raise TimeoutError(f"server at {addr} not ready: {last}")
@@ -116,7 +128,7 @@ def start_server(
         srv = Server(addr, proc, log)
         started.append(srv)
         try:
-            wait_ready(addr, proc)
+            wait_ready(addr, proc, tls="--tls-cert" in flags)
         except Exception as e:
             srv.stop()
             pytest.fail(f"server did not start: {e}\n{srv.log_tail()}")
