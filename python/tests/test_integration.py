@@ -626,3 +626,47 @@ async def test_cleanup_ends_watch_with_session_not_found(session: Session, bridg
     with pytest.raises(varbridge.SessionNotFound):
         await asyncio.wait_for(w.__anext__(), 10)
     assert w.closed
+
+
+async def test_watch_unknown_identifier(session: Session) -> None:
+    await session.register_variable("v", "int", 0)
+    with pytest.raises(varbridge.VariableNotFound) as ei:
+        async for _ in session.watch_variables(["v", "nope"]):
+            pass
+    assert "nope" in str(ei.value)
+
+
+async def test_heartbeats_advance_resume_point_of_quiet_watch(session: Session) -> None:
+    await session.register_variable("quiet", "int", 0)
+    await session.register_variable("busy", "int", 0)
+    w = session.watch_variables(["quiet"], include_initial=False, heartbeat_interval_ms=20)
+    pending = asyncio.ensure_future(w.__anext__())
+    last = 0
+    for i in range(1, 6):
+        last = (await session.set_variable("busy", i)).revision
+    assert await eventually(lambda: _ready(w.last_revision), last) == last
+    assert not pending.done()
+    v = await session.set_variable("quiet", 1)
+    u = await asyncio.wait_for(pending, 10)
+    assert (u.variable_name, u.revision) == ("quiet", v.revision)
+    await w.aclose()
+
+
+async def _ready(x: int) -> int:
+    return x
+
+
+async def test_watch_coalesce(session: Session) -> None:
+    await session.register_variable("v", "int", 0)
+    start = (await session.get_info()).revision + 1
+    for i in range(1, 201):
+        await session.set_variable("v", i)
+    w = session.watch_variables(["v"], start_revision=start, coalesce=True)
+    seen = []
+    async for u in w:
+        seen.append(u.value)
+        if u.value == 200:
+            break
+    assert seen == sorted(seen)
+    assert seen[-1] == 200
+    assert len(seen) <= 200

@@ -111,18 +111,33 @@ class Bridge:
         self.token = token
         self.timeout = timeout
         self.source = source
-        opts = _merge_options(options)
-        if credentials is not None:
-            self._channel = grpc.aio.secure_channel(target, credentials, options=opts)
-        else:
-            self._channel = grpc.aio.insecure_channel(target, options=opts)
-        self.stub: Any = pb_grpc.BridgeServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._credentials = credentials
+        self._options = _merge_options(options)
+        # Made on first use, inside the event loop that uses it (a grpc.aio
+        # channel belongs to the loop it was created in).
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: Any = None
         self._watches: weakref.WeakSet[Watch] = weakref.WeakSet()
         self._closed = False
 
     @property
     def channel(self) -> grpc.aio.Channel:
+        if self._channel is None:
+            if self._closed:
+                raise RuntimeError("the bridge is closed")
+            if self._credentials is not None:
+                self._channel = grpc.aio.secure_channel(
+                    self.target, self._credentials, options=self._options
+                )
+            else:
+                self._channel = grpc.aio.insecure_channel(self.target, options=self._options)
         return self._channel
+
+    @property
+    def stub(self) -> Any:
+        if self._stub is None:
+            self._stub = pb_grpc.BridgeServiceStub(self.channel)  # type: ignore[no-untyped-call]
+        return self._stub
 
     async def __aenter__(self) -> Bridge:
         return self
@@ -148,13 +163,14 @@ class Bridge:
         self._closed = True
         for w in list(self._watches):
             await w.aclose()
-        await self._channel.close(grace)
+        if self._channel is not None:
+            await self._channel.close(grace)
 
     async def wait_ready(self, timeout: float | None = None) -> None:
         """Wait until the channel is connected (raises TimeoutError)."""
         import asyncio
 
-        await asyncio.wait_for(self._channel.channel_ready(), timeout)
+        await asyncio.wait_for(self.channel.channel_ready(), timeout)
 
     def _metadata(self, token: str | None) -> tuple[tuple[str, str], ...] | None:
         tok = token or self.token
