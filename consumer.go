@@ -136,7 +136,6 @@ func waitHeader(s grpc.ClientStream, probe any) error {
 // run is the consumer's goroutine.
 func (c *streamConsumer) run(ctx context.Context, stream updateStream) {
 	w := c.w
-	w.start()
 	defer close(w.done)
 	defer w.cancel() // releases the link to the caller's context
 	defer c.b.pool.release(c.lease)

@@ -12,7 +12,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/varbridge/varbridge/internal/goid"
 	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
 
@@ -33,12 +32,12 @@ type watch struct {
 
 	received, filtered, errors, panics, reconnects, duplicates, lastRev atomic.Int64
 
-	stopped atomic.Bool   // set by unwatch: no new watcher call starts
-	gid     atomic.Uint64 // the owning goroutine, once it runs
+	stopped atomic.Bool // set by unwatch: no new watcher call starts
 	cancel  context.CancelFunc
 	done    chan struct{} // closed when the owning goroutine returns
 
 	mu      sync.Mutex
+	inCall  bool // the owning goroutine is running the caller's code
 	alive   bool
 	reason  string
 	lastErr error
@@ -108,9 +107,6 @@ func (w *watch) deliver(u *pb.VariableUpdate) {
 		w.advance(u)
 		return
 	}
-	if w.stopped.Load() {
-		return
-	}
 	w.call(ident, old, cur, meta)
 	w.advance(u)
 }
@@ -133,7 +129,31 @@ func (w *watch) pass(ident string, old, cur any) (ok bool) {
 			ok = true
 		}
 	}()
+	if !w.enter() {
+		return true
+	}
+	defer w.leave()
 	return w.cfg.filter(old, cur)
+}
+
+// enter marks the start of a call into the caller's code (watcher, filter,
+// error handler); false when the watch was stopped, and then nothing runs.
+// Checking and marking under one lock is what lets stop promise that no
+// call starts after it returns.
+func (w *watch) enter() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.stopped.Load() {
+		return false
+	}
+	w.inCall = true
+	return true
+}
+
+func (w *watch) leave() {
+	w.mu.Lock()
+	w.inCall = false
+	w.mu.Unlock()
 }
 
 // call runs the watcher; a panic is logged and counted and the watch goes on.
@@ -146,6 +166,10 @@ func (w *watch) call(ident string, old, cur any, meta UpdateMeta) {
 				"panic", fmt.Sprint(p), "stack", string(debug.Stack()))
 		}
 	}()
+	if !w.enter() {
+		return
+	}
+	defer w.leave()
 	w.fn(ident, old, cur, meta)
 }
 
@@ -198,19 +222,25 @@ func (w *watch) safeOnError(err error) {
 			w.log.Error("varbridge: watch error handler panicked", "watch", w.ref.String(), "panic", fmt.Sprint(p))
 		}
 	}()
+	if !w.enter() {
+		return
+	}
+	defer w.leave()
 	w.cfg.onError(err)
 }
 
-// start is called first by the watch's owning goroutine.
-func (w *watch) start() { w.gid.Store(goid.Current()) }
-
-// stop ends the watch on behalf of UnwatchVariables or Close: no watcher
-// call starts afterwards. It waits until the owning goroutine has returned,
-// unless it runs on that goroutine (a watcher unwatching itself).
+// stop ends the watch on behalf of UnwatchVariables or Close: no call of
+// the caller's code starts afterwards. When none is running it waits for
+// the owning goroutine to return; when one is (a watcher unwatching itself,
+// or another goroutine racing a running call) it cannot wait, since the
+// running call may be the caller, and the goroutine returns right after.
 func (w *watch) stop() {
+	w.mu.Lock()
 	w.stopped.Store(true)
+	running := w.inCall
+	w.mu.Unlock()
 	w.cancel()
-	if w.gid.Load() != goid.Current() {
+	if !running {
 		<-w.done
 	}
 }

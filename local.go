@@ -246,7 +246,6 @@ func (l *LocalState) WatchVariables(ctx context.Context, identifiers []string, f
 		return WatchRef{}, ErrClosed
 	}
 	go func() {
-		w.start()
 		defer close(w.done)
 		err := feed.Run(wctx, sw, fo, func(u *pb.VariableUpdate) error {
 			w.deliver(u)

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/varbridge/varbridge"
-	"github.com/varbridge/varbridge/internal/goid"
 )
 
 // Option configures Watch.
@@ -73,7 +72,7 @@ type Subscription struct {
 	abandon chan struct{} // closed by a Stop from inside a callback
 	failed  chan struct{} // closed when the underlying watch fails
 	done    chan struct{} // closed when the loop returns
-	loopGID atomic.Uint64
+	inCall  atomic.Bool // the loop is running a callback
 }
 
 // Ref returns the provider's ref for the underlying watch.
@@ -89,7 +88,9 @@ func (s *Subscription) Stop() error {
 			s.stopErr = s.p.UnwatchVariables(s.ref)
 			return
 		}
-		fromLoop := s.loopGID.Load() == goid.Current()
+		// While the loop runs a callback, this Stop may be that callback:
+		// waiting for the loop would deadlock, so let it finish on its own.
+		fromLoop := s.inCall.Load()
 		if fromLoop {
 			close(s.abandon) // the loop is busy here: do not wait on it
 		}
@@ -170,7 +171,6 @@ type loop struct {
 }
 
 func (l *loop) run(ctx context.Context) {
-	l.s.loopGID.Store(goid.Current())
 	defer close(l.s.done)
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
@@ -268,6 +268,8 @@ func (l *loop) emit(u varbridge.Update) {
 
 // call runs a callback; a panic is logged and the watch goes on.
 func (l *loop) call(f func()) {
+	l.s.inCall.Store(true)
+	defer l.s.inCall.Store(false)
 	defer func() {
 		if p := recover(); p != nil {
 			l.c.log.Error("variables: watch callback panicked; the watch goes on",
