@@ -72,7 +72,7 @@ type Subscription struct {
 	abandon chan struct{} // closed by a Stop from inside a callback
 	failed  chan struct{} // closed when the underlying watch fails
 	done    chan struct{} // closed when the loop returns
-	inCall  atomic.Bool // the loop is running a callback
+	inCall  atomic.Bool   // the loop is running a callback
 }
 
 // Ref returns the provider's ref for the underlying watch.
