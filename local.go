@@ -29,7 +29,7 @@ type LocalState struct {
 var _ StateProvider = (*LocalState)(nil)
 
 // NewLocalState creates (or, with WithSessionID, joins) a session in a
-// private in-memory store, or in the store given by WithStore.
+// private in-memory store, or in the store given by withStore (tests).
 func NewLocalState(opts ...Option) (*LocalState, error) {
 	o := newOptions(opts)
 	l := &LocalState{st: o.store, log: o.log}

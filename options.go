@@ -73,9 +73,9 @@ func WithSessionMetadata(md map[string]string) Option {
 // default slog.Default()).
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
 
-// WithStore makes a LocalState use an existing store, such as the one an
+// withStore makes a LocalState use an existing store, such as the one an
 // in-process server serves, instead of a private one that Close closes.
-func WithStore(s *store.Store) Option { return func(o *options) { o.store = s } }
+func withStore(s *store.Store) Option { return func(o *options) { o.store = s } }
 
 // WithTLS connects a BridgedState over TLS with the given configuration.
 func WithTLS(cfg *tls.Config) Option { return func(o *options) { o.tlsConfig = cfg } }

@@ -412,7 +412,7 @@ func TestResyncSurfaced(t *testing.T) {
 	t.Run("local", func(t *testing.T) {
 		st := store.New(opts)
 		defer st.Close()
-		run(t, newLocalEnv(t, WithStore(st)))
+		run(t, newLocalEnv(t, withStore(st)))
 	})
 	t.Run("bridged", func(t *testing.T) {
 		e, _ := newBridgedEnv(t, opts)
