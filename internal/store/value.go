@@ -29,6 +29,14 @@ func TypeName(t pb.VariableType) string {
 	return strings.ToLower(strings.TrimPrefix(t.String(), "VARIABLE_TYPE_"))
 }
 
+// article prefixes a type name with "a" or "an".
+func article(name string) string {
+	if strings.ContainsRune("aeiou", rune(name[0])) {
+		return "an " + name
+	}
+	return "a " + name
+}
+
 // rules is a variable's validated constraints, with its pattern compiled once.
 type rules struct {
 	typ     pb.VariableType
@@ -72,7 +80,7 @@ func newRules(t pb.VariableType, c *pb.Constraints) (*rules, error) {
 	}
 	for _, name := range []string{"min", "max", "min_length", "max_length", "pattern", "choices", "allowed_modules", "dimensions", "shape", "dtype"} {
 		if set[name] && !applies[name] {
-			return nil, fieldErr("constraints."+name, "does not apply to a %s variable", TypeName(t))
+			return nil, fieldErr("constraints."+name, "does not apply to %s variable", article(TypeName(t)))
 		}
 	}
 	if c.Min != nil && math.IsNaN(*c.Min) || c.Max != nil && math.IsNaN(*c.Max) {
@@ -219,7 +227,7 @@ func shapeMatches(want, got []int64) bool {
 // checkKind verifies that the value's oneof fits the type and is well formed.
 func checkKind(t pb.VariableType, v *pb.Value) error {
 	if v == nil || v.Kind == nil {
-		return fieldErr("value", "is required for a %s variable", TypeName(t))
+		return fieldErr("value", "is required for %s variable", article(TypeName(t)))
 	}
 	var ok bool
 	switch t {
@@ -243,7 +251,7 @@ func checkKind(t pb.VariableType, v *pb.Value) error {
 		}
 	}
 	if !ok {
-		return fieldErr("value", "a %s variable cannot hold %s", TypeName(t), kindName(v))
+		return fieldErr("value", "%s variable cannot hold %s", article(TypeName(t)), kindName(v))
 	}
 	return nil
 }
