@@ -5,7 +5,8 @@
 #   make proto-check  fail when the committed generated code is stale; buf lint
 #   make build        .bin/varbridge
 #   make test         vet, go test -race, pytest, ruff (after venv, proto-check, build)
-#   make demo         scripted CLI session against a live server
+#   make demo         live Go <-> Python reactive demo on a fresh server
+#   make fuzz         each fuzz target for FUZZTIME (default 2m; 5s inside make test)
 #   make fmt / lint   format / check Go, proto and Python sources
 
 SHELL := bash
@@ -22,7 +23,7 @@ GO_TEST_TIMEOUT ?= 15m
 # buf is pinned in its own module (tools/buf); paths given to it are relative to tools/buf.
 BUF := cd tools/buf && go tool buf
 
-.PHONY: venv proto proto-check build test demo fmt lint buf-lint
+.PHONY: venv proto proto-check build test demo fmt lint buf-lint fuzz
 
 # --- Python environment ------------------------------------------------------
 # The stamp is rebuilt when this Makefile or python/pyproject.toml changes.
@@ -65,6 +66,7 @@ test: venv proto-check build
 	go vet ./...
 	@echo "==> go test -race"
 	go test -race -count=1 -timeout $(GO_TEST_TIMEOUT) ./...
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=5s
 	@if [ -d python/tests ]; then \
 	  echo "==> pytest"; \
 	  VARBRIDGE_BIN="$(CURDIR)/$(BIN)" $(PY) -m pytest python/tests; \
@@ -79,6 +81,16 @@ test: venv proto-check build
 
 bench: venv build ; @bench/run.sh -out bench/results.json
 bench-smoke: venv build ; @bench/run.sh -smoke
+
+# Each fuzz target runs briefly inside `make test` and longer here
+# (FUZZTIME=10m make fuzz). Seeds live in each package's testdata/fuzz.
+FUZZTIME ?= 2m
+FUZZ_TARGETS := FuzzValueConstraints:./internal/store FuzzWhere:./internal/where FuzzRequests:./internal/server
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+	  echo "==> fuzz $${t%%:*} ($(FUZZTIME))"; \
+	  go test -run='^$$' -fuzz="^$${t%%:*}$$" -fuzztime=$(FUZZTIME) "$${t#*:}"; \
+	done
 
 demo: build
 	@echo "==> demo"

@@ -51,7 +51,9 @@ const (
 // With auth on, every call on a session sends "authorization: Bearer <token>".
 type BridgeServiceClient interface {
 	// InitializeSession creates a session, or returns the existing one with the
-	// same id (created = false).
+	// same id (created = false). With auth on, the creating call gets the
+	// session_token; joining an existing session needs that token
+	// (ALREADY_EXISTS without one, PERMISSION_DENIED with a wrong one).
 	InitializeSession(ctx context.Context, in *InitializeSessionRequest, opts ...grpc.CallOption) (*InitializeSessionResponse, error)
 	// GetSession describes a session without extending its TTL.
 	GetSession(ctx context.Context, in *GetSessionRequest, opts ...grpc.CallOption) (*GetSessionResponse, error)
@@ -251,7 +253,9 @@ type BridgeService_WatchVariableBatchesClient = grpc.ServerStreamingClient[Varia
 // With auth on, every call on a session sends "authorization: Bearer <token>".
 type BridgeServiceServer interface {
 	// InitializeSession creates a session, or returns the existing one with the
-	// same id (created = false).
+	// same id (created = false). With auth on, the creating call gets the
+	// session_token; joining an existing session needs that token
+	// (ALREADY_EXISTS without one, PERMISSION_DENIED with a wrong one).
 	InitializeSession(context.Context, *InitializeSessionRequest) (*InitializeSessionResponse, error)
 	// GetSession describes a session without extending its TTL.
 	GetSession(context.Context, *GetSessionRequest) (*GetSessionResponse, error)

@@ -116,7 +116,9 @@ class BridgeServiceServicer:
 
     def InitializeSession(self, request, context):
         """InitializeSession creates a session, or returns the existing one with the
-        same id (created = false).
+        same id (created = false). With auth on, the creating call gets the
+        session_token; joining an existing session needs that token
+        (ALREADY_EXISTS without one, PERMISSION_DENIED with a wrong one).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
