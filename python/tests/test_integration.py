@@ -451,38 +451,35 @@ async def test_watch_without_initial(session: Session) -> None:
     await session.register_variable("v", "int", 0)
     await session.set_variable("v", 1)
     w = session.watch_variables(["v"], include_initial=False)
+    await w.start()  # from here on, every change is delivered
     task = asyncio.create_task(collect(w, 2))
-    await asyncio.sleep(0.2)
     await session.set_variable("v", 2)
     await session.set_variable("v", 3)
     got = await task
     assert [(u.old_value, u.value) for u in got] == [(1, 2), (2, 3)]
 
 
-async def test_watch_from_now_catches_writes_before_first_read(session: Session) -> None:
+async def test_watch_start_fixes_the_starting_point(session: Session) -> None:
     await session.register_variable("v", "int", 0)
     w = session.watch_variables(["v"], include_initial=False)
-    # The watch has not even connected yet; it resumes from the revision it
-    # read first, so nothing written from here on is lost.
-    it = w.__anext__()
-    task = asyncio.ensure_future(it)
-    await asyncio.sleep(0.1)
+    await w.start()
+    # Nothing has been read yet; the watch reads from the revision start()
+    # fixed, so every write from here on arrives.
     for i in range(1, 6):
         await session.set_variable("v", i)
-    first = await task
-    rest = await collect(w, 4)
-    assert [u.value for u in [first, *rest]] == [1, 2, 3, 4, 5]
+    got = await collect(w, 5)
+    assert [u.value for u in got] == [1, 2, 3, 4, 5]
 
 
 async def test_watch_all_variables_and_deletes(session: Session) -> None:
     await session.register_variable("a", "int", 0)
     w = session.watch_variables([], include_initial=True)
-    task = asyncio.create_task(collect(w, 4))
-    await asyncio.sleep(0.2)
+    first = await w.__anext__()  # the snapshot is taken: what follows is a change
+    task = asyncio.create_task(collect(w, 3))
     await session.register_variable("b", "int", 7)  # registered later: still watched
     await session.set_variable("b", 8)
     await session.delete_variable("a")
-    got = await task
+    got = [first, *await task]
     assert [(u.variable_name, u.update_type, u.old_value, u.value) for u in got] == [
         ("a", "initial_value", None, 0),
         ("b", "value_change", None, 7),  # registered after the watch began: no old value
@@ -498,8 +495,8 @@ async def test_watch_all_variables_and_deletes(session: Session) -> None:
 async def test_watch_where_filter(session: Session) -> None:
     await session.register_variable("t", "float", 0.0)
     w = session.watch_variables(["t"], include_initial=False, where="new > 1.0")
+    await w.start()  # from here on, every change is delivered
     task = asyncio.create_task(collect(w, 2))
-    await asyncio.sleep(0.2)
     for x in (0.5, 1.5, 0.2, 3.0):
         await session.set_variable("t", x)
     got = await task
@@ -522,8 +519,8 @@ async def test_watch_client_filter_raising_still_notifies(session: Session) -> N
         return new - old >= 1.0
 
     w = session.watch_variables(["t"], include_initial=False, filter=f)
+    await w.start()  # from here on, every change is delivered
     task = asyncio.create_task(collect(w, 3))
-    await asyncio.sleep(0.2)
     for x in (0.5, 2.0, 2.1, 99.0, 100.0, 100.5):
         await session.set_variable("t", x)
     got = await task
@@ -547,8 +544,8 @@ async def test_watch_batch_shares_revision(session: Session) -> None:
     for n in "abc":
         await session.register_variable(n, "int", 0)
     w = session.watch_variables(["a", "b", "c"], include_initial=False)
+    await w.start()  # from here on, every change is delivered
     task = asyncio.create_task(collect(w, 4))
-    await asyncio.sleep(0.2)
     res = await session.set_variables({"a": 1, "b": 2, "c": 3})
     await session.set_variable("a", 10)
     got = await task

@@ -60,16 +60,16 @@ def test_sync_watch_iterator(addr: str) -> None:
         s.register_variable("n", "integer", 0)
 
         def writer() -> None:
-            time.sleep(0.2)
             for i in range(1, 6):
                 s.set_variable("n", i)
 
         t = threading.Thread(target=writer)
         got = []
         with s.watch_variables(["n"]) as w:
-            t.start()
             for u in w:
                 got.append((u.initial, u.value))
+                if len(got) == 1:
+                    t.start()  # after the initial value: the rest are changes
                 if len(got) == 6:
                     break
         t.join()
@@ -82,7 +82,7 @@ def test_sync_watch_iterator(addr: str) -> None:
         assert wait_watch_count(s, 0) == 0
 
         # next() with a timeout raises TimeoutError; the watch goes on
-        w2 = s.watch_variables(["n"], include_initial=False)
+        w2 = s.watch_variables(["n"], include_initial=False).start()
         with pytest.raises(TimeoutError):
             w2.next(timeout=0.3)
         assert not w2.watch.closed

@@ -412,3 +412,15 @@ async def test_batched_false_uses_watch_variables(fake) -> None:
     assert (await take(w, 1))[0][0] == 2
     assert srv.batch_requests == []
     assert len(srv.requests) == 1
+
+
+async def test_start_opens_the_stream_before_the_first_read(fake) -> None:
+    srv, s = fake
+    srv.session_revision = 7
+    srv.scripts = [[upd(8, "var_a"), HANG]]
+    w = fast(s, include_initial=False)
+    assert await w.start() is w
+    await wait_for(lambda: len(srv.requests) == 1)
+    assert srv.requests[0].start_revision == 8
+    assert (await take(w, 1))[0][0] == 8
+    assert len(srv.requests) == 1

@@ -321,6 +321,11 @@ class SyncWatch(Iterator[VariableUpdate]):
     def __next__(self) -> VariableUpdate:
         return self.next()
 
+    def start(self) -> SyncWatch:
+        """Open the stream now (see :meth:`varbridge.watch.Watch.start`)."""
+        self._bridge._run(self.watch.start())
+        return self
+
     def next(self, timeout: float | None = None) -> VariableUpdate:
         """The next update; TimeoutError after ``timeout`` seconds (the watch goes on)."""
         if self._pending is None:

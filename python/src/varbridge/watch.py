@@ -168,6 +168,22 @@ class Watch(AsyncIterator[VariableUpdate]):
     ) -> None:
         await self.aclose()
 
+    async def start(self) -> Watch:
+        """Fix the watch's starting point and open the stream now, rather than
+        at the first read: every change committed after this returns will be
+        delivered (with ``include_initial``, changes before it show in the
+        initial values). Returns the watch; raises like iteration does.
+        """
+        if self._closed:
+            raise RuntimeError("the watch is closed")
+        if self._stream is None:
+            try:
+                await self._connect()
+            except BaseException:
+                self.close()
+                raise
+        return self
+
     async def aclose(self) -> None:
         """Cancel the RPC and end the iteration."""
         self.close()
