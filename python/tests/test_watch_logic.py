@@ -417,10 +417,21 @@ async def test_batched_false_uses_watch_variables(fake) -> None:
 async def test_start_opens_the_stream_before_the_first_read(fake) -> None:
     srv, s = fake
     srv.session_revision = 7
+    srv.batches = True
     srv.scripts = [[upd(8, "var_a"), HANG]]
     w = fast(s, include_initial=False)
     assert await w.start() is w
-    await wait_for(lambda: len(srv.requests) == 1)
-    assert srv.requests[0].start_revision == 8
+    await wait_for(lambda: len(srv.batch_requests) == 1)
+    assert srv.batch_requests[0].start_revision == 8
     assert (await take(w, 1))[0][0] == 8
-    assert len(srv.requests) == 1
+    assert len(srv.batch_requests) == 1
+
+
+async def test_start_fixes_the_base_even_before_a_fallback(fake) -> None:
+    srv, s = fake
+    srv.session_revision = 7
+    srv.scripts = [[upd(8, "var_a"), HANG]]
+    w = await fast(s, include_initial=False).start()
+    srv.session_revision = 99  # later writes: must not move the starting point
+    assert (await take(w, 1))[0][0] == 8
+    assert srv.requests[0].start_revision == 8
