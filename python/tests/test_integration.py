@@ -667,3 +667,28 @@ async def test_watch_coalesce(session: Session) -> None:
     assert seen == sorted(seen)
     assert seen[-1] == 200
     assert len(seen) <= 200
+
+
+async def test_server_limits(start_server) -> None:
+    srv = start_server("--max-watches", "2", "--max-value-bytes", "1024")
+    async with varbridge.connect(srv.addr) as b:
+        s = await b.session("limits")
+        await s.register_variable("v", "string", "")
+        w1 = await s.watch_variables(["v"]).start()
+        w2 = await s.watch_variables(["v"]).start()
+        await w1.__anext__()
+        await w2.__anext__()
+        with pytest.raises(varbridge.ResourceExhausted) as ei:
+            async for _ in s.watch_variables(["v"]):
+                pass
+        assert ei.value.limit == "max_watches_per_session"
+        await w1.aclose()
+        assert await eventually(lambda: get_watch_count(s), 1) == 1
+        w3 = s.watch_variables(["v"])  # room again
+        assert (await w3.__anext__()).initial
+        await w3.aclose()
+        await w2.aclose()
+        with pytest.raises(varbridge.ResourceExhausted) as ei2:
+            await s.set_variable("v", "x" * 4096)
+        assert ei2.value.limit == "max_value_bytes"
+        assert (await s.get_variable("v")).value == ""
