@@ -692,3 +692,24 @@ async def test_server_limits(start_server) -> None:
             await s.set_variable("v", "x" * 4096)
         assert ei2.value.limit == "max_value_bytes"
         assert (await s.get_variable("v")).value == ""
+
+
+async def test_session_expiry_ends_watch(bridge: varbridge.Bridge, session_id: str) -> None:
+    s = await bridge.session(session_id, ttl=1)
+    await s.register_variable("v", "int", 0)
+    w = s.watch_variables(["v"], backoff_base=0.05)
+    assert (await w.__anext__()).initial
+    with pytest.raises(varbridge.SessionNotFound, match="expired"):
+        await asyncio.wait_for(w.__anext__(), 15)
+    assert w.closed
+    with pytest.raises(varbridge.SessionNotFound):
+        await s.get_info()
+
+
+async def test_heartbeat_keeps_session_alive(bridge: varbridge.Bridge, session_id: str) -> None:
+    s = await bridge.session(session_id, ttl=1)
+    for _ in range(4):
+        await asyncio.sleep(0.4)
+        await s.heartbeat()
+    assert (await s.get_info()).session_id == session_id
+    await s.cleanup()
