@@ -713,3 +713,67 @@ async def test_heartbeat_keeps_session_alive(bridge: varbridge.Bridge, session_i
         await s.heartbeat()
     assert (await s.get_info()).session_id == session_id
     await s.cleanup()
+
+
+async def test_concurrent_writers_watchers_see_one_history(addr: str, session: Session) -> None:
+    """Watchers that start while several clients write: each sees its snapshot,
+    then every later change once, in revision order, with no gap (old values
+    chain from the snapshot)."""
+    names = [f"x{i}" for i in range(6)]
+    for n in names:
+        await session.register_variable(n, "int", 0)
+    per_writer = 150
+    n_writers = 4
+
+    async def writer(k: int) -> None:
+        async with varbridge.connect(addr) as b:
+            s = await b.session(session.session_id)
+            for i in range(per_writer):
+                n = names[(i + k) % len(names)]
+                if i % 7 == 0:
+                    await s.set_variables(
+                        {n: k * 10_000 + i, names[(i + k + 1) % 6]: -k * 10_000 - i}
+                    )
+                else:
+                    await s.set_variable(n, k * 10_000 + i)
+
+    async def watcher() -> list[varbridge.VariableUpdate]:
+        out: list[varbridge.VariableUpdate] = []
+        async with session.watch_variables(names) as w:
+            async for u in w:
+                out.append(u)
+                if u.variable_name == "x0" and u.value == -1:
+                    return out
+        return out
+
+    writers = [asyncio.create_task(writer(k)) for k in range(1, n_writers + 1)]
+    await asyncio.sleep(0.05)
+    watchers = [asyncio.create_task(watcher()) for _ in range(3)]
+    await asyncio.gather(*writers)
+    await session.set_variable("x0", -1)
+    results = await asyncio.wait_for(asyncio.gather(*watchers), 60)
+    final = {v.name: v.value for v in await session.list_variables()}
+
+    for ups in results:
+        initial = [u for u in ups if u.initial]
+        assert len(initial) == len(names)
+        snap = initial[0].revision
+        assert all(u.revision == snap for u in initial)
+        changes = ups[len(initial) :]
+        assert all(not u.initial for u in changes)
+        revs = [u.revision for u in changes]
+        assert revs == sorted(revs)
+        assert not changes or revs[0] > snap
+        assert len({(u.revision, u.variable_id) for u in changes}) == len(changes)
+        state = {u.variable_name: u.value for u in initial}
+        for u in changes:
+            assert u.old_value == state[u.variable_name], "gap in the history"
+            state[u.variable_name] = u.value
+        assert state == final
+    # watchers that started at different snapshots agree on the common part
+    tails = [
+        [(u.revision, u.variable_name, u.value) for u in ups if not u.initial] for ups in results
+    ]
+    common = max(t[0][0] for t in tails if t)
+    cut = [sorted(x for x in t if x[0] >= common) for t in tails]
+    assert cut[0] == cut[1] == cut[2]
