@@ -121,6 +121,7 @@ func run(c *config) error {
 		return err
 	}
 	start := time.Now()
+	col.add("loadavg_1m_at_start", "load", loadavg(), map[string]any{"how": "/proc/loadavg when the run began: 2 cores; other work on the machine inflates wall-clock figures, CPU-time figures much less"})
 	var failed []string
 	group := func(name string, f func() error) {
 		if !c.only.MatchString(name) {
@@ -141,6 +142,7 @@ func run(c *config) error {
 	group("fanout", func() error { return benchFanout(ctx, c, col) })
 	group("idle", func() error { return benchIdle(ctx, c, col) })
 
+	col.add("loadavg_1m_at_end", "load", loadavg(), nil)
 	rs := col.results()
 	fmt.Printf("\nvarbridge benchmarks (%s; %d run(s) per figure, medians; %s total)\n\n",
 		map[bool]string{true: "SMOKE sizes", false: "full sizes"}[c.smoke], c.runs, time.Since(start).Round(time.Second))
@@ -338,6 +340,23 @@ func benchLatency(ctx context.Context, c *config, col *collector, self string) e
 			return fmt.Errorf("grpc py run %d: %w", r, err)
 		}
 		pp50, pp99 := record("grpc_set_to_py_watcher", ls, map[string]any{"client": "varbridge (python) watch_variables", "time_from": "Go writer's SetVariable start, CLOCK_MONOTONIC"})
+
+		args = append([]string{pyScript(c, "vb_watch.py"), "lat", "--raw", "--addr", srv.addr, "--session", sess}, pyProfileArgs(c, fmt.Sprintf("lat_py_raw_%d", r))...)
+		wcc, wc, err = dial(srv.addr)
+		if err != nil {
+			return err
+		}
+		end = srv.phase("latency-py-raw")
+		ls, err = pyLatency(ctx, c.python, args, n, c.rate, func(v int64) error {
+			_, err := wc.SetVariable(ctx, &pb.SetVariableRequest{SessionId: sess, VariableIdentifier: "x", Value: intValue(v)})
+			return err
+		})
+		end()
+		wcc.Close()
+		if err != nil {
+			return fmt.Errorf("grpc py raw run %d: %w", r, err)
+		}
+		record("rawgrpc_set_to_py_watcher", ls, map[string]any{"client": "grpc.aio generated stub, WatchVariables, no varbridge.Watch", "time_from": "Go writer's SetVariable start, CLOCK_MONOTONIC"})
 
 		if nsrv != nil {
 			bucket := fmt.Sprintf("latpy%d", r)
@@ -537,6 +556,16 @@ func cpuFigures(col *collector, prefix string, cm cpuMeter, updates int, what st
 	srvNs, cliNs := cm.per(updates)
 	col.add(prefix+"_server_cpu_ns_per_update", "ns", srvNs, map[string]any{"how": "server CPU time (/proc) during the replay / updates", "client": what})
 	col.add(prefix+"_client_cpu_ns_per_update", "ns", cliNs, map[string]any{"how": "harness (Go client) CPU time during the replay / updates", "client": what})
+}
+
+func loadavg() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	var v float64
+	_, _ = fmt.Sscan(string(b), &v)
+	return v
 }
 
 func withKV(m map[string]any, k string, v any) map[string]any {
