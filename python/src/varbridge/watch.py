@@ -66,6 +66,13 @@ RETRYABLE_CODES = frozenset(
 )
 
 
+def _cancelling() -> bool:
+    """Whether the current task is being cancelled (Python 3.11+; else False)."""
+    task = asyncio.current_task()
+    fn = getattr(task, "cancelling", None)
+    return bool(fn()) if fn is not None else False
+
+
 class Watch(AsyncIterator[VariableUpdate]):
     """A resumable watch on a session's variables.
 
@@ -228,6 +235,8 @@ class Watch(AsyncIterator[VariableUpdate]):
                     return update
             # Only an empty buffer reads on: the resume point then covers
             # everything received, so a reconnect repeats and loses nothing.
+            if self._closed:  # closed by another task, e.g. during a backoff
+                raise StopAsyncIteration
             if self._stream is None:
                 try:
                     await self._connect()
@@ -239,6 +248,11 @@ class Watch(AsyncIterator[VariableUpdate]):
             assert self._stream is not None
             try:
                 msg = await self._stream.__anext__()
+            except asyncio.CancelledError:
+                if self._closed and not _cancelling():
+                    # aclose() from another task cancelled the call under us.
+                    raise StopAsyncIteration from None
+                raise
             except StopAsyncIteration:
                 # The server ended the stream without an error; a session
                 # that is gone is reported by the next attempt.
@@ -255,8 +269,10 @@ class Watch(AsyncIterator[VariableUpdate]):
                     self.batched = False
                     self.attempts -= 1
                     continue
+                if self._closed:
+                    raise StopAsyncIteration from None
                 err = from_rpc_error(e)
-                if e.code() not in RETRYABLE_CODES or self._closed:
+                if e.code() not in RETRYABLE_CODES:
                     raise err from e
                 await self._backoff(err)
                 continue
