@@ -92,7 +92,7 @@ fuzz:
 	  go test -run='^$$' -fuzz="^$${t%%:*}$$" -fuzztime=$(FUZZTIME) "$${t#*:}"; \
 	done
 
-demo: build
+demo: venv build
 	@echo "==> demo"
 	@VARBRIDGE_BIN="$(CURDIR)/$(BIN)" scripts/demo.sh
 
