@@ -14,7 +14,9 @@ import time
 import varbridge
 
 
-async def wait_for_variables(session: varbridge.SessionContext, names: list[str]) -> None:
+async def wait_for_variables(
+    session: varbridge.SessionContext, names: list[str]
+) -> None:
     deadline = time.monotonic() + 20
     while True:
         found = await session.get_variables(names)
@@ -30,16 +32,22 @@ async def main(addr: str) -> None:
         session = await bridge.session("demo")
         await wait_for_variables(session, ["temperature", "fan_speed", "control"])
         answered = 0
-        async with session.watch_variables(["temperature", "control"], include_initial=False) as watch:
+        async with session.watch_variables(
+            ["temperature", "control"], include_initial=False
+        ) as watch:
             # The watch is registered once the call is open: tell the controller.
             await watch.start()
-            await session.set_variable("control", "worker-ready", metadata={"source": "py-worker"})
+            await session.set_variable(
+                "control", "worker-ready", metadata={"source": "py-worker"}
+            )
             async for update in watch:
                 if update.variable_name == "control":
                     if update.value == "stop":
                         break
                     continue
-                committed = update.timestamp.timestamp() if update.timestamp else time.time()
+                committed = (
+                    update.timestamp.timestamp() if update.timestamp else time.time()
+                )
                 reaction_us = max(0, int((time.time() - committed) * 1e6))
                 fan = int(1000 + 1500 * update.value)
                 print(
@@ -58,7 +66,10 @@ async def main(addr: str) -> None:
                     },
                 )
                 answered += 1
-        print(f"[py] stopping after {answered} answers; {watch.reconnects} reconnects", flush=True)
+        print(
+            f"[py] stopping after {answered} answers; {watch.reconnects} reconnects",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
