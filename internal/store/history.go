@@ -3,8 +3,6 @@ package store
 import (
 	"time"
 
-	"google.golang.org/protobuf/proto"
-
 	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
 
@@ -57,8 +55,9 @@ func (h *history) append(c *Change) {
 	if h.limit <= 0 {
 		return // closed session
 	}
+	c.size = int64(MapBytes(c.Metadata)) + 64
 	for _, it := range c.Items {
-		c.size += int64(proto.Size(it.Var)) + int64(proto.Size(it.Old)) + 64
+		c.size += int64(ApproxVariableBytes(it.Var) + ApproxValueBytes(it.Old))
 	}
 	if h.n == h.limit {
 		h.evict()
@@ -97,4 +96,46 @@ func (h *history) first() int64 {
 // at returns the change with revision rev, which must be held.
 func (h *history) at(rev int64) *Change {
 	return h.buf[(h.head+int(rev-h.first()))%len(h.buf)]
+}
+
+// ApproxValueBytes estimates a value's encoded size without encoding it:
+// close enough to bound history memory and batch sizes, and far cheaper than
+// proto.Size on the write and send paths.
+func ApproxValueBytes(v *pb.Value) int {
+	switch x := v.GetKind().(type) {
+	case *pb.Value_StringValue:
+		return len(x.StringValue) + 8
+	case *pb.Value_EmbeddingValue:
+		return 8*len(x.EmbeddingValue.GetValues()) + 8
+	case *pb.Value_TensorValue:
+		t := x.TensorValue
+		return len(t.GetData()) + 10*len(t.GetShape()) + len(t.GetDtype()) + 16
+	case nil:
+		return 0
+	}
+	return 12
+}
+
+// ApproxVariableBytes estimates a variable's encoded size; see ApproxValueBytes.
+func ApproxVariableBytes(v *pb.Variable) int {
+	n := 96 + len(v.GetId()) + len(v.GetName()) + len(v.GetSource()) + ApproxValueBytes(v.GetValue()) + MapBytes(v.GetMetadata())
+	if c := v.GetConstraints(); c != nil {
+		n += 64 + len(c.GetPattern()) + 8*len(c.GetShape())
+		for _, s := range c.GetChoices() {
+			n += len(s) + 2
+		}
+		for _, s := range c.GetAllowedModules() {
+			n += len(s) + 2
+		}
+	}
+	return n
+}
+
+// MapBytes estimates the encoded size of a string map.
+func MapBytes(m map[string]string) int {
+	n := 0
+	for k, v := range m {
+		n += len(k) + len(v) + 6
+	}
+	return n
 }

@@ -187,16 +187,22 @@ func (w *Watch) Close() {
 	}
 }
 
-// end finishes the watch because its session ended; sess.mu is held.
+// end finishes the watch because its session ended; sess.mu is held. The
+// owner learns it from Done, or from Wake and then Poll.
 func (w *Watch) end(err error) {
 	if !w.closed {
 		w.closed = true
 		w.err = err
 		close(w.done)
+		w.signal()
 	}
 }
 
-// signal marks the watch as having work; sess.mu is held for writing.
+// Interrupt wakes the owner without a change, so that it can notice
+// something of its own, such as its context ending. Anyone may call it.
+func (w *Watch) Interrupt() { w.signal() }
+
+// signal wakes the owner if it is not already due to wake.
 func (w *Watch) signal() {
 	select {
 	case w.wake <- struct{}{}:
@@ -204,13 +210,15 @@ func (w *Watch) signal() {
 	}
 }
 
-// notify wakes the watches a change concerns; sess.mu is held for writing.
+// notify marks the watches a change concerns as having work and queues them
+// for waking; sess.mu is held for writing. A watch already marked needs no
+// second wake-up: it has not polled since.
 func (s *session) notify(c *Change) {
 	mark := func(w *Watch) {
 		if w.pending == 0 {
 			w.pending = c.Revision
+			s.toWake = append(s.toWake, w)
 		}
-		w.signal()
 	}
 	for w := range s.watchAll {
 		mark(w)

@@ -44,6 +44,7 @@ type session struct {
 	watches  map[*Watch]struct{}
 	watchAll map[*Watch]struct{}            // watches of every variable
 	watchVar map[string]map[*Watch]struct{} // variable id -> watches
+	toWake   []*Watch                        // marked by commits, woken on unlock
 }
 
 func newSession(id string, ttl time.Duration, md map[string]string, opts *Options) *session {
@@ -58,6 +59,18 @@ func newSession(id string, ttl time.Duration, md map[string]string, opts *Option
 	}
 	s.touch(now)
 	return s
+}
+
+// unlockAndWake releases the write lock, then wakes the watches the commits
+// under it concerned: waking a goroutine is the costly part of a commit with
+// many watchers, and other writers need not wait for it.
+func (s *session) unlockAndWake() {
+	ws := s.toWake
+	s.toWake = nil
+	s.mu.Unlock()
+	for _, w := range ws {
+		w.signal()
+	}
 }
 
 func (s *session) touch(now time.Time) { s.expiresAt.Store(now.Add(s.ttl).UnixNano()) }
@@ -122,8 +135,9 @@ func (s *session) resolve(idents []string) ([]*variable, error) {
 	return vars, nil
 }
 
-// commit takes the next revision for items, records them and wakes the
-// watches they concern. The caller holds s.mu for writing.
+// commit takes the next revision for items, records them and marks the
+// watches they concern, which unlockAndWake then wakes. The caller holds s.mu
+// for writing.
 func (s *session) commit(now time.Time, source string, md map[string]string, items []Item) int64 {
 	s.revision++
 	c := &Change{Revision: s.revision, Time: now, Source: source, Metadata: md, Items: items}
@@ -172,7 +186,7 @@ func (st *Store) Register(sessionID string, r Register) (*pb.Variable, int64, er
 	source := sourceOf(r.Source, r.Metadata)
 
 	sess.mu.Lock()
-	defer sess.mu.Unlock()
+	defer sess.unlockAndWake()
 	if sess.closed {
 		return nil, 0, sessionNotFound(sessionID)
 	}
@@ -282,7 +296,7 @@ func (st *Store) Set(sessionID string, writes []Write, md map[string]string, sou
 	source = sourceOf(source, md)
 
 	sess.mu.Lock()
-	defer sess.mu.Unlock()
+	defer sess.unlockAndWake()
 	if sess.closed {
 		return WriteResult{}, sessionNotFound(sessionID)
 	}
@@ -311,6 +325,7 @@ func (st *Store) Set(sessionID string, writes []Write, md map[string]string, sou
 
 	res := WriteResult{Variables: make(map[string]*pb.Variable, len(writes)), Revision: sess.revision}
 	now := st.opts.Now()
+	ts := timestamppb.New(now)
 	var items []Item
 	for i, v := range vars {
 		w := writes[i]
@@ -318,12 +333,15 @@ func (st *Store) Set(sessionID string, writes []Write, md map[string]string, sou
 			res.Variables[w.Identifier] = v.cur
 			continue
 		}
-		next := proto.CloneOf(v.cur) // the old state stays valid for its readers
-		next.Value = proto.CloneOf(w.Value)
-		next.Version++
-		next.UpdatedAt = timestamppb.New(now)
-		next.Source = source
-		next.Revision = sess.revision + 1
+		// A new state that shares the unchanging parts (constraints,
+		// metadata, created_at) with the old one, which stays valid for its
+		// readers: published states are never modified.
+		c := v.cur
+		next := &pb.Variable{
+			Id: c.Id, Name: c.Name, Type: c.Type, Value: proto.CloneOf(w.Value), Constraints: c.Constraints,
+			Metadata: c.Metadata, Version: c.Version + 1, UpdatedAt: ts, Source: source,
+			Revision: sess.revision + 1, CreatedAt: c.CreatedAt,
+		}
 		items = append(items, Item{Kind: Updated, Var: next, Old: v.cur.Value})
 		v.cur = next
 		res.Variables[w.Identifier] = next
@@ -368,7 +386,7 @@ func (st *Store) Delete(sessionID, ident string, md map[string]string, source st
 		return nil, 0, fieldErr("variable_identifier", "is required")
 	}
 	sess.mu.Lock()
-	defer sess.mu.Unlock()
+	defer sess.unlockAndWake()
 	if sess.closed {
 		return nil, 0, sessionNotFound(sessionID)
 	}
