@@ -60,14 +60,17 @@ func Run(ctx context.Context, w *store.Watch, o Options, send Sender) error {
 	}
 	hb := time.NewTicker(f.o.Heartbeat)
 	defer hb.Stop()
+	// The context's end and the session's end both arrive through Wake, so
+	// the loop waits on two channels, not four: this select is the hottest
+	// line of a fan-out to many watchers.
+	defer context.AfterFunc(ctx, w.Interrupt)()
 	for {
 		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-w.Done():
-			return w.Err()
 		case <-w.Wake():
-			if err := f.drain(); err != nil {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if err := f.drain(); err != nil { // Poll reports a closed session
 				return err
 			}
 		case <-hb.C:

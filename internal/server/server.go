@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"runtime"
 	"slices"
 	"strconv"
 	"time"
@@ -17,7 +18,6 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/varbridge/varbridge/internal/feed"
 	"github.com/varbridge/varbridge/internal/metrics"
@@ -109,6 +109,10 @@ func (s *Server) GRPCServer() *grpc.Server {
 		grpc.MaxRecvMsgSize(s.opts.limits.MaxRecvMsgBytes),
 		grpc.ChainUnaryInterceptor(unary...),
 		grpc.ChainStreamInterceptor(stream...),
+		// Reused handler goroutines keep their grown stacks: without them
+		// every unary call starts a fresh goroutine and grows its stack again
+		// (5% of the write path's CPU in the profile).
+		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
 	}, s.opts.grpcOpts...)
 	g := grpc.NewServer(opts...)
 	pb.RegisterBridgeServiceServer(g, s)
@@ -252,7 +256,8 @@ func (s *Server) WatchVariables(req *pb.WatchVariablesRequest, stream grpc.Serve
 }
 
 // maxBatchBytes keeps a batch well under the 4 MiB that gRPC clients accept
-// by default; a single larger update still travels alone.
+// by default (sizes are estimated, see store.ApproxVariableBytes); a single
+// larger update still travels alone.
 const maxBatchBytes = 1 << 20
 
 // WatchVariableBatches implements BridgeService: WatchVariables, with every
@@ -261,8 +266,13 @@ func (s *Server) WatchVariableBatches(req *pb.WatchVariablesRequest, stream grpc
 	return s.watch(req, stream, nil, func(us []*pb.VariableUpdate) error {
 		for len(us) > 0 {
 			n, size := 0, 0
-			for n < len(us) && (n == 0 || size+proto.Size(us[n]) <= maxBatchBytes) {
-				size += proto.Size(us[n])
+			for n < len(us) {
+				u := us[n]
+				sz := 64 + store.ApproxVariableBytes(u.Variable) + store.ApproxValueBytes(u.OldValue) + store.MapBytes(u.UpdateMetadata)
+				if n > 0 && size+sz > maxBatchBytes {
+					break
+				}
+				size += sz
 				n++
 			}
 			// A fresh message per Send: grpc-go may read it after Send returns.
@@ -350,7 +360,9 @@ func closeReason(ctx context.Context, err error, sendFailed bool) string {
 	switch {
 	case errors.Is(err, store.ErrSessionClosed):
 		return metrics.ClosedSessionEnded
-	case ctx.Err() != nil || errors.Is(err, context.Canceled) || status.Code(err) == codes.Canceled:
+	case ctx.Err() != nil || errors.Is(err, context.Canceled) || status.Code(err) == codes.Canceled,
+		// A send can see the transport close before the stream's context ends.
+		sendFailed && status.Code(err) == codes.Unavailable:
 		return metrics.ClosedCancelled
 	case sendFailed:
 		return metrics.ClosedSendFailed
