@@ -160,6 +160,11 @@ func TestSlowConsumerWritersKeepPace(t *testing.T) {
 	for i := range 2 * pairs {
 		if i%4 == 1 || i%4 == 2 { // ABBA ABBA: drift cancels out
 			s := openStalled(t, srv.Addr, b)
+			// Measure once both have stopped for good: the server is blocked
+			// sending to each (their windows are full).
+			for gatherValue(t, m, metrics.WatchSending) < 2 {
+				writeN(writers * 25)
+			}
 			with = append(with, round())
 			if inFlight := gatherValue(t, m, metrics.WatchSending); inFlight < 2 {
 				t.Errorf("round %d: %v sends in flight; the stalled watchers should both be blocked in one", i, inFlight)
