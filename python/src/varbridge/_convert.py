@@ -427,6 +427,9 @@ def constraints_to_pb(constraints: Mapping[str, Any] | None) -> pb.Constraints |
 # wire -> Python
 
 
+_SCALAR_KINDS = frozenset({"int_value", "float_value", "string_value", "bool_value"})
+
+
 def from_value(v: pb.Value | None) -> Any:
     """The Python value of a wire ``Value`` (None when unset)."""
     if v is None:
@@ -434,14 +437,8 @@ def from_value(v: pb.Value | None) -> Any:
     kind = v.WhichOneof("kind")
     if kind is None:
         return None
-    if kind == "int_value":
-        return v.int_value
-    if kind == "float_value":
-        return v.float_value
-    if kind == "string_value":
-        return v.string_value
-    if kind == "bool_value":
-        return v.bool_value
+    if kind in _SCALAR_KINDS:
+        return getattr(v, kind)
     if kind == "embedding_value":
         values = list(v.embedding_value.values)
         if _np is not None:
