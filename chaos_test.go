@@ -145,9 +145,13 @@ func (in *injector) run(stop <-chan struct{}, minFaults int, done chan<- struct{
 }
 
 func (in *injector) blackhole() bool {
+	// New connections are refused until the server has dropped the
+	// blackholed observers, so that a watch back early cannot hide them.
+	in.proxy.SetRefuse(true)
 	t0 := time.Now()
 	n := in.proxy.Blackhole()
 	if n == 0 {
+		in.proxy.SetRefuse(false)
 		return false
 	}
 	in.log.blackholes.Add(int64(n))
@@ -168,6 +172,7 @@ func (in *injector) blackhole() bool {
 		problems = append(problems, fmt.Sprintf("the server dropped the blackholed observers after %v, want within keepalive %v + %v (+1 s)",
 			gone, chaosServerKaTime, chaosServerKaTimeout))
 	}
+	in.proxy.SetRefuse(false)
 	for in.watchCount() < in.watches {
 		if time.Since(t0) > 2*clientLimit {
 			break
