@@ -30,7 +30,7 @@ import contextlib
 import logging
 import random
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +38,7 @@ import grpc
 import grpc.aio
 
 from varbridge.errors import Unavailable, VarbridgeError, from_rpc_error
-from varbridge.models import VariableUpdate
+from varbridge.models import VariableUpdate, _wrap_update
 from varbridge.v1 import varbridge_pb2 as pb
 
 if TYPE_CHECKING:
@@ -64,6 +64,16 @@ RETRYABLE_CODES = frozenset(
         grpc.StatusCode.DEADLINE_EXCEEDED,
     }
 )
+
+
+_HEARTBEAT = pb.UPDATE_TYPE_HEARTBEAT
+_INITIAL = pb.UPDATE_TYPE_INITIAL_VALUE
+_VALUE_CHANGE = pb.UPDATE_TYPE_VALUE_CHANGE
+_DELETED = pb.UPDATE_TYPE_DELETED
+_RESYNC = pb.UPDATE_TYPE_RESYNC
+
+
+_EOF = grpc.aio.EOF
 
 
 def _cancelling() -> bool:
@@ -114,7 +124,9 @@ class Watch(AsyncIterator[VariableUpdate]):
         self.backoff_cap = backoff_cap
 
         self._call: grpc.aio.UnaryStreamCall[pb.WatchVariablesRequest, Any] | None = None
-        self._stream: AsyncIterator[Any] | None = None
+        # The open call's read(): one coroutine per message, lighter than
+        # the call's async iterator (never both on one call).
+        self._read: Callable[[], Awaitable[Any]] | None = None
         # Updates received in one batch message and not processed yet.
         self._buffer: deque[pb.VariableUpdate] = deque()
         self._closed = False
@@ -183,7 +195,7 @@ class Watch(AsyncIterator[VariableUpdate]):
         """
         if self._closed:
             raise RuntimeError("the watch is closed")
-        if self._stream is None:
+        if self._read is None:
             try:
                 await self._connect()
             except BaseException:
@@ -212,7 +224,78 @@ class Watch(AsyncIterator[VariableUpdate]):
         if self._closed:
             raise StopAsyncIteration
         try:
-            return await self._next()
+            # The loop body runs in the same step as the read that brought its
+            # update: no task, queue or callback in between.
+            buf = self._buffer
+            process = self._process
+            while True:
+                while buf:
+                    update = process(buf.popleft())
+                    if update is not None:
+                        self.yielded += 1
+                        return update
+                # Only an empty buffer reads on: the resume point then covers
+                # everything received, so a reconnect repeats and loses nothing.
+                if self._closed:  # closed by another task, e.g. during a backoff
+                    raise StopAsyncIteration
+                read = self._read
+                if read is None:
+                    try:
+                        await self._connect()
+                    except VarbridgeError as e:
+                        if e.code not in RETRYABLE_CODES:
+                            raise
+                        await self._backoff(e)
+                        continue
+                    read = self._read
+                    assert read is not None
+                try:
+                    msg = await read()
+                except asyncio.CancelledError:
+                    if self._closed and not _cancelling():
+                        # aclose() from another task cancelled the call under us.
+                        raise StopAsyncIteration from None
+                    raise
+                except grpc.aio.AioRpcError as e:
+                    self._drop_call()
+                    if e.code() == grpc.StatusCode.UNIMPLEMENTED and self.batched:
+                        # A server without WatchVariableBatches: one update per message.
+                        log.info("watch: server lacks WatchVariableBatches; using WatchVariables")
+                        self.batched = False
+                        self.attempts -= 1
+                        continue
+                    if self._closed:
+                        raise StopAsyncIteration from None
+                    err = from_rpc_error(e)
+                    if e.code() not in RETRYABLE_CODES:
+                        raise err from e
+                    await self._backoff(err)
+                    continue
+                if msg is _EOF:
+                    # The server ended the stream without an error; a session
+                    # that is gone is reported by the next attempt.
+                    self._drop_call()
+                    await self._backoff(
+                        Unavailable("watch stream ended by the server", grpc.StatusCode.UNAVAILABLE)
+                    )
+                    continue
+                self._failures = 0
+                if self.batched:
+                    updates = msg.updates
+                    if len(updates) == 1:
+                        # Keeping up: one update per message; no buffering.
+                        self.received += 1
+                        update = process(updates[0])
+                    else:
+                        self.received += len(updates)
+                        buf.extend(updates)
+                        continue
+                else:
+                    self.received += 1
+                    update = process(msg)
+                if update is not None:
+                    self.yielded += 1
+                    return update
         except BaseException:
             # VarbridgeError, CancelledError, KeyboardInterrupt...: the watch ends.
             self.close()
@@ -221,68 +304,9 @@ class Watch(AsyncIterator[VariableUpdate]):
     # -- internals --------------------------------------------------------
 
     def _drop_call(self) -> None:
-        call, self._call, self._stream = self._call, None, None
+        call, self._call, self._read = self._call, None, None
         if call is not None:
             call.cancel()
-
-    async def _next(self) -> VariableUpdate:
-        buf = self._buffer
-        while True:
-            while buf:
-                update = self._process(buf.popleft())
-                if update is not None:
-                    self.yielded += 1
-                    return update
-            # Only an empty buffer reads on: the resume point then covers
-            # everything received, so a reconnect repeats and loses nothing.
-            if self._closed:  # closed by another task, e.g. during a backoff
-                raise StopAsyncIteration
-            if self._stream is None:
-                try:
-                    await self._connect()
-                except VarbridgeError as e:
-                    if e.code not in RETRYABLE_CODES:
-                        raise
-                    await self._backoff(e)
-                    continue
-            assert self._stream is not None
-            try:
-                msg = await self._stream.__anext__()
-            except asyncio.CancelledError:
-                if self._closed and not _cancelling():
-                    # aclose() from another task cancelled the call under us.
-                    raise StopAsyncIteration from None
-                raise
-            except StopAsyncIteration:
-                # The server ended the stream without an error; a session
-                # that is gone is reported by the next attempt.
-                self._drop_call()
-                await self._backoff(
-                    Unavailable("watch stream ended by the server", grpc.StatusCode.UNAVAILABLE)
-                )
-                continue
-            except grpc.aio.AioRpcError as e:
-                self._drop_call()
-                if e.code() == grpc.StatusCode.UNIMPLEMENTED and self.batched:
-                    # A server without WatchVariableBatches: one update per message.
-                    log.info("watch: server lacks WatchVariableBatches; using WatchVariables")
-                    self.batched = False
-                    self.attempts -= 1
-                    continue
-                if self._closed:
-                    raise StopAsyncIteration from None
-                err = from_rpc_error(e)
-                if e.code() not in RETRYABLE_CODES:
-                    raise err from e
-                await self._backoff(err)
-                continue
-            self._failures = 0
-            if self.batched:
-                self.received += len(msg.updates)
-                buf.extend(msg.updates)
-            else:
-                self.received += 1
-                buf.append(msg)
 
     async def _connect(self) -> None:
         s = self.session
@@ -310,7 +334,7 @@ class Watch(AsyncIterator[VariableUpdate]):
         # No timeout: a deadline would become grpc-timeout and kill the stream.
         rpc = s.bridge.stub.WatchVariableBatches if self.batched else s.bridge.stub.WatchVariables
         self._call = rpc(req, metadata=s.bridge._metadata(s.token), timeout=None)
-        self._stream = self._call.__aiter__()
+        self._read = self._call.read
 
     async def _backoff(self, err: VarbridgeError) -> None:
         self._failures += 1
@@ -339,12 +363,12 @@ class Watch(AsyncIterator[VariableUpdate]):
         """Advance the resume state; return the update to yield, if any."""
         ut = msg.update_type
         rev = msg.revision
-        if ut == pb.UPDATE_TYPE_HEARTBEAT:
+        if ut == _HEARTBEAT:
             self._initial_done()
             self._complete(rev)
             return None
 
-        if ut == pb.UPDATE_TYPE_INITIAL_VALUE:
+        if ut == _INITIAL:
             vid = msg.variable_id
             var_rev = msg.variable.revision
             dup = self._initial_seen.get(vid) == var_rev
@@ -355,37 +379,58 @@ class Watch(AsyncIterator[VariableUpdate]):
             if dup:
                 self.duplicates_skipped += 1
                 return None
-            return self._deliver(msg)
+            return _wrap_update(msg, ut, rev)
 
-        self._initial_done()
-        if ut != pb.UPDATE_TYPE_RESYNC and rev <= self._last_complete:
+        if self._initial_pending or self._initial_seen:
+            self._initial_done()
+        if ut != _RESYNC and rev <= self._last_complete:
             # Already delivered before a reconnect.
             self.duplicates_skipped += 1
             return None
         vid = msg.variable_id
-        if self._group_rev == rev:
+        group = self._group_rev
+        if group == rev:
             if vid in self._group_ids:
                 self.duplicates_skipped += 1
                 if msg.last_in_revision:
                     self._complete(rev)
                 return None
-        else:
-            if self._group_rev is not None and self._group_rev < rev:
+        elif group is not None:
+            if group < rev:
                 # A newer revision means the older one is complete.
-                self._complete(self._group_rev)
-            self._group_rev = rev
-            self._group_ids = set()
-        self._group_ids.add(vid)
+                self._complete(group)
+            else:
+                self._group_ids.clear()
+            self._group_rev = group = None
         if msg.last_in_revision:
-            self._complete(rev)
+            # The revision is complete with this update (alone in it, when
+            # no group was open): no group bookkeeping.
+            if rev > self._last_complete:
+                self._last_complete = rev
+            if group is not None:
+                self._group_rev = None
+                self._group_ids.clear()
+        else:
+            if group is None:
+                self._group_rev = rev
+            self._group_ids.add(vid)
 
-        if ut == pb.UPDATE_TYPE_DELETED:
+        if ut == _DELETED:
             self.session._forget(vid, msg.variable_name)
-        elif msg.HasField("variable"):
-            self.session._remember(msg.variable)
+        else:
+            # Types of the variables seen, for later writes. Skipped when the
+            # session already knows this one (a variable's type and
+            # constraints never change; _remember files one tuple under
+            # both its id and its name).
+            types = self.session._types
+            info = types.get(vid)
+            if (info is None or types.get(msg.variable_name) is not info) and msg.HasField(
+                "variable"
+            ):
+                self.session._remember(msg.variable)
 
-        if ut == pb.UPDATE_TYPE_VALUE_CHANGE and self.filter is not None:
-            update = VariableUpdate.from_pb(msg)
+        if ut == _VALUE_CHANGE and self.filter is not None:
+            update = _wrap_update(msg, ut, rev)
             try:
                 keep = bool(self.filter(update.old_value, update.value))
             except Exception:
@@ -402,13 +447,10 @@ class Watch(AsyncIterator[VariableUpdate]):
                 self.filtered += 1
                 return None
             return update
-        return self._deliver(msg)
+        return _wrap_update(msg, ut, rev)
 
     def _initial_done(self) -> None:
         if self._initial_pending:
             self._initial_pending = False
         if self._initial_seen:
             self._initial_seen.clear()
-
-    def _deliver(self, msg: pb.VariableUpdate) -> VariableUpdate:
-        return VariableUpdate.from_pb(msg)
