@@ -471,6 +471,21 @@ async def test_watch_start_fixes_the_starting_point(session: Session) -> None:
     assert [u.value for u in got] == [1, 2, 3, 4, 5]
 
 
+async def test_watch_start_with_initial_values_registers_first(session: Session) -> None:
+    # start() returns once the server has the watch: a write right after is
+    # a change, never part of the initial values (it raced before).
+    await session.register_variable("v", "int", 0)
+    for i in range(1, 16):
+        async with session.watch_variables(["v"], include_initial=True) as w:
+            await w.start()
+            await session.set_variable("v", i)
+            got = await collect(w, 2)
+        assert [(u.update_type, u.old_value, u.value) for u in got] == [
+            ("initial_value", None, i - 1),
+            ("value_change", i - 1, i),
+        ], i
+
+
 async def test_watch_all_variables_and_deletes(session: Session) -> None:
     await session.register_variable("a", "int", 0)
     w = session.watch_variables([], include_initial=True)

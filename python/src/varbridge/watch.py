@@ -198,6 +198,7 @@ class Watch(AsyncIterator[VariableUpdate]):
         if self._read is None:
             try:
                 await self._connect()
+                await self._registered()
             except BaseException:
                 self.close()
                 raise
@@ -335,6 +336,25 @@ class Watch(AsyncIterator[VariableUpdate]):
         rpc = s.bridge.stub.WatchVariableBatches if self.batched else s.bridge.stub.WatchVariables
         self._call = rpc(req, metadata=s.bridge._metadata(s.token), timeout=None)
         self._read = self._call.read
+
+    async def _registered(self) -> None:
+        """Wait until the server has registered the watch: it sends the
+        stream's headers then, before any update. (Creating the call only
+        schedules it: a write right after could otherwise be committed before
+        the watch exists, and show in the initial values.)"""
+        call = self._call
+        assert call is not None
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await call.initial_metadata()
+        if self.batched and call.done() and await call.code() == grpc.StatusCode.UNIMPLEMENTED:
+            # A server without WatchVariableBatches: fall back now (the read
+            # loop does the same when the first read fails so).
+            log.info("watch: server lacks WatchVariableBatches; using WatchVariables")
+            self._drop_call()
+            self.batched = False
+            self.attempts -= 1
+            await self._connect()
+            await self._registered()
 
     async def _backoff(self, err: VarbridgeError) -> None:
         self._failures += 1
