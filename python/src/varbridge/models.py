@@ -511,8 +511,12 @@ class VariableUpdate:
         )
 
 
-def _wrap_update(u: pb.VariableUpdate, ut: int, rev: int) -> VariableUpdate:
-    """A lazy view of ``u``, whose update_type and revision are ``ut`` and ``rev``."""
+def _wrap_update(
+    u: pb.VariableUpdate, ut: int, rev: int, vid: Any = _UNSET, last: Any = _UNSET
+) -> VariableUpdate:
+    """A lazy view of ``u``, whose update_type and revision are ``ut`` and
+    ``rev`` (and variable_id and last_in_revision ``vid`` and ``last``, when
+    the caller has read them)."""
     upd = _new(VariableUpdate)
     upd._pb = u
     upd._ut = ut
@@ -521,7 +525,7 @@ def _wrap_update(u: pb.VariableUpdate, ut: int, rev: int) -> VariableUpdate:
     upd._initial = ut == _INITIAL
     upd._resync = ut == _RESYNC
     upd._revision = rev
-    upd._vid = _UNSET
+    upd._vid = vid
     upd._name = _UNSET
     upd._value = _UNSET
     upd._old_value = _UNSET
@@ -529,7 +533,7 @@ def _wrap_update(u: pb.VariableUpdate, ut: int, rev: int) -> VariableUpdate:
     upd._metadata = _UNSET
     upd._timestamp = _UNSET
     upd._variable = _UNSET
-    upd._last = _UNSET
+    upd._last = last
     return upd
 
 

@@ -113,6 +113,8 @@ class Watch(AsyncIterator[VariableUpdate]):
         batched: bool = True,
     ) -> None:
         self.session = session
+        # The session's variable types (the dict is never replaced).
+        self._types = session._types
         self.batched = batched
         self.identifiers = list(identifiers)
         self.filter = filter
@@ -403,16 +405,17 @@ class Watch(AsyncIterator[VariableUpdate]):
 
         if self._initial_pending or self._initial_seen:
             self._initial_done()
-        if ut != _RESYNC and rev <= self._last_complete:
+        if rev <= self._last_complete and ut != _RESYNC:
             # Already delivered before a reconnect.
             self.duplicates_skipped += 1
             return None
         vid = msg.variable_id
+        last = msg.last_in_revision
         group = self._group_rev
         if group == rev:
             if vid in self._group_ids:
                 self.duplicates_skipped += 1
-                if msg.last_in_revision:
+                if last:
                     self._complete(rev)
                 return None
         elif group is not None:
@@ -422,7 +425,7 @@ class Watch(AsyncIterator[VariableUpdate]):
             else:
                 self._group_ids.clear()
             self._group_rev = group = None
-        if msg.last_in_revision:
+        if last:
             # The revision is complete with this update (alone in it, when
             # no group was open): no group bookkeeping.
             if rev > self._last_complete:
@@ -442,7 +445,7 @@ class Watch(AsyncIterator[VariableUpdate]):
             # session already knows this one (a variable's type and
             # constraints never change; _remember files one tuple under
             # both its id and its name).
-            types = self.session._types
+            types = self._types
             info = types.get(vid)
             if (info is None or types.get(msg.variable_name) is not info) and msg.HasField(
                 "variable"
@@ -450,7 +453,7 @@ class Watch(AsyncIterator[VariableUpdate]):
                 self.session._remember(msg.variable)
 
         if ut == _VALUE_CHANGE and self.filter is not None:
-            update = _wrap_update(msg, ut, rev)
+            update = _wrap_update(msg, ut, rev, vid, last)
             try:
                 keep = bool(self.filter(update.old_value, update.value))
             except Exception:
@@ -467,7 +470,7 @@ class Watch(AsyncIterator[VariableUpdate]):
                 self.filtered += 1
                 return None
             return update
-        return _wrap_update(msg, ut, rev)
+        return _wrap_update(msg, ut, rev, vid, last)
 
     def _initial_done(self) -> None:
         if self._initial_pending:
