@@ -345,3 +345,20 @@ def test_wrap_update_takes_the_watchs_reads() -> None:
     m = change(variable(pb.VARIABLE_TYPE_INTEGER, pb.Value(int_value=3)))
     u = _wrap_update(m, m.update_type, m.revision)
     assert (u.update_type, u.revision, u.value) == ("value_change", 7, 3)
+
+
+def test_match_positional_fields() -> None:
+    u = varbridge.VariableUpdate.from_pb(
+        change(variable(pb.VARIABLE_TYPE_INTEGER, pb.Value(int_value=3)))
+    )
+    match u:
+        case varbridge.VariableUpdate(vid, name, value, old, kind):
+            assert (vid, name, value, old, kind) == ("var_1", "x", 3, None, "value_change")
+        case _:
+            pytest.fail("no match")
+    assert u.variable is not None
+    match u.variable:
+        case varbridge.Variable(vid, name, kind, value, version):
+            assert (vid, name, kind, value, version) == ("var_1", "x", "integer", 3, 4)
+        case _:
+            pytest.fail("no match")

@@ -69,7 +69,19 @@ class Variable:
         "_value",
         "_version",
     )
-    __match_args__ = ("id", "name", "type", "value", "version")
+    __match_args__ = (
+        "id",
+        "name",
+        "type",
+        "value",
+        "version",
+        "constraints",
+        "metadata",
+        "source",
+        "revision",
+        "updated_at",
+        "created_at",
+    )
     __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
 
     _pb: pb.Variable | None
@@ -291,6 +303,9 @@ class VariableUpdate:
         "metadata",
         "timestamp",
         "variable",
+        "initial",
+        "resync",
+        "last_in_revision",
     )
     __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
 
