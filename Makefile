@@ -7,6 +7,8 @@
 #   make test         vet, go test -race, pytest, ruff (after venv, proto-check, build)
 #   make demo         live Go <-> Python reactive demo on a fresh server
 #   make fuzz         each fuzz target for FUZZTIME (default 2m; 5s inside make test)
+#   make chaos        fault suite, leaks and slow consumers at full size (short runs are in make test)
+#   make soak         minutes of thousands of watches and writes, memory printed over time (SOAK=3m)
 #   make fmt / lint   format / check Go, proto and Python sources
 
 SHELL := bash
@@ -23,7 +25,7 @@ GO_TEST_TIMEOUT ?= 15m
 # buf is pinned in its own module (tools/buf); paths given to it are relative to tools/buf.
 BUF := cd tools/buf && go tool buf
 
-.PHONY: venv proto proto-check build test demo fmt lint buf-lint fuzz
+.PHONY: venv proto proto-check build test demo fmt lint buf-lint fuzz chaos soak
 
 # --- Python environment ------------------------------------------------------
 # The stamp is rebuilt when this Makefile or python/pyproject.toml changes.
@@ -91,6 +93,32 @@ fuzz:
 	  echo "==> fuzz $${t%%:*} ($(FUZZTIME))"; \
 	  go test -run='^$$' -fuzz="^$${t%%:*}$$" -fuzztime=$(FUZZTIME) "$${t#*:}"; \
 	done
+
+# --- Faults, leaks and load (issue 6) -----------------------------------------
+# `make test` runs these tests at short sizes: 10,000+ updates through cuts,
+# stalls and one blackhole (Go and Python), 20,000 BridgedState watch/unwatch
+# cycles, a 75% writer-throughput bound next to stalled watchers. `make chaos`
+# runs them at full size: 100,000+ updates and two blackholes, 100,000 cycles
+# per provider, and the strict 10% bound, measured without the race detector.
+CHAOS_UPDATES ?= 100000
+CHAOS_BLACKHOLES ?= 2
+CHAOS_ENV := VARBRIDGE_CHAOS_UPDATES=$(CHAOS_UPDATES) VARBRIDGE_CHAOS_BLACKHOLES=$(CHAOS_BLACKHOLES)
+chaos: venv build
+	@echo "==> chaos: Go fault suite and leaks ($(CHAOS_UPDATES) updates, race detector on)"
+	$(CHAOS_ENV) VARBRIDGE_LEAK_BRIDGED_CYCLES=100000 go test -race -count=1 -timeout 30m -v -run '^(TestChaos|TestLeak)' .
+	@echo "==> chaos: slow consumers, strict 10% bound (race detector off)"
+	VARBRIDGE_CHAOS_STRICT=1 go test -count=1 -timeout 10m -v -run '^TestSlowConsumer' .
+	@echo "==> chaos: Python fault suite and sleeping watcher"
+	$(CHAOS_ENV) VARBRIDGE_CHAOS_STRICT=1 VARBRIDGE_BIN="$(CURDIR)/$(BIN)" \
+	  $(PY) -m pytest -s python/tests/test_chaos.py python/tests/test_slow_consumer.py
+	@echo "==> chaos: all passed"
+
+# Not in CI: minutes of 2,400 watches, writes, churn and cuts; prints the
+# heap, RSS and goroutines over time and fails if they grow.
+SOAK ?= 3m
+soak:
+	@echo "==> soak ($(SOAK))"
+	VARBRIDGE_SOAK=$(SOAK) go test -count=1 -timeout 1h -v -run '^TestSoak$$' .
 
 demo: venv build
 	@echo "==> demo"

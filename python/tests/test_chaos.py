@@ -340,11 +340,14 @@ async def test_server_restart_ends_watch_with_session_not_found(
 
         srv.stop()  # SIGTERM: the server drains for up to 2 s and exits
         await asyncio.sleep(1.0)
-        await asyncio.to_thread(start_server, port=port)
         t0 = time.monotonic()
+        await asyncio.to_thread(start_server, port=port)
         with pytest.raises(varbridge.SessionNotFound):
             await asyncio.wait_for(task, 45)
-        print(f"\nthe watch raised SessionNotFound {time.monotonic() - t0:.1f}s after the restart")
+        print(
+            f"\nthe watch raised SessionNotFound {time.monotonic() - t0:.1f}s after the server "
+            "was started again"
+        )
         with pytest.raises(varbridge.SessionNotFound):
             await session.set_variable("x", 2)
         assert [u.value for u in got] == [1]
