@@ -30,14 +30,14 @@ import (
 var (
 	leakLocalCycles = flag.Int("leak.local", envInt("VARBRIDGE_LEAK_LOCAL_CYCLES", 100_000),
 		"LocalState watch/unwatch cycles")
-	leakBridgedCycles = flag.Int("leak.bridged", envInt("VARBRIDGE_LEAK_BRIDGED_CYCLES", 20_000),
-		"BridgedState watch/unwatch cycles (make chaos: 100000)")
+	leakBridgedCycles = flag.Int("leak.bridged", envInt("VARBRIDGE_LEAK_BRIDGED_CYCLES", 100_000),
+		"BridgedState watch/unwatch cycles")
 )
 
 // heapSlack is how far the live heap may end above its baseline: runtime
 // and library bookkeeping (sync.Pool contents, grpc buffer pools, map
 // buckets that do not shrink) move it by a fraction of a MiB without
-// anything leaking. Leaking 160 bytes per cycle would exceed it in 20,000
+// anything leaking. Leaking 32 bytes per cycle would exceed it in 100,000
 // cycles.
 const heapSlack = 3 << 20
 
