@@ -96,8 +96,8 @@ fuzz:
 
 # --- Faults, leaks and load (issue 6) -----------------------------------------
 # `make test` runs these tests at short sizes: 10,000+ updates through cuts,
-# stalls and one blackhole (Go and Python), and a 75% writer-throughput bound
-# next to stalled watchers; 100,000 watch/unwatch cycles per provider and the
+# stalls and one blackhole (Go and Python), and writer throughput next to
+# stalled watchers, logged (timing is not asserted there); 100,000 watch/unwatch cycles per provider and the
 # killed-client checks run there in full. `make chaos` runs the fault suite
 # at full size (100,000+ updates, two blackholes) and the strict 10% bound,
 # measured without the race detector.
