@@ -37,6 +37,10 @@ R = TypeVar("R")
 DEFAULT_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
+    # grpcio 1.85 waits for an unanswered ping by this setting, not by the
+    # keepalive timeout above (whose default would leave a blackholed peer
+    # undetected for a minute): the same 10 s.
+    ("grpc.http2.ping_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
