@@ -44,7 +44,7 @@ type session struct {
 	watches  map[*Watch]struct{}
 	watchAll map[*Watch]struct{}            // watches of every variable
 	watchVar map[string]map[*Watch]struct{} // variable id -> watches
-	toWake   []*Watch                        // marked by commits, woken on unlock
+	toWake   []*Watch                       // marked by commits, woken on unlock
 }
 
 func newSession(id string, ttl time.Duration, md map[string]string, opts *Options) *session {
