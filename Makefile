@@ -64,6 +64,9 @@ build:
 
 # --- Tests -------------------------------------------------------------------
 test: venv proto-check build
+	@echo "==> gofmt"
+	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); \
+	if [ -n "$$out" ]; then echo "gofmt: these files need 'make fmt':" >&2; echo "$$out" >&2; exit 1; fi
 	@echo "==> go vet"
 	go vet ./...
 	@echo "==> go test -race"
