@@ -28,6 +28,7 @@ type ConstraintError struct {
 	Reason     string
 }
 
+// Error names the variable, the constraint and the value.
 func (e *ConstraintError) Error() string {
 	return fmt.Sprintf("variable %q: value %s violates constraint %s: %s", e.Variable, e.Value, e.Constraint, e.Reason)
 }
@@ -41,6 +42,7 @@ type NotFoundError struct {
 	Identifiers []string
 }
 
+// Error lists every missing identifier.
 func (e *NotFoundError) Error() string {
 	return fmt.Sprintf("session %q has no variable %s", e.Session, quoteList(e.Identifiers))
 }
@@ -54,6 +56,7 @@ type FieldError struct {
 	Reason string
 }
 
+// Error names the field and what is wrong with it.
 func (e *FieldError) Error() string { return e.Field + ": " + e.Reason }
 
 // Is makes a FieldError match ErrInvalidArgument.
@@ -66,6 +69,7 @@ type LimitError struct {
 	What  string
 }
 
+// Error names the limit and its value.
 func (e *LimitError) Error() string {
 	return fmt.Sprintf("%s: limit %s is %d", e.What, e.Limit, e.Max)
 }
