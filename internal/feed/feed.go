@@ -194,7 +194,7 @@ func (f *feeder) changes(cs []*store.Change) {
 	}
 	for _, c := range cs {
 		start := len(f.out)
-		ts := timestamppb.New(c.Time)
+		ts := c.Timestamp
 		for _, it := range c.Items {
 			if !f.w.Concerns(it) || !f.pass(c, it) {
 				continue

@@ -3,6 +3,8 @@ package store
 import (
 	"time"
 
+	"google.golang.org/protobuf/types/known/timestamppb"
+
 	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
 
@@ -31,10 +33,13 @@ type Item struct {
 type Change struct {
 	Revision int64
 	Time     time.Time
-	Source   string
-	Metadata map[string]string
-	Items    []Item
-	size     int64
+	// Timestamp is Time for the wire, built once and shared by every
+	// watch's updates (read-only, like the rest of the Change).
+	Timestamp *timestamppb.Timestamp
+	Source    string
+	Metadata  map[string]string
+	Items     []Item
+	size      int64
 }
 
 // history is a session's bounded window of recent changes, with contiguous

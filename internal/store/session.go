@@ -138,9 +138,12 @@ func (s *session) resolve(idents []string) ([]*variable, error) {
 // commit takes the next revision for items, records them and marks the
 // watches they concern, which unlockAndWake then wakes. The caller holds s.mu
 // for writing.
-func (s *session) commit(now time.Time, source string, md map[string]string, items []Item) int64 {
+func (s *session) commit(now time.Time, ts *timestamppb.Timestamp, source string, md map[string]string, items []Item) int64 {
 	s.revision++
-	c := &Change{Revision: s.revision, Time: now, Source: source, Metadata: md, Items: items}
+	if ts == nil {
+		ts = timestamppb.New(now)
+	}
+	c := &Change{Revision: s.revision, Time: now, Timestamp: ts, Source: source, Metadata: md, Items: items}
 	s.history.append(c)
 	s.notify(c)
 	return s.revision
@@ -205,7 +208,7 @@ func (st *Store) Register(sessionID string, r Register) (*pb.Variable, int64, er
 	}
 	v := &variable{rules: rl, cur: pv}
 	sess.byID[pv.Id], sess.byName[pv.Name] = v, v
-	rev := sess.commit(now, source, cloneMap(r.Metadata), []Item{{Kind: Registered, Var: pv}})
+	rev := sess.commit(now, ts, source, cloneMap(r.Metadata), []Item{{Kind: Registered, Var: pv}})
 	return pv, rev, nil
 }
 
@@ -348,7 +351,7 @@ func (st *Store) Set(sessionID string, writes []Write, md map[string]string, sou
 		res.Changed = append(res.Changed, w.Identifier)
 	}
 	if len(items) > 0 {
-		res.Revision = sess.commit(now, source, cloneMap(md), items)
+		res.Revision = sess.commit(now, ts, source, cloneMap(md), items)
 	}
 	return res, nil
 }
@@ -397,7 +400,7 @@ func (st *Store) Delete(sessionID, ident string, md map[string]string, source st
 	delete(sess.byID, v.cur.Id)
 	delete(sess.byName, v.cur.Name)
 	source = sourceOf(source, md)
-	rev := sess.commit(st.opts.Now(), source, cloneMap(md), []Item{{Kind: Deleted, Var: v.cur, Old: v.cur.Value}})
+	rev := sess.commit(st.opts.Now(), nil, source, cloneMap(md), []Item{{Kind: Deleted, Var: v.cur, Old: v.cur.Value}})
 	return v.cur, rev, nil
 }
 
