@@ -2,112 +2,19 @@ package server_test
 
 import (
 	"context"
-	"net"
-	"sync"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/varbridge/varbridge/internal/cutproxy"
 	"github.com/varbridge/varbridge/internal/metrics"
 	"github.com/varbridge/varbridge/internal/server"
 	"github.com/varbridge/varbridge/internal/servertest"
 	"github.com/varbridge/varbridge/internal/store"
 	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
-
-// holeProxy forwards loopback TCP connections until Blackhole, after which
-// it stops reading and forwarding in both directions but keeps every socket
-// open: to the server the client has vanished without closing, like a peer
-// whose machine lost power or whose network dropped.
-type holeProxy struct {
-	ln     net.Listener
-	target string
-	hole   chan struct{}
-	done   chan struct{}
-	once   sync.Once
-	mu     sync.Mutex
-	conns  []net.Conn
-	wg     sync.WaitGroup
-}
-
-func newHoleProxy(t *testing.T, target string) *holeProxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &holeProxy{ln: ln, target: target, hole: make(chan struct{}), done: make(chan struct{})}
-	p.wg.Add(1)
-	go p.accept()
-	t.Cleanup(p.close)
-	return p
-}
-
-func (p *holeProxy) Addr() string { return p.ln.Addr().String() }
-
-// Blackhole stops all forwarding; the sockets stay open.
-func (p *holeProxy) Blackhole() { close(p.hole) }
-
-func (p *holeProxy) accept() {
-	defer p.wg.Done()
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		s, err := net.Dial("tcp", p.target)
-		if err != nil {
-			c.Close()
-			continue
-		}
-		p.mu.Lock()
-		p.conns = append(p.conns, c, s)
-		p.mu.Unlock()
-		p.wg.Add(2)
-		go p.pipe(c, s)
-		go p.pipe(s, c)
-	}
-}
-
-func (p *holeProxy) pipe(dst, src net.Conn) {
-	defer p.wg.Done()
-	buf := make([]byte, 32<<10)
-	for {
-		select {
-		case <-p.hole:
-			<-p.done // hold the socket open, reading nothing
-			return
-		default:
-		}
-		n, err := src.Read(buf)
-		if err != nil {
-			return
-		}
-		select {
-		case <-p.hole: // arrived after the blackhole: dropped
-			continue
-		default:
-		}
-		if _, err := dst.Write(buf[:n]); err != nil {
-			return
-		}
-	}
-}
-
-func (p *holeProxy) close() {
-	p.once.Do(func() {
-		close(p.done)
-		p.ln.Close()
-		p.mu.Lock()
-		for _, c := range p.conns {
-			c.Close()
-		}
-		p.mu.Unlock()
-		p.wg.Wait()
-	})
-}
 
 // A client that vanishes without closing its connection has its watch
 // observer removed by keepalive within keepalive time + timeout.
@@ -116,7 +23,14 @@ func TestKeepaliveRemovesBlackholedWatcher(t *testing.T) {
 	m := metrics.New()
 	srv := servertest.Start(t, store.Options{}, server.WithKeepalive(kaTime, kaTimeout), server.WithMetrics(m))
 	sc := startMetrics(t, m)
-	proxy := newHoleProxy(t, srv.Addr)
+	// Blackhole keeps both sockets open but forwards nothing: to the server
+	// the client has vanished without closing, like a peer whose machine
+	// lost power.
+	proxy, err := cutproxy.New(srv.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer proxy.Close()
 
 	conn, err := grpc.NewClient(proxy.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
