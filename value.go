@@ -6,11 +6,11 @@ import (
 	"maps"
 	"math"
 	"slices"
-	"strings"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/varbridge/varbridge/internal/store"
 	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
 
@@ -47,7 +47,7 @@ func TypeFromProto(t pb.VariableType) Type {
 	if t == pb.VariableType_VARIABLE_TYPE_UNSPECIFIED {
 		return ""
 	}
-	return Type(strings.ToLower(strings.TrimPrefix(t.String(), "VARIABLE_TYPE_")))
+	return Type(store.TypeName(t))
 }
 
 // Tensor is an n-dimensional array in row-major order: Data holds

@@ -15,23 +15,29 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/varbridge/varbridge"
 	varbridgev1 "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
 
-// typeNames maps the CLI's type names to wire types, in the order help text lists them.
-var typeNames = []struct {
+// typeNames lists the CLI's type names with their wire types, in the order
+// help text lists them; the mapping itself is varbridge.Type's.
+var typeNames = func() []struct {
 	name string
 	t    varbridgev1.VariableType
-}{
-	{"integer", varbridgev1.VariableType_VARIABLE_TYPE_INTEGER},
-	{"float", varbridgev1.VariableType_VARIABLE_TYPE_FLOAT},
-	{"string", varbridgev1.VariableType_VARIABLE_TYPE_STRING},
-	{"boolean", varbridgev1.VariableType_VARIABLE_TYPE_BOOLEAN},
-	{"choice", varbridgev1.VariableType_VARIABLE_TYPE_CHOICE},
-	{"module", varbridgev1.VariableType_VARIABLE_TYPE_MODULE},
-	{"embedding", varbridgev1.VariableType_VARIABLE_TYPE_EMBEDDING},
-	{"tensor", varbridgev1.VariableType_VARIABLE_TYPE_TENSOR},
-}
+} {
+	all := []varbridge.Type{
+		varbridge.TypeInteger, varbridge.TypeFloat, varbridge.TypeString, varbridge.TypeBoolean,
+		varbridge.TypeChoice, varbridge.TypeModule, varbridge.TypeEmbedding, varbridge.TypeTensor,
+	}
+	out := make([]struct {
+		name string
+		t    varbridgev1.VariableType
+	}, len(all))
+	for i, t := range all {
+		out[i].name, out[i].t = string(t), t.Proto()
+	}
+	return out
+}()
 
 // typeAliases are extra spellings accepted on the command line.
 var typeAliases = map[string]string{
@@ -59,10 +65,8 @@ func ParseType(s string) (varbridgev1.VariableType, error) {
 	if alias, ok := typeAliases[name]; ok {
 		name = alias
 	}
-	for _, tn := range typeNames {
-		if tn.name == name {
-			return tn.t, nil
-		}
+	if t := varbridge.Type(name).Proto(); t != varbridgev1.VariableType_VARIABLE_TYPE_UNSPECIFIED {
+		return t, nil
 	}
 	return varbridgev1.VariableType_VARIABLE_TYPE_UNSPECIFIED,
 		fmt.Errorf("unknown type %q: want one of %s", s, typeList())
@@ -70,10 +74,8 @@ func ParseType(s string) (varbridgev1.VariableType, error) {
 
 // TypeName is the CLI name of t ("float"), or the enum's name for unknown values.
 func TypeName(t varbridgev1.VariableType) string {
-	for _, tn := range typeNames {
-		if tn.t == t {
-			return tn.name
-		}
+	if name := varbridge.TypeFromProto(t); name.Proto() == t && name != "" { // a known type
+		return string(name)
 	}
 	return t.String()
 }
