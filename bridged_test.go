@@ -79,26 +79,7 @@ func TestBridgedCutConnectionsExactlyOnce(t *testing.T) {
 			cutterDone := make(chan struct{})
 			go func() { // cuts at random moments
 				defer close(cutterDone)
-				for {
-					select {
-					case <-stopCuts:
-						return
-					case <-time.After(time.Duration(rand.IntN(4000)) * time.Microsecond):
-					}
-					if proxy.Cut() == 0 {
-						continue
-					}
-					// Wait until a new connection carries data, so that the
-					// next cut breaks a stream, not a connection attempt.
-					at := proxy.Forwarded()
-					for proxy.Forwarded() < at+4096 {
-						select {
-						case <-stopCuts:
-							return
-						case <-time.After(500 * time.Microsecond):
-						}
-					}
-				}
+				proxy.CutAtRandom(stopCuts, 4*time.Millisecond, func() bool { return true })
 			}()
 
 			var want []change

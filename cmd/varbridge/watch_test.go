@@ -201,28 +201,9 @@ func TestWatchCommandSurvivesCuts(t *testing.T) {
 
 	stopCuts := make(chan struct{})
 	cutterDone := make(chan struct{})
-	go func() { // cut at random moments
+	go func() { // cut at random moments; each reconnect waits up to 100 ms (the first backoff)
 		defer close(cutterDone)
-		for proxy.Cuts() < 12 { // each reconnect waits up to 100 ms (the first backoff)
-			select {
-			case <-stopCuts:
-				return
-			case <-time.After(time.Duration(rand.IntN(4000)) * time.Microsecond):
-			}
-			if proxy.Cut() == 0 {
-				continue
-			}
-			// Wait until a new connection carries data, so that the next
-			// cut breaks a stream, not a connection attempt.
-			at := proxy.Forwarded()
-			for proxy.Forwarded() < at+4096 {
-				select {
-				case <-stopCuts:
-					return
-				case <-time.After(time.Millisecond):
-				}
-			}
-		}
+		proxy.CutAtRandom(stopCuts, 4*time.Millisecond, func() bool { return proxy.Cuts() < 12 })
 	}()
 
 	var want []string

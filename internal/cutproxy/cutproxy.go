@@ -10,6 +10,7 @@
 package cutproxy
 
 import (
+	"math/rand/v2"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -298,6 +299,33 @@ func (p *Proxy) pipe(c *pair, dst, src net.Conn, count *atomic.Int64, done chan<
 				<-c.closed
 			}
 			return
+		}
+	}
+}
+
+// CutAtRandom cuts the proxy's connections at random moments, up to maxGap
+// apart, while more reports true and until stop is closed; run it in its own
+// goroutine. After each cut it waits until a new connection has carried
+// data from the target, so that the next cut breaks a stream rather than a
+// connection attempt.
+func (p *Proxy) CutAtRandom(stop <-chan struct{}, maxGap time.Duration, more func() bool) {
+	const carried = 4096 // bytes from the target that show a stream is flowing
+	for more() {
+		select {
+		case <-stop:
+			return
+		case <-time.After(rand.N(maxGap)):
+		}
+		if p.Cut() == 0 {
+			continue
+		}
+		at := p.Forwarded()
+		for p.Forwarded() < at+carried {
+			select {
+			case <-stop:
+				return
+			case <-time.After(500 * time.Microsecond):
+			}
 		}
 	}
 }
