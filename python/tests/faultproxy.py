@@ -6,6 +6,9 @@ The Python twin of Go's internal/cutproxy, for the fault suite:
 * ``stall(seconds)`` pauses forwarding both ways; what is in flight waits and
   is delivered in order when the stall ends, nothing is lost;
 * ``refuse = True`` closes new connections at once (a server that is down);
+* ``chunk`` and ``delay`` slow the server-to-client direction (reads of at
+  most ``chunk`` bytes, ``delay`` seconds apart) so that cuts land in the
+  middle of a stream's messages;
 * ``blackhole()`` stops forwarding both ways for good while keeping every
   socket open: each end sees a peer that vanished without closing (a machine
   that lost power, a network that dropped), which only keepalive can tell.
@@ -51,11 +54,20 @@ class _Pair:
 
 
 class FaultProxy:
-    def __init__(self, target: str, *, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        chunk: int = 65536,
+        delay: float = 0.0,
+        host: str = "127.0.0.1",
+    ) -> None:
         thost, tport = target.rsplit(":", 1)
         self.target = (thost, int(tport))
         self.host = host
-        self.cuts = 0  # connections cut
+        self.chunk = chunk
+        self.delay = delay
+        self.cuts = 0  # cut() calls that cut at least one connection
         self.stalls = 0  # connections stalled (once per stall() each)
         self.blackholes = 0  # connections blackholed
         self.accepted = 0
@@ -106,7 +118,8 @@ class FaultProxy:
         live, self._live = self._live, set()
         for p in live:
             p.abort()
-        self.cuts += len(live)
+        if live:
+            self.cuts += 1
         return len(live)
 
     def stall(self, seconds: float) -> int:
@@ -138,8 +151,8 @@ class FaultProxy:
             return
         pair = _Pair(cw, sw)
         self._live.add(pair)
-        up = asyncio.create_task(self._pipe(pair, cr, sw))
-        down = asyncio.create_task(self._pipe(pair, sr, cw))
+        up = asyncio.create_task(self._pipe(pair, cr, sw, self.chunk, 0.0))
+        down = asyncio.create_task(self._pipe(pair, sr, cw, self.chunk, self.delay))
         for t in (up, down):
             self._tasks.add(t)
             t.add_done_callback(self._tasks.discard)
@@ -152,16 +165,22 @@ class FaultProxy:
 
     @staticmethod
     async def _pipe(
-        pair: _Pair, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        pair: _Pair,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        chunk: int,
+        delay: float,
     ) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while True:
-                data = await reader.read(65536)
+                data = await reader.read(chunk)
                 if not data:
                     break
                 if not await pair.gate():
                     return
                 writer.write(data)
                 await writer.drain()
+                if delay:
+                    await asyncio.sleep(delay)
         if pair.hole:  # a peer closing is not passed through a blackhole
             await pair.closed.wait()

@@ -15,7 +15,7 @@ import pytest
 
 import varbridge
 
-from .proxy import CutProxy
+from .faultproxy import FaultProxy
 
 pytestmark = [pytest.mark.integration]
 
@@ -28,15 +28,15 @@ def rss_bytes() -> int:
 
 
 @pytest.fixture
-async def proxy(addr: str) -> AsyncIterator[CutProxy]:
-    async with CutProxy(addr) as p:
+async def proxy(addr: str) -> AsyncIterator[FaultProxy]:
+    async with FaultProxy(addr) as p:
         yield p
 
 
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("batched", [True, False], ids=["batches", "single"])
 async def test_watch_survives_repeated_cuts(
-    session: varbridge.SessionContext, proxy: CutProxy, batched: bool
+    session: varbridge.SessionContext, proxy: FaultProxy, batched: bool
 ) -> None:
     names = [f"v{i}" for i in range(10)]
     for n in names:
@@ -148,7 +148,7 @@ async def test_watch_survives_repeated_cuts(
 
 @pytest.mark.timeout(180)
 async def test_batched_watch_cut_inside_large_revisions(
-    session: varbridge.SessionContext, proxy: CutProxy
+    session: varbridge.SessionContext, proxy: FaultProxy
 ) -> None:
     """Revisions larger than one batch message (1 MiB) span several messages:
     cuts between them resume inside the revision."""
@@ -217,7 +217,7 @@ async def _watch_next(watch: varbridge.Watch, timeout: float = 30) -> varbridge.
 
 @pytest.mark.timeout(300)
 async def test_reconnect_loop_memory_is_bounded(
-    session: varbridge.SessionContext, proxy: CutProxy
+    session: varbridge.SessionContext, proxy: FaultProxy
 ) -> None:
     """Many cut-and-resume cycles, then many failed attempts while the
     server is unreachable: neither Python objects nor RSS keep growing."""
@@ -229,7 +229,7 @@ async def test_reconnect_loop_memory_is_bounded(
         logging.getLogger("varbridge").setLevel(logging.NOTSET)
 
 
-async def _memory_scenario(session: varbridge.SessionContext, proxy: CutProxy) -> None:
+async def _memory_scenario(session: varbridge.SessionContext, proxy: FaultProxy) -> None:
     reg = await session.register_variable("v", "int", 0)
     async with varbridge.connect(proxy.addr) as pbridge:
         psession = await pbridge.session(session.session_id)
