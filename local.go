@@ -119,7 +119,7 @@ func (l *LocalState) Set(ctx context.Context, identifier string, value any, opts
 	if err != nil {
 		return nil, fromStore(err)
 	}
-	return variableFromProto(res.Variables[identifier]), nil
+	return variableFromProto(res.Variables[0]), nil
 }
 
 // SetMany implements StateProvider.
@@ -152,8 +152,8 @@ func (l *LocalState) SetMany(ctx context.Context, updates map[string]any, opts .
 		return nil, fromStore(err)
 	}
 	out := make(map[string]*Variable, len(res.Variables))
-	for id, v := range res.Variables {
-		out[id] = variableFromProto(v)
+	for i, w := range writes {
+		out[w.Identifier] = variableFromProto(res.Variables[i])
 	}
 	return out, nil
 }

@@ -204,7 +204,7 @@ func (s *Server) SetVariable(_ context.Context, req *pb.SetVariableRequest) (*pb
 		return nil, toStatus(err)
 	}
 	return &pb.SetVariableResponse{
-		Variable: res.Variables[req.GetVariableIdentifier()], Revision: res.Revision, Changed: len(res.Changed) > 0,
+		Variable: res.Variables[0], Revision: res.Revision, Changed: len(res.Changed) > 0,
 	}, nil
 }
 
@@ -227,7 +227,11 @@ func (s *Server) SetVariables(_ context.Context, req *pb.SetVariablesRequest) (*
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	return &pb.SetVariablesResponse{Variables: res.Variables, Revision: res.Revision, Changed: res.Changed}, nil
+	vars := make(map[string]*pb.Variable, len(writes))
+	for i, w := range writes {
+		vars[w.Identifier] = res.Variables[i]
+	}
+	return &pb.SetVariablesResponse{Variables: vars, Revision: res.Revision, Changed: res.Changed}, nil
 }
 
 // ListVariables implements BridgeService.

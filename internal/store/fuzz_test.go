@@ -144,7 +144,7 @@ func FuzzValueConstraints(f *testing.F) {
 		} else if !store.ValuesEqual(&initial, &next) {
 			t.Fatal("set of a different value reported no change")
 		}
-		if got := res.Variables["v"].Version; got != want {
+		if got := res.Variables[0].Version; got != want {
 			t.Fatalf("version after set = %d, want %d", got, want)
 		}
 		fzRoundTrip(t, st, sid, &next)

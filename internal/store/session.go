@@ -202,7 +202,7 @@ func (st *Store) Register(sessionID string, r Register) (*pb.Variable, int64, er
 	now := st.opts.Now()
 	ts := timestamppb.New(now)
 	pv := &pb.Variable{
-		Id: "var_" + randomHex(8), Name: r.Name, Type: r.Type, Value: proto.Clone(r.Value).(*pb.Value),
+		Id: "var_" + randomHex(8), Name: r.Name, Type: r.Type, Value: cloneValue(r.Value),
 		Constraints: c, Metadata: cloneMap(r.Metadata), Version: 1, UpdatedAt: ts, CreatedAt: ts,
 		Source: source, Revision: sess.revision + 1,
 	}
@@ -270,7 +270,7 @@ type Write struct {
 // WriteResult reports a committed write. Changed is false for a no-op write,
 // which takes no revision (Revision is then the current one).
 type WriteResult struct {
-	Variables map[string]*pb.Variable // keyed by identifier as passed
+	Variables []*pb.Variable // the state after the write, in the order of the writes
 	Changed   []string                // identifiers whose value changed
 	Revision  int64
 }
@@ -311,13 +311,18 @@ func (st *Store) Set(sessionID string, writes []Write, md map[string]string, sou
 	if err != nil {
 		return WriteResult{}, err
 	}
-	seen := make(map[*variable]string, len(vars))
+	var seen map[*variable]string // a batch naming one variable twice
+	if len(vars) > 1 {
+		seen = make(map[*variable]string, len(vars))
+	}
 	for i, v := range vars {
 		w := writes[i]
-		if prev, dup := seen[v]; dup {
-			return WriteResult{}, fieldErr("updates", "%q and %q name the same variable", prev, w.Identifier)
+		if seen != nil {
+			if prev, dup := seen[v]; dup {
+				return WriteResult{}, fieldErr("updates", "%q and %q name the same variable", prev, w.Identifier)
+			}
+			seen[v] = w.Identifier
 		}
-		seen[v] = w.Identifier
 		if w.ExpectedVersion != nil && *w.ExpectedVersion != v.cur.Version {
 			return WriteResult{}, fmt.Errorf("%w: variable %q is at version %d, not the expected %d", ErrVersionConflict, v.cur.Name, v.cur.Version, *w.ExpectedVersion)
 		}
@@ -326,14 +331,14 @@ func (st *Store) Set(sessionID string, writes []Write, md map[string]string, sou
 		}
 	}
 
-	res := WriteResult{Variables: make(map[string]*pb.Variable, len(writes)), Revision: sess.revision}
+	res := WriteResult{Variables: make([]*pb.Variable, len(writes)), Revision: sess.revision}
 	now := st.opts.Now()
 	ts := timestamppb.New(now)
 	var items []Item
 	for i, v := range vars {
 		w := writes[i]
 		if ValuesEqual(v.cur.Value, w.Value) {
-			res.Variables[w.Identifier] = v.cur
+			res.Variables[i] = v.cur
 			continue
 		}
 		// A new state that shares the unchanging parts (constraints,
@@ -341,13 +346,13 @@ func (st *Store) Set(sessionID string, writes []Write, md map[string]string, sou
 		// readers: published states are never modified.
 		c := v.cur
 		next := &pb.Variable{
-			Id: c.Id, Name: c.Name, Type: c.Type, Value: proto.CloneOf(w.Value), Constraints: c.Constraints,
+			Id: c.Id, Name: c.Name, Type: c.Type, Value: cloneValue(w.Value), Constraints: c.Constraints,
 			Metadata: c.Metadata, Version: c.Version + 1, UpdatedAt: ts, Source: source,
 			Revision: sess.revision + 1, CreatedAt: c.CreatedAt,
 		}
 		items = append(items, Item{Kind: Updated, Var: next, Old: v.cur.Value})
 		v.cur = next
-		res.Variables[w.Identifier] = next
+		res.Variables[i] = next
 		res.Changed = append(res.Changed, w.Identifier)
 	}
 	if len(items) > 0 {
@@ -405,6 +410,9 @@ func (st *Store) Delete(sessionID, ident string, md map[string]string, source st
 }
 
 func (st *Store) checkSize(name string, v *pb.Value) error {
+	if st.opts.MaxValueBytes >= maxScalarBytes && scalar(v) {
+		return nil // proto.Size would cost more than the rest of a small write
+	}
 	if n := proto.Size(v); n > st.opts.MaxValueBytes {
 		return &LimitError{Limit: "max_value_bytes", Max: int64(st.opts.MaxValueBytes), What: fmt.Sprintf("value for %q is %d bytes", name, n)}
 	}

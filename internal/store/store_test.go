@@ -179,7 +179,7 @@ func TestSetExpectedVersion(t *testing.T) {
 	if err != nil {
 		t.Fatalf("CAS at the current version: %v", err)
 	}
-	if got := res.Variables["x"].GetVersion(); got != 2 {
+	if got := res.Variables[0].GetVersion(); got != 2 {
 		t.Fatalf("version after CAS = %d, want 2", got)
 	}
 
@@ -424,13 +424,13 @@ func TestRegisterRecordsEverything(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := res.Variables["k"]
+	got := res.Variables[0]
 	if got.Source != "go" || !got.UpdatedAt.AsTime().Equal(clk.Now()) || !got.CreatedAt.AsTime().Equal(v.CreatedAt.AsTime()) {
 		t.Errorf("after set: %v", got)
 	}
 	res, err = st.Set(sid, []store.Write{{Identifier: "k", Value: intV(5)}}, map[string]string{"source": "go"}, "explicit")
-	if err != nil || res.Variables["k"].Source != "explicit" {
-		t.Errorf("explicit source: %v %v", res.Variables["k"], err)
+	if err != nil || res.Variables[0].Source != "explicit" {
+		t.Errorf("explicit source: %v %v", res.Variables[0], err)
 	}
 }
 

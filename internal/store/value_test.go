@@ -162,8 +162,8 @@ func TestConstraintsOnSet(t *testing.T) {
 					if err != nil {
 						t.Fatalf("Set(%s) rejected: %v", store.FormatValue(tc.v), err)
 					}
-					if !store.ValuesEqual(res.Variables[ident].GetValue(), tc.v) {
-						t.Errorf("value after set = %v", res.Variables[ident].GetValue())
+					if !store.ValuesEqual(res.Variables[0].GetValue(), tc.v) {
+						t.Errorf("value after set = %v", res.Variables[0].GetValue())
 					}
 					continue
 				}
@@ -349,8 +349,8 @@ func TestNoOpWrites(t *testing.T) {
 				if len(res.Changed) != 0 || res.Revision != before.rev {
 					t.Errorf("no-op write: Changed=%v Revision=%d, want none at %d", res.Changed, res.Revision, before.rev)
 				}
-				if res.Variables[name].GetVersion() != 1 {
-					t.Errorf("no-op write returned version %d", res.Variables[name].GetVersion())
+				if res.Variables[0].GetVersion() != 1 {
+					t.Errorf("no-op write returned version %d", res.Variables[0].GetVersion())
 				}
 				before.assertUnchanged(t, st, sid)
 				return
