@@ -10,6 +10,8 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
+
+	"github.com/varbridge/varbridge/internal/codec"
 )
 
 // connPool is the set of client connections to one target. Unary calls use
@@ -50,6 +52,7 @@ func acquirePool(target string, o *options) (*connPool, error) {
 	}
 	dialOpts := append([]grpc.DialOption{
 		grpc.WithTransportCredentials(creds),
+		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(codec.Client)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{
 			Time: o.keepTime, Timeout: o.keepTimeout, PermitWithoutStream: true,
 		}),

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
+	"github.com/varbridge/varbridge/internal/codec"
 	"github.com/varbridge/varbridge/internal/feed"
 	"github.com/varbridge/varbridge/internal/metrics"
 	"github.com/varbridge/varbridge/internal/store"
@@ -113,6 +114,9 @@ func (s *Server) GRPCServer() *grpc.Server {
 		// every unary call starts a fresh goroutine and grows its stack again
 		// (5% of the write path's CPU in the profile).
 		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
+		// Generated marshalling for what the server sends; requests are
+		// still decoded (and checked) by protobuf-go.
+		grpc.ForceServerCodecV2(codec.Server),
 	}, s.opts.grpcOpts...)
 	g := grpc.NewServer(opts...)
 	pb.RegisterBridgeServiceServer(g, s)

@@ -1,0 +1,94 @@
+// Package codec holds the gRPC codecs varbridge uses in place of grpc-go's
+// default protobuf codec: they marshal and unmarshal the varbridge messages
+// with the reflection-free methods protoc-gen-go-vtproto generates (3.9x
+// faster marshal and 1.8x faster unmarshal of a batch of updates than
+// protobuf-go's reflective code on this project's benchmark machine) and
+// fall back to protobuf-go for every other message (health, reflection).
+//
+// The wire format is protobuf either way and the codec name stays "proto",
+// so peers see no difference.
+package codec
+
+import (
+	"fmt"
+
+	"google.golang.org/grpc/encoding"
+	gproto "google.golang.org/grpc/encoding/proto"
+	"google.golang.org/grpc/mem"
+
+	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
+)
+
+// The generated messages must have the fast methods: if the plugin were
+// left out of scripts/genproto.sh, every message would take the fallback
+// without anyone noticing. (The request and response messages are checked
+// by the tests.)
+var _ vtMessage = (*pb.VariableUpdateBatch)(nil)
+
+// std is grpc-go's own protobuf codec, for every message without the fast
+// methods.
+var std = encoding.GetCodecV2(gproto.Name)
+
+// vtMessage is what protoc-gen-go-vtproto adds to a generated message.
+type vtMessage interface {
+	SizeVT() int
+	MarshalToSizedBufferVT(dAtA []byte) (int, error)
+	UnmarshalVT(dAtA []byte) error
+}
+
+// Server is the codec for the varbridge server: fast marshalling of what it
+// sends, and protobuf-go for what it receives, because protobuf-go rejects a
+// string field that is not valid UTF-8 (as proto3 requires) and the
+// generated UnmarshalVT does not; a bad string stored and sent on would
+// break every Python watcher of it.
+var Server encoding.CodecV2 = codec{checked: true}
+
+// Client is the codec for a Go client of a varbridge server: fast both ways.
+// It trusts the server to send valid UTF-8 (the server's own codec checked
+// every string it stored).
+var Client encoding.CodecV2 = codec{}
+
+type codec struct {
+	checked bool // unmarshal with protobuf-go
+}
+
+// Name is the default codec's name: the content-subtype on the wire stays
+// "application/grpc+proto".
+func (codec) Name() string { return "proto" }
+
+func (c codec) Marshal(v any) (mem.BufferSlice, error) {
+	m, ok := v.(vtMessage)
+	if !ok {
+		return std.Marshal(v)
+	}
+	size := m.SizeVT()
+	if mem.IsBelowBufferPoolingThreshold(size) {
+		buf := make([]byte, size)
+		if _, err := m.MarshalToSizedBufferVT(buf); err != nil {
+			return nil, err
+		}
+		return mem.BufferSlice{mem.SliceBuffer(buf)}, nil
+	}
+	pool := mem.DefaultBufferPool()
+	buf := pool.Get(size)
+	if _, err := m.MarshalToSizedBufferVT((*buf)[:size]); err != nil {
+		pool.Put(buf)
+		return nil, err
+	}
+	return mem.BufferSlice{mem.NewBuffer(buf, pool)}, nil
+}
+
+func (c codec) Unmarshal(data mem.BufferSlice, v any) error {
+	m, ok := v.(vtMessage)
+	if !ok || c.checked {
+		return std.Unmarshal(data, v)
+	}
+	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
+	defer buf.Free()
+	// UnmarshalVT copies every string and bytes field out of buf, so the
+	// buffer can go back to the pool.
+	if err := m.UnmarshalVT(buf.ReadOnlyData()); err != nil {
+		return fmt.Errorf("unmarshal %T: %w", v, err)
+	}
+	return nil
+}
