@@ -97,3 +97,22 @@ func BenchmarkUnmarshalBatch256Slim(b *testing.B) {
 
 func BenchmarkMarshalBatch256Full(b *testing.B) { benchMarshal(b, batch(full(), 256)) }
 func BenchmarkMarshalBatch256Slim(b *testing.B) { benchMarshal(b, batch(slim(), 256)) }
+
+func BenchmarkVTUnmarshalBatch256Full(b *testing.B) {
+	buf, _ := proto.Marshal(batch(full(), 256))
+	for b.Loop() {
+		m := &pb.VariableUpdateBatch{}
+		if err := m.UnmarshalVT(buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkVTMarshalBatch256Full(b *testing.B) {
+	m := batch(full(), 256)
+	for b.Loop() {
+		if _, err := m.MarshalVT(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
