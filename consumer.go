@@ -60,6 +60,9 @@ func (c *streamConsumer) request() *pb.WatchVariablesRequest {
 	return &pb.WatchVariablesRequest{
 		SessionId: c.b.session, VariableIdentifiers: idents, StartRevision: start,
 		Where: cfg.where, Coalesce: cfg.coalesce, HeartbeatIntervalMs: cfg.heartbeat.Milliseconds(),
+		// watch.deliver reads only type, value and version of a change's
+		// variable; the rest is in the update itself.
+		Compact: true,
 	}
 }
 

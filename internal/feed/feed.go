@@ -29,6 +29,7 @@ const pollMax = 256
 type Options struct {
 	Where     *where.Filter // server-side filter; nil passes everything
 	Coalesce  bool          // deliver only the latest value per variable when behind
+	Compact   bool          // changes carry a variable of type, value and version only
 	Heartbeat time.Duration // 0: DefaultHeartbeat
 	// OnFilterError, if set, sees filter evaluation errors (the update is sent).
 	OnFilterError func(error)
@@ -205,8 +206,12 @@ func (f *feeder) changes(cs []*store.Change) {
 			if !f.w.Concerns(it) || !f.pass(c, it) {
 				continue
 			}
+			v := it.Var
+			if f.o.Compact {
+				v = &pb.Variable{Type: v.Type, Value: v.Value, Version: v.Version}
+			}
 			u := &pb.VariableUpdate{
-				VariableId: it.Var.Id, Variable: it.Var, OldValue: it.Old,
+				VariableId: it.Var.Id, Variable: v, OldValue: it.Old,
 				UpdateType: pb.UpdateType_UPDATE_TYPE_VALUE_CHANGE, Revision: c.Revision,
 				UpdateSource: c.Source, UpdateMetadata: c.Metadata, Timestamp: ts, VariableName: it.Var.Name,
 			}

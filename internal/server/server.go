@@ -347,7 +347,7 @@ func (s *Server) watch(req *pb.WatchVariablesRequest, stream grpc.ServerStream, 
 	}
 	log := s.opts.log
 	err = feed.Run(stream.Context(), w, feed.Options{
-		Where: filter, Coalesce: req.GetCoalesce(), Heartbeat: time.Duration(hb) * time.Millisecond,
+		Where: filter, Coalesce: req.GetCoalesce(), Compact: req.GetCompact(), Heartbeat: time.Duration(hb) * time.Millisecond,
 		SendBatch: sendBatch,
 		OnFilterError: func(err error) {
 			m.FilterError()

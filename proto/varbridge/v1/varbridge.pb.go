@@ -2074,8 +2074,16 @@ type WatchVariablesRequest struct {
 	Coalesce bool `protobuf:"varint,6,opt,name=coalesce,proto3" json:"coalesce,omitempty"`
 	// Heartbeat interval; 0: the server default (5 s). Bounded to [10 ms, 1 h].
 	HeartbeatIntervalMs int64 `protobuf:"varint,7,opt,name=heartbeat_interval_ms,json=heartbeatIntervalMs,proto3" json:"heartbeat_interval_ms,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// Send VALUE_CHANGE and DELETED updates with a compact `variable` that
+	// holds only type, value and version: its id, name, source, revision and
+	// updated_at are the update's own variable_id, variable_name,
+	// update_source, revision and timestamp, and a write changes none of
+	// constraints, metadata and created_at, which INITIAL_VALUE and RESYNC
+	// updates carry in full. About half the bytes of an update, for clients
+	// that keep what they were sent (the Go client does).
+	Compact       bool `protobuf:"varint,8,opt,name=compact,proto3" json:"compact,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *WatchVariablesRequest) Reset() {
@@ -2155,6 +2163,13 @@ func (x *WatchVariablesRequest) GetHeartbeatIntervalMs() int64 {
 		return x.HeartbeatIntervalMs
 	}
 	return 0
+}
+
+func (x *WatchVariablesRequest) GetCompact() bool {
+	if x != nil {
+		return x.Compact
+	}
+	return false
 }
 
 type VariableUpdate struct {
@@ -2522,7 +2537,7 @@ const file_varbridge_v1_varbridge_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"h\n" +
 	"\x16DeleteVariableResponse\x122\n" +
 	"\bvariable\x18\x01 \x01(\v2\x16.varbridge.v1.VariableR\bvariable\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x03R\brevision\"\xac\x02\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\"\xc6\x02\n" +
 	"\x15WatchVariablesRequest\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x121\n" +
@@ -2531,7 +2546,8 @@ const file_varbridge_v1_varbridge_proto_rawDesc = "" +
 	"\x0estart_revision\x18\x04 \x01(\x03R\rstartRevision\x12\x14\n" +
 	"\x05where\x18\x05 \x01(\tR\x05where\x12\x1a\n" +
 	"\bcoalesce\x18\x06 \x01(\bR\bcoalesce\x122\n" +
-	"\x15heartbeat_interval_ms\x18\a \x01(\x03R\x13heartbeatIntervalMs\"\xba\x04\n" +
+	"\x15heartbeat_interval_ms\x18\a \x01(\x03R\x13heartbeatIntervalMs\x12\x18\n" +
+	"\acompact\x18\b \x01(\bR\acompact\"\xba\x04\n" +
 	"\x0eVariableUpdate\x12\x1f\n" +
 	"\vvariable_id\x18\x01 \x01(\tR\n" +
 	"variableId\x122\n" +

@@ -1924,6 +1924,16 @@ func (m *WatchVariablesRequest) MarshalToSizedBufferVT(dAtA []byte) (int, error)
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if m.Compact {
+		i--
+		if m.Compact {
+			dAtA[i] = 1
+		} else {
+			dAtA[i] = 0
+		}
+		i--
+		dAtA[i] = 0x40
+	}
 	if m.HeartbeatIntervalMs != 0 {
 		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.HeartbeatIntervalMs))
 		i--
@@ -2940,6 +2950,9 @@ func (m *WatchVariablesRequest) SizeVT() (n int) {
 	}
 	if m.HeartbeatIntervalMs != 0 {
 		n += 1 + protohelpers.SizeOfVarint(uint64(m.HeartbeatIntervalMs))
+	}
+	if m.Compact {
+		n += 2
 	}
 	n += len(m.unknownFields)
 	return n
@@ -8607,6 +8620,26 @@ func (m *WatchVariablesRequest) UnmarshalVT(dAtA []byte) error {
 					break
 				}
 			}
+		case 8:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Compact", wireType)
+			}
+			var v int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				v |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			m.Compact = bool(v != 0)
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])

@@ -429,7 +429,7 @@ class DeleteVariableResponse(_message.Message):
     def __init__(self, variable: _Optional[_Union[Variable, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class WatchVariablesRequest(_message.Message):
-    __slots__ = ("session_id", "variable_identifiers", "include_initial_values", "start_revision", "where", "coalesce", "heartbeat_interval_ms")
+    __slots__ = ("session_id", "variable_identifiers", "include_initial_values", "start_revision", "where", "coalesce", "heartbeat_interval_ms", "compact")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     VARIABLE_IDENTIFIERS_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_INITIAL_VALUES_FIELD_NUMBER: _ClassVar[int]
@@ -437,6 +437,7 @@ class WatchVariablesRequest(_message.Message):
     WHERE_FIELD_NUMBER: _ClassVar[int]
     COALESCE_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    COMPACT_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     variable_identifiers: _containers.RepeatedScalarFieldContainer[str]
     include_initial_values: bool
@@ -444,7 +445,8 @@ class WatchVariablesRequest(_message.Message):
     where: str
     coalesce: bool
     heartbeat_interval_ms: int
-    def __init__(self, session_id: _Optional[str] = ..., variable_identifiers: _Optional[_Iterable[str]] = ..., include_initial_values: _Optional[bool] = ..., start_revision: _Optional[int] = ..., where: _Optional[str] = ..., coalesce: _Optional[bool] = ..., heartbeat_interval_ms: _Optional[int] = ...) -> None: ...
+    compact: bool
+    def __init__(self, session_id: _Optional[str] = ..., variable_identifiers: _Optional[_Iterable[str]] = ..., include_initial_values: _Optional[bool] = ..., start_revision: _Optional[int] = ..., where: _Optional[str] = ..., coalesce: _Optional[bool] = ..., heartbeat_interval_ms: _Optional[int] = ..., compact: _Optional[bool] = ...) -> None: ...
 
 class VariableUpdate(_message.Message):
     __slots__ = ("variable_id", "variable", "old_value", "update_type", "revision", "update_source", "update_metadata", "timestamp", "variable_name", "last_in_revision")
