@@ -5,6 +5,7 @@ package feed
 
 import (
 	"context"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -59,37 +60,39 @@ func Run(ctx context.Context, w *store.Watch, o Options, send Sender) error {
 	if err := f.sendInitial(); err != nil {
 		return err
 	}
-	hb := time.NewTicker(f.o.Heartbeat)
+	// The heartbeat timer, the context's end and the session's end all
+	// arrive through Wake, so the loop is one channel receive: this is the
+	// hottest line of a fan-out to many watchers, and a timer channel in a
+	// select costs a timer-heap insert and removal on every wait.
+	var hbDue atomic.Bool
+	hb := time.AfterFunc(f.o.Heartbeat, func() {
+		hbDue.Store(true)
+		w.Interrupt()
+	})
 	defer hb.Stop()
-	// The context's end and the session's end both arrive through Wake, so
-	// the loop waits on two channels, not four: this select is the hottest
-	// line of a fan-out to many watchers.
 	defer context.AfterFunc(ctx, w.Interrupt)()
 	// Done is looked up once: a gRPC stream's context is a deep chain of
 	// value contexts, and ctx.Err walks it on every call (8 % of a fan-out's
 	// server CPU when it ran on every wake).
 	done := ctx.Done()
 	for {
+		<-w.Wake()
 		select {
-		case <-w.Wake():
-			select {
-			case <-done:
-				return ctx.Err()
-			default:
-			}
-			if err := f.drain(); err != nil { // Poll reports a closed session
-				return err
-			}
-		case <-hb.C:
-			if err := f.drain(); err != nil {
-				return err
-			}
+		case <-done:
+			return ctx.Err()
+		default:
+		}
+		if err := f.drain(); err != nil { // Poll reports a closed session
+			return err
+		}
+		if hbDue.CompareAndSwap(true, false) {
 			if err := f.emit(&pb.VariableUpdate{
 				UpdateType: pb.UpdateType_UPDATE_TYPE_HEARTBEAT, Revision: f.covered,
 				Timestamp: timestamppb.Now(), LastInRevision: true,
 			}); err != nil {
 				return err
 			}
+			hb.Reset(f.o.Heartbeat)
 		}
 	}
 }
