@@ -16,16 +16,17 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
+	"github.com/varbridge/varbridge/internal/codec"
 	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
 
 // dial opens a plain gRPC connection with keepalive the server permits.
-func dial(addr string) (*grpc.ClientConn, pb.BridgeServiceClient, error) {
-	cc, err := grpc.NewClient(addr,
+func dial(addr string, opts ...grpc.DialOption) (*grpc.ClientConn, pb.BridgeServiceClient, error) {
+	cc, err := grpc.NewClient(addr, append([]grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)),
-	)
+	}, opts...)...)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -346,7 +347,9 @@ func openFanout(ctx context.Context, addr, session string, n, conns, maxWrites i
 	}
 	clients := make([]pb.BridgeServiceClient, conns)
 	for i := range conns {
-		cc, c, err := dial(addr)
+		// The watchers decode as the Go client does (its codec, compact
+		// updates): they share the machine's two cores with the server.
+		cc, c, err := dial(addr, grpc.WithDefaultCallOptions(grpc.ForceCodecV2(codec.Client)))
 		if err != nil {
 			f.close()
 			return nil, err
@@ -370,7 +373,7 @@ func openFanout(ctx context.Context, addr, session string, n, conns, maxWrites i
 					return
 				}
 				st, err := clients[i%conns].WatchVariables(sctx, &pb.WatchVariablesRequest{
-					SessionId: session, VariableIdentifiers: []string{"x"}, IncludeInitialValues: true,
+					SessionId: session, VariableIdentifiers: []string{"x"}, IncludeInitialValues: true, Compact: true,
 				})
 				if err == nil {
 					_, err = st.Recv()

@@ -536,7 +536,7 @@ func benchFanout(ctx context.Context, c *config, col *collector) error {
 			col.add("fanout_server_cpu_ns_per_delivery", "ns", srvNs, map[string]any{"how": "server CPU time (/proc) during the burst / deliveries"})
 			col.add("fanout_client_cpu_ns_per_delivery", "ns", cliNs, map[string]any{"how": "harness CPU time (10k Go receivers) during the burst / deliveries"})
 			dps := float64(c.fanBurst*c.fanN) / el.Seconds()
-			pr := map[string]any{"watches": c.fanN, "connections": c.fanConns, "client": "generated grpc-go streams, one process"}
+			pr := map[string]any{"watches": c.fanN, "connections": c.fanConns, "client": "generated grpc-go streams with the Go client's codec and compact updates, one process"}
 			fmt.Fprintf(os.Stderr, "   run %d: opened %d watches in %s; write->all p50 %.2f ms p99 %.2f ms max %.2f ms; burst %0.f deliveries/s\n",
 				r, c.fanN, f.opened.Round(time.Millisecond), p50/1e3, p99/1e3, pmax/1e3, dps)
 			col.add("fanout_10k_watchers_p99_ms", "ms", p99/1e3, withKV(pr, "how", fmt.Sprintf("%d spaced writes (2 warm-up dropped), p99 over every delivery, send start -> receipt", c.fanWrites)))
