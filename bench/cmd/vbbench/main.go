@@ -58,6 +58,13 @@ func main() {
 		}
 		return
 	}
+	if len(os.Args) > 1 && os.Args[1] == "floor-serve" {
+		if err := floorServe(); err != nil {
+			fmt.Fprintln(os.Stderr, "floor-serve:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	var c config
 	var only, cpuprofile string
 	flag.BoolVar(&c.smoke, "smoke", false, "tiny sizes, one run: checks the harness works (seconds)")
@@ -267,6 +274,11 @@ func benchLatency(ctx context.Context, c *config, col *collector, self string) e
 		}
 		defer nsrv.stop()
 	}
+	fsrv, err := startFloor(self)
+	if err != nil {
+		return err
+	}
+	defer fsrv.stop()
 	n := c.latN + c.latWarm
 	params := map[string]any{"rate_per_s": c.rate, "samples_per_run": c.latN, "warmup": c.latWarm}
 	// The headline figures run from the server's commit, as the issue
@@ -312,6 +324,11 @@ func benchLatency(ctx context.Context, c *config, col *collector, self string) e
 			return fmt.Errorf("grpc go (raw) run %d: %w", r, err)
 		}
 		record("rawgrpc_set_to_go_watcher", ls, map[string]any{"client": "generated grpc-go WatchVariables stream; writer: generated SetVariable", "time_from": "writer's SetVariable start, CLOCK_MONOTONIC"})
+		ls, err = grpcLatencyRaw(ctx, fsrv.addr, sessionName("lat-floor"), n, c.rate)
+		if err != nil {
+			return fmt.Errorf("grpc floor run %d: %w", r, err)
+		}
+		record("floor_grpc_set_to_go_watcher", ls, map[string]any{"client": "as rawgrpc_*", "server": "bench's floor server: SetVariable hands the value over a channel to each WatchVariables handler, which sends it; no store", "time_from": "writer's SetVariable start, CLOCK_MONOTONIC"})
 
 		var np50, np99 float64
 		if nsrv != nil {
@@ -362,6 +379,21 @@ func benchLatency(ctx context.Context, c *config, col *collector, self string) e
 			return fmt.Errorf("grpc py raw run %d: %w", r, err)
 		}
 		record("rawgrpc_set_to_py_watcher", ls, map[string]any{"client": "grpc.aio generated stub, WatchVariables, no varbridge.Watch", "time_from": "Go writer's SetVariable start, CLOCK_MONOTONIC"})
+
+		fcc, fc, err := dial(fsrv.addr)
+		if err != nil {
+			return err
+		}
+		args = append([]string{pyScript(c, "vb_watch.py"), "lat", "--raw", "--addr", fsrv.addr, "--session", sess}, pyProfileArgs(c, fmt.Sprintf("lat_py_floor_%d", r))...)
+		ls, err = pyLatency(ctx, c.python, args, n, c.rate, func(v int64) error {
+			_, err := fc.SetVariable(ctx, &pb.SetVariableRequest{SessionId: sess, VariableIdentifier: "x", Value: intValue(v)})
+			return err
+		})
+		fcc.Close()
+		if err != nil {
+			return fmt.Errorf("grpc py floor run %d: %w", r, err)
+		}
+		record("floor_grpc_set_to_py_watcher", ls, map[string]any{"client": "as rawgrpc_*_py", "server": "bench's floor server (no store)", "time_from": "Go writer's SetVariable start, CLOCK_MONOTONIC"})
 
 		if nsrv != nil {
 			bucket := fmt.Sprintf("latpy%d", r)
