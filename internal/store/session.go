@@ -271,7 +271,7 @@ type Write struct {
 // which takes no revision (Revision is then the current one).
 type WriteResult struct {
 	Variables []*pb.Variable // the state after the write, in the order of the writes
-	Changed   []string                // identifiers whose value changed
+	Changed   []string       // identifiers whose value changed
 	Revision  int64
 }
 

@@ -93,4 +93,6 @@ func floorServe() error {
 	return nil
 }
 
-func startFloor(self string) (*proc, error) { return startListener("grpc floor server", self, "floor-serve") }
+func startFloor(self string) (*proc, error) {
+	return startListener("grpc floor server", self, "floor-serve")
+}
