@@ -47,11 +47,18 @@ func (w *lineWriter) Write(p []byte) (int, error) {
 
 func (w *lineWriter) next(t *testing.T) string {
 	t.Helper()
+	return w.nextWithin(t, 10*time.Second, func() string { return "" })
+}
+
+// nextWithin waits up to d for a line; on timeout the test fails with what
+// state says.
+func (w *lineWriter) nextWithin(t *testing.T, d time.Duration, state func() string) string {
+	t.Helper()
 	select {
 	case l := <-w.lines:
 		return l
-	case <-time.After(10 * time.Second):
-		t.Fatal("no line within 10s")
+	case <-time.After(d):
+		t.Fatalf("no line within %s after %d lines %s", d, w.n.Load(), state())
 		return ""
 	}
 }
@@ -230,9 +237,16 @@ func TestWatchCommandSurvivesCuts(t *testing.T) {
 		}
 	}
 	got := make([]string, 0, len(want))
+	// The CLI reconnects on the library's default schedule (1 s, doubling
+	// after the second consecutive failure), so on a loaded machine a few
+	// failed attempts in a row can hold the output for several seconds.
+	state := func() string {
+		return fmt.Sprintf("(proxy: %d accepted, %d cuts, %d open, %d bytes forwarded; server: %d watches)",
+			proxy.Accepted(), proxy.Cuts(), proxy.Open(), proxy.Forwarded(), srv.Store.WatchCount())
+	}
 	for len(got) < len(want) {
 		var l watchLine
-		if err := json.Unmarshal([]byte(out.next(t)), &l); err != nil {
+		if err := json.Unmarshal([]byte(out.nextWithin(t, 40*time.Second, state)), &l); err != nil {
 			t.Fatal(err)
 		}
 		got = append(got, fmt.Sprintf("%d/%s/%v", l.Revision, l.Name, l.New))
