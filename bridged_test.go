@@ -222,7 +222,8 @@ func TestConsumerResumesMidBatch(t *testing.T) {
 	c.process(up(5, "a", true))
 	c.process(up(6, "a", false))
 	c.process(up(6, "b", false))
-	// Cut: the request resumes at 6.
+	// Cut: the next stream (open arms the skip set) resumes at 6.
+	c.armSkip()
 	if r := c.request(); r.StartRevision != 6 {
 		t.Fatalf("resume at %d, want 6", r.StartRevision)
 	}

@@ -33,12 +33,13 @@ type streamConsumer struct {
 	initial    []*pb.Variable // initial values to deliver first, at initialRev
 	initialRev int64
 
-	resume      int64               // the next revision not yet fully delivered
-	partialRev  int64               // a revision whose group was cut short, or 0
-	partialSeen map[string]struct{} // variable ids delivered at partialRev
-	gone        map[string]bool     // identifiers whose variable was deleted
-	failures    int                 // consecutive failures; a message resets it
-	single      bool                // the server lacks WatchVariableBatches
+	resume     int64               // the next revision not yet fully delivered
+	partialRev int64               // a revision whose group is open (its last member not seen yet), or 0
+	partialIDs []string            // variable ids delivered at partialRev, reused between groups
+	skip       map[string]struct{} // after a break inside partialRev's group: partialIDs, to skip when resent
+	gone       map[string]bool     // identifiers whose variable was deleted
+	failures   int                 // consecutive failures; a message resets it
+	single     bool                // the server lacks WatchVariableBatches
 }
 
 // request is the WatchVariables request that resumes the watch.
@@ -101,6 +102,7 @@ func (s singleStream) next() ([]*pb.VariableUpdate, error) {
 func (c *streamConsumer) open(ctx context.Context) (updateStream, error) {
 	api := pb.NewBridgeServiceClient(c.lease.cc)
 	ctx = c.b.ctx(ctx)
+	c.armSkip()
 	if !c.single && c.w.cfg.batched {
 		s, err := api.WatchVariableBatches(ctx, c.request())
 		if err == nil {
@@ -206,7 +208,7 @@ func (c *streamConsumer) process(u *pb.VariableUpdate) {
 	}
 	switch {
 	case c.partialRev != 0 && rev == c.partialRev:
-		if _, dup := c.partialSeen[u.GetVariableId()]; dup {
+		if _, dup := c.skip[u.GetVariableId()]; dup {
 			c.w.duplicates.Add(1)
 			if u.GetLastInRevision() {
 				c.complete(rev)
@@ -235,9 +237,25 @@ func (c *streamConsumer) process(u *pb.VariableUpdate) {
 		return
 	}
 	if c.partialRev != rev {
-		c.partialRev, c.partialSeen = rev, map[string]struct{}{}
+		c.partialRev, c.partialIDs, c.skip = rev, c.partialIDs[:0], nil
 	}
-	c.partialSeen[u.GetVariableId()] = struct{}{}
+	// A slice, not a set: only a break inside the group needs lookups
+	// (armSkip), and a map insert per member was the consumer's largest
+	// cost after decoding when every revision is a batch.
+	c.partialIDs = append(c.partialIDs, u.GetVariableId())
+}
+
+// armSkip runs before a stream opens: if the last one broke inside
+// partialRev's group, the new one resumes at that revision and resends the
+// group, and the members already delivered are skipped.
+func (c *streamConsumer) armSkip() {
+	if c.partialRev == 0 {
+		return
+	}
+	c.skip = make(map[string]struct{}, len(c.partialIDs))
+	for _, id := range c.partialIDs {
+		c.skip[id] = struct{}{}
+	}
 }
 
 // complete records that everything through rev was delivered.
@@ -245,7 +263,7 @@ func (c *streamConsumer) complete(rev int64) {
 	if rev+1 > c.resume {
 		c.resume = rev + 1
 	}
-	c.partialRev, c.partialSeen = 0, nil
+	c.partialRev, c.partialIDs, c.skip = 0, c.partialIDs[:0], nil
 }
 
 // failed handles a failed connect or a broken stream. It reports whether
