@@ -21,8 +21,7 @@ import (
 
 // The generated messages must have the fast methods: if the plugin were
 // left out of scripts/genproto.sh, every message would take the fallback
-// without anyone noticing. (The request and response messages are checked
-// by the tests.)
+// without anyone noticing. (The tests check every varbridge.v1 message.)
 var _ vtMessage = (*pb.VariableUpdateBatch)(nil)
 
 // std is grpc-go's own protobuf codec, for every message without the fast
@@ -52,8 +51,7 @@ type codec struct {
 	checked bool // unmarshal with protobuf-go
 }
 
-// Name is the default codec's name: the content-subtype on the wire stays
-// "application/grpc+proto".
+// Name is the default codec's name, so nothing on the wire changes.
 func (codec) Name() string { return "proto" }
 
 func (c codec) Marshal(v any) (mem.BufferSlice, error) {
