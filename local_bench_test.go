@@ -54,3 +54,25 @@ func BenchmarkLocalSetToWatcher(b *testing.B) {
 		<-called
 	}
 }
+
+// BenchmarkLocalSetTensor1MiB writes a 1 MiB float32 tensor, no watcher.
+func BenchmarkLocalSetTensor1MiB(b *testing.B) {
+	ctx := context.Background()
+	l, err := NewLocalState(WithLogger(quiet))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	t := Tensor{Shape: []int64{512, 512}, DType: "float32", Data: make([]byte, 512*512*4)}
+	if _, err := l.Register(ctx, "t", TypeTensor, t); err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(len(t.Data)))
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		t.Data[0] = byte(i) // a new value each time, so no write is a no-op
+		if _, err := l.Set(ctx, "t", t); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -202,7 +202,7 @@ func (st *Store) Register(sessionID string, r Register) (*pb.Variable, int64, er
 	now := st.opts.Now()
 	ts := timestamppb.New(now)
 	pv := &pb.Variable{
-		Id: "var_" + randomHex(8), Name: r.Name, Type: r.Type, Value: cloneValue(r.Value),
+		Id: "var_" + randomHex(8), Name: r.Name, Type: r.Type, Value: proto.CloneOf(r.Value),
 		Constraints: c, Metadata: cloneMap(r.Metadata), Version: 1, UpdatedAt: ts, CreatedAt: ts,
 		Source: source, Revision: sess.revision + 1,
 	}
@@ -262,7 +262,12 @@ func (st *Store) GetMany(sessionID string, idents []string) (found map[string]*p
 // Write is one variable write.
 type Write struct {
 	Identifier string
-	Value      *pb.Value
+	// Value becomes the variable's state, shared with every watcher and the
+	// history: the caller hands it over and must not change it afterwards.
+	// (Both callers build it afresh: the server from a request, LocalState
+	// with ToProto. A copy here cost a memcpy of every tensor written.
+	// Register, which is rare, keeps a copy of what it is given.)
+	Value *pb.Value
 	// ExpectedVersion, when set, makes the write a compare-and-set.
 	ExpectedVersion *int64
 }
@@ -346,7 +351,7 @@ func (st *Store) Set(sessionID string, writes []Write, md map[string]string, sou
 		// readers: published states are never modified.
 		c := v.cur
 		next := &pb.Variable{
-			Id: c.Id, Name: c.Name, Type: c.Type, Value: cloneValue(w.Value), Constraints: c.Constraints,
+			Id: c.Id, Name: c.Name, Type: c.Type, Value: w.Value, Constraints: c.Constraints,
 			Metadata: c.Metadata, Version: c.Version + 1, UpdatedAt: ts, Source: source,
 			Revision: sess.revision + 1, CreatedAt: c.CreatedAt,
 		}

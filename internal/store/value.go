@@ -9,8 +9,6 @@ import (
 	"strings"
 	"unicode/utf8"
 
-	"google.golang.org/protobuf/proto"
-
 	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
 
@@ -376,23 +374,6 @@ func FormatValue(v *pb.Value) string {
 		return fmt.Sprintf("tensor(%s, shape=%v)", x.TensorValue.GetDtype(), x.TensorValue.GetShape())
 	}
 	return "<none>"
-}
-
-// cloneValue copies a value the store is about to keep, so the caller may
-// reuse its message. A type switch rather than proto.Clone: this is on every
-// write, and the reflective clone was a third of a write's cost.
-func cloneValue(v *pb.Value) *pb.Value {
-	switch x := v.GetKind().(type) {
-	case *pb.Value_IntValue:
-		return &pb.Value{Kind: &pb.Value_IntValue{IntValue: x.IntValue}}
-	case *pb.Value_FloatValue:
-		return &pb.Value{Kind: &pb.Value_FloatValue{FloatValue: x.FloatValue}}
-	case *pb.Value_StringValue:
-		return &pb.Value{Kind: &pb.Value_StringValue{StringValue: x.StringValue}}
-	case *pb.Value_BoolValue:
-		return &pb.Value{Kind: &pb.Value_BoolValue{BoolValue: x.BoolValue}}
-	}
-	return proto.CloneOf(v)
 }
 
 // maxScalarBytes is the most an int, float or bool Value encodes to: a tag
