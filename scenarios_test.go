@@ -85,8 +85,14 @@ func TestSeedFloatFilter(t *testing.T) {
 		if u := rec.next(t); u.New != 22.0 || u.Old != 20.5 || u.Meta.Revision != rev {
 			t.Fatalf("first delivered update = %+v, want 20.5 -> 22.0", u)
 		}
-		wi := watchInfo(t, e.p, ref)
-		if wi.UpdatesFiltered != 1 || wi.UpdatesReceived != 2 || wi.LastRevision != rev {
+		// The watch records the revision once the watcher call has returned,
+		// which can be just after the recorder handed the update over.
+		var wi WatchInfo
+		eventually(t, "the watch's last revision to reach the write's", func() bool {
+			wi = watchInfo(t, e.p, ref)
+			return wi.LastRevision == rev
+		})
+		if wi.UpdatesFiltered != 1 || wi.UpdatesReceived != 2 {
 			t.Fatalf("stats = %+v", wi)
 		}
 	})
@@ -405,9 +411,10 @@ func TestResyncSurfaced(t *testing.T) {
 		if u := rec.next(t); u.Meta.Resync || u.New != int64(11) || u.Meta.Revision != rev {
 			t.Fatalf("after resync %+v", u)
 		}
-		if wi := watchInfo(t, e.p, ref); wi.LastRevision != rev {
-			t.Fatalf("last revision %d, want %d", wi.LastRevision, rev)
-		}
+		// Recorded once the watcher call has returned (see TestSeedFloatFilter).
+		eventually(t, "the watch's last revision to reach the write's", func() bool {
+			return watchInfo(t, e.p, ref).LastRevision == rev
+		})
 	}
 	t.Run("local", func(t *testing.T) {
 		st := store.New(opts)
