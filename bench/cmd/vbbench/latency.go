@@ -128,54 +128,32 @@ func benchLatency(ctx context.Context, c *config, col *collector, self string) e
 		}
 
 		sess := sessionName("lat-py")
-		wcc, wc, err := dial(srv.addr)
+		scc, sc, err := dial(srv.addr)
 		if err != nil {
 			return err
 		}
-		if err := newSession(ctx, wc, sess, "x"); err != nil {
-			wcc.Close()
+		err = newSession(ctx, sc, sess, "x")
+		scc.Close()
+		if err != nil {
 			return err
 		}
-		args := append([]string{pyScript(c, "vb_watch.py"), "lat", "--addr", srv.addr, "--session", sess}, pyProfileArgs(c, fmt.Sprintf("lat_py_%d", r))...)
 		end = srv.phase("latency-py")
-		ls, err = pyLatency(ctx, c.python, args, n, c.rate, func(v int64) error {
-			_, err := wc.SetVariable(ctx, &pb.SetVariableRequest{SessionId: sess, VariableIdentifier: "x", Value: intValue(v)})
-			return err
-		})
+		ls, err = pyGRPCLatency(ctx, c, srv.addr, sess, n, fmt.Sprintf("lat_py_%d", r))
 		end()
-		wcc.Close()
 		if err != nil {
 			return fmt.Errorf("grpc py run %d: %w", r, err)
 		}
 		pp50, pp99 := record("grpc_set_to_py_watcher", ls, map[string]any{"client": "varbridge (python) watch_variables", "time_from": "Go writer's SetVariable start, CLOCK_MONOTONIC"})
 
-		args = append([]string{pyScript(c, "vb_watch.py"), "lat", "--raw", "--addr", srv.addr, "--session", sess}, pyProfileArgs(c, fmt.Sprintf("lat_py_raw_%d", r))...)
-		wcc, wc, err = dial(srv.addr)
-		if err != nil {
-			return err
-		}
 		end = srv.phase("latency-py-raw")
-		ls, err = pyLatency(ctx, c.python, args, n, c.rate, func(v int64) error {
-			_, err := wc.SetVariable(ctx, &pb.SetVariableRequest{SessionId: sess, VariableIdentifier: "x", Value: intValue(v)})
-			return err
-		})
+		ls, err = pyGRPCLatency(ctx, c, srv.addr, sess, n, fmt.Sprintf("lat_py_raw_%d", r), "--raw")
 		end()
-		wcc.Close()
 		if err != nil {
 			return fmt.Errorf("grpc py raw run %d: %w", r, err)
 		}
 		record("rawgrpc_set_to_py_watcher", ls, map[string]any{"client": "grpc.aio generated stub, WatchVariables, no varbridge.Watch", "time_from": "Go writer's SetVariable start, CLOCK_MONOTONIC"})
 
-		fcc, fc, err := dial(fsrv.addr)
-		if err != nil {
-			return err
-		}
-		args = append([]string{pyScript(c, "vb_watch.py"), "lat", "--raw", "--addr", fsrv.addr, "--session", sess}, pyProfileArgs(c, fmt.Sprintf("lat_py_floor_%d", r))...)
-		ls, err = pyLatency(ctx, c.python, args, n, c.rate, func(v int64) error {
-			_, err := fc.SetVariable(ctx, &pb.SetVariableRequest{SessionId: sess, VariableIdentifier: "x", Value: intValue(v)})
-			return err
-		})
-		fcc.Close()
+		ls, err = pyGRPCLatency(ctx, c, fsrv.addr, sess, n, fmt.Sprintf("lat_py_floor_%d", r), "--raw")
 		if err != nil {
 			return fmt.Errorf("grpc py floor run %d: %w", r, err)
 		}
@@ -203,4 +181,20 @@ func benchLatency(ctx context.Context, c *config, col *collector, self string) e
 		}
 	}
 	return nil
+}
+
+// pyGRPCLatency runs bench/py/vb_watch.py lat (with extra flags, such as
+// --raw) against the gRPC server at addr, while a Go writer on its own
+// connection sets x in sess.
+func pyGRPCLatency(ctx context.Context, c *config, addr, sess string, n int, profile string, extra ...string) (latSamples, error) {
+	wcc, wc, err := dial(addr)
+	if err != nil {
+		return latSamples{}, err
+	}
+	defer wcc.Close()
+	args := append(append([]string{pyScript(c, "vb_watch.py"), "lat"}, extra...), "--addr", addr, "--session", sess)
+	return pyLatency(ctx, c.python, append(args, pyProfileArgs(c, profile)...), n, c.rate, func(v int64) error {
+		_, err := wc.SetVariable(ctx, &pb.SetVariableRequest{SessionId: sess, VariableIdentifier: "x", Value: intValue(v)})
+		return err
+	})
 }
