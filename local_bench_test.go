@@ -5,17 +5,24 @@ import (
 	"testing"
 )
 
-// BenchmarkLocalSet is one LocalState write of an integer, no watcher.
-func BenchmarkLocalSet(b *testing.B) {
-	ctx := context.Background()
+// benchState is a LocalState holding one variable, closed when b ends.
+func benchState(b *testing.B, name string, typ Type, v any) *LocalState {
+	b.Helper()
 	l, err := NewLocalState(WithLogger(quiet))
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer l.Close()
-	if _, err := l.Register(ctx, "x", TypeInteger, int64(0)); err != nil {
+	b.Cleanup(func() { _ = l.Close() })
+	if _, err := l.Register(context.Background(), name, typ, v); err != nil {
 		b.Fatal(err)
 	}
+	return l
+}
+
+// BenchmarkLocalSet is one LocalState write of an integer, no watcher.
+func BenchmarkLocalSet(b *testing.B) {
+	ctx := context.Background()
+	l := benchState(b, "x", TypeInteger, int64(0))
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
 		if _, err := l.Set(ctx, "x", int64(i+1)); err != nil {
@@ -28,14 +35,7 @@ func BenchmarkLocalSet(b *testing.B) {
 // back to back (the next write waits for the call).
 func BenchmarkLocalSetToWatcher(b *testing.B) {
 	ctx := context.Background()
-	l, err := NewLocalState(WithLogger(quiet))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer l.Close()
-	if _, err := l.Register(ctx, "x", TypeInteger, int64(0)); err != nil {
-		b.Fatal(err)
-	}
+	l := benchState(b, "x", TypeInteger, int64(0))
 	called := make(chan struct{}, 1)
 	ref, err := l.WatchVariables(ctx, []string{"x"}, func(_ string, _, _ any, meta UpdateMeta) {
 		if !meta.Initial {
@@ -58,15 +58,8 @@ func BenchmarkLocalSetToWatcher(b *testing.B) {
 // BenchmarkLocalSetTensor1MiB writes a 1 MiB float32 tensor, no watcher.
 func BenchmarkLocalSetTensor1MiB(b *testing.B) {
 	ctx := context.Background()
-	l, err := NewLocalState(WithLogger(quiet))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer l.Close()
 	t := Tensor{Shape: []int64{512, 512}, DType: "float32", Data: make([]byte, 512*512*4)}
-	if _, err := l.Register(ctx, "t", TypeTensor, t); err != nil {
-		b.Fatal(err)
-	}
+	l := benchState(b, "t", TypeTensor, t)
 	b.SetBytes(int64(len(t.Data)))
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
