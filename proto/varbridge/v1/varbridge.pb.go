@@ -29,6 +29,109 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// ErrorReason names why a call failed. Every error status the server returns
+// carries a google.rpc.ErrorInfo with domain "varbridge.dev" and reason set
+// to one of these names without the ERROR_REASON_ prefix (for example
+// "VERSION_CONFLICT"), and metadata as listed; clients map errors from these
+// details, never from the message text. Some reasons also carry the standard
+// detail named.
+type ErrorReason int32
+
+const (
+	ErrorReason_ERROR_REASON_UNSPECIFIED ErrorReason = 0
+	// NOT_FOUND. metadata: session_id.
+	ErrorReason_ERROR_REASON_SESSION_NOT_FOUND ErrorReason = 1
+	// NOT_FOUND, ending a watch or a call whose session went away. metadata:
+	// session_id, cause ("cleaned_up", "expired" or "shutdown").
+	ErrorReason_ERROR_REASON_SESSION_CLOSED ErrorReason = 2
+	// NOT_FOUND. metadata: session_id, identifiers (the missing identifiers,
+	// joined by newlines); one google.rpc.ResourceInfo per missing identifier.
+	ErrorReason_ERROR_REASON_VARIABLE_NOT_FOUND ErrorReason = 3
+	// ALREADY_EXISTS. metadata: session_id, name.
+	ErrorReason_ERROR_REASON_VARIABLE_EXISTS ErrorReason = 4
+	// INVALID_ARGUMENT. metadata: variable, constraint (its wire name, such as
+	// "max"), value; plus a google.rpc.BadRequest.
+	ErrorReason_ERROR_REASON_CONSTRAINT_VIOLATION ErrorReason = 5
+	// FAILED_PRECONDITION. metadata: variable, expected_version, actual_version.
+	ErrorReason_ERROR_REASON_VERSION_CONFLICT ErrorReason = 6
+	// INVALID_ARGUMENT. metadata: field; plus a google.rpc.BadRequest.
+	ErrorReason_ERROR_REASON_INVALID_ARGUMENT ErrorReason = 7
+	// RESOURCE_EXHAUSTED (INVALID_ARGUMENT for sizes of a request). metadata:
+	// limit (its name, such as "max_watches_per_session"), max; plus a
+	// google.rpc.QuotaFailure.
+	ErrorReason_ERROR_REASON_LIMIT_EXCEEDED ErrorReason = 8
+	// OUT_OF_RANGE. metadata: start_revision, session_revision, incarnation.
+	ErrorReason_ERROR_REASON_REVISION_OUT_OF_RANGE ErrorReason = 9
+	// RESOURCE_EXHAUSTED: a watch's where filter kept reaching its cost limit,
+	// or the session's filter budget ran out. metadata: limit.
+	ErrorReason_ERROR_REASON_FILTER_TOO_COSTLY ErrorReason = 10
+	// UNAUTHENTICATED. metadata: session_id.
+	ErrorReason_ERROR_REASON_TOKEN_REQUIRED ErrorReason = 11
+	// PERMISSION_DENIED. metadata: session_id.
+	ErrorReason_ERROR_REASON_TOKEN_INVALID ErrorReason = 12
+)
+
+// Enum value maps for ErrorReason.
+var (
+	ErrorReason_name = map[int32]string{
+		0:  "ERROR_REASON_UNSPECIFIED",
+		1:  "ERROR_REASON_SESSION_NOT_FOUND",
+		2:  "ERROR_REASON_SESSION_CLOSED",
+		3:  "ERROR_REASON_VARIABLE_NOT_FOUND",
+		4:  "ERROR_REASON_VARIABLE_EXISTS",
+		5:  "ERROR_REASON_CONSTRAINT_VIOLATION",
+		6:  "ERROR_REASON_VERSION_CONFLICT",
+		7:  "ERROR_REASON_INVALID_ARGUMENT",
+		8:  "ERROR_REASON_LIMIT_EXCEEDED",
+		9:  "ERROR_REASON_REVISION_OUT_OF_RANGE",
+		10: "ERROR_REASON_FILTER_TOO_COSTLY",
+		11: "ERROR_REASON_TOKEN_REQUIRED",
+		12: "ERROR_REASON_TOKEN_INVALID",
+	}
+	ErrorReason_value = map[string]int32{
+		"ERROR_REASON_UNSPECIFIED":           0,
+		"ERROR_REASON_SESSION_NOT_FOUND":     1,
+		"ERROR_REASON_SESSION_CLOSED":        2,
+		"ERROR_REASON_VARIABLE_NOT_FOUND":    3,
+		"ERROR_REASON_VARIABLE_EXISTS":       4,
+		"ERROR_REASON_CONSTRAINT_VIOLATION":  5,
+		"ERROR_REASON_VERSION_CONFLICT":      6,
+		"ERROR_REASON_INVALID_ARGUMENT":      7,
+		"ERROR_REASON_LIMIT_EXCEEDED":        8,
+		"ERROR_REASON_REVISION_OUT_OF_RANGE": 9,
+		"ERROR_REASON_FILTER_TOO_COSTLY":     10,
+		"ERROR_REASON_TOKEN_REQUIRED":        11,
+		"ERROR_REASON_TOKEN_INVALID":         12,
+	}
+)
+
+func (x ErrorReason) Enum() *ErrorReason {
+	p := new(ErrorReason)
+	*p = x
+	return p
+}
+
+func (x ErrorReason) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ErrorReason) Descriptor() protoreflect.EnumDescriptor {
+	return file_varbridge_v1_varbridge_proto_enumTypes[0].Descriptor()
+}
+
+func (ErrorReason) Type() protoreflect.EnumType {
+	return &file_varbridge_v1_varbridge_proto_enumTypes[0]
+}
+
+func (x ErrorReason) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ErrorReason.Descriptor instead.
+func (ErrorReason) EnumDescriptor() ([]byte, []int) {
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{0}
+}
+
 // VariableType is the declared type of a variable.
 type VariableType int32
 
@@ -89,11 +192,11 @@ func (x VariableType) String() string {
 }
 
 func (VariableType) Descriptor() protoreflect.EnumDescriptor {
-	return file_varbridge_v1_varbridge_proto_enumTypes[0].Descriptor()
+	return file_varbridge_v1_varbridge_proto_enumTypes[1].Descriptor()
 }
 
 func (VariableType) Type() protoreflect.EnumType {
-	return &file_varbridge_v1_varbridge_proto_enumTypes[0]
+	return &file_varbridge_v1_varbridge_proto_enumTypes[1]
 }
 
 func (x VariableType) Number() protoreflect.EnumNumber {
@@ -102,7 +205,7 @@ func (x VariableType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use VariableType.Descriptor instead.
 func (VariableType) EnumDescriptor() ([]byte, []int) {
-	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{0}
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{1}
 }
 
 // UpdateType says why a VariableUpdate was sent.
@@ -154,11 +257,11 @@ func (x UpdateType) String() string {
 }
 
 func (UpdateType) Descriptor() protoreflect.EnumDescriptor {
-	return file_varbridge_v1_varbridge_proto_enumTypes[1].Descriptor()
+	return file_varbridge_v1_varbridge_proto_enumTypes[2].Descriptor()
 }
 
 func (UpdateType) Type() protoreflect.EnumType {
-	return &file_varbridge_v1_varbridge_proto_enumTypes[1]
+	return &file_varbridge_v1_varbridge_proto_enumTypes[2]
 }
 
 func (x UpdateType) Number() protoreflect.EnumNumber {
@@ -167,7 +270,7 @@ func (x UpdateType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use UpdateType.Descriptor instead.
 func (UpdateType) EnumDescriptor() ([]byte, []int) {
-	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{1}
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{2}
 }
 
 // Embedding is a dense vector.
@@ -694,6 +797,10 @@ type Session struct {
 	VariableCount int64             `protobuf:"varint,6,opt,name=variable_count,json=variableCount,proto3" json:"variable_count,omitempty"`
 	WatchCount    int64             `protobuf:"varint,7,opt,name=watch_count,json=watchCount,proto3" json:"watch_count,omitempty"`
 	Metadata      map[string]string `protobuf:"bytes,8,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Random, fixed when the session is created, and new whenever a session
+	// with this id is created again (after cleanup, expiry, or a server that
+	// lost it). Revisions compare only within one incarnation.
+	Incarnation   string `protobuf:"bytes,9,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -782,6 +889,13 @@ func (x *Session) GetMetadata() map[string]string {
 		return x.Metadata
 	}
 	return nil
+}
+
+func (x *Session) GetIncarnation() string {
+	if x != nil {
+		return x.Incarnation
+	}
+	return ""
 }
 
 type InitializeSessionRequest struct {
@@ -1173,6 +1287,96 @@ func (x *CleanupSessionResponse) GetVariablesRemoved() int64 {
 	return 0
 }
 
+type ListSessionsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Optional glob on session ids ("*", "?", "[a-z]"); empty lists all.
+	Pattern       string `protobuf:"bytes,1,opt,name=pattern,proto3" json:"pattern,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSessionsRequest) Reset() {
+	*x = ListSessionsRequest{}
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSessionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSessionsRequest) ProtoMessage() {}
+
+func (x *ListSessionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSessionsRequest.ProtoReflect.Descriptor instead.
+func (*ListSessionsRequest) Descriptor() ([]byte, []int) {
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ListSessionsRequest) GetPattern() string {
+	if x != nil {
+		return x.Pattern
+	}
+	return ""
+}
+
+type ListSessionsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Sorted by session_id.
+	Sessions      []*Session `protobuf:"bytes,1,rep,name=sessions,proto3" json:"sessions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSessionsResponse) Reset() {
+	*x = ListSessionsResponse{}
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSessionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSessionsResponse) ProtoMessage() {}
+
+func (x *ListSessionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSessionsResponse.ProtoReflect.Descriptor instead.
+func (*ListSessionsResponse) Descriptor() ([]byte, []int) {
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ListSessionsResponse) GetSessions() []*Session {
+	if x != nil {
+		return x.Sessions
+	}
+	return nil
+}
+
 type RegisterVariableRequest struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
 	SessionId    string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
@@ -1189,7 +1393,7 @@ type RegisterVariableRequest struct {
 
 func (x *RegisterVariableRequest) Reset() {
 	*x = RegisterVariableRequest{}
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[14]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1201,7 +1405,7 @@ func (x *RegisterVariableRequest) String() string {
 func (*RegisterVariableRequest) ProtoMessage() {}
 
 func (x *RegisterVariableRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[14]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1214,7 +1418,7 @@ func (x *RegisterVariableRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterVariableRequest.ProtoReflect.Descriptor instead.
 func (*RegisterVariableRequest) Descriptor() ([]byte, []int) {
-	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{14}
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RegisterVariableRequest) GetSessionId() string {
@@ -1276,7 +1480,7 @@ type RegisterVariableResponse struct {
 
 func (x *RegisterVariableResponse) Reset() {
 	*x = RegisterVariableResponse{}
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[15]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1288,7 +1492,7 @@ func (x *RegisterVariableResponse) String() string {
 func (*RegisterVariableResponse) ProtoMessage() {}
 
 func (x *RegisterVariableResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[15]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1301,7 +1505,7 @@ func (x *RegisterVariableResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterVariableResponse.ProtoReflect.Descriptor instead.
 func (*RegisterVariableResponse) Descriptor() ([]byte, []int) {
-	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{15}
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RegisterVariableResponse) GetVariable() *Variable {
@@ -1328,7 +1532,7 @@ type GetVariableRequest struct {
 
 func (x *GetVariableRequest) Reset() {
 	*x = GetVariableRequest{}
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[16]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1340,7 +1544,7 @@ func (x *GetVariableRequest) String() string {
 func (*GetVariableRequest) ProtoMessage() {}
 
 func (x *GetVariableRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[16]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1353,7 +1557,7 @@ func (x *GetVariableRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVariableRequest.ProtoReflect.Descriptor instead.
 func (*GetVariableRequest) Descriptor() ([]byte, []int) {
-	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{16}
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetVariableRequest) GetSessionId() string {
@@ -1381,7 +1585,7 @@ type GetVariableResponse struct {
 
 func (x *GetVariableResponse) Reset() {
 	*x = GetVariableResponse{}
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[17]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1393,7 +1597,7 @@ func (x *GetVariableResponse) String() string {
 func (*GetVariableResponse) ProtoMessage() {}
 
 func (x *GetVariableResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[17]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1406,7 +1610,7 @@ func (x *GetVariableResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVariableResponse.ProtoReflect.Descriptor instead.
 func (*GetVariableResponse) Descriptor() ([]byte, []int) {
-	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{17}
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetVariableResponse) GetVariable() *Variable {
@@ -1433,7 +1637,7 @@ type GetVariablesRequest struct {
 
 func (x *GetVariablesRequest) Reset() {
 	*x = GetVariablesRequest{}
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[18]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1445,7 +1649,7 @@ func (x *GetVariablesRequest) String() string {
 func (*GetVariablesRequest) ProtoMessage() {}
 
 func (x *GetVariablesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[18]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1458,7 +1662,7 @@ func (x *GetVariablesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVariablesRequest.ProtoReflect.Descriptor instead.
 func (*GetVariablesRequest) Descriptor() ([]byte, []int) {
-	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{18}
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GetVariablesRequest) GetSessionId() string {
@@ -1488,7 +1692,7 @@ type GetVariablesResponse struct {
 
 func (x *GetVariablesResponse) Reset() {
 	*x = GetVariablesResponse{}
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[19]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1500,7 +1704,7 @@ func (x *GetVariablesResponse) String() string {
 func (*GetVariablesResponse) ProtoMessage() {}
 
 func (x *GetVariablesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[19]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1513,7 +1717,7 @@ func (x *GetVariablesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVariablesResponse.ProtoReflect.Descriptor instead.
 func (*GetVariablesResponse) Descriptor() ([]byte, []int) {
-	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{19}
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GetVariablesResponse) GetVariables() map[string]*Variable {
@@ -1554,7 +1758,7 @@ type SetVariableRequest struct {
 
 func (x *SetVariableRequest) Reset() {
 	*x = SetVariableRequest{}
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[20]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1566,7 +1770,7 @@ func (x *SetVariableRequest) String() string {
 func (*SetVariableRequest) ProtoMessage() {}
 
 func (x *SetVariableRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[20]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1579,7 +1783,7 @@ func (x *SetVariableRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetVariableRequest.ProtoReflect.Descriptor instead.
 func (*SetVariableRequest) Descriptor() ([]byte, []int) {
-	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{20}
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SetVariableRequest) GetSessionId() string {
@@ -1637,7 +1841,7 @@ type SetVariableResponse struct {
 
 func (x *SetVariableResponse) Reset() {
 	*x = SetVariableResponse{}
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[21]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1649,7 +1853,7 @@ func (x *SetVariableResponse) String() string {
 func (*SetVariableResponse) ProtoMessage() {}
 
 func (x *SetVariableResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[21]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1662,7 +1866,7 @@ func (x *SetVariableResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetVariableResponse.ProtoReflect.Descriptor instead.
 func (*SetVariableResponse) Descriptor() ([]byte, []int) {
-	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{21}
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SetVariableResponse) GetVariable() *Variable {
@@ -1701,7 +1905,7 @@ type SetVariablesRequest struct {
 
 func (x *SetVariablesRequest) Reset() {
 	*x = SetVariablesRequest{}
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[22]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1713,7 +1917,7 @@ func (x *SetVariablesRequest) String() string {
 func (*SetVariablesRequest) ProtoMessage() {}
 
 func (x *SetVariablesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[22]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1726,7 +1930,7 @@ func (x *SetVariablesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetVariablesRequest.ProtoReflect.Descriptor instead.
 func (*SetVariablesRequest) Descriptor() ([]byte, []int) {
-	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{22}
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SetVariablesRequest) GetSessionId() string {
@@ -1778,7 +1982,7 @@ type SetVariablesResponse struct {
 
 func (x *SetVariablesResponse) Reset() {
 	*x = SetVariablesResponse{}
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[23]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1790,7 +1994,7 @@ func (x *SetVariablesResponse) String() string {
 func (*SetVariablesResponse) ProtoMessage() {}
 
 func (x *SetVariablesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[23]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1803,7 +2007,7 @@ func (x *SetVariablesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetVariablesResponse.ProtoReflect.Descriptor instead.
 func (*SetVariablesResponse) Descriptor() ([]byte, []int) {
-	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{23}
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SetVariablesResponse) GetVariables() map[string]*Variable {
@@ -1838,7 +2042,7 @@ type ListVariablesRequest struct {
 
 func (x *ListVariablesRequest) Reset() {
 	*x = ListVariablesRequest{}
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[24]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1850,7 +2054,7 @@ func (x *ListVariablesRequest) String() string {
 func (*ListVariablesRequest) ProtoMessage() {}
 
 func (x *ListVariablesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[24]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1863,7 +2067,7 @@ func (x *ListVariablesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVariablesRequest.ProtoReflect.Descriptor instead.
 func (*ListVariablesRequest) Descriptor() ([]byte, []int) {
-	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{24}
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListVariablesRequest) GetSessionId() string {
@@ -1891,7 +2095,7 @@ type ListVariablesResponse struct {
 
 func (x *ListVariablesResponse) Reset() {
 	*x = ListVariablesResponse{}
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[25]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1903,7 +2107,7 @@ func (x *ListVariablesResponse) String() string {
 func (*ListVariablesResponse) ProtoMessage() {}
 
 func (x *ListVariablesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[25]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1916,7 +2120,7 @@ func (x *ListVariablesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVariablesResponse.ProtoReflect.Descriptor instead.
 func (*ListVariablesResponse) Descriptor() ([]byte, []int) {
-	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{25}
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ListVariablesResponse) GetVariables() []*Variable {
@@ -1945,7 +2149,7 @@ type DeleteVariableRequest struct {
 
 func (x *DeleteVariableRequest) Reset() {
 	*x = DeleteVariableRequest{}
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[26]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1957,7 +2161,7 @@ func (x *DeleteVariableRequest) String() string {
 func (*DeleteVariableRequest) ProtoMessage() {}
 
 func (x *DeleteVariableRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[26]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1970,7 +2174,7 @@ func (x *DeleteVariableRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVariableRequest.ProtoReflect.Descriptor instead.
 func (*DeleteVariableRequest) Descriptor() ([]byte, []int) {
-	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{26}
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *DeleteVariableRequest) GetSessionId() string {
@@ -2012,7 +2216,7 @@ type DeleteVariableResponse struct {
 
 func (x *DeleteVariableResponse) Reset() {
 	*x = DeleteVariableResponse{}
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[27]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2024,7 +2228,7 @@ func (x *DeleteVariableResponse) String() string {
 func (*DeleteVariableResponse) ProtoMessage() {}
 
 func (x *DeleteVariableResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[27]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2037,7 +2241,7 @@ func (x *DeleteVariableResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVariableResponse.ProtoReflect.Descriptor instead.
 func (*DeleteVariableResponse) Descriptor() ([]byte, []int) {
-	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{27}
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *DeleteVariableResponse) GetVariable() *Variable {
@@ -2064,6 +2268,9 @@ type WatchVariablesRequest struct {
 	// start_revision is set.
 	IncludeInitialValues bool `protobuf:"varint,3,opt,name=include_initial_values,json=includeInitialValues,proto3" json:"include_initial_values,omitempty"`
 	// Resume: deliver every change with revision >= start_revision. 0: from now.
+	// Within one incarnation, a start_revision beyond the session's revision + 1
+	// fails with OUT_OF_RANGE (reason REVISION_OUT_OF_RANGE); so does one sent
+	// without an incarnation, since it cannot be from this session's history.
 	StartRevision int64 `protobuf:"varint,4,opt,name=start_revision,json=startRevision,proto3" json:"start_revision,omitempty"`
 	// Server-side filter, a CEL boolean expression over old, new (the values as
 	// int, double, string, bool or list), name (string) and metadata (the
@@ -2081,14 +2288,21 @@ type WatchVariablesRequest struct {
 	// constraints, metadata and created_at, which INITIAL_VALUE and RESYNC
 	// updates carry in full. About half the bytes of an update, for clients
 	// that keep what they were sent (the Go client does).
-	Compact       bool `protobuf:"varint,8,opt,name=compact,proto3" json:"compact,omitempty"`
+	Compact bool `protobuf:"varint,8,opt,name=compact,proto3" json:"compact,omitempty"`
+	// The session incarnation the resume point (start_revision) belongs to,
+	// as the client last saw it (Session.incarnation, or the incarnation of a
+	// previous stream). When it differs from the session's, the revisions are
+	// of another history: the stream starts with RESYNC (every watched
+	// variable's current value at revision R) and continues after R. Empty:
+	// the client has no history to compare (a fresh watch).
+	Incarnation   string `protobuf:"bytes,9,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *WatchVariablesRequest) Reset() {
 	*x = WatchVariablesRequest{}
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[28]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2100,7 +2314,7 @@ func (x *WatchVariablesRequest) String() string {
 func (*WatchVariablesRequest) ProtoMessage() {}
 
 func (x *WatchVariablesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[28]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2113,7 +2327,7 @@ func (x *WatchVariablesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchVariablesRequest.ProtoReflect.Descriptor instead.
 func (*WatchVariablesRequest) Descriptor() ([]byte, []int) {
-	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{28}
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *WatchVariablesRequest) GetSessionId() string {
@@ -2172,6 +2386,13 @@ func (x *WatchVariablesRequest) GetCompact() bool {
 	return false
 }
 
+func (x *WatchVariablesRequest) GetIncarnation() string {
+	if x != nil {
+		return x.Incarnation
+	}
+	return ""
+}
+
 type VariableUpdate struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	VariableId string                 `protobuf:"bytes,1,opt,name=variable_id,json=variableId,proto3" json:"variable_id,omitempty"`
@@ -2192,13 +2413,18 @@ type VariableUpdate struct {
 	// SetVariables share a revision; a client cut before seeing this flag
 	// resumes at the same revision and skips the variable_ids it already has.
 	LastInRevision bool `protobuf:"varint,10,opt,name=last_in_revision,json=lastInRevision,proto3" json:"last_in_revision,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The session's incarnation, on the first update of a stream and on every
+	// HEARTBEAT and RESYNC update (the response header
+	// varbridge-watch-incarnation carries it before any update): a client
+	// sends it back in WatchVariablesRequest.incarnation when it resumes.
+	Incarnation   string `protobuf:"bytes,11,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *VariableUpdate) Reset() {
 	*x = VariableUpdate{}
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[29]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2210,7 +2436,7 @@ func (x *VariableUpdate) String() string {
 func (*VariableUpdate) ProtoMessage() {}
 
 func (x *VariableUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[29]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2223,7 +2449,7 @@ func (x *VariableUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VariableUpdate.ProtoReflect.Descriptor instead.
 func (*VariableUpdate) Descriptor() ([]byte, []int) {
-	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{29}
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *VariableUpdate) GetVariableId() string {
@@ -2296,6 +2522,13 @@ func (x *VariableUpdate) GetLastInRevision() bool {
 	return false
 }
 
+func (x *VariableUpdate) GetIncarnation() string {
+	if x != nil {
+		return x.Incarnation
+	}
+	return ""
+}
+
 // VariableUpdateBatch carries consecutive updates of one watch stream.
 type VariableUpdateBatch struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2306,7 +2539,7 @@ type VariableUpdateBatch struct {
 
 func (x *VariableUpdateBatch) Reset() {
 	*x = VariableUpdateBatch{}
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[30]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2318,7 +2551,7 @@ func (x *VariableUpdateBatch) String() string {
 func (*VariableUpdateBatch) ProtoMessage() {}
 
 func (x *VariableUpdateBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[30]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2331,7 +2564,7 @@ func (x *VariableUpdateBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VariableUpdateBatch.ProtoReflect.Descriptor instead.
 func (*VariableUpdateBatch) Descriptor() ([]byte, []int) {
-	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{30}
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *VariableUpdateBatch) GetUpdates() []*VariableUpdate {
@@ -2403,7 +2636,7 @@ const file_varbridge_v1_varbridge_proto_rawDesc = "" +
 	"created_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xad\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xcf\x03\n" +
 	"\aSession\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x129\n" +
@@ -2416,7 +2649,8 @@ const file_varbridge_v1_varbridge_proto_rawDesc = "" +
 	"\x0evariable_count\x18\x06 \x01(\x03R\rvariableCount\x12\x1f\n" +
 	"\vwatch_count\x18\a \x01(\x03R\n" +
 	"watchCount\x12?\n" +
-	"\bmetadata\x18\b \x03(\v2#.varbridge.v1.Session.MetadataEntryR\bmetadata\x1a;\n" +
+	"\bmetadata\x18\b \x03(\v2#.varbridge.v1.Session.MetadataEntryR\bmetadata\x12 \n" +
+	"\vincarnation\x18\t \x01(\tR\vincarnation\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf5\x01\n" +
@@ -2446,7 +2680,11 @@ const file_varbridge_v1_varbridge_proto_rawDesc = "" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\"E\n" +
 	"\x16CleanupSessionResponse\x12+\n" +
-	"\x11variables_removed\x18\x01 \x01(\x03R\x10variablesRemoved\"\x99\x03\n" +
+	"\x11variables_removed\x18\x01 \x01(\x03R\x10variablesRemoved\"/\n" +
+	"\x13ListSessionsRequest\x12\x18\n" +
+	"\apattern\x18\x01 \x01(\tR\apattern\"I\n" +
+	"\x14ListSessionsResponse\x121\n" +
+	"\bsessions\x18\x01 \x03(\v2\x15.varbridge.v1.SessionR\bsessions\"\x99\x03\n" +
 	"\x17RegisterVariableRequest\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x12\n" +
@@ -2537,7 +2775,7 @@ const file_varbridge_v1_varbridge_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"h\n" +
 	"\x16DeleteVariableResponse\x122\n" +
 	"\bvariable\x18\x01 \x01(\v2\x16.varbridge.v1.VariableR\bvariable\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x03R\brevision\"\xc6\x02\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\"\xe8\x02\n" +
 	"\x15WatchVariablesRequest\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x121\n" +
@@ -2547,7 +2785,8 @@ const file_varbridge_v1_varbridge_proto_rawDesc = "" +
 	"\x05where\x18\x05 \x01(\tR\x05where\x12\x1a\n" +
 	"\bcoalesce\x18\x06 \x01(\bR\bcoalesce\x122\n" +
 	"\x15heartbeat_interval_ms\x18\a \x01(\x03R\x13heartbeatIntervalMs\x12\x18\n" +
-	"\acompact\x18\b \x01(\bR\acompact\"\xba\x04\n" +
+	"\acompact\x18\b \x01(\bR\acompact\x12 \n" +
+	"\vincarnation\x18\t \x01(\tR\vincarnation\"\xdc\x04\n" +
 	"\x0eVariableUpdate\x12\x1f\n" +
 	"\vvariable_id\x18\x01 \x01(\tR\n" +
 	"variableId\x122\n" +
@@ -2561,12 +2800,28 @@ const file_varbridge_v1_varbridge_proto_rawDesc = "" +
 	"\ttimestamp\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\ttimestamp\x12#\n" +
 	"\rvariable_name\x18\t \x01(\tR\fvariableName\x12(\n" +
 	"\x10last_in_revision\x18\n" +
-	" \x01(\bR\x0elastInRevision\x1aA\n" +
+	" \x01(\bR\x0elastInRevision\x12 \n" +
+	"\vincarnation\x18\v \x01(\tR\vincarnation\x1aA\n" +
 	"\x13UpdateMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"M\n" +
 	"\x13VariableUpdateBatch\x126\n" +
-	"\aupdates\x18\x01 \x03(\v2\x1c.varbridge.v1.VariableUpdateR\aupdates*\x81\x02\n" +
+	"\aupdates\x18\x01 \x03(\v2\x1c.varbridge.v1.VariableUpdateR\aupdates*\xd2\x03\n" +
+	"\vErrorReason\x12\x1c\n" +
+	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\"\n" +
+	"\x1eERROR_REASON_SESSION_NOT_FOUND\x10\x01\x12\x1f\n" +
+	"\x1bERROR_REASON_SESSION_CLOSED\x10\x02\x12#\n" +
+	"\x1fERROR_REASON_VARIABLE_NOT_FOUND\x10\x03\x12 \n" +
+	"\x1cERROR_REASON_VARIABLE_EXISTS\x10\x04\x12%\n" +
+	"!ERROR_REASON_CONSTRAINT_VIOLATION\x10\x05\x12!\n" +
+	"\x1dERROR_REASON_VERSION_CONFLICT\x10\x06\x12!\n" +
+	"\x1dERROR_REASON_INVALID_ARGUMENT\x10\a\x12\x1f\n" +
+	"\x1bERROR_REASON_LIMIT_EXCEEDED\x10\b\x12&\n" +
+	"\"ERROR_REASON_REVISION_OUT_OF_RANGE\x10\t\x12\"\n" +
+	"\x1eERROR_REASON_FILTER_TOO_COSTLY\x10\n" +
+	"\x12\x1f\n" +
+	"\x1bERROR_REASON_TOKEN_REQUIRED\x10\v\x12\x1e\n" +
+	"\x1aERROR_REASON_TOKEN_INVALID\x10\f*\x81\x02\n" +
 	"\fVariableType\x12\x1d\n" +
 	"\x19VARIABLE_TYPE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15VARIABLE_TYPE_INTEGER\x10\x01\x12\x17\n" +
@@ -2584,13 +2839,14 @@ const file_varbridge_v1_varbridge_proto_rawDesc = "" +
 	"\x18UPDATE_TYPE_VALUE_CHANGE\x10\x02\x12\x17\n" +
 	"\x13UPDATE_TYPE_DELETED\x10\x03\x12\x19\n" +
 	"\x15UPDATE_TYPE_HEARTBEAT\x10\x04\x12\x16\n" +
-	"\x12UPDATE_TYPE_RESYNC\x10\x052\x9a\t\n" +
+	"\x12UPDATE_TYPE_RESYNC\x10\x052\xf1\t\n" +
 	"\rBridgeService\x12d\n" +
 	"\x11InitializeSession\x12&.varbridge.v1.InitializeSessionRequest\x1a'.varbridge.v1.InitializeSessionResponse\x12O\n" +
 	"\n" +
 	"GetSession\x12\x1f.varbridge.v1.GetSessionRequest\x1a .varbridge.v1.GetSessionResponse\x12L\n" +
 	"\tHeartbeat\x12\x1e.varbridge.v1.HeartbeatRequest\x1a\x1f.varbridge.v1.HeartbeatResponse\x12[\n" +
-	"\x0eCleanupSession\x12#.varbridge.v1.CleanupSessionRequest\x1a$.varbridge.v1.CleanupSessionResponse\x12a\n" +
+	"\x0eCleanupSession\x12#.varbridge.v1.CleanupSessionRequest\x1a$.varbridge.v1.CleanupSessionResponse\x12U\n" +
+	"\fListSessions\x12!.varbridge.v1.ListSessionsRequest\x1a\".varbridge.v1.ListSessionsResponse\x12a\n" +
 	"\x10RegisterVariable\x12%.varbridge.v1.RegisterVariableRequest\x1a&.varbridge.v1.RegisterVariableResponse\x12R\n" +
 	"\vGetVariable\x12 .varbridge.v1.GetVariableRequest\x1a!.varbridge.v1.GetVariableResponse\x12U\n" +
 	"\fGetVariables\x12!.varbridge.v1.GetVariablesRequest\x1a\".varbridge.v1.GetVariablesResponse\x12R\n" +
@@ -2613,132 +2869,138 @@ func file_varbridge_v1_varbridge_proto_rawDescGZIP() []byte {
 	return file_varbridge_v1_varbridge_proto_rawDescData
 }
 
-var file_varbridge_v1_varbridge_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_varbridge_v1_varbridge_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
+var file_varbridge_v1_varbridge_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_varbridge_v1_varbridge_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
 var file_varbridge_v1_varbridge_proto_goTypes = []any{
-	(VariableType)(0),                 // 0: varbridge.v1.VariableType
-	(UpdateType)(0),                   // 1: varbridge.v1.UpdateType
-	(*Embedding)(nil),                 // 2: varbridge.v1.Embedding
-	(*Tensor)(nil),                    // 3: varbridge.v1.Tensor
-	(*Value)(nil),                     // 4: varbridge.v1.Value
-	(*Constraints)(nil),               // 5: varbridge.v1.Constraints
-	(*Variable)(nil),                  // 6: varbridge.v1.Variable
-	(*Session)(nil),                   // 7: varbridge.v1.Session
-	(*InitializeSessionRequest)(nil),  // 8: varbridge.v1.InitializeSessionRequest
-	(*InitializeSessionResponse)(nil), // 9: varbridge.v1.InitializeSessionResponse
-	(*GetSessionRequest)(nil),         // 10: varbridge.v1.GetSessionRequest
-	(*GetSessionResponse)(nil),        // 11: varbridge.v1.GetSessionResponse
-	(*HeartbeatRequest)(nil),          // 12: varbridge.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),         // 13: varbridge.v1.HeartbeatResponse
-	(*CleanupSessionRequest)(nil),     // 14: varbridge.v1.CleanupSessionRequest
-	(*CleanupSessionResponse)(nil),    // 15: varbridge.v1.CleanupSessionResponse
-	(*RegisterVariableRequest)(nil),   // 16: varbridge.v1.RegisterVariableRequest
-	(*RegisterVariableResponse)(nil),  // 17: varbridge.v1.RegisterVariableResponse
-	(*GetVariableRequest)(nil),        // 18: varbridge.v1.GetVariableRequest
-	(*GetVariableResponse)(nil),       // 19: varbridge.v1.GetVariableResponse
-	(*GetVariablesRequest)(nil),       // 20: varbridge.v1.GetVariablesRequest
-	(*GetVariablesResponse)(nil),      // 21: varbridge.v1.GetVariablesResponse
-	(*SetVariableRequest)(nil),        // 22: varbridge.v1.SetVariableRequest
-	(*SetVariableResponse)(nil),       // 23: varbridge.v1.SetVariableResponse
-	(*SetVariablesRequest)(nil),       // 24: varbridge.v1.SetVariablesRequest
-	(*SetVariablesResponse)(nil),      // 25: varbridge.v1.SetVariablesResponse
-	(*ListVariablesRequest)(nil),      // 26: varbridge.v1.ListVariablesRequest
-	(*ListVariablesResponse)(nil),     // 27: varbridge.v1.ListVariablesResponse
-	(*DeleteVariableRequest)(nil),     // 28: varbridge.v1.DeleteVariableRequest
-	(*DeleteVariableResponse)(nil),    // 29: varbridge.v1.DeleteVariableResponse
-	(*WatchVariablesRequest)(nil),     // 30: varbridge.v1.WatchVariablesRequest
-	(*VariableUpdate)(nil),            // 31: varbridge.v1.VariableUpdate
-	(*VariableUpdateBatch)(nil),       // 32: varbridge.v1.VariableUpdateBatch
-	nil,                               // 33: varbridge.v1.Variable.MetadataEntry
-	nil,                               // 34: varbridge.v1.Session.MetadataEntry
-	nil,                               // 35: varbridge.v1.InitializeSessionRequest.MetadataEntry
-	nil,                               // 36: varbridge.v1.RegisterVariableRequest.MetadataEntry
-	nil,                               // 37: varbridge.v1.GetVariablesResponse.VariablesEntry
-	nil,                               // 38: varbridge.v1.SetVariableRequest.MetadataEntry
-	nil,                               // 39: varbridge.v1.SetVariablesRequest.UpdatesEntry
-	nil,                               // 40: varbridge.v1.SetVariablesRequest.MetadataEntry
-	nil,                               // 41: varbridge.v1.SetVariablesRequest.ExpectedVersionsEntry
-	nil,                               // 42: varbridge.v1.SetVariablesResponse.VariablesEntry
-	nil,                               // 43: varbridge.v1.DeleteVariableRequest.MetadataEntry
-	nil,                               // 44: varbridge.v1.VariableUpdate.UpdateMetadataEntry
-	(*timestamppb.Timestamp)(nil),     // 45: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),       // 46: google.protobuf.Duration
+	(ErrorReason)(0),                  // 0: varbridge.v1.ErrorReason
+	(VariableType)(0),                 // 1: varbridge.v1.VariableType
+	(UpdateType)(0),                   // 2: varbridge.v1.UpdateType
+	(*Embedding)(nil),                 // 3: varbridge.v1.Embedding
+	(*Tensor)(nil),                    // 4: varbridge.v1.Tensor
+	(*Value)(nil),                     // 5: varbridge.v1.Value
+	(*Constraints)(nil),               // 6: varbridge.v1.Constraints
+	(*Variable)(nil),                  // 7: varbridge.v1.Variable
+	(*Session)(nil),                   // 8: varbridge.v1.Session
+	(*InitializeSessionRequest)(nil),  // 9: varbridge.v1.InitializeSessionRequest
+	(*InitializeSessionResponse)(nil), // 10: varbridge.v1.InitializeSessionResponse
+	(*GetSessionRequest)(nil),         // 11: varbridge.v1.GetSessionRequest
+	(*GetSessionResponse)(nil),        // 12: varbridge.v1.GetSessionResponse
+	(*HeartbeatRequest)(nil),          // 13: varbridge.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),         // 14: varbridge.v1.HeartbeatResponse
+	(*CleanupSessionRequest)(nil),     // 15: varbridge.v1.CleanupSessionRequest
+	(*CleanupSessionResponse)(nil),    // 16: varbridge.v1.CleanupSessionResponse
+	(*ListSessionsRequest)(nil),       // 17: varbridge.v1.ListSessionsRequest
+	(*ListSessionsResponse)(nil),      // 18: varbridge.v1.ListSessionsResponse
+	(*RegisterVariableRequest)(nil),   // 19: varbridge.v1.RegisterVariableRequest
+	(*RegisterVariableResponse)(nil),  // 20: varbridge.v1.RegisterVariableResponse
+	(*GetVariableRequest)(nil),        // 21: varbridge.v1.GetVariableRequest
+	(*GetVariableResponse)(nil),       // 22: varbridge.v1.GetVariableResponse
+	(*GetVariablesRequest)(nil),       // 23: varbridge.v1.GetVariablesRequest
+	(*GetVariablesResponse)(nil),      // 24: varbridge.v1.GetVariablesResponse
+	(*SetVariableRequest)(nil),        // 25: varbridge.v1.SetVariableRequest
+	(*SetVariableResponse)(nil),       // 26: varbridge.v1.SetVariableResponse
+	(*SetVariablesRequest)(nil),       // 27: varbridge.v1.SetVariablesRequest
+	(*SetVariablesResponse)(nil),      // 28: varbridge.v1.SetVariablesResponse
+	(*ListVariablesRequest)(nil),      // 29: varbridge.v1.ListVariablesRequest
+	(*ListVariablesResponse)(nil),     // 30: varbridge.v1.ListVariablesResponse
+	(*DeleteVariableRequest)(nil),     // 31: varbridge.v1.DeleteVariableRequest
+	(*DeleteVariableResponse)(nil),    // 32: varbridge.v1.DeleteVariableResponse
+	(*WatchVariablesRequest)(nil),     // 33: varbridge.v1.WatchVariablesRequest
+	(*VariableUpdate)(nil),            // 34: varbridge.v1.VariableUpdate
+	(*VariableUpdateBatch)(nil),       // 35: varbridge.v1.VariableUpdateBatch
+	nil,                               // 36: varbridge.v1.Variable.MetadataEntry
+	nil,                               // 37: varbridge.v1.Session.MetadataEntry
+	nil,                               // 38: varbridge.v1.InitializeSessionRequest.MetadataEntry
+	nil,                               // 39: varbridge.v1.RegisterVariableRequest.MetadataEntry
+	nil,                               // 40: varbridge.v1.GetVariablesResponse.VariablesEntry
+	nil,                               // 41: varbridge.v1.SetVariableRequest.MetadataEntry
+	nil,                               // 42: varbridge.v1.SetVariablesRequest.UpdatesEntry
+	nil,                               // 43: varbridge.v1.SetVariablesRequest.MetadataEntry
+	nil,                               // 44: varbridge.v1.SetVariablesRequest.ExpectedVersionsEntry
+	nil,                               // 45: varbridge.v1.SetVariablesResponse.VariablesEntry
+	nil,                               // 46: varbridge.v1.DeleteVariableRequest.MetadataEntry
+	nil,                               // 47: varbridge.v1.VariableUpdate.UpdateMetadataEntry
+	(*timestamppb.Timestamp)(nil),     // 48: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 49: google.protobuf.Duration
 }
 var file_varbridge_v1_varbridge_proto_depIdxs = []int32{
-	2,  // 0: varbridge.v1.Value.embedding_value:type_name -> varbridge.v1.Embedding
-	3,  // 1: varbridge.v1.Value.tensor_value:type_name -> varbridge.v1.Tensor
-	0,  // 2: varbridge.v1.Variable.type:type_name -> varbridge.v1.VariableType
-	4,  // 3: varbridge.v1.Variable.value:type_name -> varbridge.v1.Value
-	5,  // 4: varbridge.v1.Variable.constraints:type_name -> varbridge.v1.Constraints
-	33, // 5: varbridge.v1.Variable.metadata:type_name -> varbridge.v1.Variable.MetadataEntry
-	45, // 6: varbridge.v1.Variable.updated_at:type_name -> google.protobuf.Timestamp
-	45, // 7: varbridge.v1.Variable.created_at:type_name -> google.protobuf.Timestamp
-	45, // 8: varbridge.v1.Session.created_at:type_name -> google.protobuf.Timestamp
-	45, // 9: varbridge.v1.Session.expires_at:type_name -> google.protobuf.Timestamp
-	46, // 10: varbridge.v1.Session.ttl:type_name -> google.protobuf.Duration
-	34, // 11: varbridge.v1.Session.metadata:type_name -> varbridge.v1.Session.MetadataEntry
-	46, // 12: varbridge.v1.InitializeSessionRequest.ttl:type_name -> google.protobuf.Duration
-	35, // 13: varbridge.v1.InitializeSessionRequest.metadata:type_name -> varbridge.v1.InitializeSessionRequest.MetadataEntry
-	7,  // 14: varbridge.v1.InitializeSessionResponse.session:type_name -> varbridge.v1.Session
-	7,  // 15: varbridge.v1.GetSessionResponse.session:type_name -> varbridge.v1.Session
-	7,  // 16: varbridge.v1.HeartbeatResponse.session:type_name -> varbridge.v1.Session
-	0,  // 17: varbridge.v1.RegisterVariableRequest.type:type_name -> varbridge.v1.VariableType
-	4,  // 18: varbridge.v1.RegisterVariableRequest.initial_value:type_name -> varbridge.v1.Value
-	5,  // 19: varbridge.v1.RegisterVariableRequest.constraints:type_name -> varbridge.v1.Constraints
-	36, // 20: varbridge.v1.RegisterVariableRequest.metadata:type_name -> varbridge.v1.RegisterVariableRequest.MetadataEntry
-	6,  // 21: varbridge.v1.RegisterVariableResponse.variable:type_name -> varbridge.v1.Variable
-	6,  // 22: varbridge.v1.GetVariableResponse.variable:type_name -> varbridge.v1.Variable
-	37, // 23: varbridge.v1.GetVariablesResponse.variables:type_name -> varbridge.v1.GetVariablesResponse.VariablesEntry
-	4,  // 24: varbridge.v1.SetVariableRequest.value:type_name -> varbridge.v1.Value
-	38, // 25: varbridge.v1.SetVariableRequest.metadata:type_name -> varbridge.v1.SetVariableRequest.MetadataEntry
-	6,  // 26: varbridge.v1.SetVariableResponse.variable:type_name -> varbridge.v1.Variable
-	39, // 27: varbridge.v1.SetVariablesRequest.updates:type_name -> varbridge.v1.SetVariablesRequest.UpdatesEntry
-	40, // 28: varbridge.v1.SetVariablesRequest.metadata:type_name -> varbridge.v1.SetVariablesRequest.MetadataEntry
-	41, // 29: varbridge.v1.SetVariablesRequest.expected_versions:type_name -> varbridge.v1.SetVariablesRequest.ExpectedVersionsEntry
-	42, // 30: varbridge.v1.SetVariablesResponse.variables:type_name -> varbridge.v1.SetVariablesResponse.VariablesEntry
-	6,  // 31: varbridge.v1.ListVariablesResponse.variables:type_name -> varbridge.v1.Variable
-	43, // 32: varbridge.v1.DeleteVariableRequest.metadata:type_name -> varbridge.v1.DeleteVariableRequest.MetadataEntry
-	6,  // 33: varbridge.v1.DeleteVariableResponse.variable:type_name -> varbridge.v1.Variable
-	6,  // 34: varbridge.v1.VariableUpdate.variable:type_name -> varbridge.v1.Variable
-	4,  // 35: varbridge.v1.VariableUpdate.old_value:type_name -> varbridge.v1.Value
-	1,  // 36: varbridge.v1.VariableUpdate.update_type:type_name -> varbridge.v1.UpdateType
-	44, // 37: varbridge.v1.VariableUpdate.update_metadata:type_name -> varbridge.v1.VariableUpdate.UpdateMetadataEntry
-	45, // 38: varbridge.v1.VariableUpdate.timestamp:type_name -> google.protobuf.Timestamp
-	31, // 39: varbridge.v1.VariableUpdateBatch.updates:type_name -> varbridge.v1.VariableUpdate
-	6,  // 40: varbridge.v1.GetVariablesResponse.VariablesEntry.value:type_name -> varbridge.v1.Variable
-	4,  // 41: varbridge.v1.SetVariablesRequest.UpdatesEntry.value:type_name -> varbridge.v1.Value
-	6,  // 42: varbridge.v1.SetVariablesResponse.VariablesEntry.value:type_name -> varbridge.v1.Variable
-	8,  // 43: varbridge.v1.BridgeService.InitializeSession:input_type -> varbridge.v1.InitializeSessionRequest
-	10, // 44: varbridge.v1.BridgeService.GetSession:input_type -> varbridge.v1.GetSessionRequest
-	12, // 45: varbridge.v1.BridgeService.Heartbeat:input_type -> varbridge.v1.HeartbeatRequest
-	14, // 46: varbridge.v1.BridgeService.CleanupSession:input_type -> varbridge.v1.CleanupSessionRequest
-	16, // 47: varbridge.v1.BridgeService.RegisterVariable:input_type -> varbridge.v1.RegisterVariableRequest
-	18, // 48: varbridge.v1.BridgeService.GetVariable:input_type -> varbridge.v1.GetVariableRequest
-	20, // 49: varbridge.v1.BridgeService.GetVariables:input_type -> varbridge.v1.GetVariablesRequest
-	22, // 50: varbridge.v1.BridgeService.SetVariable:input_type -> varbridge.v1.SetVariableRequest
-	24, // 51: varbridge.v1.BridgeService.SetVariables:input_type -> varbridge.v1.SetVariablesRequest
-	26, // 52: varbridge.v1.BridgeService.ListVariables:input_type -> varbridge.v1.ListVariablesRequest
-	28, // 53: varbridge.v1.BridgeService.DeleteVariable:input_type -> varbridge.v1.DeleteVariableRequest
-	30, // 54: varbridge.v1.BridgeService.WatchVariables:input_type -> varbridge.v1.WatchVariablesRequest
-	30, // 55: varbridge.v1.BridgeService.WatchVariableBatches:input_type -> varbridge.v1.WatchVariablesRequest
-	9,  // 56: varbridge.v1.BridgeService.InitializeSession:output_type -> varbridge.v1.InitializeSessionResponse
-	11, // 57: varbridge.v1.BridgeService.GetSession:output_type -> varbridge.v1.GetSessionResponse
-	13, // 58: varbridge.v1.BridgeService.Heartbeat:output_type -> varbridge.v1.HeartbeatResponse
-	15, // 59: varbridge.v1.BridgeService.CleanupSession:output_type -> varbridge.v1.CleanupSessionResponse
-	17, // 60: varbridge.v1.BridgeService.RegisterVariable:output_type -> varbridge.v1.RegisterVariableResponse
-	19, // 61: varbridge.v1.BridgeService.GetVariable:output_type -> varbridge.v1.GetVariableResponse
-	21, // 62: varbridge.v1.BridgeService.GetVariables:output_type -> varbridge.v1.GetVariablesResponse
-	23, // 63: varbridge.v1.BridgeService.SetVariable:output_type -> varbridge.v1.SetVariableResponse
-	25, // 64: varbridge.v1.BridgeService.SetVariables:output_type -> varbridge.v1.SetVariablesResponse
-	27, // 65: varbridge.v1.BridgeService.ListVariables:output_type -> varbridge.v1.ListVariablesResponse
-	29, // 66: varbridge.v1.BridgeService.DeleteVariable:output_type -> varbridge.v1.DeleteVariableResponse
-	31, // 67: varbridge.v1.BridgeService.WatchVariables:output_type -> varbridge.v1.VariableUpdate
-	32, // 68: varbridge.v1.BridgeService.WatchVariableBatches:output_type -> varbridge.v1.VariableUpdateBatch
-	56, // [56:69] is the sub-list for method output_type
-	43, // [43:56] is the sub-list for method input_type
-	43, // [43:43] is the sub-list for extension type_name
-	43, // [43:43] is the sub-list for extension extendee
-	0,  // [0:43] is the sub-list for field type_name
+	3,  // 0: varbridge.v1.Value.embedding_value:type_name -> varbridge.v1.Embedding
+	4,  // 1: varbridge.v1.Value.tensor_value:type_name -> varbridge.v1.Tensor
+	1,  // 2: varbridge.v1.Variable.type:type_name -> varbridge.v1.VariableType
+	5,  // 3: varbridge.v1.Variable.value:type_name -> varbridge.v1.Value
+	6,  // 4: varbridge.v1.Variable.constraints:type_name -> varbridge.v1.Constraints
+	36, // 5: varbridge.v1.Variable.metadata:type_name -> varbridge.v1.Variable.MetadataEntry
+	48, // 6: varbridge.v1.Variable.updated_at:type_name -> google.protobuf.Timestamp
+	48, // 7: varbridge.v1.Variable.created_at:type_name -> google.protobuf.Timestamp
+	48, // 8: varbridge.v1.Session.created_at:type_name -> google.protobuf.Timestamp
+	48, // 9: varbridge.v1.Session.expires_at:type_name -> google.protobuf.Timestamp
+	49, // 10: varbridge.v1.Session.ttl:type_name -> google.protobuf.Duration
+	37, // 11: varbridge.v1.Session.metadata:type_name -> varbridge.v1.Session.MetadataEntry
+	49, // 12: varbridge.v1.InitializeSessionRequest.ttl:type_name -> google.protobuf.Duration
+	38, // 13: varbridge.v1.InitializeSessionRequest.metadata:type_name -> varbridge.v1.InitializeSessionRequest.MetadataEntry
+	8,  // 14: varbridge.v1.InitializeSessionResponse.session:type_name -> varbridge.v1.Session
+	8,  // 15: varbridge.v1.GetSessionResponse.session:type_name -> varbridge.v1.Session
+	8,  // 16: varbridge.v1.HeartbeatResponse.session:type_name -> varbridge.v1.Session
+	8,  // 17: varbridge.v1.ListSessionsResponse.sessions:type_name -> varbridge.v1.Session
+	1,  // 18: varbridge.v1.RegisterVariableRequest.type:type_name -> varbridge.v1.VariableType
+	5,  // 19: varbridge.v1.RegisterVariableRequest.initial_value:type_name -> varbridge.v1.Value
+	6,  // 20: varbridge.v1.RegisterVariableRequest.constraints:type_name -> varbridge.v1.Constraints
+	39, // 21: varbridge.v1.RegisterVariableRequest.metadata:type_name -> varbridge.v1.RegisterVariableRequest.MetadataEntry
+	7,  // 22: varbridge.v1.RegisterVariableResponse.variable:type_name -> varbridge.v1.Variable
+	7,  // 23: varbridge.v1.GetVariableResponse.variable:type_name -> varbridge.v1.Variable
+	40, // 24: varbridge.v1.GetVariablesResponse.variables:type_name -> varbridge.v1.GetVariablesResponse.VariablesEntry
+	5,  // 25: varbridge.v1.SetVariableRequest.value:type_name -> varbridge.v1.Value
+	41, // 26: varbridge.v1.SetVariableRequest.metadata:type_name -> varbridge.v1.SetVariableRequest.MetadataEntry
+	7,  // 27: varbridge.v1.SetVariableResponse.variable:type_name -> varbridge.v1.Variable
+	42, // 28: varbridge.v1.SetVariablesRequest.updates:type_name -> varbridge.v1.SetVariablesRequest.UpdatesEntry
+	43, // 29: varbridge.v1.SetVariablesRequest.metadata:type_name -> varbridge.v1.SetVariablesRequest.MetadataEntry
+	44, // 30: varbridge.v1.SetVariablesRequest.expected_versions:type_name -> varbridge.v1.SetVariablesRequest.ExpectedVersionsEntry
+	45, // 31: varbridge.v1.SetVariablesResponse.variables:type_name -> varbridge.v1.SetVariablesResponse.VariablesEntry
+	7,  // 32: varbridge.v1.ListVariablesResponse.variables:type_name -> varbridge.v1.Variable
+	46, // 33: varbridge.v1.DeleteVariableRequest.metadata:type_name -> varbridge.v1.DeleteVariableRequest.MetadataEntry
+	7,  // 34: varbridge.v1.DeleteVariableResponse.variable:type_name -> varbridge.v1.Variable
+	7,  // 35: varbridge.v1.VariableUpdate.variable:type_name -> varbridge.v1.Variable
+	5,  // 36: varbridge.v1.VariableUpdate.old_value:type_name -> varbridge.v1.Value
+	2,  // 37: varbridge.v1.VariableUpdate.update_type:type_name -> varbridge.v1.UpdateType
+	47, // 38: varbridge.v1.VariableUpdate.update_metadata:type_name -> varbridge.v1.VariableUpdate.UpdateMetadataEntry
+	48, // 39: varbridge.v1.VariableUpdate.timestamp:type_name -> google.protobuf.Timestamp
+	34, // 40: varbridge.v1.VariableUpdateBatch.updates:type_name -> varbridge.v1.VariableUpdate
+	7,  // 41: varbridge.v1.GetVariablesResponse.VariablesEntry.value:type_name -> varbridge.v1.Variable
+	5,  // 42: varbridge.v1.SetVariablesRequest.UpdatesEntry.value:type_name -> varbridge.v1.Value
+	7,  // 43: varbridge.v1.SetVariablesResponse.VariablesEntry.value:type_name -> varbridge.v1.Variable
+	9,  // 44: varbridge.v1.BridgeService.InitializeSession:input_type -> varbridge.v1.InitializeSessionRequest
+	11, // 45: varbridge.v1.BridgeService.GetSession:input_type -> varbridge.v1.GetSessionRequest
+	13, // 46: varbridge.v1.BridgeService.Heartbeat:input_type -> varbridge.v1.HeartbeatRequest
+	15, // 47: varbridge.v1.BridgeService.CleanupSession:input_type -> varbridge.v1.CleanupSessionRequest
+	17, // 48: varbridge.v1.BridgeService.ListSessions:input_type -> varbridge.v1.ListSessionsRequest
+	19, // 49: varbridge.v1.BridgeService.RegisterVariable:input_type -> varbridge.v1.RegisterVariableRequest
+	21, // 50: varbridge.v1.BridgeService.GetVariable:input_type -> varbridge.v1.GetVariableRequest
+	23, // 51: varbridge.v1.BridgeService.GetVariables:input_type -> varbridge.v1.GetVariablesRequest
+	25, // 52: varbridge.v1.BridgeService.SetVariable:input_type -> varbridge.v1.SetVariableRequest
+	27, // 53: varbridge.v1.BridgeService.SetVariables:input_type -> varbridge.v1.SetVariablesRequest
+	29, // 54: varbridge.v1.BridgeService.ListVariables:input_type -> varbridge.v1.ListVariablesRequest
+	31, // 55: varbridge.v1.BridgeService.DeleteVariable:input_type -> varbridge.v1.DeleteVariableRequest
+	33, // 56: varbridge.v1.BridgeService.WatchVariables:input_type -> varbridge.v1.WatchVariablesRequest
+	33, // 57: varbridge.v1.BridgeService.WatchVariableBatches:input_type -> varbridge.v1.WatchVariablesRequest
+	10, // 58: varbridge.v1.BridgeService.InitializeSession:output_type -> varbridge.v1.InitializeSessionResponse
+	12, // 59: varbridge.v1.BridgeService.GetSession:output_type -> varbridge.v1.GetSessionResponse
+	14, // 60: varbridge.v1.BridgeService.Heartbeat:output_type -> varbridge.v1.HeartbeatResponse
+	16, // 61: varbridge.v1.BridgeService.CleanupSession:output_type -> varbridge.v1.CleanupSessionResponse
+	18, // 62: varbridge.v1.BridgeService.ListSessions:output_type -> varbridge.v1.ListSessionsResponse
+	20, // 63: varbridge.v1.BridgeService.RegisterVariable:output_type -> varbridge.v1.RegisterVariableResponse
+	22, // 64: varbridge.v1.BridgeService.GetVariable:output_type -> varbridge.v1.GetVariableResponse
+	24, // 65: varbridge.v1.BridgeService.GetVariables:output_type -> varbridge.v1.GetVariablesResponse
+	26, // 66: varbridge.v1.BridgeService.SetVariable:output_type -> varbridge.v1.SetVariableResponse
+	28, // 67: varbridge.v1.BridgeService.SetVariables:output_type -> varbridge.v1.SetVariablesResponse
+	30, // 68: varbridge.v1.BridgeService.ListVariables:output_type -> varbridge.v1.ListVariablesResponse
+	32, // 69: varbridge.v1.BridgeService.DeleteVariable:output_type -> varbridge.v1.DeleteVariableResponse
+	34, // 70: varbridge.v1.BridgeService.WatchVariables:output_type -> varbridge.v1.VariableUpdate
+	35, // 71: varbridge.v1.BridgeService.WatchVariableBatches:output_type -> varbridge.v1.VariableUpdateBatch
+	58, // [58:72] is the sub-list for method output_type
+	44, // [44:58] is the sub-list for method input_type
+	44, // [44:44] is the sub-list for extension type_name
+	44, // [44:44] is the sub-list for extension extendee
+	0,  // [0:44] is the sub-list for field type_name
 }
 
 func init() { file_varbridge_v1_varbridge_proto_init() }
@@ -2755,14 +3017,14 @@ func file_varbridge_v1_varbridge_proto_init() {
 		(*Value_TensorValue)(nil),
 	}
 	file_varbridge_v1_varbridge_proto_msgTypes[3].OneofWrappers = []any{}
-	file_varbridge_v1_varbridge_proto_msgTypes[20].OneofWrappers = []any{}
+	file_varbridge_v1_varbridge_proto_msgTypes[22].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_varbridge_v1_varbridge_proto_rawDesc), len(file_varbridge_v1_varbridge_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   43,
+			NumEnums:      3,
+			NumMessages:   45,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

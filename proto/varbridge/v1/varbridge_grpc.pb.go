@@ -29,6 +29,7 @@ const (
 	BridgeService_GetSession_FullMethodName           = "/varbridge.v1.BridgeService/GetSession"
 	BridgeService_Heartbeat_FullMethodName            = "/varbridge.v1.BridgeService/Heartbeat"
 	BridgeService_CleanupSession_FullMethodName       = "/varbridge.v1.BridgeService/CleanupSession"
+	BridgeService_ListSessions_FullMethodName         = "/varbridge.v1.BridgeService/ListSessions"
 	BridgeService_RegisterVariable_FullMethodName     = "/varbridge.v1.BridgeService/RegisterVariable"
 	BridgeService_GetVariable_FullMethodName          = "/varbridge.v1.BridgeService/GetVariable"
 	BridgeService_GetVariables_FullMethodName         = "/varbridge.v1.BridgeService/GetVariables"
@@ -61,6 +62,9 @@ type BridgeServiceClient interface {
 	Heartbeat(ctx context.Context, in *HeartbeatRequest, opts ...grpc.CallOption) (*HeartbeatResponse, error)
 	// CleanupSession removes a session, its variables, and ends its watch streams.
 	CleanupSession(ctx context.Context, in *CleanupSessionRequest, opts ...grpc.CallOption) (*CleanupSessionResponse, error)
+	// ListSessions lists the server's sessions, sorted by id. With auth on it
+	// needs the operator token the server was started with.
+	ListSessions(ctx context.Context, in *ListSessionsRequest, opts ...grpc.CallOption) (*ListSessionsResponse, error)
 	// RegisterVariable creates a typed variable; its name must be new in the session.
 	RegisterVariable(ctx context.Context, in *RegisterVariableRequest, opts ...grpc.CallOption) (*RegisterVariableResponse, error)
 	// GetVariable reads one variable by id or name.
@@ -128,6 +132,16 @@ func (c *bridgeServiceClient) CleanupSession(ctx context.Context, in *CleanupSes
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(CleanupSessionResponse)
 	err := c.cc.Invoke(ctx, BridgeService_CleanupSession_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *bridgeServiceClient) ListSessions(ctx context.Context, in *ListSessionsRequest, opts ...grpc.CallOption) (*ListSessionsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListSessionsResponse)
+	err := c.cc.Invoke(ctx, BridgeService_ListSessions_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -263,6 +277,9 @@ type BridgeServiceServer interface {
 	Heartbeat(context.Context, *HeartbeatRequest) (*HeartbeatResponse, error)
 	// CleanupSession removes a session, its variables, and ends its watch streams.
 	CleanupSession(context.Context, *CleanupSessionRequest) (*CleanupSessionResponse, error)
+	// ListSessions lists the server's sessions, sorted by id. With auth on it
+	// needs the operator token the server was started with.
+	ListSessions(context.Context, *ListSessionsRequest) (*ListSessionsResponse, error)
 	// RegisterVariable creates a typed variable; its name must be new in the session.
 	RegisterVariable(context.Context, *RegisterVariableRequest) (*RegisterVariableResponse, error)
 	// GetVariable reads one variable by id or name.
@@ -307,6 +324,9 @@ func (UnimplementedBridgeServiceServer) Heartbeat(context.Context, *HeartbeatReq
 }
 func (UnimplementedBridgeServiceServer) CleanupSession(context.Context, *CleanupSessionRequest) (*CleanupSessionResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CleanupSession not implemented")
+}
+func (UnimplementedBridgeServiceServer) ListSessions(context.Context, *ListSessionsRequest) (*ListSessionsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListSessions not implemented")
 }
 func (UnimplementedBridgeServiceServer) RegisterVariable(context.Context, *RegisterVariableRequest) (*RegisterVariableResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RegisterVariable not implemented")
@@ -424,6 +444,24 @@ func _BridgeService_CleanupSession_Handler(srv interface{}, ctx context.Context,
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(BridgeServiceServer).CleanupSession(ctx, req.(*CleanupSessionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _BridgeService_ListSessions_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListSessionsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BridgeServiceServer).ListSessions(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: BridgeService_ListSessions_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BridgeServiceServer).ListSessions(ctx, req.(*ListSessionsRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -598,6 +636,10 @@ var BridgeService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CleanupSession",
 			Handler:    _BridgeService_CleanupSession_Handler,
+		},
+		{
+			MethodName: "ListSessions",
+			Handler:    _BridgeService_ListSessions_Handler,
 		},
 		{
 			MethodName: "RegisterVariable",

@@ -11,6 +11,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ERROR_REASON_UNSPECIFIED: _ClassVar[ErrorReason]
+    ERROR_REASON_SESSION_NOT_FOUND: _ClassVar[ErrorReason]
+    ERROR_REASON_SESSION_CLOSED: _ClassVar[ErrorReason]
+    ERROR_REASON_VARIABLE_NOT_FOUND: _ClassVar[ErrorReason]
+    ERROR_REASON_VARIABLE_EXISTS: _ClassVar[ErrorReason]
+    ERROR_REASON_CONSTRAINT_VIOLATION: _ClassVar[ErrorReason]
+    ERROR_REASON_VERSION_CONFLICT: _ClassVar[ErrorReason]
+    ERROR_REASON_INVALID_ARGUMENT: _ClassVar[ErrorReason]
+    ERROR_REASON_LIMIT_EXCEEDED: _ClassVar[ErrorReason]
+    ERROR_REASON_REVISION_OUT_OF_RANGE: _ClassVar[ErrorReason]
+    ERROR_REASON_FILTER_TOO_COSTLY: _ClassVar[ErrorReason]
+    ERROR_REASON_TOKEN_REQUIRED: _ClassVar[ErrorReason]
+    ERROR_REASON_TOKEN_INVALID: _ClassVar[ErrorReason]
+
 class VariableType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     VARIABLE_TYPE_UNSPECIFIED: _ClassVar[VariableType]
@@ -31,6 +47,19 @@ class UpdateType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     UPDATE_TYPE_DELETED: _ClassVar[UpdateType]
     UPDATE_TYPE_HEARTBEAT: _ClassVar[UpdateType]
     UPDATE_TYPE_RESYNC: _ClassVar[UpdateType]
+ERROR_REASON_UNSPECIFIED: ErrorReason
+ERROR_REASON_SESSION_NOT_FOUND: ErrorReason
+ERROR_REASON_SESSION_CLOSED: ErrorReason
+ERROR_REASON_VARIABLE_NOT_FOUND: ErrorReason
+ERROR_REASON_VARIABLE_EXISTS: ErrorReason
+ERROR_REASON_CONSTRAINT_VIOLATION: ErrorReason
+ERROR_REASON_VERSION_CONFLICT: ErrorReason
+ERROR_REASON_INVALID_ARGUMENT: ErrorReason
+ERROR_REASON_LIMIT_EXCEEDED: ErrorReason
+ERROR_REASON_REVISION_OUT_OF_RANGE: ErrorReason
+ERROR_REASON_FILTER_TOO_COSTLY: ErrorReason
+ERROR_REASON_TOKEN_REQUIRED: ErrorReason
+ERROR_REASON_TOKEN_INVALID: ErrorReason
 VARIABLE_TYPE_UNSPECIFIED: VariableType
 VARIABLE_TYPE_INTEGER: VariableType
 VARIABLE_TYPE_FLOAT: VariableType
@@ -137,7 +166,7 @@ class Variable(_message.Message):
     def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., type: _Optional[_Union[VariableType, str]] = ..., value: _Optional[_Union[Value, _Mapping]] = ..., constraints: _Optional[_Union[Constraints, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., version: _Optional[int] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[str] = ..., revision: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Session(_message.Message):
-    __slots__ = ("session_id", "created_at", "expires_at", "ttl", "revision", "variable_count", "watch_count", "metadata")
+    __slots__ = ("session_id", "created_at", "expires_at", "ttl", "revision", "variable_count", "watch_count", "metadata", "incarnation")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -153,6 +182,7 @@ class Session(_message.Message):
     VARIABLE_COUNT_FIELD_NUMBER: _ClassVar[int]
     WATCH_COUNT_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     created_at: _timestamp_pb2.Timestamp
     expires_at: _timestamp_pb2.Timestamp
@@ -161,7 +191,8 @@ class Session(_message.Message):
     variable_count: int
     watch_count: int
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, session_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., revision: _Optional[int] = ..., variable_count: _Optional[int] = ..., watch_count: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, session_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., revision: _Optional[int] = ..., variable_count: _Optional[int] = ..., watch_count: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class InitializeSessionRequest(_message.Message):
     __slots__ = ("session_id", "ttl", "metadata")
@@ -225,6 +256,18 @@ class CleanupSessionResponse(_message.Message):
     VARIABLES_REMOVED_FIELD_NUMBER: _ClassVar[int]
     variables_removed: int
     def __init__(self, variables_removed: _Optional[int] = ...) -> None: ...
+
+class ListSessionsRequest(_message.Message):
+    __slots__ = ("pattern",)
+    PATTERN_FIELD_NUMBER: _ClassVar[int]
+    pattern: str
+    def __init__(self, pattern: _Optional[str] = ...) -> None: ...
+
+class ListSessionsResponse(_message.Message):
+    __slots__ = ("sessions",)
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    sessions: _containers.RepeatedCompositeFieldContainer[Session]
+    def __init__(self, sessions: _Optional[_Iterable[_Union[Session, _Mapping]]] = ...) -> None: ...
 
 class RegisterVariableRequest(_message.Message):
     __slots__ = ("session_id", "name", "type", "initial_value", "constraints", "metadata", "source")
@@ -429,7 +472,7 @@ class DeleteVariableResponse(_message.Message):
     def __init__(self, variable: _Optional[_Union[Variable, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class WatchVariablesRequest(_message.Message):
-    __slots__ = ("session_id", "variable_identifiers", "include_initial_values", "start_revision", "where", "coalesce", "heartbeat_interval_ms", "compact")
+    __slots__ = ("session_id", "variable_identifiers", "include_initial_values", "start_revision", "where", "coalesce", "heartbeat_interval_ms", "compact", "incarnation")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     VARIABLE_IDENTIFIERS_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_INITIAL_VALUES_FIELD_NUMBER: _ClassVar[int]
@@ -438,6 +481,7 @@ class WatchVariablesRequest(_message.Message):
     COALESCE_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     COMPACT_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     variable_identifiers: _containers.RepeatedScalarFieldContainer[str]
     include_initial_values: bool
@@ -446,10 +490,11 @@ class WatchVariablesRequest(_message.Message):
     coalesce: bool
     heartbeat_interval_ms: int
     compact: bool
-    def __init__(self, session_id: _Optional[str] = ..., variable_identifiers: _Optional[_Iterable[str]] = ..., include_initial_values: _Optional[bool] = ..., start_revision: _Optional[int] = ..., where: _Optional[str] = ..., coalesce: _Optional[bool] = ..., heartbeat_interval_ms: _Optional[int] = ..., compact: _Optional[bool] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, session_id: _Optional[str] = ..., variable_identifiers: _Optional[_Iterable[str]] = ..., include_initial_values: _Optional[bool] = ..., start_revision: _Optional[int] = ..., where: _Optional[str] = ..., coalesce: _Optional[bool] = ..., heartbeat_interval_ms: _Optional[int] = ..., compact: _Optional[bool] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class VariableUpdate(_message.Message):
-    __slots__ = ("variable_id", "variable", "old_value", "update_type", "revision", "update_source", "update_metadata", "timestamp", "variable_name", "last_in_revision")
+    __slots__ = ("variable_id", "variable", "old_value", "update_type", "revision", "update_source", "update_metadata", "timestamp", "variable_name", "last_in_revision", "incarnation")
     class UpdateMetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -467,6 +512,7 @@ class VariableUpdate(_message.Message):
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     VARIABLE_NAME_FIELD_NUMBER: _ClassVar[int]
     LAST_IN_REVISION_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     variable_id: str
     variable: Variable
     old_value: Value
@@ -477,7 +523,8 @@ class VariableUpdate(_message.Message):
     timestamp: _timestamp_pb2.Timestamp
     variable_name: str
     last_in_revision: bool
-    def __init__(self, variable_id: _Optional[str] = ..., variable: _Optional[_Union[Variable, _Mapping]] = ..., old_value: _Optional[_Union[Value, _Mapping]] = ..., update_type: _Optional[_Union[UpdateType, str]] = ..., revision: _Optional[int] = ..., update_source: _Optional[str] = ..., update_metadata: _Optional[_Mapping[str, str]] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., variable_name: _Optional[str] = ..., last_in_revision: _Optional[bool] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, variable_id: _Optional[str] = ..., variable: _Optional[_Union[Variable, _Mapping]] = ..., old_value: _Optional[_Union[Value, _Mapping]] = ..., update_type: _Optional[_Union[UpdateType, str]] = ..., revision: _Optional[int] = ..., update_source: _Optional[str] = ..., update_metadata: _Optional[_Mapping[str, str]] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., variable_name: _Optional[str] = ..., last_in_revision: _Optional[bool] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class VariableUpdateBatch(_message.Message):
     __slots__ = ("updates",)

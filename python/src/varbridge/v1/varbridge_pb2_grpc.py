@@ -59,6 +59,11 @@ class BridgeServiceStub:
                 request_serializer=varbridge_dot_v1_dot_varbridge__pb2.CleanupSessionRequest.SerializeToString,
                 response_deserializer=varbridge_dot_v1_dot_varbridge__pb2.CleanupSessionResponse.FromString,
                 _registered_method=True)
+        self.ListSessions = channel.unary_unary(
+                '/varbridge.v1.BridgeService/ListSessions',
+                request_serializer=varbridge_dot_v1_dot_varbridge__pb2.ListSessionsRequest.SerializeToString,
+                response_deserializer=varbridge_dot_v1_dot_varbridge__pb2.ListSessionsResponse.FromString,
+                _registered_method=True)
         self.RegisterVariable = channel.unary_unary(
                 '/varbridge.v1.BridgeService/RegisterVariable',
                 request_serializer=varbridge_dot_v1_dot_varbridge__pb2.RegisterVariableRequest.SerializeToString,
@@ -140,6 +145,14 @@ class BridgeServiceServicer:
 
     def CleanupSession(self, request, context):
         """CleanupSession removes a session, its variables, and ends its watch streams.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSessions(self, request, context):
+        """ListSessions lists the server's sessions, sorted by id. With auth on it
+        needs the operator token the server was started with.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -235,6 +248,11 @@ def add_BridgeServiceServicer_to_server(servicer, server):
                     servicer.CleanupSession,
                     request_deserializer=varbridge_dot_v1_dot_varbridge__pb2.CleanupSessionRequest.FromString,
                     response_serializer=varbridge_dot_v1_dot_varbridge__pb2.CleanupSessionResponse.SerializeToString,
+            ),
+            'ListSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSessions,
+                    request_deserializer=varbridge_dot_v1_dot_varbridge__pb2.ListSessionsRequest.FromString,
+                    response_serializer=varbridge_dot_v1_dot_varbridge__pb2.ListSessionsResponse.SerializeToString,
             ),
             'RegisterVariable': grpc.unary_unary_rpc_method_handler(
                     servicer.RegisterVariable,
@@ -395,6 +413,33 @@ class BridgeService:
             '/varbridge.v1.BridgeService/CleanupSession',
             varbridge_dot_v1_dot_varbridge__pb2.CleanupSessionRequest.SerializeToString,
             varbridge_dot_v1_dot_varbridge__pb2.CleanupSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/varbridge.v1.BridgeService/ListSessions',
+            varbridge_dot_v1_dot_varbridge__pb2.ListSessionsRequest.SerializeToString,
+            varbridge_dot_v1_dot_varbridge__pb2.ListSessionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
