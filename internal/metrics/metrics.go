@@ -9,6 +9,7 @@ package metrics
 
 import (
 	"net/http"
+	"runtime/debug"
 	"time"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
@@ -32,6 +33,7 @@ const (
 	FilterErrors      = "varbridge_watch_filter_errors_total"
 	PanicsRecovered   = "varbridge_panics_recovered_total"
 	AuthFailures      = "varbridge_auth_failures_total"
+	BuildInfoName     = "varbridge_build_info"
 	GRPCServerHandled = "grpc_server_handled_total"
 )
 
@@ -108,12 +110,71 @@ func New() *Metrics {
 	for _, r := range []string{ClosedCancelled, ClosedSessionEnded, ClosedSendFailed, ClosedError} {
 		m.closed.WithLabelValues(r)
 	}
+	b := ReadBuildInfo()
+	build := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        BuildInfoName,
+		Help:        "Always 1; its labels say which build of varbridge serves (version, Go version, VCS revision).",
+		ConstLabels: prometheus.Labels{"version": b.Version, "goversion": b.GoVersion, "revision": b.Revision},
+	})
+	build.Set(1)
 	reg.MustRegister(
+		build,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.grpc, m.opened, m.closed, delivered, m.resyncs, m.sending, m.filterErrors, m.panics, m.authFailures,
 	)
 	return m
+}
+
+// Version is the release version, set at link time:
+//
+//	go build -ldflags "-X github.com/varbridge/varbridge/internal/metrics.Version=v1.2.3" ./cmd/varbridge
+//
+// Without it, the module version Go recorded in the binary is used (a tag
+// or a pseudo-version when built from a module; "devel" inside a checkout).
+var Version string
+
+// BuildInfo says which build is running: what `varbridge --version` prints
+// and the labels of the varbridge_build_info metric.
+type BuildInfo struct {
+	Version   string // Version, else the main module's version, else "devel"
+	GoVersion string // the toolchain that built it, e.g. "go1.26.0"
+	Revision  string // the VCS revision, with "-dirty" for local changes; "unknown" without VCS data
+}
+
+// ReadBuildInfo reads the build's version data from Version and
+// debug.ReadBuildInfo.
+func ReadBuildInfo() BuildInfo {
+	b := BuildInfo{Version: Version, Revision: "unknown"}
+	bi, ok := debug.ReadBuildInfo()
+	if ok {
+		b.GoVersion = bi.GoVersion
+		if b.Version == "" && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+			b.Version = bi.Main.Version
+		}
+		var rev, modified string
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				rev = s.Value
+			case "vcs.modified":
+				modified = s.Value
+			}
+		}
+		if rev != "" {
+			b.Revision = rev
+			if modified == "true" {
+				b.Revision += "-dirty"
+			}
+		}
+	}
+	if b.Version == "" {
+		b.Version = "devel"
+	}
+	if b.GoVersion == "" {
+		b.GoVersion = "unknown"
+	}
+	return b
 }
 
 // updateLabel turns "UPDATE_TYPE_VALUE_CHANGE" into "value_change".

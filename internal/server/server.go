@@ -35,9 +35,11 @@ const RevisionHeader = "varbridge-watch-revision"
 // Server is the BridgeService. Create it with New.
 type Server struct {
 	pb.UnimplementedBridgeServiceServer
-	st   *store.Store
-	opts options
-	auth authState
+	st     *store.Store
+	opts   options
+	auth   authState
+	logs   logState       // rate-limited log lines, see logging.go
+	health *health.Server // set by GRPCServer; Drain marks it NOT_SERVING
 }
 
 type options struct {
@@ -47,6 +49,8 @@ type options struct {
 	auth      bool             // WithAuth, see auth.go
 	metrics   *metrics.Metrics // WithMetrics; nil records nothing
 	limits    RequestLimits    // WithRequestLimits, see limits.go
+	// WithOperatorToken, see sessions.go
+	operatorToken string
 }
 
 // Option configures a Server.
@@ -91,7 +95,7 @@ const ClientPingInterval = 10 * time.Second
 // GRPCServer returns a grpc.Server serving BridgeService, health and
 // reflection, with keepalive set deliberately on the server side. Its
 // interceptors run in this order: metrics (which see every final code),
-// panic recovery, auth (WithAuth), request limits.
+// call logging (logging.go), panic recovery, auth (WithAuth), request limits.
 func (s *Server) GRPCServer() *grpc.Server {
 	var unary []grpc.UnaryServerInterceptor
 	var stream []grpc.StreamServerInterceptor
@@ -99,6 +103,7 @@ func (s *Server) GRPCServer() *grpc.Server {
 		u, st := s.opts.metrics.ServerOptions()
 		unary, stream = append(unary, u), append(stream, st)
 	}
+	unary, stream = append(unary, s.logUnary), append(stream, s.logStream) // logging.go
 	unary, stream = append(unary, s.recoverUnary), append(stream, s.recoverStream)
 	if s.opts.auth {
 		unary, stream = append(unary, s.authUnary), append(stream, s.authStream)
@@ -121,6 +126,7 @@ func (s *Server) GRPCServer() *grpc.Server {
 	g := grpc.NewServer(opts...)
 	pb.RegisterBridgeServiceServer(g, s)
 	hs := health.NewServer()
+	s.health = hs
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	hs.SetServingStatus(pb.BridgeService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	healthpb.RegisterHealthServer(g, hs)
