@@ -45,6 +45,8 @@ type session struct {
 	watchAll map[*Watch]struct{}            // watches of every variable
 	watchVar map[string]map[*Watch]struct{} // variable id -> watches
 	toWake   []*Watch                       // marked by commits, woken on unlock
+
+	filterBudget *Budget // spent by the where filters of all its watches
 }
 
 func newSession(id string, ttl time.Duration, md map[string]string, opts *Options) *session {
@@ -56,6 +58,8 @@ func newSession(id string, ttl time.Duration, md map[string]string, opts *Option
 		watches:  map[*Watch]struct{}{},
 		watchAll: map[*Watch]struct{}{},
 		watchVar: map[string]map[*Watch]struct{}{},
+
+		filterBudget: newBudget(opts.Filter),
 	}
 	s.touch(now)
 	return s

@@ -43,6 +43,9 @@ type Options struct {
 	SweepInterval       time.Duration
 	// Now is the clock; tests inject one to expire sessions without sleeping.
 	Now func() time.Time
+
+	// Filter bounds what where filters cost, per session and per watch.
+	Filter FilterLimits
 }
 
 func (o *Options) withDefaults() {
