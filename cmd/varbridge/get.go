@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"strconv"
 	"strings"
 
@@ -14,16 +13,24 @@ import (
 )
 
 func newGetCmd(g *globalOptions) *cobra.Command {
-	return &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "get ID_OR_NAME...",
 		Short: "Read variables by id or name",
 		Long: `Read one or more variables by id or name. Several are read together at one
-revision; any that do not exist are reported and the command fails.`,
+revision; any that do not exist are reported and the command fails. The
+session must exist (get never creates it).
+
+Values are printed whole: what get prints as value= can be passed back to set.
+-o json prints one JSON object per variable (name, id, type, value, version,
+revision, source, metadata, updated_at) with the value decoded: a number, a
+string, a boolean, a list of numbers (embedding) or
+{"shape":[...],"dtype":"...","data":"<base64>"} (tensor), as list and watch do.
+-o protojson prints the response message as protobuf JSON.`,
 		Example: `  varbridge get temperature
-  varbridge get temperature model --json`,
+  varbridge get temperature model -o json`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return g.run(cmd, true, func(ctx context.Context, c *client) error {
+			return g.run(cmd, existingSession, func(ctx context.Context, c *client) error {
 				if len(args) == 1 {
 					resp, err := c.api.GetVariable(c.ctx(ctx), &varbridgev1.GetVariableRequest{
 						SessionId:          c.session,
@@ -32,11 +39,7 @@ revision; any that do not exist are reported and the command fails.`,
 					if err != nil {
 						return opError("get "+strconv.Quote(args[0]), err)
 					}
-					if g.json {
-						return c.printJSON(resp)
-					}
-					_, err = fmt.Fprintln(c.out, variableLine(resp.GetVariable()))
-					return err
+					return c.printVariable(resp.GetVariable(), resp, "")
 				}
 				resp, err := c.api.GetVariables(c.ctx(ctx), &varbridgev1.GetVariablesRequest{
 					SessionId:           c.session,
@@ -45,15 +48,15 @@ revision; any that do not exist are reported and the command fails.`,
 				if err != nil {
 					return opError("get", err)
 				}
-				if g.json {
-					if err := c.printJSON(resp); err != nil {
+				if c.cfg.output == outProtoJSON {
+					if err := c.printProtoJSON(resp); err != nil {
 						return err
 					}
 				} else {
 					// In the order asked for; an identifier given twice prints twice.
 					for _, id := range args {
 						if v, ok := resp.GetVariables()[id]; ok {
-							if _, err := fmt.Fprintln(c.out, variableLine(v)); err != nil {
+							if err := c.printVariable(v, nil, ""); err != nil {
 								return err
 							}
 						}
@@ -67,4 +70,6 @@ revision; any that do not exist are reported and the command fails.`,
 			})
 		},
 	}
+	g.clientFlags(cmd, outText, outJSON, outProtoJSON)
+	return cmd
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 
 	"github.com/spf13/cobra"
 
@@ -10,20 +9,22 @@ import (
 )
 
 func newListCmd(g *globalOptions) *cobra.Command {
-	return &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "list [PATTERN]",
 		Short: "List the session's variables, optionally by name glob",
 		Long: `List the session's variables, sorted by name. PATTERN is a glob on names
-("*", "?", "[a-z]"); without it every variable is listed.`,
+("*", "?", "[a-z]"); without it every variable is listed. The session must
+exist (list never creates it). -o json prints one JSON object per variable,
+in the shape get prints.`,
 		Example: `  varbridge list
-  varbridge list 'temp*' --json`,
+  varbridge list 'temp*' -o json`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			pattern := ""
 			if len(args) == 1 {
 				pattern = args[0]
 			}
-			return g.run(cmd, true, func(ctx context.Context, c *client) error {
+			return g.run(cmd, existingSession, func(ctx context.Context, c *client) error {
 				resp, err := c.api.ListVariables(c.ctx(ctx), &varbridgev1.ListVariablesRequest{
 					SessionId: c.session,
 					Pattern:   pattern,
@@ -31,11 +32,11 @@ func newListCmd(g *globalOptions) *cobra.Command {
 				if err != nil {
 					return opError("list", err)
 				}
-				if g.json {
-					return c.printJSON(resp)
+				if c.cfg.output == outProtoJSON {
+					return c.printProtoJSON(resp)
 				}
 				for _, v := range resp.GetVariables() {
-					if _, err := fmt.Fprintln(c.out, variableLine(v)); err != nil {
+					if err := c.printVariable(v, nil, ""); err != nil {
 						return err
 					}
 				}
@@ -43,4 +44,6 @@ func newListCmd(g *globalOptions) *cobra.Command {
 			})
 		},
 	}
+	g.clientFlags(cmd, outText, outJSON, outProtoJSON)
+	return cmd
 }

@@ -10,21 +10,12 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc/status"
-)
 
-// globalOptions are the root command's persistent flags, shared by every
-// client subcommand.
-type globalOptions struct {
-	addr    string
-	session string
-	json    bool
-	timeout time.Duration
-	token   string
-}
+	"github.com/varbridge/varbridge/internal/metrics"
+)
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -38,39 +29,56 @@ func main() {
 
 func newRootCmd() *cobra.Command {
 	g := &globalOptions{}
+	b := metrics.ReadBuildInfo()
 	root := &cobra.Command{
 		Use:   "varbridge",
 		Short: "Typed, session-scoped variables shared between Go and Python over gRPC",
 		Long: `varbridge serves sessions of typed variables over gRPC, and reads and writes
 them from the command line.
 
-Client commands act on the session named by --session, creating it first if it
-does not exist, on the server at --addr.`,
+Client commands act on the session named by --session ($VARBRIDGE_SESSION) on
+the server at --addr ($VARBRIDGE_ADDR); flags win over the environment. Only
+register, set and "session init" create a session; get, list, watch and
+delete fail with NotFound when it does not exist.`,
+		Version:       b.Version,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	pf := root.PersistentFlags()
-	pf.StringVar(&g.addr, "addr", "127.0.0.1:50051", "server address (host:port)")
-	pf.StringVar(&g.session, "session", "default", "session id")
-	pf.BoolVar(&g.json, "json", false, "print responses as protobuf JSON")
-	pf.DurationVar(&g.timeout, "timeout", 5*time.Second, "deadline for the whole command (0: none)")
-	pf.StringVar(&g.token, "token", "",
-		"session token sent as 'authorization: Bearer <token>' (default $VARBRIDGE_TOKEN)")
+	root.SetVersionTemplate(fmt.Sprintf("varbridge {{.Version}} (%s, revision %s)\n", b.GoVersion, b.Revision))
+	// --json before the subcommand name ("varbridge --json get x") must be
+	// known to the root, or cobra takes the next word for its value; it is
+	// hidden, and serve ignores it.
+	root.PersistentFlags().BoolVar(&g.legacyJSON, "json", false,
+		"same as -o protojson (watch: -o json); kept for existing scripts")
+	_ = root.PersistentFlags().MarkHidden("json")
 
 	root.AddCommand(
 		newServeCmd(),
 		newRegisterCmd(g),
 		newGetCmd(g),
 		newSetCmd(g),
+		newDeleteCmd(g),
 		newListCmd(g),
 		newWatchCmd(g),
 		newSessionCmd(g),
+		newSessionsCmd(g),
 	)
 	return root
 }
 
-// printError writes err to w; a gRPC status shows its code and message.
+// printError writes err to w; a gRPC status shows its code and message, and
+// a hint, when the CLI has one, follows on its own line.
 func printError(w io.Writer, err error) {
+	var he *hintError
+	hint := ""
+	if errors.As(err, &he) {
+		hint = he.hint
+	}
+	defer func() {
+		if hint != "" {
+			fmt.Fprintf(w, "Hint: %s\n", hint)
+		}
+	}()
 	var ce *cmdError
 	if errors.As(err, &ce) {
 		if st, ok := status.FromError(ce.err); ok {
@@ -101,3 +109,12 @@ func opError(op string, err error) error {
 	}
 	return &cmdError{op: op, err: err}
 }
+
+// hintError is an error with advice on what to do about it.
+type hintError struct {
+	err  error
+	hint string
+}
+
+func (e *hintError) Error() string { return e.err.Error() }
+func (e *hintError) Unwrap() error { return e.err }

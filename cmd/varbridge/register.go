@@ -24,6 +24,7 @@ func newRegisterCmd(g *globalOptions) *cobra.Command {
 		Use:   "register NAME TYPE VALUE",
 		Short: "Register a typed variable in the session",
 		Long: `Register a typed variable with an initial value, optionally constrained.
+The session is created first when it does not exist.
 
 TYPE is one of ` + typeList() + `.
 VALUE is parsed per TYPE: integers exactly as int64, floats as Go floats (nan
@@ -77,7 +78,7 @@ numbers, tensors as JSON {"shape":[2,2],"dtype":"float32","data":[1,2,3,4]}
 			if err != nil {
 				return err
 			}
-			return g.run(cmd, true, func(ctx context.Context, cl *client) error {
+			return g.run(cmd, createSession, func(ctx context.Context, cl *client) error {
 				resp, err := cl.api.RegisterVariable(cl.ctx(ctx), &varbridgev1.RegisterVariableRequest{
 					SessionId:    cl.session,
 					Name:         name,
@@ -90,14 +91,11 @@ numbers, tensors as JSON {"shape":[2,2],"dtype":"float32","data":[1,2,3,4]}
 				if err != nil {
 					return opError("register "+strconv.Quote(name), err)
 				}
-				if g.json {
-					return cl.printJSON(resp)
-				}
-				_, err = fmt.Fprintln(cl.out, variableLine(resp.GetVariable()))
-				return err
+				return cl.printVariable(resp.GetVariable(), resp, "")
 			})
 		},
 	}
+	g.clientFlags(cmd, outText, outJSON, outProtoJSON)
 	f := cmd.Flags()
 	c.Min, c.Max = new(float64), new(float64)
 	c.MinLength, c.MaxLength, c.Dimensions = new(int64), new(int64), new(int64)

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -22,14 +23,37 @@ import (
 	"github.com/varbridge/varbridge/internal/store"
 )
 
-// drainTimeout is how long a stopping server lets unary calls finish before
+// defaultDrainTimeout is how long a stopping server lets calls finish before
 // it cuts the remaining streams (watches never finish by themselves).
-const drainTimeout = 2 * time.Second
+const defaultDrainTimeout = 10 * time.Second
+
+// envOperatorToken is read when --operator-token is not given, so the token
+// need not appear in the process list.
+const envOperatorToken = "VARBRIDGE_OPERATOR_TOKEN"
+
+// newLogger makes the server's logger: text or JSON lines on w.
+func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", format)
+}
 
 func newServeCmd() *cobra.Command {
 	var (
 		listen    string
 		logLevel  string
+		logFormat string
+		drain     time.Duration
+		opToken   string
 		so        store.Options
 		kaTime    time.Duration
 		kaTimeout time.Duration
@@ -57,14 +81,32 @@ Limits (sessions, variables and watches per session, identifiers per watch,
 value size, request size and metadata) fail with RESOURCE_EXHAUSTED or
 INVALID_ARGUMENT naming the limit.
 
---metrics-listen serves Prometheus metrics on http://ADDR/metrics.`,
+--operator-token (or $VARBRIDGE_OPERATOR_TOKEN) is the token ListSessions
+("varbridge sessions") needs with auth on.
+
+--metrics-listen serves Prometheus metrics on http://ADDR/metrics, with
+varbridge_build_info{version,goversion,revision}.
+
+Logs go to stderr as text or JSON lines (--log-format). At --log-level debug
+every call gets one line: method, session, code and duration (never values
+or tokens). Refused credentials are logged at warn level, at most one line
+per 10 s.
+
+On SIGINT or SIGTERM the server first reports NOT_SERVING on its health
+service, then lets calls finish for up to --drain-timeout, then cuts what is
+left (open watches, which reconnect elsewhere or when it is back).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var level slog.Level
-			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
-				return fmt.Errorf("--log-level: %w", err)
+			log, err := newLogger(cmd.ErrOrStderr(), logFormat, logLevel)
+			if err != nil {
+				return err
 			}
-			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			if drain < 0 {
+				return fmt.Errorf("--drain-timeout must not be negative, got %s", drain)
+			}
+			if !cmd.Flags().Changed("operator-token") {
+				opToken = os.Getenv(envOperatorToken)
+			}
 			sopts := []server.Option{
 				server.WithLogger(log), server.WithKeepalive(kaTime, kaTimeout), server.WithRequestLimits(limits),
 			}
@@ -79,6 +121,9 @@ INVALID_ARGUMENT naming the limit.
 				creds := credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
 				sopts = append(sopts, server.WithGRPCOptions(grpc.Creds(creds)))
 			}
+			if opToken != "" {
+				sopts = append(sopts, server.WithOperatorToken(opToken))
+			}
 			if requireAuth {
 				sopts = append(sopts, server.WithAuth())
 				if tlsCert == "" {
@@ -88,7 +133,6 @@ INVALID_ARGUMENT naming the limit.
 			var m *metrics.Metrics
 			var mlis net.Listener
 			if metricsListen != "" {
-				var err error
 				if mlis, err = net.Listen("tcp", metricsListen); err != nil {
 					return fmt.Errorf("--metrics-listen %s: %w", metricsListen, err)
 				}
@@ -102,7 +146,8 @@ INVALID_ARGUMENT naming the limit.
 			}
 			st := store.New(so)
 			defer st.Close()
-			g := server.New(st, sopts...).GRPCServer()
+			srv := server.New(st, sopts...)
+			g := srv.GRPCServer()
 			if m != nil {
 				hs := m.NewHTTPServer()
 				go func() {
@@ -111,7 +156,7 @@ INVALID_ARGUMENT naming the limit.
 					}
 				}()
 				defer func() {
-					ctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
+					ctx, cancel := context.WithTimeout(context.Background(), drain)
 					defer cancel()
 					_ = hs.Shutdown(ctx)
 				}()
@@ -133,21 +178,29 @@ INVALID_ARGUMENT naming the limit.
 				return err
 			case <-ctx.Done():
 			}
-			log.Info("stopping")
+			// Health first, so that checkers stop sending work here before
+			// the listener closes.
+			srv.Drain()
+			log.Info("stopping: health NOT_SERVING, draining calls", "drain_timeout", drain)
 			stopped := make(chan struct{})
 			go func() { g.GracefulStop(); close(stopped) }()
 			select {
 			case <-stopped:
-			case <-time.After(drainTimeout):
+			case <-time.After(drain):
+				log.Info("drain timeout: cutting the remaining streams")
 				g.Stop()
 				<-stopped
 			}
+			log.Info("stopped")
 			return nil
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&listen, "listen", "127.0.0.1:50051", "address to listen on")
-	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&logLevel, "log-level", "info", "debug (one line per call), info, warn or error")
+	f.StringVar(&logFormat, "log-format", "text", "text or json (one JSON object per line)")
+	f.DurationVar(&drain, "drain-timeout", defaultDrainTimeout, "on SIGINT/SIGTERM, how long calls may finish before the rest are cut")
+	f.StringVar(&opToken, "operator-token", "", "token that ListSessions needs with auth on (env "+envOperatorToken+")")
 	f.DurationVar(&so.TTL, "session-ttl", store.DefaultTTL, "idle time before a session expires")
 	f.IntVar(&so.HistoryLimit, "history-limit", store.DefaultHistoryLimit, "changes kept per session for watch resume")
 	f.DurationVar(&so.HistoryAge, "history-age", store.DefaultHistoryAge, "oldest change kept for watch resume")

@@ -30,7 +30,10 @@ func newSetCmd(g *globalOptions) *cobra.Command {
 --expected-version makes the write a compare-and-set: it applies only when the
 variable is at that version, and fails with FailedPrecondition otherwise.
 
---batch writes several variables atomically at one revision: all or nothing.`,
+--batch writes several variables atomically at one revision: all or nothing.
+
+The session is created first when it does not exist (the variable still has
+to be registered).`,
 		Example: `  varbridge set temperature 0.9
   varbridge set temperature 1.1 --expected-version 2 --meta reason=tuning
   varbridge set --batch temperature=0.5 model=claude`,
@@ -53,12 +56,12 @@ variable is at that version, and fails with FailedPrecondition otherwise.
 				if err != nil {
 					return err
 				}
-				return g.run(cmd, true, func(ctx context.Context, c *client) error {
+				return g.run(cmd, createSession, func(ctx context.Context, c *client) error {
 					return setBatch(ctx, c, updates, md, source)
 				})
 			}
 			ident, text := args[0], args[1]
-			return g.run(cmd, true, func(ctx context.Context, c *client) error {
+			return g.run(cmd, createSession, func(ctx context.Context, c *client) error {
 				cur, err := c.api.GetVariable(c.ctx(ctx), &varbridgev1.GetVariableRequest{
 					SessionId:          c.session,
 					VariableIdentifier: ident,
@@ -85,18 +88,15 @@ variable is at that version, and fails with FailedPrecondition otherwise.
 				if err != nil {
 					return opError("set "+strconv.Quote(ident), err)
 				}
-				if g.json {
-					return c.printJSON(resp)
-				}
-				line := variableLine(resp.GetVariable())
+				suffix := ""
 				if !resp.GetChanged() {
-					line += " (unchanged)"
+					suffix = " (unchanged)"
 				}
-				_, err = fmt.Fprintln(c.out, line)
-				return err
+				return c.printVariable(resp.GetVariable(), resp, suffix)
 			})
 		},
 	}
+	g.clientFlags(cmd, outText, outJSON, outProtoJSON)
 	f := cmd.Flags()
 	f.Int64Var(&expectedVersion, "expected-version", 0, "write only if the variable is at this version (compare-and-set)")
 	f.StringArrayVar(&meta, "meta", nil, "writer's metadata key=value, delivered to watchers (repeatable)")
@@ -162,21 +162,24 @@ func setBatch(ctx context.Context, c *client, updates []batchUpdate, md map[stri
 	if err != nil {
 		return opError("set --batch", err)
 	}
-	if c.g.json {
-		return c.printJSON(resp)
+	if c.cfg.output == outProtoJSON {
+		return c.printProtoJSON(resp)
 	}
 	changed := make(map[string]bool, len(resp.GetChanged()))
 	for _, id := range resp.GetChanged() {
 		changed[id] = true
 	}
 	for _, u := range updates {
-		line := variableLine(resp.GetVariables()[u.ident])
+		suffix := ""
 		if !changed[u.ident] {
-			line += " (unchanged)"
+			suffix = " (unchanged)"
 		}
-		if _, err := fmt.Fprintln(c.out, line); err != nil {
+		if err := c.printVariable(resp.GetVariables()[u.ident], nil, suffix); err != nil {
 			return err
 		}
+	}
+	if c.cfg.output == outJSON {
+		return nil // each line carries the revision
 	}
 	_, err = fmt.Fprintf(c.out, "revision=%d changed=%d\n", resp.GetRevision(), len(resp.GetChanged()))
 	return err

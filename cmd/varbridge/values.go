@@ -511,10 +511,10 @@ func formatFloat16(h uint16) string {
 	return strconv.FormatFloat(f, 'g', 5, 64)
 }
 
-// FormatValue renders v as text that ParseValue reads back into the same
-// value. maxElems > 0 shortens embeddings and tensors to their first maxElems
-// elements followed by "…(N more)"; such text is for reading only.
-func FormatValue(v *varbridgev1.Value, maxElems int) string {
+// FormatValue renders v, whole, as text that ParseValue reads back into the
+// same value: the CLI never shortens a value, so that what `get` prints can
+// be passed back to `set`.
+func FormatValue(v *varbridgev1.Value) string {
 	if v == nil {
 		return "<unset>"
 	}
@@ -532,9 +532,9 @@ func FormatValue(v *varbridgev1.Value, maxElems int) string {
 		for i, f := range k.EmbeddingValue.GetValues() {
 			items[i] = jsonFloatText(f, 64)
 		}
-		return "[" + joinLimited(items, maxElems) + "]"
+		return "[" + strings.Join(items, ",") + "]"
 	case *varbridgev1.Value_TensorValue:
-		return formatTensor(k.TensorValue, maxElems)
+		return formatTensor(k.TensorValue)
 	default:
 		return "<unset>"
 	}
@@ -554,14 +554,7 @@ func jsonFloatText(f float64, bits int) string {
 	return formatFloat(f, bits)
 }
 
-func joinLimited(items []string, maxElems int) string {
-	if maxElems > 0 && len(items) > maxElems {
-		return strings.Join(items[:maxElems], ",") + fmt.Sprintf(",…(%d more)", len(items)-maxElems)
-	}
-	return strings.Join(items, ",")
-}
-
-func formatTensor(t *varbridgev1.Tensor, maxElems int) string {
+func formatTensor(t *varbridgev1.Tensor) string {
 	shape, _ := json.Marshal(t.GetShape())
 	if t.GetShape() == nil {
 		shape = []byte("[]")
@@ -570,7 +563,7 @@ func formatTensor(t *varbridgev1.Tensor, maxElems int) string {
 	if err != nil {
 		return fmt.Sprintf(`{"shape":%s,"dtype":%q,"error":%q}`, shape, t.GetDtype(), err.Error())
 	}
-	return fmt.Sprintf(`{"shape":%s,"dtype":%q,"data":[%s]}`, shape, t.GetDtype(), joinLimited(items, maxElems))
+	return fmt.Sprintf(`{"shape":%s,"dtype":%q,"data":[%s]}`, shape, t.GetDtype(), strings.Join(items, ","))
 }
 
 // decodeTensor renders each element of t's little-endian data as JSON text.

@@ -2,19 +2,16 @@ package main
 
 import (
 	"context"
-	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
-	"math"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/varbridge/varbridge"
+	varbridgev1 "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
 
 // watchFlags are the watch command's own flags.
@@ -38,20 +35,28 @@ connection breaks it reconnects and resumes exactly where it stopped, so no
 update is missed or printed twice; after 10 consecutive failed attempts it
 gives up with an error.
 
+The session must exist (watch never creates it). When the server lost the
+session (restarted without it, or it was cleaned up and created again) the
+watch says so: it prints every watched variable's current value as a resync
+line and goes on, or fails if the session or a variable is gone.
+
 Each line reads
   revision=3 update=change name=temperature old=0.7 new=0.9 type=float source=tuner
-and with --json it is one JSON object per line with the fields revision,
-update (initial, change, resync or deleted), identifier, name, id, type, old,
-new, version, source, metadata and timestamp. --timeout applies to connecting
-only; the watch itself has no deadline.`,
+with values whole; with -o json it is one JSON object per line with the
+fields revision, update (initial, change, resync or deleted), identifier,
+name, id, type, old, new, version, source, metadata and timestamp, values
+decoded as get -o json prints them. --initial prints the current values
+first (default: off). --timeout applies to connecting only; the watch itself
+has no deadline.`,
 		Example: `  varbridge watch temperature model
-  varbridge watch --initial --json
+  varbridge watch --initial -o json
   varbridge watch temperature --where 'new > 1.0'
   varbridge watch temperature --from-revision 42`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runWatch(cmd.Context(), g, f, args, cmd.OutOrStdout())
+			return runWatch(cmd, g, f, args)
 		},
 	}
+	g.clientFlags(cmd, outText, outJSON)
 	fl := cmd.Flags()
 	fl.Int64Var(&f.fromRevision, "from-revision", 0, "resume: print every update from this revision on (inclusive)")
 	fl.StringVar(&f.where, "where", "", "server-side CEL filter over old, new, name and metadata")
@@ -61,28 +66,35 @@ only; the watch itself has no deadline.`,
 	return cmd
 }
 
-// runWatch tails updates to out until ctx ends (nil) or the watch fails.
-func runWatch(ctx context.Context, g *globalOptions, f watchFlags, idents []string, out io.Writer) error {
+// runWatch tails updates to cmd's output until its context ends (nil) or the
+// watch fails. It goes through the Go client library, dialed from the same
+// client configuration as the unary commands.
+func runWatch(cmd *cobra.Command, g *globalOptions, f watchFlags, idents []string) error {
+	cc, err := g.resolve(cmd)
+	if err != nil {
+		return err
+	}
+	ctx := cmd.Context()
 	if ctx == nil {
 		ctx = context.Background()
 	}
+	out := cmd.OutOrStdout()
 	connCtx := ctx
-	if g.timeout > 0 {
+	if cc.timeout > 0 {
 		var cancel context.CancelFunc
-		connCtx, cancel = context.WithTimeout(ctx, g.timeout)
+		connCtx, cancel = context.WithTimeout(ctx, cc.timeout)
 		defer cancel()
 	}
-	opts := []varbridge.Option{
-		varbridge.WithSessionID(g.session),
-		// Failures are returned and printed; the library's log would repeat them.
-		varbridge.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))),
+	// Watching never creates the session: NewBridgedState would (it
+	// initializes), so make sure first that it exists.
+	if err := checkSession(connCtx, cc, cmd); err != nil {
+		return err
 	}
-	if g.token != "" {
-		opts = append(opts, varbridge.WithToken(g.token))
-	}
-	state, err := varbridge.NewBridgedState(connCtx, g.addr, opts...)
+	// Failures are returned and printed; the library's log would repeat them.
+	opts := append(cc.stateOptions(), varbridge.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
+	state, err := varbridge.NewBridgedState(connCtx, cc.addr, opts...)
 	if err != nil {
-		return opError("connect to "+g.addr, err)
+		return opError("connect to "+cc.addr, err)
 	}
 	defer state.Close()
 
@@ -95,13 +107,12 @@ func runWatch(ctx context.Context, g *globalOptions, f watchFlags, idents []stri
 	if err != nil {
 		return opError("watch", err)
 	}
-	enc := json.NewEncoder(out)
 	for u := range ch {
 		if u.Err != nil {
 			return opError("watch", u.Err)
 		}
-		if g.json {
-			err = enc.Encode(updateJSON(u))
+		if cc.output == outJSON {
+			err = printJSONLine(out, updateJSON(u))
 		} else {
 			_, err = fmt.Fprintln(out, updateLine(u))
 		}
@@ -110,6 +121,20 @@ func runWatch(ctx context.Context, g *globalOptions, f watchFlags, idents []stri
 		}
 	}
 	return nil
+}
+
+// checkSession fails, NotFound naming it, when the session does not exist,
+// and says how to get a token when the server wants one.
+func checkSession(ctx context.Context, cc *clientConfig, cmd *cobra.Command) error {
+	conn, err := cc.dial()
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	c := &client{cfg: cc, conn: conn, api: varbridgev1.NewBridgeServiceClient(conn), session: cc.session,
+		token: cc.token, out: cmd.OutOrStdout(), errOut: cmd.ErrOrStderr()}
+	_, err = c.api.GetSession(c.ctx(ctx), &varbridgev1.GetSessionRequest{SessionId: c.session})
+	return c.hint(opError("watch", err))
 }
 
 func updateKind(m varbridge.UpdateMeta) string {
@@ -151,65 +176,5 @@ func readable(t varbridge.Type, v any) string {
 	if err != nil {
 		return fmt.Sprint(v)
 	}
-	return FormatValue(pv, maxPrintedElems)
-}
-
-// watchLine is the --json form of an update.
-type watchLine struct {
-	Revision   int64             `json:"revision"`
-	Update     string            `json:"update"`
-	Identifier string            `json:"identifier"`
-	Name       string            `json:"name"`
-	ID         string            `json:"id"`
-	Type       string            `json:"type"`
-	Old        any               `json:"old"`
-	New        any               `json:"new"`
-	Version    int64             `json:"version"`
-	Source     string            `json:"source"`
-	Metadata   map[string]string `json:"metadata,omitempty"`
-	Timestamp  string            `json:"timestamp,omitempty"`
-}
-
-func updateJSON(u varbridge.Update) watchLine {
-	m := u.Meta
-	l := watchLine{
-		Revision: m.Revision, Update: updateKind(m), Identifier: u.Identifier, Name: m.Name, ID: m.VariableID,
-		Type: string(m.Type), Old: jsonValue(u.Old), New: jsonValue(u.New), Version: m.Version,
-		Source: m.Source, Metadata: maps.Clone(m.Metadata),
-	}
-	if !m.Timestamp.IsZero() {
-		l.Timestamp = m.Timestamp.UTC().Format(time.RFC3339Nano)
-	}
-	return l
-}
-
-// jsonValue makes a value encodable: non-finite floats become the strings
-// protobuf JSON uses ("NaN", "Infinity", "-Infinity"), a tensor its shape,
-// dtype and base64 data.
-func jsonValue(v any) any {
-	switch x := v.(type) {
-	case float64:
-		return finiteJSON(x)
-	case []float64:
-		out := make([]any, len(x))
-		for i, f := range x {
-			out[i] = finiteJSON(f)
-		}
-		return out
-	case varbridge.Tensor:
-		return map[string]any{"shape": x.Shape, "dtype": x.DType, "data": base64.StdEncoding.EncodeToString(x.Data)}
-	}
-	return v
-}
-
-func finiteJSON(f float64) any {
-	switch {
-	case math.IsNaN(f):
-		return "NaN"
-	case math.IsInf(f, 1):
-		return "Infinity"
-	case math.IsInf(f, -1):
-		return "-Infinity"
-	}
-	return f
+	return FormatValue(pv)
 }
