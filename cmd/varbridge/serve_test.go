@@ -4,15 +4,20 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
@@ -114,6 +119,7 @@ func TestServeTLSAuthMetrics(t *testing.T) {
 		"varbridge_sessions_open 1",
 		`grpc_server_handled_total{grpc_code="Unauthenticated",grpc_method="GetVariable",grpc_service="varbridge.v1.BridgeService",grpc_type="unary"} 1`,
 		`varbridge_auth_failures_total{code="Unauthenticated"} 1`,
+		`varbridge_build_info{goversion="go`,
 		"go_goroutines ",
 		"process_resident_memory_bytes ",
 	} {
@@ -141,5 +147,196 @@ func TestServeFlagErrors(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "--tls-") {
 			t.Errorf("serve %v: %v, want an error naming the TLS flags", args, err)
 		}
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the server's log writes and the
+// test's reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// runServe starts "varbridge serve --listen 127.0.0.1:0 args..." with its log
+// in logs; it returns the address and stop, which sends the interrupt and
+// returns how long serve took to return.
+func runServe(t *testing.T, logs io.Writer, args ...string) (string, func() time.Duration) {
+	t.Helper()
+	pr, pw := io.Pipe()
+	root := newRootCmd()
+	root.SetArgs(append([]string{"serve", "--listen", "127.0.0.1:0"}, args...))
+	root.SetOut(pw)
+	root.SetErr(logs)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		err := root.ExecuteContext(ctx)
+		pw.CloseWithError(io.EOF)
+		done <- err
+	}()
+	stopped := false
+	stop := func() time.Duration {
+		if stopped {
+			return 0
+		}
+		stopped = true
+		start := time.Now()
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("serve returned %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("serve did not stop within 20s of the interrupt")
+		}
+		return time.Since(start)
+	}
+	t.Cleanup(func() { stop() })
+	sc := bufio.NewScanner(pr)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "listening on "); ok {
+			go func() { _, _ = io.Copy(io.Discard, pr) }()
+			return strings.TrimSpace(rest), stop
+		}
+	}
+	t.Fatalf("serve printed no address: %v", sc.Err())
+	return "", nil
+}
+
+// On the interrupt the server reports NOT_SERVING first, then drains for
+// --drain-timeout (not a fixed 2 s) and cuts what is left.
+func TestServeShutdownNotServingThenDrain(t *testing.T) {
+	addr, stop := runServe(t, io.Discard, "--drain-timeout", "400ms", "--log-level", "error")
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	hw, err := healthpb.NewHealthClient(conn).Watch(ctx, &healthpb.HealthCheckRequest{Service: varbridgev1.BridgeService_ServiceDesc.ServiceName})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := hw.Recv(); err != nil || r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health before the interrupt: %v %v", r, err)
+	}
+	// An open watch keeps the drain waiting until its timeout.
+	c := varbridgev1.NewBridgeServiceClient(conn)
+	if _, err := c.InitializeSession(ctx, &varbridgev1.InitializeSessionRequest{SessionId: "d"}); err != nil {
+		t.Fatal(err)
+	}
+	ws, err := c.WatchVariables(ctx, &varbridgev1.WatchVariablesRequest{SessionId: "d"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ws.Header(); err != nil {
+		t.Fatal(err)
+	}
+	took := make(chan time.Duration, 1)
+	go func() { took <- stop() }()
+	r, err := hw.Recv()
+	if err != nil || r.GetStatus() != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("health after the interrupt: %v %v, want NOT_SERVING", r, err)
+	}
+	d := <-took
+	if d < 350*time.Millisecond || d > 1800*time.Millisecond {
+		t.Errorf("serve stopped %s after the interrupt with --drain-timeout 400ms", d)
+	}
+}
+
+// --log-format json, one debug line per call with method, session, code and
+// duration; refused credentials logged once per 10 s; the plaintext-auth
+// warning once; no values, no tokens.
+func TestServeLogs(t *testing.T) {
+	var logs syncBuffer
+	addr, stop := runServe(t, &logs, "--log-format", "json", "--log-level", "debug", "--require-auth")
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	c := varbridgev1.NewBridgeServiceClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	r, err := c.InitializeSession(ctx, &varbridgev1.InitializeSessionRequest{SessionId: "logged"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	authed := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+r.GetSessionToken())
+	if _, err := c.RegisterVariable(authed, &varbridgev1.RegisterVariableRequest{
+		SessionId: "logged", Name: "secret", Type: varbridgev1.VariableType_VARIABLE_TYPE_STRING,
+		InitialValue: &varbridgev1.Value{Kind: &varbridgev1.Value_StringValue{StringValue: "value-never-logged"}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for range 5 {
+		_, err := c.GetVariable(ctx, &varbridgev1.GetVariableRequest{SessionId: "logged", VariableIdentifier: "secret"})
+		if status.Code(err) != codes.Unauthenticated {
+			t.Fatalf("GetVariable without a token: %v", err)
+		}
+	}
+	stop()
+
+	text := logs.String()
+	for _, secret := range []string{r.GetSessionToken(), "value-never-logged"} {
+		if strings.Contains(text, secret) {
+			t.Errorf("the log shows %q", secret)
+		}
+	}
+	var rpcs, refusals, plaintext int
+	for _, line := range strings.Split(strings.TrimSpace(text), "\n") {
+		var l map[string]any
+		if err := json.Unmarshal([]byte(line), &l); err != nil {
+			t.Fatalf("log line is not JSON: %q", line)
+		}
+		switch msg, _ := l["msg"].(string); {
+		case msg == "rpc":
+			rpcs++
+			if l["method"] == "BridgeService/RegisterVariable" &&
+				(l["session"] != "logged" || l["code"] != "OK" || l["level"] != "DEBUG" || l["duration"] == nil) {
+				t.Errorf("RegisterVariable's line: %v", l)
+			}
+		case msg == "auth refused a call":
+			refusals++
+			if l["code"] != "Unauthenticated" || l["session"] != "logged" || l["level"] != "WARN" {
+				t.Errorf("refusal line: %v", l)
+			}
+		case strings.Contains(msg, "--require-auth without TLS"):
+			plaintext++
+		}
+	}
+	if rpcs != 7 {
+		t.Errorf("%d rpc lines for 7 calls:\n%s", rpcs, text)
+	}
+	if refusals != 1 {
+		t.Errorf("%d refusal lines for 5 refused calls within 10 s, want 1", refusals)
+	}
+	if plaintext != 1 {
+		t.Errorf("the plaintext auth warning appears %d times", plaintext)
+	}
+
+	// Text format, and a bad format is refused.
+	var textLogs syncBuffer
+	_, stop = runServe(t, &textLogs, "--log-format", "text")
+	stop()
+	if !strings.Contains(textLogs.String(), "level=INFO msg=\"varbridge serving\"") {
+		t.Errorf("text log: %q", textLogs.String())
+	}
+	if _, _, err := run(t, "serve", "--listen", "127.0.0.1:0", "--log-format", "xml"); err == nil || !strings.Contains(err.Error(), "--log-format") {
+		t.Errorf("--log-format xml: %v", err)
 	}
 }
