@@ -5,6 +5,9 @@ package feed
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"math/bits"
 	"sync/atomic"
 	"time"
 
@@ -52,7 +55,7 @@ type Sender func(*pb.VariableUpdate) error
 // closes w when it returns. Run is the one goroutine that owns the watch.
 func Run(ctx context.Context, w *store.Watch, o Options, send Sender) error {
 	defer w.Close()
-	f := &feeder{w: w, o: o, send: send}
+	f := &feeder{ctx: ctx, w: w, o: o, send: send}
 	if f.o.Heartbeat <= 0 {
 		f.o.Heartbeat = DefaultHeartbeat
 	}
@@ -98,11 +101,15 @@ func Run(ctx context.Context, w *store.Watch, o Options, send Sender) error {
 }
 
 type feeder struct {
+	ctx     context.Context // ends a filter evaluation in progress
 	w       *store.Watch
 	o       Options
 	send    Sender
 	covered int64
 	out     []*pb.VariableUpdate // reused between batches
+	// limitHits has a bit set for each of the last 16 filter evaluations
+	// that stopped at the per-evaluation cost limit, the latest lowest.
+	limitHits uint16
 }
 
 func (f *feeder) emit(u *pb.VariableUpdate) error {
@@ -157,8 +164,8 @@ func (f *feeder) drain() error {
 		}
 		if b.Resync != nil {
 			f.resync(b.Resync)
-		} else {
-			f.changes(b.Changes)
+		} else if err := f.changes(b.Changes); err != nil {
+			return err
 		}
 		if err := f.flush(); err != nil {
 			return err
@@ -196,8 +203,9 @@ func (f *feeder) resync(rs *store.Resync) {
 }
 
 // changes appends the updates for a batch of changes, filtered, and in
-// coalesce mode reduced to the latest per variable.
-func (f *feeder) changes(cs []*store.Change) {
+// coalesce mode reduced to the latest per variable. An error from the
+// filter ends the watch.
+func (f *feeder) changes(cs []*store.Change) error {
 	var latest map[string]int // coalesce: variable id -> index in f.out
 	if f.o.Coalesce && len(cs) > 1 {
 		latest = map[string]int{}
@@ -206,7 +214,12 @@ func (f *feeder) changes(cs []*store.Change) {
 		start := len(f.out)
 		ts := c.Timestamp
 		for _, it := range c.Items {
-			if !f.w.Concerns(it) || !f.pass(c, it) {
+			if !f.w.Concerns(it) {
+				continue
+			}
+			if ok, err := f.pass(c, it); err != nil {
+				return err
+			} else if !ok {
 				continue
 			}
 			v := it.Var
@@ -247,18 +260,48 @@ func (f *feeder) changes(cs []*store.Change) {
 			u.LastInRevision = i == len(f.out)-1 || f.out[i+1].Revision != u.Revision
 		}
 	}
+	return nil
 }
 
 // pass applies the where filter to value changes; deletions always pass.
-func (f *feeder) pass(c *store.Change, it store.Item) bool {
+// An evaluation error lets the update through (the client-side rule), but
+// a filter that costs too much ends the watch with a where.CostError: when
+// the session's filter budget is spent, or when too many of the watch's
+// last 16 evaluations stopped at the per-evaluation cost limit. Delivering
+// anyway would let a filter that always reaches the limit cost that much
+// on every update, for ever.
+func (f *feeder) pass(c *store.Change, it store.Item) (bool, error) {
 	if f.o.Where == nil || it.Kind == store.Deleted {
-		return true
+		return true, nil
 	}
-	ok, err := f.o.Where.Match(it.Old, it.Var.Value, it.Var.Name, c.Metadata)
-	if err != nil && f.o.OnFilterError != nil {
-		f.o.OnFilterError(err)
+	budget := f.w.FilterBudget()
+	if budget.Spent() {
+		return false, &where.CostError{
+			Limit: where.LimitPerSessionPerSecond, Max: budget.PerSecond(),
+			What: "the where filters of this session's watches spent its filter budget",
+		}
 	}
-	return ok
+	ok, spent, err := f.o.Where.Eval(f.ctx, it.Old, it.Var.Value, it.Var.Name, c.Metadata)
+	budget.Spend(spent)
+	f.limitHits <<= 1
+	if errors.Is(err, where.ErrCostLimit) {
+		f.limitHits |= 1
+		if n := bits.OnesCount16(f.limitHits); n >= budget.LimitHits() {
+			return false, &where.CostError{
+				Limit: where.LimitPerEvaluation, Max: int64(f.o.Where.MaxEvalCost()),
+				What: fmt.Sprintf("it reached the per-evaluation limit %d times in its last 16 evaluations", n),
+			}
+		}
+	}
+	if err != nil {
+		if f.ctx.Err() != nil { // the watch is ending: the update goes nowhere
+			return false, f.ctx.Err()
+		}
+		if f.o.OnFilterError != nil {
+			f.o.OnFilterError(err)
+		}
+	}
+	return ok, nil
 }
 
 func markLast(us []*pb.VariableUpdate) {

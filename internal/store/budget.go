@@ -74,10 +74,15 @@ func (b *Budget) Spent() bool { return b != nil && b.lim != nil && b.lim.Tokens(
 // what the evaluations running at that moment cost; Spent then stays true
 // until it has refilled.
 func (b *Budget) Spend(cost uint64) {
-	if b == nil || b.lim == nil || cost == 0 {
+	if b == nil || b.lim == nil {
 		return
 	}
-	b.lim.ReserveN(time.Now(), int(min(cost, uint64(b.perSecond)))) // at most the burst, so always granted
+	now := time.Now()
+	for cost > 0 { // in pieces of at most the burst, which are always granted
+		n := min(cost, uint64(b.perSecond))
+		b.lim.ReserveN(now, int(n))
+		cost -= n
+	}
 }
 
 // PerSecond returns the budget's rate; negative means unlimited.
