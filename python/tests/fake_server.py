@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from varbridge import _status
 from varbridge.v1 import varbridge_pb2 as pb
 from varbridge.v1 import varbridge_pb2_grpc as pb_grpc
 
@@ -23,6 +24,19 @@ from varbridge.v1 import varbridge_pb2_grpc as pb_grpc
 class Abort:
     code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
     message: str = "scripted failure"
+    reason: str = ""  # ErrorInfo reason sent in grpc-status-details-bin, as the server does
+
+    async def send(self, context: grpc.aio.ServicerContext) -> None:
+        trailers: tuple[tuple[str, bytes], ...] = ()
+        if self.reason:
+            info = _status._ErrorInfo(reason=self.reason, domain=_status.DOMAIN)
+            st = _status._Status(code=self.code.value[0], message=self.message)
+            st.details.add(
+                type_url="type.googleapis.com/google.rpc.ErrorInfo",
+                value=info.SerializeToString(),
+            )
+            trailers = ((_status.DETAILS_KEY, st.SerializeToString()),)
+        await context.abort(self.code, self.message, trailing_metadata=trailers)
 
 
 HANG = object()
@@ -39,6 +53,7 @@ def upd(
     kind: int = pb.UPDATE_TYPE_VALUE_CHANGE,
     old: float | None = None,
     var_rev: int | None = None,
+    incarnation: str = "",
 ) -> pb.VariableUpdate:
     var = pb.Variable(
         id=vid,
@@ -54,14 +69,17 @@ def upd(
         revision=rev,
         variable_name=var.name,
         last_in_revision=last,
+        incarnation=incarnation,
     )
     if old is not None:
         u.old_value.CopyFrom(pb.Value(float_value=old))
     return u
 
 
-def heartbeat(rev: int) -> pb.VariableUpdate:
-    return pb.VariableUpdate(update_type=pb.UPDATE_TYPE_HEARTBEAT, revision=rev)
+def heartbeat(rev: int, incarnation: str = "") -> pb.VariableUpdate:
+    return pb.VariableUpdate(
+        update_type=pb.UPDATE_TYPE_HEARTBEAT, revision=rev, incarnation=incarnation
+    )
 
 
 @dataclass
@@ -69,6 +87,7 @@ class FakeBridge(pb_grpc.BridgeServiceServicer):
     scripts: list[list[Step]] = field(default_factory=list)
     requests: list[pb.WatchVariablesRequest] = field(default_factory=list)
     session_revision: int = 0
+    session_incarnation: str = ""
     active: int = 0
     cancelled: int = 0
     # Serve WatchVariableBatches (script steps that are lists go as one batch);
@@ -80,7 +99,11 @@ class FakeBridge(pb_grpc.BridgeServiceServicer):
         self, request: pb.GetSessionRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetSessionResponse:
         return pb.GetSessionResponse(
-            session=pb.Session(session_id=request.session_id, revision=self.session_revision)
+            session=pb.Session(
+                session_id=request.session_id,
+                revision=self.session_revision,
+                incarnation=self.session_incarnation,
+            )
         )
 
     async def InitializeSession(
@@ -101,7 +124,7 @@ class FakeBridge(pb_grpc.BridgeServiceServicer):
                 if step is HANG:
                     await asyncio.Event().wait()
                 elif isinstance(step, Abort):
-                    await context.abort(step.code, step.message)
+                    await step.send(context)
                 else:
                     yield step
         except asyncio.CancelledError:
@@ -123,7 +146,7 @@ class FakeBridge(pb_grpc.BridgeServiceServicer):
                 if step is HANG:
                     await asyncio.Event().wait()
                 elif isinstance(step, Abort):
-                    await context.abort(step.code, step.message)
+                    await step.send(context)
                 elif isinstance(step, list):
                     yield pb.VariableUpdateBatch(updates=step)
                 else:

@@ -53,8 +53,11 @@ def test_type_names(name: str | int, enum: int) -> None:
 
 @pytest.mark.parametrize("bad", ["number", "", 0, 99, True, None])
 def test_unknown_type_names(bad: object) -> None:
-    with pytest.raises(varbridge.InvalidValue):
+    # A malformed argument (ValueError), not a value breaking a rule.
+    with pytest.raises(varbridge.InvalidArgument) as ei:
         cv.type_enum(bad)  # type: ignore[arg-type]
+    assert isinstance(ei.value, ValueError)
+    assert not isinstance(ei.value, varbridge.ConstraintViolation)
 
 
 def test_canonical_names() -> None:
@@ -321,8 +324,9 @@ def test_constraints_roundtrip() -> None:
     assert cv.constraints_to_pb(None) is None
     # min = 0 is set (proto3 optional), not dropped
     assert cv.constraints_from_pb(cv.constraints_to_pb({"min": 0})) == {"min": 0.0}
-    with pytest.raises(varbridge.InvalidValue, match="unknown constraint"):
+    with pytest.raises(varbridge.InvalidArgument, match="unknown constraint") as ei:
         cv.constraints_to_pb({"maximum": 3})
+    assert not isinstance(ei.value, varbridge.ConstraintViolation)
 
 
 def test_infer_type() -> None:

@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from varbridge.errors import InvalidValue
+import grpc
+
+from varbridge.errors import InvalidArgument, InvalidValue
 from varbridge.v1 import varbridge_pb2 as pb
 
 _np: Any
@@ -224,21 +226,30 @@ def _check_number(x: Any) -> None:
 
 
 def type_enum(type_: str | int) -> int:
-    """The VariableType enum for a type name ("float", "int", ...) or enum value."""
+    """The VariableType enum for a type name ("float", "int", ...) or enum value.
+
+    An unknown name is a malformed argument, not a value breaking a rule: it
+    raises :class:`InvalidArgument` (a ``ValueError``), never a
+    ConstraintViolation, before anything is sent.
+    """
     if isinstance(type_, int) and not isinstance(type_, bool):
         if type_ in CANONICAL and type_ != pb.VARIABLE_TYPE_UNSPECIFIED:
             return type_
-        raise InvalidValue(f"unknown variable type {type_!r}")
+        raise _bad_argument(f"unknown variable type {type_!r}")
     if isinstance(type_, str):
         key = type_.strip().lower()
         if key.startswith("variable_type_"):
             key = key[len("variable_type_") :]
         if key in TYPE_NAMES:
             return TYPE_NAMES[key]
-    raise InvalidValue(
+    raise _bad_argument(
         f"unknown variable type {type_!r}; one of integer, float, string, boolean, "
         "choice, module, embedding, tensor"
     )
+
+
+def _bad_argument(msg: str) -> InvalidArgument:
+    return InvalidArgument(msg, grpc.StatusCode.INVALID_ARGUMENT)
 
 
 def type_name(type_: int) -> str:
@@ -399,7 +410,7 @@ def constraints_to_pb(constraints: Mapping[str, Any] | None) -> pb.Constraints |
         return None
     unknown = set(constraints) - _CONSTRAINT_KEYS
     if unknown:
-        raise InvalidValue(
+        raise _bad_argument(
             f"unknown constraint(s) {sorted(unknown)}; known: {sorted(_CONSTRAINT_KEYS)}"
         )
     c = pb.Constraints()
@@ -419,7 +430,7 @@ def constraints_to_pb(constraints: Mapping[str, Any] | None) -> pb.Constraints |
         if constraints.get("shape") is not None:
             c.shape.extend(int(x) for x in constraints["shape"])
     except (TypeError, ValueError) as e:
-        raise InvalidValue(f"bad constraints {dict(constraints)!r}: {e}") from e
+        raise _bad_argument(f"bad constraints {dict(constraints)!r}: {e}") from e
     return c
 
 

@@ -1,9 +1,14 @@
 """Decoding of the google.rpc error details the server attaches to a status.
 
 The server sends ``grpc-status-details-bin`` (a ``google.rpc.Status``) with
-``ResourceInfo`` (NOT_FOUND: resource_type "session" or "variable"),
-``BadRequest`` (INVALID_ARGUMENT: the field, and reason CONSTRAINT_VIOLATION
-for a broken constraint) or ``QuotaFailure`` (RESOURCE_EXHAUSTED: the limit).
+an ``ErrorInfo`` on every error (domain "varbridge.dev", ``reason`` one of
+the proto's ErrorReason names without the ERROR_REASON_ prefix, and
+``metadata`` such as the session id, the constraint or the revisions), and
+besides it ``ResourceInfo`` (NOT_FOUND: resource_type "session" or
+"variable"), ``BadRequest`` (INVALID_ARGUMENT: the field, and reason
+CONSTRAINT_VIOLATION for a broken constraint) or ``QuotaFailure``
+(RESOURCE_EXHAUSTED: the limit). The typed exceptions are chosen from these
+details, never from the message text, which is for people and may change.
 
 To stay free of a googleapis-common-protos dependency the few messages are
 declared here in a private descriptor pool (field numbers as in
@@ -73,6 +78,20 @@ def _build_pool() -> descriptor_pool.DescriptorPool:
     msg("BadRequest", [("field_violations", 1, m, rep, ".google.rpc.FieldViolation")])
     msg("QuotaViolation", [("subject", 1, s, opt, ""), ("description", 2, s, opt, "")])
     msg("QuotaFailure", [("violations", 1, m, rep, ".google.rpc.QuotaViolation")])
+    info = fd.message_type.add(name="ErrorInfo")
+    entry = info.nested_type.add(name="MetadataEntry")
+    entry.field.add(name="key", number=1, type=s, label=opt)
+    entry.field.add(name="value", number=2, type=s, label=opt)
+    entry.options.map_entry = True
+    info.field.add(name="reason", number=1, type=s, label=opt)
+    info.field.add(name="domain", number=2, type=s, label=opt)
+    info.field.add(
+        name="metadata",
+        number=3,
+        type=m,
+        label=rep,
+        type_name=".google.rpc.ErrorInfo.MetadataEntry",
+    )
     pool.Add(fd)
     return pool
 
@@ -88,6 +107,10 @@ _Status = _cls("google.rpc.Status")
 _ResourceInfo = _cls("google.rpc.ResourceInfo")
 _BadRequest = _cls("google.rpc.BadRequest")
 _QuotaFailure = _cls("google.rpc.QuotaFailure")
+_ErrorInfo = _cls("google.rpc.ErrorInfo")
+
+DOMAIN = "varbridge.dev"
+"""The ErrorInfo domain of varbridge's own reasons."""
 
 
 @dataclass
@@ -101,6 +124,11 @@ class FieldViolation:
 class StatusDetails:
     """What the google.rpc details of an error say."""
 
+    reason: str = ""
+    """ErrorInfo reason ("SESSION_CLOSED", "VERSION_CONFLICT", ...); "" without one."""
+    domain: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    """ErrorInfo metadata (session_id, constraint, start_revision, ...)."""
     resource_type: str = ""
     resource_name: str = ""
     field_violations: list[FieldViolation] = field(default_factory=list)
@@ -128,10 +156,17 @@ def parse(metadata: Any) -> StatusDetails | None:
     for d in st.details:
         type_name = d.type_url.rsplit("/", 1)[-1]
         try:
-            if type_name == "google.rpc.ResourceInfo":
+            if type_name == "google.rpc.ErrorInfo":
+                ei = _ErrorInfo.FromString(d.value)
+                if not out.reason:  # the first one decides
+                    out.reason = ei.reason
+                    out.domain = ei.domain
+                    out.metadata = dict(ei.metadata)
+            elif type_name == "google.rpc.ResourceInfo":
                 ri = _ResourceInfo.FromString(d.value)
-                out.resource_type = ri.resource_type
-                out.resource_name = ri.resource_name
+                if not out.resource_type:  # one per missing identifier: same type
+                    out.resource_type = ri.resource_type
+                    out.resource_name = ri.resource_name
             elif type_name == "google.rpc.BadRequest":
                 br = _BadRequest.FromString(d.value)
                 out.field_violations.extend(

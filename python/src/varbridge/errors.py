@@ -1,15 +1,19 @@
-"""Typed exceptions mapped from gRPC status codes.
+"""Typed exceptions mapped from the server's error details.
 
 Every exception raised by varbridge for a failed call is a :class:`VarbridgeError`
-carrying the gRPC ``code`` and the server's ``details`` message. Client-side
-conversion failures (a value that does not fit the variable's type) raise
-:class:`InvalidValue`, which is both an :class:`InvalidArgument` and a
-:class:`ValueError`.
+carrying the gRPC ``code`` and the server's ``details`` message. The class is
+chosen from the ``google.rpc.ErrorInfo`` reason the server attaches to every
+error (``reason``, e.g. "SESSION_CLOSED"), falling back to the status code for
+a server or proxy that sends none; the message text is never parsed, so
+rewording a message cannot change which exception a caller catches.
+
+Client-side failures raise before anything is sent: a value that does not fit
+the variable's type raises :class:`InvalidValue` (a :class:`ConstraintViolation`
+and a ``TypeError``); a malformed argument such as an unknown type name raises
+:class:`InvalidArgument` (a ``ValueError``).
 """
 
 from __future__ import annotations
-
-import re
 
 import grpc
 
@@ -19,11 +23,15 @@ __all__ = [
     "AlreadyExists",
     "ConstraintViolation",
     "DeadlineExceeded",
+    "FilterTooCostly",
+    "GaveUp",
     "InvalidArgument",
     "InvalidValue",
     "NotFound",
     "PermissionDenied",
     "ResourceExhausted",
+    "RevisionOutOfRange",
+    "SessionClosed",
     "SessionNotFound",
     "Unauthenticated",
     "Unavailable",
@@ -48,6 +56,10 @@ class VarbridgeError(Exception):
     """For a broken constraint: its wire name ("min", "pattern", "dtype", ...)."""
     limit: str | None
     """For RESOURCE_EXHAUSTED: the server limit's name."""
+    reason: str
+    """The server's ErrorInfo reason ("SESSION_CLOSED", "VERSION_CONFLICT", ...), or ""."""
+    metadata: dict[str, str]
+    """The ErrorInfo metadata (session_id, variable, constraint, revisions, ...)."""
     status_details: _status.StatusDetails | None
 
     def __init__(self, details: str, code: grpc.StatusCode = grpc.StatusCode.UNKNOWN) -> None:
@@ -57,6 +69,8 @@ class VarbridgeError(Exception):
         self.field = None
         self.constraint = None
         self.limit = None
+        self.reason = ""
+        self.metadata = {}
         self.status_details = None
 
     def __str__(self) -> str:
@@ -76,6 +90,19 @@ class VariableNotFound(NotFound, KeyError):
 
 class SessionNotFound(NotFound):
     """NOT_FOUND naming a session (never created, expired or cleaned up)."""
+
+
+class SessionClosed(SessionNotFound):
+    """The session went away under an open watch or call (reason SESSION_CLOSED).
+
+    ``cause`` says why: "cleaned_up", "expired" or "shutdown" (empty when the
+    server did not say). A :class:`SessionNotFound`, so code written before
+    this class existed keeps catching it; Go's ``ErrSessionClosed``.
+    """
+
+    @property
+    def cause(self) -> str:
+        return self.metadata.get("cause", "")
 
 
 class InvalidArgument(VarbridgeError, ValueError):
@@ -101,7 +128,40 @@ class InvalidValue(ConstraintViolation, TypeError):
 
 
 class VersionConflict(VarbridgeError):
-    """FAILED_PRECONDITION: a compare-and-set found another version."""
+    """FAILED_PRECONDITION: a compare-and-set found another version.
+
+    ``expected_version`` and ``actual_version`` come from the server's
+    details (None when it sent none).
+    """
+
+    @property
+    def expected_version(self) -> int | None:
+        return _int(self.metadata.get("expected_version"))
+
+    @property
+    def actual_version(self) -> int | None:
+        return _int(self.metadata.get("actual_version"))
+
+
+class RevisionOutOfRange(VarbridgeError):
+    """OUT_OF_RANGE: a watch asked to start beyond the session's revision + 1.
+
+    Revisions are compared within one session incarnation: a ``start_revision``
+    from the future of this incarnation cannot be served. ``start_revision``,
+    ``session_revision`` and ``incarnation`` come from the server's details.
+    """
+
+    @property
+    def start_revision(self) -> int | None:
+        return _int(self.metadata.get("start_revision"))
+
+    @property
+    def session_revision(self) -> int | None:
+        return _int(self.metadata.get("session_revision"))
+
+    @property
+    def incarnation(self) -> str:
+        return self.metadata.get("incarnation", "")
 
 
 class AlreadyExists(VarbridgeError):
@@ -120,15 +180,60 @@ class ResourceExhausted(VarbridgeError):
     """RESOURCE_EXHAUSTED: a server limit (watchers, identifiers, value size)."""
 
 
+class FilterTooCostly(ResourceExhausted):
+    """A watch's ``where`` filter kept reaching its cost limit, or the session's
+    filter budget ran out (reason FILTER_TOO_COSTLY); ``limit`` names which."""
+
+
 class Unavailable(VarbridgeError):
     """UNAVAILABLE: the server cannot be reached (after retries, for watches)."""
+
+
+class GaveUp(Unavailable):
+    """A watch stopped reconnecting after ``attempts`` consecutive failures.
+
+    The message reads "gave up after N attempts over T: last error: ..." (the
+    same words as Go's ``ErrGaveUp``); ``elapsed`` is T in seconds, from the
+    first failure of the run to the last; ``last_error`` is the failure that
+    ended it (also the exception's ``__cause__``).
+    """
+
+    attempts: int
+    elapsed: float
+    last_error: BaseException
+
+    def __init__(self, attempts: int, elapsed: float, last_error: BaseException) -> None:
+        code = getattr(last_error, "code", grpc.StatusCode.UNAVAILABLE)
+        if not isinstance(code, grpc.StatusCode):
+            code = grpc.StatusCode.UNAVAILABLE
+        super().__init__(
+            f"gave up after {attempts} attempts over {elapsed:.1f}s: last error: {last_error}",
+            code,
+        )
+        self.attempts = attempts
+        self.elapsed = elapsed
+        self.last_error = last_error
+        if isinstance(last_error, VarbridgeError):
+            self.reason = last_error.reason
+            self.metadata = dict(last_error.metadata)
+
+    def __str__(self) -> str:
+        return self.details
 
 
 class DeadlineExceeded(VarbridgeError):
     """DEADLINE_EXCEEDED: a unary call took longer than its timeout."""
 
 
+def _int(s: str | None) -> int | None:
+    try:
+        return int(s) if s else None
+    except ValueError:
+        return None
+
+
 _BY_CODE: dict[grpc.StatusCode, type[VarbridgeError]] = {
+    grpc.StatusCode.NOT_FOUND: NotFound,
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.FAILED_PRECONDITION: VersionConflict,
     grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
@@ -137,27 +242,25 @@ _BY_CODE: dict[grpc.StatusCode, type[VarbridgeError]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.OUT_OF_RANGE: RevisionOutOfRange,
 }
 
-_WORD = re.compile(r"\b(session|variables?)\b", re.IGNORECASE)
-
-
-def _not_found_kind(details: str) -> str:
-    """Return "session" or "variable": which thing a NOT_FOUND message is about.
-
-    Used only when the status carries no google.rpc ResourceInfo. The
-    server's messages read 'session not found: session "x"', 'session closed'
-    or 'session "x" has no variable "y"'.
-    """
-    low = details.lower()
-    if "has no variable" in low or "variable not found" in low:
-        return "variable"
-    if low.startswith(("session not found", "session closed")):
-        return "session"
-    m = _WORD.search(details)
-    if m is None:
-        return "unknown"
-    return "session" if m.group(1).lower() == "session" else "variable"
+# ErrorInfo reason (the proto's ErrorReason name without ERROR_REASON_) ->
+# exception. LIMIT_EXCEEDED is absent: its class follows the code
+# (RESOURCE_EXHAUSTED, or INVALID_ARGUMENT for the size of a request).
+_BY_REASON: dict[str, type[VarbridgeError]] = {
+    "SESSION_NOT_FOUND": SessionNotFound,
+    "SESSION_CLOSED": SessionClosed,
+    "VARIABLE_NOT_FOUND": VariableNotFound,
+    "VARIABLE_EXISTS": AlreadyExists,
+    "CONSTRAINT_VIOLATION": ConstraintViolation,
+    "VERSION_CONFLICT": VersionConflict,
+    "INVALID_ARGUMENT": InvalidArgument,
+    "REVISION_OUT_OF_RANGE": RevisionOutOfRange,
+    "FILTER_TOO_COSTLY": FilterTooCostly,
+    "TOKEN_REQUIRED": Unauthenticated,
+    "TOKEN_INVALID": PermissionDenied,
+}
 
 
 def from_rpc_error(
@@ -165,11 +268,8 @@ def from_rpc_error(
 ) -> VarbridgeError:
     """Map a gRPC error to the matching :class:`VarbridgeError` subclass.
 
-    ``write``: the call was a write (INVALID_ARGUMENT about the value becomes
-    ConstraintViolation). ``session_rpc``: the call names only a session
-    (NOT_FOUND is SessionNotFound). The google.rpc details the server
-    attaches, when present, decide between session and variable and name
-    the constraint or limit.
+    See :func:`error_for`; this reads the code, message and google.rpc
+    details off the error.
     """
     code_fn = getattr(err, "code", None)
     details_fn = getattr(err, "details", None)
@@ -199,34 +299,63 @@ def error_for(
     session_rpc: bool = False,
     status_details: _status.StatusDetails | None = None,
 ) -> VarbridgeError:
-    """Build the typed error for a status code, message and decoded details."""
+    """Build the typed error for a status code, message and decoded details.
+
+    The ErrorInfo reason decides first. Without one (a server or proxy that
+    does not send it) the status code does, refined by the other structured
+    details: ResourceInfo's resource_type for NOT_FOUND, BadRequest's field
+    for INVALID_ARGUMENT on a write. ``write``: the call was a write, so an
+    INVALID_ARGUMENT about the value is a ConstraintViolation. ``session_rpc``:
+    the call names only a session, so NOT_FOUND is SessionNotFound. The
+    message (``details``) is kept for people, never parsed.
+    """
     sd = status_details
-    cls: type[VarbridgeError]
+    cls: type[VarbridgeError] | None = None
+    if sd is not None and sd.reason and sd.domain in ("", _status.DOMAIN):
+        if sd.reason == "LIMIT_EXCEEDED":
+            # RESOURCE_EXHAUSTED, or INVALID_ARGUMENT for the size of a request.
+            exhausted = code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            cls = ResourceExhausted if exhausted else InvalidArgument
+        else:
+            cls = _BY_REASON.get(sd.reason)
+    if cls is None:
+        cls = _by_code(code, sd, write=write, session_rpc=session_rpc)
+    e = cls(details, code)
+    if sd is not None:
+        e.status_details = sd
+        e.reason = sd.reason
+        e.metadata = dict(sd.metadata)
+        if sd.field_violations:
+            e.field = sd.field_violations[0].field
+            if e.field.startswith("constraints."):
+                e.constraint = e.field[len("constraints.") :]
+        if sd.metadata.get("constraint"):
+            e.constraint = sd.metadata["constraint"]
+        if sd.quota_subjects:
+            e.limit = sd.quota_subjects[0]
+        elif sd.metadata.get("limit"):
+            e.limit = sd.metadata["limit"]
+    return e
+
+
+def _by_code(
+    code: grpc.StatusCode,
+    sd: _status.StatusDetails | None,
+    *,
+    write: bool,
+    session_rpc: bool,
+) -> type[VarbridgeError]:
     if code == grpc.StatusCode.NOT_FOUND:
         if session_rpc:
-            kind = "session"
-        elif sd is not None and sd.resource_type in ("session", "variable"):
-            kind = sd.resource_type
-        else:
-            kind = _not_found_kind(details)
-        cls = {"session": SessionNotFound, "variable": VariableNotFound}.get(kind, NotFound)
-    elif code == grpc.StatusCode.INVALID_ARGUMENT and write:
-        cls = ConstraintViolation
+            return SessionNotFound
+        kind = sd.resource_type if sd is not None else ""
+        return {"session": SessionNotFound, "variable": VariableNotFound}.get(kind, NotFound)
+    if code == grpc.StatusCode.INVALID_ARGUMENT and write:
         if sd is not None and sd.field_violations:
             fv = sd.field_violations[0]
             if fv.reason != "CONSTRAINT_VIOLATION" and not fv.field.startswith("value"):
                 # A malformed request (a bad name, constraint definition,
                 # empty batch): not the value breaking a rule.
-                cls = InvalidArgument
-    else:
-        cls = _BY_CODE.get(code, VarbridgeError)
-    e = cls(details, code)
-    if sd is not None:
-        e.status_details = sd
-        if sd.field_violations:
-            e.field = sd.field_violations[0].field
-            if e.field.startswith("constraints."):
-                e.constraint = e.field[len("constraints.") :]
-        if sd.quota_subjects:
-            e.limit = sd.quota_subjects[0]
-    return e
+                return InvalidArgument
+        return ConstraintViolation
+    return _BY_CODE.get(code, VarbridgeError)
