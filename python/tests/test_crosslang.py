@@ -82,7 +82,9 @@ async def test_cli_writes_python_watches(
             writes.append(("model", f"model-{i}-ñ"))
     n_expected = len(writes) + 3  # plus one --batch of three below
 
-    async with session.watch_variables(["temperature", "model", "steps"]) as w:
+    async with session.watch_variables(
+        ["temperature", "model", "steps"], include_initial=True
+    ) as w:
         task = asyncio.create_task(watcher(w))
         await asyncio.wait_for(ready.wait(), 10)
         for name, value in writes:

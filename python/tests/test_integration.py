@@ -313,7 +313,7 @@ async def test_not_found(session: Session, bridge: varbridge.Bridge) -> None:
     with pytest.raises(varbridge.SessionNotFound):
         await gone.set_variables({"x": 1})
     with pytest.raises(varbridge.SessionNotFound):
-        async for _ in gone.watch_variables(["x"]):
+        async for _ in gone.watch_variables(["x"], include_initial=True):
             pass
 
 
@@ -521,7 +521,7 @@ async def test_watch_where_filter(session: Session) -> None:
 async def test_watch_where_invalid(session: Session) -> None:
     await session.register_variable("t", "float", 0.0)
     with pytest.raises(varbridge.InvalidArgument):
-        async for _ in session.watch_variables(["t"], where="new >>> 1"):
+        async for _ in session.watch_variables(["t"], include_initial=True, where="new >>> 1"):
             pass
 
 
@@ -603,7 +603,7 @@ async def eventually(fn, expect: Any, timeout: float = 5.0) -> Any:
 async def test_leaving_the_loop_cancels_the_rpc(session: Session) -> None:
     await session.register_variable("v", "int", 0)
     for i in range(50):
-        async for u in session.watch_variables(["v"]):
+        async for u in session.watch_variables(["v"], include_initial=True):
             assert u.initial
             break
         if i % 10 == 0:
@@ -611,11 +611,11 @@ async def test_leaving_the_loop_cancels_the_rpc(session: Session) -> None:
 
     # exceptions and cancellation
     with pytest.raises(ZeroDivisionError):
-        async for _ in session.watch_variables(["v"]):
+        async for _ in session.watch_variables(["v"], include_initial=True):
             1 / 0  # noqa: B018
 
     async def forever() -> None:
-        async for _ in session.watch_variables(["v"]):
+        async for _ in session.watch_variables(["v"], include_initial=True):
             pass
 
     tasks = [asyncio.create_task(forever()) for _ in range(20)]
@@ -629,21 +629,26 @@ async def test_leaving_the_loop_cancels_the_rpc(session: Session) -> None:
     assert (await session.get_variable("v")).value == 1
 
 
-async def test_cleanup_ends_watch_with_session_not_found(session: Session, bridge) -> None:
+async def test_cleanup_ends_watch_with_session_closed(session: Session, bridge) -> None:
     await session.register_variable("v", "int", 0)
-    w = session.watch_variables(["v"], backoff_base=0.01)
+    w = session.watch_variables(["v"], include_initial=True, backoff_base=0.01)
     await w.__anext__()
     other = await bridge.session(session.session_id)
     await other.cleanup()
-    with pytest.raises(varbridge.SessionNotFound):
+    # SessionClosed (reason SESSION_CLOSED), Go's ErrSessionClosed; still a
+    # SessionNotFound for code written before it existed.
+    with pytest.raises(varbridge.SessionClosed) as ei:
         await asyncio.wait_for(w.__anext__(), 10)
+    assert isinstance(ei.value, varbridge.SessionNotFound)
+    assert ei.value.reason == "SESSION_CLOSED"
+    assert ei.value.cause == "cleaned_up"
     assert w.closed
 
 
 async def test_watch_unknown_identifier(session: Session) -> None:
     await session.register_variable("v", "int", 0)
     with pytest.raises(varbridge.VariableNotFound) as ei:
-        async for _ in session.watch_variables(["v", "nope"]):
+        async for _ in session.watch_variables(["v", "nope"], include_initial=True):
             pass
     assert "nope" in str(ei.value)
 
@@ -689,17 +694,17 @@ async def test_server_limits(start_server) -> None:
     async with varbridge.connect(srv.addr) as b:
         s = await b.session("limits")
         await s.register_variable("v", "string", "")
-        w1 = await s.watch_variables(["v"]).start()
-        w2 = await s.watch_variables(["v"]).start()
+        w1 = await s.watch_variables(["v"], include_initial=True).start()
+        w2 = await s.watch_variables(["v"], include_initial=True).start()
         await w1.__anext__()
         await w2.__anext__()
         with pytest.raises(varbridge.ResourceExhausted) as ei:
-            async for _ in s.watch_variables(["v"]):
+            async for _ in s.watch_variables(["v"], include_initial=True):
                 pass
         assert ei.value.limit == "max_watches_per_session"
         await w1.aclose()
         assert await eventually(lambda: get_watch_count(s), 1) == 1
-        w3 = s.watch_variables(["v"])  # room again
+        w3 = s.watch_variables(["v"], include_initial=True)  # room again
         assert (await w3.__anext__()).initial
         await w3.aclose()
         await w2.aclose()
@@ -709,16 +714,25 @@ async def test_server_limits(start_server) -> None:
         assert (await s.get_variable("v")).value == ""
 
 
-async def test_session_expiry_ends_watch(bridge: varbridge.Bridge, session_id: str) -> None:
+async def test_open_watch_keeps_session_alive(bridge: varbridge.Bridge, session_id: str) -> None:
+    # An open watch counts as use (issue 10 item 4): a watch-only worker is
+    # not cut off at the TTL; the TTL restarts when the last watch closes.
     s = await bridge.session(session_id, ttl=1)
     await s.register_variable("v", "int", 0)
     w = s.watch_variables(["v"], backoff_base=0.05)
-    assert (await w.__anext__()).initial
-    with pytest.raises(varbridge.SessionNotFound, match="expired"):
-        await asyncio.wait_for(w.__anext__(), 15)
-    assert w.closed
+    await w.start()
+    await asyncio.sleep(2.5)
+    other = await bridge.session(session_id)  # joins: still there
+    assert not other.created
+    await other.set_variable("v", 1)
+    u = await asyncio.wait_for(w.__anext__(), 10)
+    assert (u.value, u.resync) == (1, False)
+    await w.aclose()
+    deadline = asyncio.get_running_loop().time() + 15
     with pytest.raises(varbridge.SessionNotFound):
-        await s.get_info()
+        while asyncio.get_running_loop().time() < deadline:
+            await s.get_info()
+            await asyncio.sleep(0.2)
 
 
 async def test_heartbeat_keeps_session_alive(bridge: varbridge.Bridge, session_id: str) -> None:
@@ -754,7 +768,7 @@ async def test_concurrent_writers_watchers_see_one_history(addr: str, session: S
 
     async def watcher() -> list[varbridge.VariableUpdate]:
         out: list[varbridge.VariableUpdate] = []
-        async with session.watch_variables(names) as w:
+        async with session.watch_variables(names, include_initial=True) as w:
             async for u in w:
                 out.append(u)
                 if u.variable_name == "x0" and u.value == -1:

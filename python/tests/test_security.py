@@ -27,7 +27,7 @@ async def test_session_token_flow(auth_server) -> None:
         assert s.token  # returned by InitializeSession, sent on every call
         await s.register_variable("v", "int", 1)
         await s.set_variable("v", 2)
-        w = s.watch_variables(["v"])
+        w = s.watch_variables(["v"], include_initial=True)
         assert (await w.__anext__()).value == 2
         await w.aclose()
 
@@ -41,7 +41,7 @@ async def test_session_token_flow(auth_server) -> None:
             with pytest.raises(varbridge.Unauthenticated):
                 await stranger.get_variable("v")
             with pytest.raises(varbridge.Unauthenticated):
-                async for _ in stranger.watch_variables(["v"]):
+                async for _ in stranger.watch_variables(["v"], include_initial=True):
                     pass
             # Joining with the token works; no new token is issued.
             joined = await other.session("secured", token=s.token)

@@ -65,7 +65,7 @@ def test_sync_watch_iterator(addr: str) -> None:
 
         t = threading.Thread(target=writer)
         got = []
-        with s.watch_variables(["n"]) as w:
+        with s.watch_variables(["n"], include_initial=True) as w:
             for u in w:
                 got.append((u.initial, u.value))
                 if len(got) == 1:
@@ -77,7 +77,7 @@ def test_sync_watch_iterator(addr: str) -> None:
         assert wait_watch_count(s, 0) == 0
 
         # a plain for loop that breaks, without `with`, also ends the RPC
-        for _ in s.watch_variables(["n"]):
+        for _ in s.watch_variables(["n"], include_initial=True):
             break
         assert wait_watch_count(s, 0) == 0
 
@@ -100,7 +100,7 @@ def test_sync_close_ends_watches(addr: str) -> None:
     bridge = varbridge.sync.connect(addr)
     s = bridge.session()
     s.register_variable("n", "integer", 0)
-    w = s.watch_variables(["n"])
+    w = s.watch_variables(["n"], include_initial=True)
     assert next(w).initial
     observer = varbridge.sync.connect(addr)
     try:

@@ -164,35 +164,58 @@ async def test_from_now_reads_base_revision_first(fake) -> None:
 
 async def test_gives_up_after_max_retries(fake) -> None:
     srv, s = fake
-    srv.scripts = [[Abort()] for _ in range(5)]
-    w = fast(s, start_revision=1, max_retries=2)
-    with pytest.raises(varbridge.Unavailable):
+    srv.scripts = [[Abort(message="down")] for _ in range(5)]
+    w = fast(s, start_revision=1, max_retries=3)
+    with pytest.raises(varbridge.GaveUp) as ei:
         await take(w, 1)
+    # The third consecutive failure ends it, as in Go (maxFailures).
     assert len(srv.requests) == 3
     assert w.closed
+    e = ei.value
+    assert isinstance(e, varbridge.Unavailable)
+    assert e.attempts == 3
+    assert isinstance(e.last_error, varbridge.Unavailable)
+    assert e.__cause__ is e.last_error
+    assert str(e) == (
+        f"gave up after 3 attempts over {e.elapsed:.1f}s: last error: down (UNAVAILABLE)"
+    )
+
+
+def test_backoff_schedule() -> None:
+    from varbridge.watch import backoff
+
+    for _ in range(200):
+        # the first attempt after a break: a fraction (up to 10 %) of base
+        assert 0 <= backoff(1.0, 30.0, 1) <= 0.1
+        # then base * 2^(n-2), capped, +-10 %
+        for n, want in [(2, 1), (3, 2), (4, 4), (5, 8), (6, 16), (7, 30), (10, 30)]:
+            assert want * 0.9 <= backoff(1.0, 30.0, n) <= want * 1.1
 
 
 async def test_a_message_resets_the_failure_count(fake) -> None:
     srv, s = fake
     srv.scripts = [[upd(i, "var_a", float(i)), Abort()] for i in range(1, 8)]
     srv.scripts.append([upd(8, "var_a", 8.0), HANG])
-    got = await take(fast(s, start_revision=1, max_retries=1), 8)
+    got = await take(fast(s, start_revision=1, max_retries=2), 8)
     assert [g[0] for g in got] == list(range(1, 9))
 
 
 @pytest.mark.parametrize(
-    ("code", "message", "exc"),
+    ("code", "reason", "exc"),
     [
-        (grpc.StatusCode.NOT_FOUND, 'session not found: session "s"', varbridge.SessionNotFound),
-        (grpc.StatusCode.NOT_FOUND, 'session "s" has no variable "x"', varbridge.VariableNotFound),
-        (grpc.StatusCode.INVALID_ARGUMENT, "where: bad CEL", varbridge.InvalidArgument),
-        (grpc.StatusCode.PERMISSION_DENIED, "no", varbridge.PermissionDenied),
-        (grpc.StatusCode.RESOURCE_EXHAUSTED, "too many watches", varbridge.ResourceExhausted),
+        (grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND", varbridge.SessionNotFound),
+        (grpc.StatusCode.NOT_FOUND, "SESSION_CLOSED", varbridge.SessionClosed),
+        (grpc.StatusCode.NOT_FOUND, "VARIABLE_NOT_FOUND", varbridge.VariableNotFound),
+        (grpc.StatusCode.NOT_FOUND, "", varbridge.NotFound),
+        (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", varbridge.InvalidArgument),
+        (grpc.StatusCode.PERMISSION_DENIED, "TOKEN_INVALID", varbridge.PermissionDenied),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "LIMIT_EXCEEDED", varbridge.ResourceExhausted),
+        (grpc.StatusCode.OUT_OF_RANGE, "REVISION_OUT_OF_RANGE", varbridge.RevisionOutOfRange),
     ],
 )
-async def test_permanent_errors_are_raised_at_once(fake, code, message, exc) -> None:
+async def test_permanent_errors_are_raised_at_once(fake, code, reason, exc) -> None:
     srv, s = fake
-    srv.scripts = [[Abort(code, message)], [HANG]]
+    srv.scripts = [[Abort(code, "words that say nothing", reason)], [HANG]]
     with pytest.raises(exc):
         await take(fast(s, start_revision=1), 1)
     assert len(srv.requests) == 1
@@ -447,3 +470,94 @@ async def test_aclose_during_backoff_ends_iteration(fake) -> None:
         await task
     await asyncio.sleep(0.6)
     assert len(srv.requests) == 1  # no new call after the close
+
+
+# -- session incarnation (issue 10 item 1) --------------------------------------
+
+RESYNC = pb.UPDATE_TYPE_RESYNC
+
+
+async def take_updates(w: varbridge.Watch, n: int) -> list[varbridge.VariableUpdate]:
+    out = []
+    async for u in w:
+        out.append(u)
+        if len(out) == n:
+            break
+    return out
+
+
+async def test_resume_sends_the_incarnation_it_saw(fake) -> None:
+    srv, s = fake
+    srv.scripts = [
+        [upd(5, "var_a", 1.0, incarnation="aa"), upd(6, "var_a", 2.0), Abort()],
+        [upd(7, "var_a", 3.0), HANG],
+    ]
+    w = fast(s, start_revision=5)
+    got = await take(w, 3)
+    assert [g[0] for g in got] == [5, 6, 7]
+    assert [(r.start_revision, r.incarnation) for r in srv.requests] == [(5, ""), (7, "aa")]
+    assert w.incarnation == "aa"
+
+
+async def test_from_now_takes_the_incarnation_from_the_session(fake) -> None:
+    srv, s = fake
+    srv.session_revision, srv.session_incarnation = 9, "cc"
+    srv.scripts = [[upd(10, "var_a"), HANG]]
+    await take(fast(s), 1)
+    assert [(r.start_revision, r.incarnation) for r in srv.requests] == [(10, "cc")]
+
+
+async def test_new_incarnation_yields_resync_and_moves_the_resume_point(fake) -> None:
+    srv, s = fake
+    srv.scripts = [
+        [upd(22, "var_a", 22.0, incarnation="aa"), Abort()],
+        # The server lost the session; a writer created it again (revision 6).
+        [
+            upd(6, "var_a", 5.0, kind=RESYNC, last=False, incarnation="bb"),
+            upd(6, "var_b", 0.5, kind=RESYNC, last=True, incarnation="bb"),
+            upd(7, "var_a", 6.0),
+            Abort(),
+        ],
+        [upd(8, "var_a", 7.0), HANG],
+    ]
+    w = fast(s, start_revision=22)
+    got = await take_updates(w, 5)
+    assert [(u.revision, u.variable_id, u.value, u.resync) for u in got] == [
+        (22, "var_a", 22.0, False),
+        (6, "var_a", 5.0, True),
+        (6, "var_b", 0.5, True),
+        (7, "var_a", 6.0, False),
+        (8, "var_a", 7.0, False),
+    ]
+    assert [(r.start_revision, r.incarnation) for r in srv.requests] == [
+        (22, ""),
+        (23, "aa"),
+        (8, "bb"),
+    ]
+    assert w.incarnation_changes == 1
+
+
+async def test_cut_inside_a_resync_asks_for_it_again(fake) -> None:
+    srv, s = fake
+    srv.scripts = [
+        [upd(22, "var_a", 22.0, incarnation="aa"), Abort()],
+        [upd(6, "var_a", 5.0, kind=RESYNC, last=False, incarnation="bb"), Abort()],
+        # Resumed with the old incarnation: the server sends the RESYNC again.
+        [
+            upd(6, "var_a", 5.0, kind=RESYNC, last=False, incarnation="bb"),
+            upd(6, "var_b", 0.5, kind=RESYNC, last=True, incarnation="bb"),
+            upd(7, "var_a", 6.0),
+            HANG,
+        ],
+    ]
+    w = fast(s, start_revision=22)
+    got = await take_updates(w, 4)
+    assert [(u.revision, u.variable_id, u.resync) for u in got] == [
+        (22, "var_a", False),
+        (6, "var_a", True),
+        (6, "var_b", True),
+        (7, "var_a", False),
+    ]
+    assert [r.incarnation for r in srv.requests] == ["", "aa", "aa"]
+    assert w.incarnation == "bb"
+    assert w.duplicates_skipped == 1

@@ -15,17 +15,30 @@
 A blocking facade lives in :mod:`varbridge.sync`.
 """
 
+from importlib import metadata as _metadata
+
 from varbridge._convert import Tensor, have_numpy
-from varbridge.client import DEFAULT_OPTIONS, Bridge, SessionContext, connect
+from varbridge.client import (
+    DEFAULT_OPTIONS,
+    SERVICE_CONFIG,
+    Bridge,
+    SessionContext,
+    SessionOpening,
+    connect,
+)
 from varbridge.errors import (
     AlreadyExists,
     ConstraintViolation,
     DeadlineExceeded,
+    FilterTooCostly,
+    GaveUp,
     InvalidArgument,
     InvalidValue,
     NotFound,
     PermissionDenied,
     ResourceExhausted,
+    RevisionOutOfRange,
+    SessionClosed,
     SessionNotFound,
     Unauthenticated,
     Unavailable,
@@ -34,31 +47,45 @@ from varbridge.errors import (
     VersionConflict,
 )
 from varbridge.models import (
+    Constraints,
     GetVariablesResult,
     SessionInfo,
     SetVariablesResult,
     Variable,
+    VariableTypeName,
     VariableUpdate,
 )
-from varbridge.watch import Watch
+from varbridge.watch import BatchWatch, Watch
 
-__version__ = "0.1.0"
+try:
+    # The installed distribution's version: one number, kept in pyproject.toml.
+    __version__ = _metadata.version("varbridge")
+except _metadata.PackageNotFoundError:  # imported from a source tree, not installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "DEFAULT_OPTIONS",
+    "SERVICE_CONFIG",
     "AlreadyExists",
+    "BatchWatch",
     "Bridge",
     "ConstraintViolation",
+    "Constraints",
     "DeadlineExceeded",
+    "FilterTooCostly",
+    "GaveUp",
     "GetVariablesResult",
     "InvalidArgument",
     "InvalidValue",
     "NotFound",
     "PermissionDenied",
     "ResourceExhausted",
+    "RevisionOutOfRange",
+    "SessionClosed",
     "SessionContext",
     "SessionInfo",
     "SessionNotFound",
+    "SessionOpening",
     "SetVariablesResult",
     "Tensor",
     "Unauthenticated",
@@ -66,6 +93,7 @@ __all__ = [
     "VarbridgeError",
     "Variable",
     "VariableNotFound",
+    "VariableTypeName",
     "VariableUpdate",
     "VersionConflict",
     "Watch",

@@ -2,33 +2,103 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import json
 import weakref
 from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import grpc
 import grpc.aio
 from google.protobuf import duration_pb2
 
 from varbridge import _convert as cv
-from varbridge.errors import ConstraintViolation, VariableNotFound, from_rpc_error
+from varbridge.errors import (
+    ConstraintViolation,
+    SessionNotFound,
+    VariableNotFound,
+    from_rpc_error,
+)
 from varbridge.models import (
+    Constraints,
     GetVariablesResult,
     SessionInfo,
     SetVariablesResult,
     Variable,
+    VariableTypeAlias,
+    VariableTypeName,
 )
 from varbridge.v1 import varbridge_pb2 as pb
 from varbridge.v1 import varbridge_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
-    from varbridge.watch import UpdateFilter, Watch
+    from varbridge.watch import BatchWatch, UpdateFilter, Watch
 
-__all__ = ["DEFAULT_OPTIONS", "Bridge", "SessionContext", "connect"]
+__all__ = [
+    "DEFAULT_OPTIONS",
+    "SERVICE_CONFIG",
+    "Bridge",
+    "SessionContext",
+    "SessionOpening",
+    "connect",
+]
 
 R = TypeVar("R")
+
+_SERVICE = "varbridge.v1.BridgeService"
+
+# Calls that read (or only extend a TTL): repeating one changes nothing, so a
+# retry after UNAVAILABLE is safe.
+_IDEMPOTENT_READS = (
+    "GetSession",
+    "GetVariable",
+    "GetVariables",
+    "ListVariables",
+    "ListSessions",
+    "Heartbeat",
+)
+_OTHER_UNARY = (
+    "InitializeSession",
+    "CleanupSession",
+    "RegisterVariable",
+    "SetVariable",
+    "SetVariables",
+    "DeleteVariable",
+)
+
+SERVICE_CONFIG: dict[str, Any] = {
+    "methodConfig": [
+        {
+            # Wait for the connection within the call's deadline (a server
+            # restarting, or not up yet when connect() is called) rather than
+            # failing at once with "connection refused"; and retry UNAVAILABLE
+            # by gRPC's own retry machinery, the same policy as the Go client.
+            "name": [{"service": _SERVICE, "method": m} for m in _IDEMPOTENT_READS],
+            "waitForReady": True,
+            "retryPolicy": {
+                "maxAttempts": 5,
+                "initialBackoff": "0.1s",
+                "maxBackoff": "1s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        },
+        {
+            # Writes wait for the connection too, but are never repeated: a
+            # write whose answer was lost may have been applied.
+            "name": [{"service": _SERVICE, "method": m} for m in _OTHER_UNARY],
+            "waitForReady": True,
+        },
+        # The watch streams are absent on purpose: they carry no deadline, so
+        # waiting for a connection would never end; the watch's own
+        # reconnect schedule paces and bounds them instead.
+    ]
+}
+"""The gRPC service config every channel gets (wait-for-ready on unary calls,
+a retryPolicy for idempotent reads); override with the ``grpc.service_config``
+channel option."""
 
 # Deliberate keepalive settings, matched by the server, which permits client
 # pings every 10 s: ping an idle connection every 30 s, give up on a peer
@@ -50,6 +120,8 @@ DEFAULT_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 5_000),
+    ("grpc.enable_retries", 1),
+    ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
 )
 
 # Type and dtype constraint of a variable, for converting values on writes.
@@ -75,7 +147,10 @@ def connect(
     on return their own, which is used automatically).
     ``options``: gRPC channel options, overriding :data:`DEFAULT_OPTIONS`.
     ``timeout``: per-call deadline in seconds for unary calls; watches never
-    carry a deadline.
+    carry a deadline. Unary calls wait for the connection within it
+    (wait-for-ready), so a first call made while the server is still starting
+    or restarting succeeds once it is up; idempotent reads also retry
+    UNAVAILABLE (see :data:`SERVICE_CONFIG`).
     ``source``: the default ``source`` recorded on writes.
     """
     return Bridge(
@@ -198,20 +273,40 @@ class Bridge:
 
     # -- sessions ---------------------------------------------------------
 
-    async def session(
+    def session(
         self,
         session_id: str | None = None,
         *,
         ttl: float | _dt.timedelta | None = None,
         metadata: Mapping[str, str] | None = None,
         token: str | None = None,
-    ) -> SessionContext:
+        cleanup: bool = False,
+    ) -> SessionOpening:
         """Create the session, or join it if it exists (InitializeSession).
 
         ``session_id`` None: the server generates one. ``ttl`` in seconds or a
         timedelta (server default 1 h). ``token``: the session's token, when
         joining a session another client created with auth on.
+
+        Await the result for the :class:`SessionContext`, or use it as
+        ``async with bridge.session("id") as session:``: leaving the block
+        closes the watches opened on that context, and with ``cleanup=True``
+        also removes the session (CleanupSession). Cleanup is opt-in because
+        a session is usually shared: joining one must not end it for others.
         """
+        return SessionOpening(
+            lambda: self._open_session(session_id, ttl=ttl, metadata=metadata, token=token),
+            cleanup=cleanup,
+        )
+
+    async def _open_session(
+        self,
+        session_id: str | None,
+        *,
+        ttl: float | _dt.timedelta | None = None,
+        metadata: Mapping[str, str] | None = None,
+        token: str | None = None,
+    ) -> SessionContext:
         req = pb.InitializeSessionRequest(session_id=session_id or "", metadata=metadata or {})
         if ttl is not None:
             d = duration_pb2.Duration()
@@ -248,8 +343,45 @@ class Bridge:
         return int(resp.variables_removed)
 
 
+class SessionOpening:
+    """What :meth:`Bridge.session` returns: awaitable (the
+    :class:`SessionContext`) and an async context manager (the same
+    context, closed on exit; removed too if opened with ``cleanup=True``)."""
+
+    def __init__(self, opener: Callable[[], Awaitable[SessionContext]], *, cleanup: bool) -> None:
+        self._open = opener
+        self._cleanup = cleanup
+        self._ctx: SessionContext | None = None
+
+    async def _get(self) -> SessionContext:
+        ctx = await self._open()
+        ctx.cleanup_on_exit = self._cleanup
+        return ctx
+
+    def __await__(self) -> Generator[Any, None, SessionContext]:
+        return self._get().__await__()
+
+    async def __aenter__(self) -> SessionContext:
+        self._ctx = await self._get()
+        return self._ctx
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._ctx is not None:
+            await self._ctx.__aexit__(exc_type, exc, tb)
+
+
 class SessionContext:
-    """Variables of one session. Get one with ``await bridge.session("id")``."""
+    """Variables of one session. Get one with ``await bridge.session("id")``.
+
+    Usable as ``async with``: leaving the block closes the watches opened
+    on this context and, when ``cleanup_on_exit`` is set (``bridge.session(id,
+    cleanup=True)``), removes the session.
+    """
 
     def __init__(
         self,
@@ -259,6 +391,7 @@ class SessionContext:
         token: str | None = None,
         info: SessionInfo | None = None,
         created: bool = False,
+        cleanup: bool = False,
     ) -> None:
         self.bridge = bridge
         self.session_id = session_id
@@ -267,10 +400,35 @@ class SessionContext:
         """The session as last reported (InitializeSession, Heartbeat, get_info)."""
         self.created = created
         """True when this client's InitializeSession created the session."""
+        self.cleanup_on_exit = cleanup
+        """Remove the session when an ``async with`` block on this context ends."""
         self._types: dict[str, _TypeInfo] = {}
+        self._watches: weakref.WeakSet[Watch] = weakref.WeakSet()
 
     def __repr__(self) -> str:
         return f"SessionContext({self.session_id!r})"
+
+    @property
+    def incarnation(self) -> str:
+        """The session's incarnation as last reported ("" if the server sent none)."""
+        return self.info.incarnation if self.info is not None else ""
+
+    async def __aenter__(self) -> SessionContext:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for w in list(self._watches):
+            await w.aclose()
+        if self.cleanup_on_exit:
+            # Already gone (expired, or cleaned up by someone else) is the
+            # state asked for.
+            with contextlib.suppress(SessionNotFound):
+                await self.cleanup()
 
     # -- helpers ----------------------------------------------------------
 
@@ -338,14 +496,21 @@ class SessionContext:
     async def register_variable(
         self,
         name: str,
-        type: str | int,
+        type: VariableTypeName | VariableTypeAlias | int,
         initial_value: Any = None,
         *,
-        constraints: Mapping[str, Any] | None = None,
+        constraints: Constraints | None = None,
         metadata: Mapping[str, str] | None = None,
         source: str | None = None,
     ) -> Variable:
-        """Create a typed variable; its name must be new in the session."""
+        """Create a typed variable; its name must be new in the session.
+
+        ``type`` is a :data:`~varbridge.models.VariableTypeName` (or an alias
+        such as "int", or a VariableType enum value); ``constraints`` a
+        :class:`~varbridge.models.Constraints` dict. An unknown type name or
+        constraint key raises :class:`InvalidArgument` (a ``ValueError``)
+        before anything is sent.
+        """
         t = cv.type_enum(type)
         cons = cv.constraints_to_pb(constraints)
         req = pb.RegisterVariableRequest(
@@ -518,41 +683,124 @@ class SessionContext:
 
     # -- watching ---------------------------------------------------------
 
+    @overload
     def watch_variables(
         self,
         identifiers: Iterable[str] | None = None,
         *,
-        include_initial: bool = True,
+        include_initial: bool = False,
         filter: UpdateFilter | None = None,
         where: str | None = None,
         start_revision: int | None = None,
+        incarnation: str | None = None,
         coalesce: bool = False,
         heartbeat_interval_ms: int | None = None,
         max_retries: int = 10,
         backoff_base: float = 1.0,
         backoff_cap: float = 30.0,
         batched: bool = True,
-    ) -> Watch:
+        debounce: float | None = None,
+        batch_window: None = None,
+    ) -> Watch: ...
+
+    @overload
+    def watch_variables(
+        self,
+        identifiers: Iterable[str] | None = None,
+        *,
+        include_initial: bool = False,
+        filter: UpdateFilter | None = None,
+        where: str | None = None,
+        start_revision: int | None = None,
+        incarnation: str | None = None,
+        coalesce: bool = False,
+        heartbeat_interval_ms: int | None = None,
+        max_retries: int = 10,
+        backoff_base: float = 1.0,
+        backoff_cap: float = 30.0,
+        batched: bool = True,
+        debounce: float | None = None,
+        batch_window: float,
+    ) -> BatchWatch: ...
+
+    @overload
+    def watch_variables(
+        self,
+        identifiers: Iterable[str] | None = None,
+        *,
+        include_initial: bool = False,
+        filter: UpdateFilter | None = None,
+        where: str | None = None,
+        start_revision: int | None = None,
+        incarnation: str | None = None,
+        coalesce: bool = False,
+        heartbeat_interval_ms: int | None = None,
+        max_retries: int = 10,
+        backoff_base: float = 1.0,
+        backoff_cap: float = 30.0,
+        batched: bool = True,
+        debounce: float | None = None,
+        batch_window: float | None = None,
+    ) -> Watch | BatchWatch: ...
+
+    def watch_variables(
+        self,
+        identifiers: Iterable[str] | None = None,
+        *,
+        include_initial: bool = False,
+        filter: UpdateFilter | None = None,
+        where: str | None = None,
+        start_revision: int | None = None,
+        incarnation: str | None = None,
+        coalesce: bool = False,
+        heartbeat_interval_ms: int | None = None,
+        max_retries: int = 10,
+        backoff_base: float = 1.0,
+        backoff_cap: float = 30.0,
+        batched: bool = True,
+        debounce: float | None = None,
+        batch_window: float | None = None,
+    ) -> Watch | BatchWatch:
         """Watch variables (all of the session's when ``identifiers`` is empty).
 
         Returns an async iterator of :class:`VariableUpdate` that is also an
         async context manager. See :class:`varbridge.watch.Watch`.
-        """
-        from varbridge.watch import Watch
 
-        w = Watch(
+        ``include_initial`` (default False, as in the seed and the Go client):
+        start with each variable's current value. ``start_revision`` and
+        ``incarnation``: resume a watch from another process where it stopped
+        (its ``resume_revision`` and ``incarnation``). ``debounce`` (seconds):
+        deliver a variable's update only once it has been quiet that long,
+        with the old value from before the burst and the last value (trailing
+        edge: the last value is always delivered). ``batch_window`` (seconds):
+        yield lists of the updates collected during the window that opens
+        with the first one (a :class:`~varbridge.watch.BatchWatch`).
+        """
+        from varbridge.watch import BatchWatch, Watch, _DebouncedWatch
+
+        if debounce is not None and debounce <= 0:
+            raise ValueError(f"debounce must be positive, got {debounce!r}")
+        if batch_window is not None and batch_window <= 0:
+            raise ValueError(f"batch_window must be positive, got {batch_window!r}")
+        cls = _DebouncedWatch if debounce is not None else Watch
+        w = cls(
             self,
             list(identifiers or ()),
             include_initial=include_initial,
             filter=filter,
             where=where,
             start_revision=start_revision,
+            incarnation=incarnation,
             coalesce=coalesce,
             heartbeat_interval_ms=heartbeat_interval_ms,
             max_retries=max_retries,
             backoff_base=backoff_base,
             backoff_cap=backoff_cap,
             batched=batched,
+            debounce=debounce,
         )
         self.bridge._watches.add(w)
+        self._watches.add(w)
+        if batch_window is not None:
+            return BatchWatch(w, batch_window)
         return w

@@ -12,21 +12,50 @@ equality (values may be numpy arrays, whose ``==`` is elementwise).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, TypedDict
 
 from varbridge import _convert as cv
 from varbridge.v1 import varbridge_pb2 as pb
 
 __all__ = [
+    "Constraints",
     "GetVariablesResult",
     "SessionInfo",
     "SetVariablesResult",
     "Variable",
+    "VariableTypeAlias",
+    "VariableTypeName",
     "VariableUpdate",
 ]
+
+VariableTypeName = Literal[
+    "integer", "float", "string", "boolean", "choice", "module", "embedding", "tensor"
+]
+"""The variable types, by the names the server reports (``Variable.type``)."""
+
+VariableTypeAlias = Literal["int", "int64", "double", "float64", "str", "bool"]
+"""Shorter spellings accepted for some types (``"int"`` is ``"integer"``)."""
+
+
+class Constraints(TypedDict, total=False):
+    """A variable's constraints, as ``register_variable(constraints=...)`` takes
+    them. Every key is optional; a type checker flags a misspelt one (the
+    client refuses unknown keys at run time too)."""
+
+    min: float
+    max: float
+    min_length: int
+    max_length: int
+    pattern: str
+    choices: Sequence[str]
+    allowed_modules: Sequence[str]
+    dimensions: int
+    shape: Sequence[int]
+    dtype: str
+
 
 # Stands for a field not converted yet (never a real value).
 _UNSET: Any = object()
@@ -552,6 +581,26 @@ def _wrap_update(
     return upd
 
 
+def _with_old_value(u: VariableUpdate, old_value: Any) -> VariableUpdate:
+    """``u`` with another ``old_value`` (a debounced burst: the old value from
+    before it, everything else from its last update)."""
+    return VariableUpdate(
+        variable_id=u.variable_id,
+        variable_name=u.variable_name,
+        value=u.value,
+        old_value=old_value,
+        update_type=u.update_type,
+        revision=u.revision,
+        source=u.source,
+        metadata=u.metadata,
+        timestamp=u.timestamp,
+        variable=u.variable,
+        initial=u.initial,
+        resync=u.resync,
+        last_in_revision=u.last_in_revision,
+    )
+
+
 # The field tables of the dataclasses these types used to be.
 
 
@@ -603,6 +652,10 @@ class SessionInfo:
     variable_count: int
     watch_count: int
     metadata: dict[str, str]
+    incarnation: str = ""
+    """Random, fixed when the session was created; a session created again under
+    the same id (after cleanup, expiry or a server that lost it) has a new one.
+    Revisions compare only within one incarnation."""
 
     @classmethod
     def from_pb(cls, s: pb.Session) -> SessionInfo:
@@ -615,6 +668,7 @@ class SessionInfo:
             variable_count=s.variable_count,
             watch_count=s.watch_count,
             metadata=dict(s.metadata),
+            incarnation=s.incarnation,
         )
 
 

@@ -23,18 +23,27 @@ import datetime as _dt
 import threading
 from collections.abc import Coroutine, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 import grpc
 
 from varbridge.client import Bridge, SessionContext
-from varbridge.models import GetVariablesResult, SessionInfo, SetVariablesResult, Variable
+from varbridge.models import (
+    Constraints,
+    GetVariablesResult,
+    SessionInfo,
+    SetVariablesResult,
+    Variable,
+    VariableTypeAlias,
+    VariableTypeName,
+)
 from varbridge.models import VariableUpdate as VariableUpdate
-from varbridge.watch import UpdateFilter, Watch
+from varbridge.watch import BatchWatch, UpdateFilter, Watch
 
 __all__ = ["SyncBridge", "SyncSession", "SyncWatch", "connect"]
 
 T = TypeVar("T")
+Item = TypeVar("Item", VariableUpdate, list[VariableUpdate])
 
 
 class _LoopThread:
@@ -147,8 +156,14 @@ class SyncBridge:
         ttl: float | _dt.timedelta | None = None,
         metadata: Mapping[str, str] | None = None,
         token: str | None = None,
+        cleanup: bool = False,
     ) -> SyncSession:
-        ctx = self._run(self._bridge.session(session_id, ttl=ttl, metadata=metadata, token=token))
+        """Create or join a session; usable as ``with``: leaving the block closes
+        its watches and, with ``cleanup=True``, removes the session."""
+        ctx = self._run(
+            self._bridge._open_session(session_id, ttl=ttl, metadata=metadata, token=token)
+        )
+        ctx.cleanup_on_exit = cleanup
         return SyncSession(self, ctx)
 
     def get_session(self, session_id: str, *, token: str | None = None) -> SessionInfo:
@@ -177,8 +192,24 @@ class SyncSession:
     def created(self) -> bool:
         return self.context.created
 
+    @property
+    def incarnation(self) -> str:
+        return self.context.incarnation
+
     def __repr__(self) -> str:
         return f"SyncSession({self.session_id!r})"
+
+    def __enter__(self) -> SyncSession:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self._bridge._closed:
+            self._bridge._run(self.context.__aexit__(exc_type, exc, tb))
 
     def get_info(self) -> SessionInfo:
         return self._bridge._run(self.context.get_info())
@@ -192,10 +223,10 @@ class SyncSession:
     def register_variable(
         self,
         name: str,
-        type: str | int,
+        type: VariableTypeName | VariableTypeAlias | int,
         initial_value: Any = None,
         *,
-        constraints: Mapping[str, Any] | None = None,
+        constraints: Constraints | None = None,
         metadata: Mapping[str, str] | None = None,
         source: str | None = None,
     ) -> Variable:
@@ -266,67 +297,118 @@ class SyncSession:
             self.context.delete_variable(identifier, metadata=metadata, source=source)
         )
 
+    @overload
     def watch_variables(
         self,
         identifiers: Iterable[str] | None = None,
         *,
-        include_initial: bool = True,
+        include_initial: bool = False,
         filter: UpdateFilter | None = None,
         where: str | None = None,
         start_revision: int | None = None,
+        incarnation: str | None = None,
         coalesce: bool = False,
         heartbeat_interval_ms: int | None = None,
         max_retries: int = 10,
         backoff_base: float = 1.0,
         backoff_cap: float = 30.0,
         batched: bool = True,
-    ) -> SyncWatch:
-        """A plain iterator of updates; close it (or use ``with``) to end the RPC."""
+        debounce: float | None = None,
+        batch_window: None = None,
+    ) -> SyncWatch[VariableUpdate]: ...
+
+    @overload
+    def watch_variables(
+        self,
+        identifiers: Iterable[str] | None = None,
+        *,
+        include_initial: bool = False,
+        filter: UpdateFilter | None = None,
+        where: str | None = None,
+        start_revision: int | None = None,
+        incarnation: str | None = None,
+        coalesce: bool = False,
+        heartbeat_interval_ms: int | None = None,
+        max_retries: int = 10,
+        backoff_base: float = 1.0,
+        backoff_cap: float = 30.0,
+        batched: bool = True,
+        debounce: float | None = None,
+        batch_window: float,
+    ) -> SyncWatch[list[VariableUpdate]]: ...
+
+    def watch_variables(
+        self,
+        identifiers: Iterable[str] | None = None,
+        *,
+        include_initial: bool = False,
+        filter: UpdateFilter | None = None,
+        where: str | None = None,
+        start_revision: int | None = None,
+        incarnation: str | None = None,
+        coalesce: bool = False,
+        heartbeat_interval_ms: int | None = None,
+        max_retries: int = 10,
+        backoff_base: float = 1.0,
+        backoff_cap: float = 30.0,
+        batched: bool = True,
+        debounce: float | None = None,
+        batch_window: float | None = None,
+    ) -> SyncWatch[VariableUpdate] | SyncWatch[list[VariableUpdate]]:
+        """A plain iterator of updates (of lists of them with ``batch_window``);
+        close it (or use ``with``) to end the RPC. Options as
+        :meth:`varbridge.client.SessionContext.watch_variables`."""
         ids = list(identifiers or ())
 
-        async def make() -> Watch:
+        async def make() -> Watch | BatchWatch:
             return self.context.watch_variables(
                 ids,
                 include_initial=include_initial,
                 filter=filter,
                 where=where,
                 start_revision=start_revision,
+                incarnation=incarnation,
                 coalesce=coalesce,
                 heartbeat_interval_ms=heartbeat_interval_ms,
                 max_retries=max_retries,
                 backoff_base=backoff_base,
                 backoff_cap=backoff_cap,
                 batched=batched,
+                debounce=debounce,
+                batch_window=batch_window,
             )
 
         return SyncWatch(self._bridge, self._bridge._run(make()))
 
 
-class SyncWatch(Iterator[VariableUpdate]):
-    """Blocking iterator over a :class:`varbridge.watch.Watch`.
+class SyncWatch(Iterator[Item], Generic[Item]):
+    """Blocking iterator over a :class:`varbridge.watch.Watch` (or a
+    :class:`varbridge.watch.BatchWatch`, yielding lists).
 
     :meth:`next` takes a ``timeout``: TimeoutError leaves the watch running
     and the next call picks up the same pending read. Ctrl-C (or any other
     interruption) ends the watch.
     """
 
-    def __init__(self, bridge: SyncBridge, watch: Watch) -> None:
+    watch: Any  # Watch or BatchWatch, whichever yields Item
+
+    def __init__(self, bridge: SyncBridge, watch: Watch | BatchWatch) -> None:
         self._bridge = bridge
         self.watch = watch
-        self._pending: concurrent.futures.Future[VariableUpdate] | None = None
+        self._pending: concurrent.futures.Future[Item] | None = None
 
-    def __iter__(self) -> SyncWatch:
+    def __iter__(self) -> SyncWatch[Item]:
         return self
 
-    def __next__(self) -> VariableUpdate:
+    def __next__(self) -> Item:
         return self.next()
 
-    def start(self) -> SyncWatch:
+    def start(self) -> SyncWatch[Item]:
         """Open the stream now (see :meth:`varbridge.watch.Watch.start`)."""
         self._bridge._run(self.watch.start())
         return self
 
-    def next(self, timeout: float | None = None) -> VariableUpdate:
+    def next(self, timeout: float | None = None) -> Item:
         """The next update; TimeoutError after ``timeout`` seconds (the watch goes on)."""
         if self._pending is None:
             if self.watch.closed:
@@ -352,7 +434,7 @@ class SyncWatch(Iterator[VariableUpdate]):
         self._pending = None
         return result
 
-    def __enter__(self) -> SyncWatch:
+    def __enter__(self) -> SyncWatch[Item]:
         return self
 
     def __exit__(

@@ -12,7 +12,22 @@ resumes exactly where it stopped, so the loop body sees no gap and no repeat:
   middle of such a group resumes at that same revision and skips the
   variable ids it already has; otherwise it resumes at the next revision;
 * a watch cut while it was still receiving its initial values asks for them
-  again and skips the ones it has already yielded that did not change since.
+  again and skips the ones it has already yielded that did not change since;
+* it remembers the session's *incarnation* (``varbridge-watch-incarnation``
+  header, the first update of a stream, heartbeats, RESYNC updates) and sends
+  it with every resume. A session created again under the same id (a server
+  that restarted without its data, a cleanup and a new session) has a new
+  incarnation whose revisions are another history: the server then starts
+  the stream with RESYNC updates (each watched variable's current value),
+  which are yielded with ``resync=True``, and the watch continues from there.
+  Never silence, never a skip. A ``start_revision`` beyond the session's
+  revision + 1 in the same incarnation raises :class:`RevisionOutOfRange`.
+
+Reconnecting follows the schedule the Go client uses: the first attempt after
+a break waits a random fraction (up to 10 %) of ``backoff_base``; attempt
+n >= 2 waits ``backoff_base * 2**(n-2)``, capped at ``backoff_cap``, +-10 %.
+At the ``max_retries``-th consecutive failure the watch raises
+:class:`GaveUp` ("gave up after N attempts over T: last error: ...").
 
 Leaving the loop (``break``, an exception, cancelling the task, ``aclose()``
 or the ``async with`` block) cancels the RPC at once.
@@ -27,8 +42,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
@@ -37,14 +54,35 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import grpc.aio
 
-from varbridge.errors import Unavailable, VarbridgeError, from_rpc_error
-from varbridge.models import VariableUpdate, _wrap_update
+from varbridge.errors import GaveUp, Unavailable, VarbridgeError, from_rpc_error
+from varbridge.models import VariableUpdate, _with_old_value, _wrap_update
 from varbridge.v1 import varbridge_pb2 as pb
 
 if TYPE_CHECKING:
     from varbridge.client import SessionContext
 
-__all__ = ["RETRYABLE_CODES", "UpdateFilter", "Watch"]
+__all__ = ["BACKOFF_JITTER", "RETRYABLE_CODES", "BatchWatch", "UpdateFilter", "Watch", "backoff"]
+
+INCARNATION_HEADER = "varbridge-watch-incarnation"
+
+BACKOFF_JITTER = 0.1
+"""The jitter of reconnect delays (10 %), as in the Go client."""
+
+
+def backoff(base: float, cap: float, failures: int) -> float:
+    """The delay in seconds before reconnect attempt number ``failures`` (1 for
+    the first after a break), the same schedule as the Go client's.
+
+    The first waits only a random fraction (up to the jitter, 10 %) of
+    ``base``, so that a stream that broke once comes back at once while many
+    watches broken together spread out; attempt n >= 2 waits
+    ``base * 2**(n-2)`` capped at ``cap``, +-10 %.
+    """
+    if failures <= 1:
+        return base * BACKOFF_JITTER * random.random()
+    d = min(cap, base * 2.0 ** (failures - 2))
+    return d * (1 + random.uniform(-BACKOFF_JITTER, BACKOFF_JITTER))
+
 
 log = logging.getLogger("varbridge.watch")
 
@@ -105,13 +143,17 @@ class Watch(AsyncIterator[VariableUpdate]):
         filter: UpdateFilter | None = None,
         where: str | None = None,
         start_revision: int | None = None,
+        incarnation: str | None = None,
         coalesce: bool = False,
         heartbeat_interval_ms: int | None = None,
         max_retries: int = 10,
         backoff_base: float = 1.0,
         backoff_cap: float = 30.0,
         batched: bool = True,
+        debounce: float | None = None,
     ) -> None:
+        if max_retries < 1:
+            raise ValueError("max_retries must be >= 1")
         self.session = session
         # The session's variable types (the dict is never replaced).
         self._types = session._types
@@ -124,6 +166,7 @@ class Watch(AsyncIterator[VariableUpdate]):
         self.max_retries = max_retries
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
+        self.debounce = debounce
 
         self._call: grpc.aio.UnaryStreamCall[pb.WatchVariablesRequest, Any] | None = None
         # The open call's read(): one coroutine per message, lighter than
@@ -133,6 +176,13 @@ class Watch(AsyncIterator[VariableUpdate]):
         self._buffer: deque[pb.VariableUpdate] = deque()
         self._closed = False
         self._failures = 0  # consecutive failed attempts
+        self._failing_since = 0.0  # monotonic time of the first of them
+
+        # The session incarnation the resume point belongs to ("" unknown),
+        # and one the server just switched to whose RESYNC is still arriving
+        # (adopted once it is complete, so a cut inside it asks again).
+        self._incarnation = incarnation or ""
+        self._next_incarnation = ""
 
         # Resume state.
         self._last_complete = 0  # every update with revision <= this was received
@@ -158,6 +208,7 @@ class Watch(AsyncIterator[VariableUpdate]):
         self.duplicates_skipped = 0
         self.mid_group_resumes = 0
         self.attempts = 0
+        self.incarnation_changes = 0
 
     # -- public -----------------------------------------------------------
 
@@ -170,6 +221,15 @@ class Watch(AsyncIterator[VariableUpdate]):
     def resume_revision(self) -> int:
         """The ``start_revision`` a reconnect would ask for now."""
         return self._group_rev if self._group_rev is not None else self._last_complete + 1
+
+    @property
+    def incarnation(self) -> str:
+        """The session incarnation the watch follows ("" until the server said).
+
+        With :attr:`resume_revision` it is what a watch in another process
+        needs to carry on from here (``watch_variables(start_revision=...,
+        incarnation=...)``)."""
+        return self._incarnation
 
     @property
     def closed(self) -> bool:
@@ -260,6 +320,10 @@ class Watch(AsyncIterator[VariableUpdate]):
                         raise StopAsyncIteration from None
                     raise
                 except grpc.aio.AioRpcError as e:
+                    if not self._incarnation and self._call is not None:
+                        # Broken before any update: the header may still tell.
+                        with contextlib.suppress(Exception):
+                            self._note_header(await self._call.initial_metadata())
                     self._drop_call()
                     if e.code() == grpc.StatusCode.UNIMPLEMENTED and self.batched:
                         # A server without WatchVariableBatches: one update per message.
@@ -316,6 +380,8 @@ class Watch(AsyncIterator[VariableUpdate]):
         if self._need_base:
             info = await s.get_info()
             self._last_complete = info.revision
+            if not self._incarnation:
+                self._incarnation = info.incarnation
             self._need_base = False
         req = pb.WatchVariablesRequest(
             session_id=s.session_id,
@@ -323,6 +389,9 @@ class Watch(AsyncIterator[VariableUpdate]):
             where=self.where,
             coalesce=self.coalesce,
             heartbeat_interval_ms=self.heartbeat_interval_ms,
+            # Sent on every call: a resume point is only meaningful in the
+            # incarnation it came from.
+            incarnation=self._incarnation,
         )
         if self._initial_pending:
             req.include_initial_values = True
@@ -347,7 +416,7 @@ class Watch(AsyncIterator[VariableUpdate]):
         call = self._call
         assert call is not None
         with contextlib.suppress(grpc.aio.AioRpcError):
-            await call.initial_metadata()
+            self._note_header(await call.initial_metadata())
         if self.batched and call.done() and await call.code() == grpc.StatusCode.UNIMPLEMENTED:
             # A server without WatchVariableBatches: fall back now (the read
             # loop does the same when the first read fails so).
@@ -358,21 +427,61 @@ class Watch(AsyncIterator[VariableUpdate]):
             await self._connect()
             await self._registered()
 
+    def _note_header(self, md: Any) -> None:
+        """Take the incarnation from the stream's response header, if the
+        watch does not know one yet. A known one changes only with the
+        RESYNC updates themselves (see :meth:`_switch_incarnation`)."""
+        if self._incarnation or not md:
+            return
+        for key, value in md:
+            if key == INCARNATION_HEADER and isinstance(value, str) and value:
+                self._incarnation = value
+                return
+
     async def _backoff(self, err: VarbridgeError) -> None:
+        now = time.monotonic()
+        if self._failures == 0:
+            self._failing_since = now
         self._failures += 1
-        if self._failures > self.max_retries:
-            raise err
-        delay = min(self.backoff_cap, self.backoff_base * 2 ** (self._failures - 1))
-        delay *= 1 + random.uniform(-0.1, 0.1)
+        if self._failures >= self.max_retries:
+            raise GaveUp(self._failures, now - self._failing_since, err) from err
+        delay = backoff(self.backoff_base, self.backoff_cap, self._failures)
         log.info(
-            "watch %s: %s; retry %d/%d in %.2fs",
+            "watch %s: %s; attempt %d/%d in %.2fs",
             self.session.session_id,
             err,
-            self._failures,
+            self._failures + 1,
             self.max_retries,
             delay,
         )
         await asyncio.sleep(delay)
+
+    def _switch_incarnation(self, inc: str, ut: int) -> None:
+        """The server reports incarnation ``inc``, not the one the watch had."""
+        if not self._incarnation:
+            self._incarnation = inc  # the first the watch hears of
+            return
+        if inc == self._next_incarnation:
+            return  # the RESYNC already under way
+        # The session was created again: its revisions are another history,
+        # so the resume point and any half-received group mean nothing now.
+        self.incarnation_changes += 1
+        log.info(
+            "watch %s: the session's incarnation changed (%s -> %s)",
+            self.session.session_id,
+            self._incarnation,
+            inc,
+        )
+        self._last_complete = 0
+        self._group_rev = None
+        self._group_ids.clear()
+        if ut == _RESYNC:
+            # Adopted when the RESYNC is complete: a cut before that resumes
+            # with the old incarnation, so the server sends the RESYNC again.
+            self._next_incarnation = inc
+        else:
+            self._incarnation = inc
+            self._next_incarnation = ""
 
     def _complete(self, rev: int) -> None:
         if rev > self._last_complete:
@@ -385,6 +494,9 @@ class Watch(AsyncIterator[VariableUpdate]):
         """Advance the resume state; return the update to yield, if any."""
         ut = msg.update_type
         rev = msg.revision
+        inc = msg.incarnation
+        if inc and inc != self._incarnation:
+            self._switch_incarnation(inc, ut)
         if ut == _HEARTBEAT:
             self._initial_done()
             self._complete(rev)
@@ -433,6 +545,9 @@ class Watch(AsyncIterator[VariableUpdate]):
             if group is not None:
                 self._group_rev = None
                 self._group_ids.clear()
+            if self._next_incarnation:  # a RESYNC complete: its incarnation holds
+                self._incarnation = self._next_incarnation
+                self._next_incarnation = ""
         else:
             if group is None:
                 self._group_rev = rev
@@ -477,3 +592,201 @@ class Watch(AsyncIterator[VariableUpdate]):
             self._initial_pending = False
         if self._initial_seen:
             self._initial_seen.clear()
+
+
+class _Shaper:
+    """Debounce and batch windows over a source of updates, as Go's
+    ``variables.Watch`` has them.
+
+    Debounce (per variable): an update is held until its variable has been
+    quiet for ``debounce`` seconds, then delivered with the old value from
+    before the burst and the last value: the trailing edge, so the last value
+    is always delivered, also when the watch ends. Batch window: the updates
+    that come out during ``window`` seconds after the first one are delivered
+    together, in order.
+
+    The source is read by a task of its own so that a deadline can pass while
+    a read is pending without cancelling it (cancelling a grpc.aio read
+    cancels the whole call); a caller cancelled mid-wait leaves that read to
+    the next call.
+    """
+
+    def __init__(
+        self,
+        source: Callable[[], Awaitable[VariableUpdate]],
+        *,
+        debounce: float | None = None,
+        window: float | None = None,
+    ) -> None:
+        self._source = source
+        self._debounce = debounce
+        self._window = window
+        # variable id -> [update to deliver, when it is due]; a dict keeps
+        # the first arrival's order, which is the delivery order.
+        self._held: dict[str, tuple[VariableUpdate, float]] = {}
+        self._out: deque[VariableUpdate] = deque()
+        self._batch: list[VariableUpdate] = []
+        self._batch_due = 0.0
+        self._batches: deque[list[VariableUpdate]] = deque()
+        self._read: asyncio.Future[VariableUpdate] | None = None
+        self._end: BaseException | None = None  # what ended the source
+
+    async def next_update(self) -> VariableUpdate:
+        while True:
+            self._fire(asyncio.get_running_loop().time())
+            if self._out:
+                return self._out.popleft()
+            if self._end is not None:
+                self._fire(None)
+                if self._out:
+                    return self._out.popleft()
+                raise self._end
+            await self._wait()
+
+    async def next_batch(self) -> list[VariableUpdate]:
+        while True:
+            self._fire(asyncio.get_running_loop().time())
+            if self._batches:
+                return self._batches.popleft()
+            if self._end is not None:
+                self._fire(None)
+                if self._batches:
+                    return self._batches.popleft()
+                raise self._end
+            await self._wait()
+
+    def cancel(self) -> None:
+        """Stop a pending read (the watch is being closed)."""
+        if self._read is not None and not self._read.done():
+            self._read.cancel()
+
+    async def _wait(self) -> None:
+        """Wait for the next update or the next deadline, whichever is first."""
+        loop = asyncio.get_running_loop()
+        if self._read is None:
+            self._read = asyncio.ensure_future(self._source())
+        due = self._next_due()
+        timeout = None if due is None else max(0.0, due - loop.time())
+        done, _ = await asyncio.wait((self._read,), timeout=timeout)
+        if not done:
+            return
+        read, self._read = self._read, None
+        try:
+            u = read.result()
+        except (StopAsyncIteration, asyncio.CancelledError):
+            self._end = StopAsyncIteration()
+        except Exception as e:
+            self._end = e
+        else:
+            self._add(u, loop.time())
+
+    def _next_due(self) -> float | None:
+        due = min((d for _, d in self._held.values()), default=None)
+        if self._batch and (due is None or self._batch_due < due):
+            due = self._batch_due
+        return due
+
+    def _add(self, u: VariableUpdate, now: float) -> None:
+        if self._debounce is None:
+            self._emit(u, now)
+            return
+        key = u.variable_id
+        held = self._held.get(key)
+        if held is not None:
+            # Keep the old value from before the burst; the rest is the latest.
+            u = _with_old_value(u, held[0].old_value)
+        self._held[key] = (u, now + self._debounce)
+
+    def _fire(self, now: float | None) -> None:
+        """Deliver the held updates due at ``now`` (all of them for None) and
+        close the batch if its window has passed."""
+        if self._held:
+            due = [k for k, (_, d) in self._held.items() if now is None or d <= now]
+            for k in due:
+                u, _ = self._held.pop(k)
+                self._emit(u, now)
+        if self._batch and (now is None or self._batch_due <= now):
+            self._batches.append(self._batch)
+            self._batch = []
+
+    def _emit(self, u: VariableUpdate, now: float | None) -> None:
+        if self._window is None:
+            self._out.append(u)
+            return
+        if not self._batch:
+            start = now if now is not None else asyncio.get_running_loop().time()
+            self._batch_due = start + self._window
+        self._batch.append(u)
+
+
+class _DebouncedWatch(Watch):
+    """A :class:`Watch` whose updates go through a per-variable debounce
+    (``watch_variables(debounce=...)``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.debounce is None or self.debounce <= 0:
+            raise ValueError("debounce must be positive")
+        self._shaper = _Shaper(functools.partial(Watch.__anext__, self), debounce=self.debounce)
+
+    async def __anext__(self) -> VariableUpdate:
+        # After close() the pending read ends by itself (its call is
+        # cancelled); what the debounce still holds comes out first.
+        return await self._shaper.next_update()
+
+
+class BatchWatch(AsyncIterator[list[VariableUpdate]]):
+    """A watch that yields lists of updates (``watch_variables(batch_window=...)``).
+
+    A window opens with the first update and lasts ``window`` seconds; the
+    updates collected in it are yielded together, in order. When the watch
+    ends (or raises), what was collected is yielded first. ``watch`` is the
+    underlying :class:`Watch` (counters, resume state). Close it with
+    ``async with`` or :meth:`aclose`: its reads run in a task of their own,
+    which leaving the loop with ``break`` does not end.
+    """
+
+    def __init__(self, watch: Watch, window: float) -> None:
+        if window <= 0:
+            raise ValueError("batch_window must be positive")
+        self.watch = watch
+        self.window = window
+        self._shaper = _Shaper(watch.__anext__, window=window)
+
+    @property
+    def closed(self) -> bool:
+        return self.watch.closed
+
+    def __aiter__(self) -> BatchWatch:
+        return self
+
+    async def __anext__(self) -> list[VariableUpdate]:
+        return await self._shaper.next_batch()
+
+    async def __aenter__(self) -> BatchWatch:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def start(self) -> BatchWatch:
+        """Open the stream now (see :meth:`Watch.start`)."""
+        await self.watch.start()
+        return self
+
+    async def aclose(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.watch.close()
+
+    def __del__(self) -> None:
+        w = getattr(self, "watch", None)
+        if w is not None:
+            with contextlib.suppress(Exception):
+                w.close()
