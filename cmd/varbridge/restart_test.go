@@ -1,0 +1,205 @@
+package main
+
+// Issue 10 item 1 through the CLI: `varbridge watch` on session r, the
+// server SIGKILLed and restarted (in-memory store) on the same port, r
+// created again and n written 0..5. The watch resumes with its old revision,
+// which means nothing to the new session: it must print the RESYNC values
+// (or end with a clear error), never stay silent or skip ahead unflagged.
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	varbridgev1 "github.com/varbridge/varbridge/proto/varbridge/v1"
+)
+
+// runMainEnv makes the test binary run the varbridge command (main) instead
+// of the tests, so a test can start the real server as a process of its own
+// and SIGKILL it.
+const runMainEnv = "VARBRIDGE_TEST_RUN_MAIN"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(runMainEnv) == "1" {
+		main()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// serverProcess is `varbridge serve` running as a child process.
+type serverProcess struct {
+	cmd  *exec.Cmd
+	addr string
+}
+
+// startServerProcess runs `varbridge serve --listen listen` (in-memory) and
+// waits for it to listen.
+func startServerProcess(t *testing.T, listen string) *serverProcess {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "serve", "--listen", listen, "--log-level", "warn", "--drain-timeout", "1s")
+	cmd.Env = append(os.Environ(), runMainEnv+"=1")
+	cmd.Stderr = os.Stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &serverProcess{cmd: cmd}
+	t.Cleanup(func() { p.kill() })
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "listening on "); ok {
+			p.addr = strings.TrimSpace(rest)
+			go func() { _, _ = io.Copy(io.Discard, stdout) }()
+			return p
+		}
+	}
+	t.Fatalf("varbridge serve printed no address: %v", sc.Err())
+	return nil
+}
+
+func (p *serverProcess) kill() {
+	if p.cmd.ProcessState == nil {
+		_ = p.cmd.Process.Signal(syscall.SIGKILL)
+		_ = p.cmd.Wait()
+	}
+}
+
+// writer writes to the server at addr, waiting for it to be up.
+func writer(t *testing.T, addr string) (varbridgev1.BridgeServiceClient, func()) {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.WaitForReady(true)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return varbridgev1.NewBridgeServiceClient(conn), func() { _ = conn.Close() }
+}
+
+func mustDo(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func intValue(i int64) *varbridgev1.Value {
+	return &varbridgev1.Value{Kind: &varbridgev1.Value_IntValue{IntValue: i}}
+}
+
+// createAndWrite creates session r with n and writes n = from..to.
+func createAndWrite(ctx context.Context, t *testing.T, c varbridgev1.BridgeServiceClient, from, to int64) {
+	t.Helper()
+	_, err := c.InitializeSession(ctx, &varbridgev1.InitializeSessionRequest{SessionId: "r"})
+	mustDo(t, err)
+	_, err = c.RegisterVariable(ctx, &varbridgev1.RegisterVariableRequest{
+		SessionId: "r", Name: "n", Type: varbridgev1.VariableType_VARIABLE_TYPE_INTEGER, InitialValue: intValue(from),
+	})
+	mustDo(t, err)
+	for i := from + 1; i <= to; i++ {
+		_, err := c.SetVariable(ctx, &varbridgev1.SetVariableRequest{SessionId: "r", VariableIdentifier: "n", Value: intValue(i)})
+		mustDo(t, err)
+	}
+}
+
+func TestWatchCommandAfterServerRestart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("restarts a server process and waits through the CLI's reconnect schedule")
+	}
+	clearEnv(t)
+	srv := startServerProcess(t, "127.0.0.1:0")
+	addr := srv.addr
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	c, closeC := writer(t, addr)
+	createAndWrite(ctx, t, c, 100, 120)
+	closeC()
+
+	out := newLineWriter()
+	root := newRootCmd()
+	root.SetArgs([]string{"--addr", addr, "--session", "r", "watch", "n", "-o", "json"})
+	root.SetOut(out)
+	root.SetErr(out)
+	wctx, wcancel := context.WithCancel(context.Background())
+	defer wcancel()
+	done := make(chan error, 1)
+	go func() { done <- root.ExecuteContext(wctx) }()
+
+	// The watch is live (registered on the server): a write reaches it.
+	c, closeC = writer(t, addr)
+	for {
+		s, err := c.GetSession(ctx, &varbridgev1.GetSessionRequest{SessionId: "r"})
+		mustDo(t, err)
+		if s.GetSession().GetWatchCount() > 0 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	_, err := c.SetVariable(ctx, &varbridgev1.SetVariableRequest{SessionId: "r", VariableIdentifier: "n", Value: intValue(121)})
+	mustDo(t, err)
+	closeC()
+	var l watchLine
+	mustDo(t, json.Unmarshal([]byte(out.next(t)), &l))
+	if l.Update != "change" || l.New != 121.0 {
+		t.Fatalf("first line %+v", l)
+	}
+
+	srv.kill()
+	srv = startServerProcess(t, addr) // same port, empty store
+	c, closeC = writer(t, addr)
+	defer closeC()
+	createAndWrite(ctx, t, c, 0, 5)
+
+	// Whatever the timing of its reconnect, the watch says what happened:
+	// the current value flagged RESYNC, then the rest in order; or an error.
+	var lines []watchLine
+	deadline := time.After(60 * time.Second)
+	for {
+		select {
+		case text := <-out.lines:
+			var l watchLine
+			if err := json.Unmarshal([]byte(text), &l); err != nil {
+				t.Fatalf("watch printed %q", text)
+			}
+			if len(lines) == 0 && l.Update != "resync" {
+				t.Fatalf("after the restart the watch printed %+v without a resync first", l)
+			}
+			lines = append(lines, l)
+			if l.New == 5.0 {
+				t.Logf("after the restart: %+v", lines)
+				wcancel()
+				if err := <-done; err != nil {
+					t.Fatalf("watch ended with %v", err)
+				}
+				return
+			}
+		case err := <-done:
+			if err == nil {
+				t.Fatal("the watch ended without an error after the restart")
+			}
+			var msg strings.Builder
+			printError(&msg, err)
+			if !strings.Contains(msg.String(), `"r"`) && !strings.Contains(msg.String(), "revision") {
+				t.Fatalf("the watch ended with an unclear error: %s", msg.String())
+			}
+			t.Logf("after the restart the watch ended with: %s", msg.String())
+			return
+		case <-deadline:
+			t.Fatalf("silence: no line and no error within 60 s of the restart (lines so far: %s)", fmt.Sprint(lines))
+		}
+	}
+}
