@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -89,8 +90,8 @@ varbridge_build_info{version,goversion,revision}.
 
 Logs go to stderr as text or JSON lines (--log-format). At --log-level debug
 every call gets one line: method, session, code and duration (never values
-or tokens). Refused credentials are logged at warn level, at most one line
-per 10 s.
+or tokens). Refused credentials (warn) and expired sessions (info) are
+logged at most once per 10 s each.
 
 On SIGINT or SIGTERM the server first reports NOT_SERVING on its health
 service, then lets calls finish for up to --drain-timeout, then cuts what is
@@ -144,9 +145,17 @@ left (open watches, which reconnect elsewhere or when it is back).`,
 			if err != nil {
 				return fmt.Errorf("listen on %s: %w", listen, err)
 			}
+			// The store is made before the server that logs its expiries.
+			var logExpired atomic.Pointer[server.Server]
+			so.OnExpire = func(ids []string) {
+				if srv := logExpired.Load(); srv != nil {
+					srv.LogSessionsExpired(ids)
+				}
+			}
 			st := store.New(so)
 			defer st.Close()
 			srv := server.New(st, sopts...)
+			logExpired.Store(srv)
 			g := srv.GRPCServer()
 			if m != nil {
 				hs := m.NewHTTPServer()

@@ -340,3 +340,31 @@ func TestServeLogs(t *testing.T) {
 		t.Errorf("--log-format xml: %v", err)
 	}
 }
+
+// A session that expires is logged (rate-limited like refusals).
+func TestServeLogsSessionExpiry(t *testing.T) {
+	var logs syncBuffer
+	addr, stop := runServe(t, &logs, "--log-format", "json", "--session-ttl", "300ms")
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c := varbridgev1.NewBridgeServiceClient(conn)
+	if _, err := c.InitializeSession(ctx, &varbridgev1.InitializeSessionRequest{SessionId: "short-lived"}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(logs.String(), `"msg":"sessions expired"`) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no expiry line within 10 s:\n%s", logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	stop()
+	if !strings.Contains(logs.String(), `"first":"short-lived"`) {
+		t.Errorf("the expiry line does not name the session:\n%s", logs.String())
+	}
+}

@@ -139,8 +139,11 @@ func (l *loggedStream) RecvMsg(m any) error {
 	return err
 }
 
-// logSessionExpired logs, rate-limited, that a session expired.
-func (s *Server) logSessionExpired(ids []string) {
+// LogSessionsExpired logs, at most once per 10 s (with the count of those
+// left out), that sessions expired: pass it to the store as
+// store.Options.OnExpire. Expiry ends the session's watches, so an operator
+// looking into a client's NotFound finds why here.
+func (s *Server) LogSessionsExpired(ids []string) {
 	if len(ids) == 0 {
 		return
 	}
@@ -150,7 +153,7 @@ func (s *Server) logSessionExpired(ids []string) {
 	}
 	attrs := []slog.Attr{slog.Int("count", len(ids)), slog.String("first", ids[0])}
 	if suppressed > 0 {
-		attrs = append(attrs, slog.Int("suppressed_since_last", suppressed))
+		attrs = append(attrs, slog.Int("sweeps_suppressed_since_last", suppressed))
 	}
 	s.opts.log.LogAttrs(context.Background(), slog.LevelInfo, "sessions expired", attrs...)
 }

@@ -43,6 +43,9 @@ type Options struct {
 	SweepInterval       time.Duration
 	// Now is the clock; tests inject one to expire sessions without sleeping.
 	Now func() time.Time
+	// OnExpire, when set, is called after each sweep with the ids of the
+	// sessions it removed for want of use, so that the server can log them.
+	OnExpire func(ids []string)
 
 	// Filter bounds what where filters cost, per session and per watch.
 	Filter FilterLimits
@@ -146,6 +149,9 @@ func (s *Store) Sweep() []string {
 	for i, sess := range expired {
 		sess.close("it expired after " + sess.ttl.String() + " without use")
 		ids[i] = sess.id
+	}
+	if len(ids) > 0 && s.opts.OnExpire != nil {
+		s.opts.OnExpire(ids)
 	}
 	return ids
 }
