@@ -183,10 +183,23 @@ func TestCLIWithAuth(t *testing.T) {
 	if out := mustRun(t, append(base, "get", "x")...); !strings.Contains(out, "value=2") {
 		t.Errorf("get with $%s: %q", envToken, out)
 	}
+	w, stop := startWatchArgs(t, append(base, "watch", "x", "--initial")...)
+	if l := w.next(t); !strings.Contains(l, "update=initial name=x") || !strings.Contains(l, "new=2") {
+		t.Errorf("watch with $%s: %q", envToken, l)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
 	mustRun(t, append(base, "--token", token, "delete", "x")...)
+	// A token of another session: register creates the new session, and the
+	// new session's token is printed, not thrown away.
+	_, errText, err := run(t, "--addr", srv.Addr, "--session", "s2", "register", "y", "integer", "1")
+	if err != nil || !strings.Contains(errText, "created session s2; its token") || !strings.Contains(errText, "vbt_") {
+		t.Errorf("register in a new session with another session's token: %v %q", err, errText)
+	}
 	// A second init without the token is refused, with advice.
 	t.Setenv(envToken, "")
-	errText := failRun(t, codes.AlreadyExists, append(base, "session", "init")...)
+	errText = failRun(t, codes.AlreadyExists, append(base, "session", "init")...)
 	if !strings.Contains(errText, "--token") {
 		t.Errorf("session init of an existing session without its token: %q", errText)
 	}
@@ -198,7 +211,7 @@ func TestCLIWithAuth(t *testing.T) {
 	}
 	failRun(t, codes.PermissionDenied, "--addr", srv.Addr, "--token", token, "sessions")
 	t.Setenv(envToken, "op-secret")
-	if out := mustRun(t, "--addr", srv.Addr, "sessions"); !strings.HasPrefix(out, "session=s1 ") || strings.Count(out, "\n") != 1 {
+	if out := mustRun(t, "--addr", srv.Addr, "sessions"); !strings.HasPrefix(out, "session=s1 ") || !strings.Contains(out, "\nsession=s2 ") {
 		t.Errorf("sessions with the operator token: %q", out)
 	}
 }
