@@ -52,7 +52,11 @@ func acquirePool(target string, o *options) (*connPool, error) {
 	}
 	dialOpts := append([]grpc.DialOption{
 		grpc.WithTransportCredentials(creds),
-		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(codec.Client)),
+		// Unary calls wait for the connection within their deadline instead
+		// of failing at once while it is (re)connecting, say just after a
+		// server restart; watch streams opt out (see streamConsumer.open).
+		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(codec.Client), grpc.WaitForReady(true)),
+		grpc.WithDefaultServiceConfig(serviceConfig),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{
 			Time: o.keepTime, Timeout: o.keepTimeout, PermitWithoutStream: true,
 		}),
@@ -92,6 +96,31 @@ func acquirePool(target string, o *options) (*connPool, error) {
 	pools.m[key] = p
 	return p, nil
 }
+
+// serviceConfig makes gRPC itself retry the idempotent reads when they fail
+// UNAVAILABLE (a connection lost mid-call), with the schedule the Python
+// client uses too: up to 5 attempts, backoff from 0.1 s doubling to 1 s.
+// Writes are not retried: one that reached the server before the
+// connection broke would apply twice.
+const serviceConfig = `{
+  "methodConfig": [{
+    "name": [
+      {"service": "varbridge.v1.BridgeService", "method": "GetSession"},
+      {"service": "varbridge.v1.BridgeService", "method": "GetVariable"},
+      {"service": "varbridge.v1.BridgeService", "method": "GetVariables"},
+      {"service": "varbridge.v1.BridgeService", "method": "ListVariables"},
+      {"service": "varbridge.v1.BridgeService", "method": "ListSessions"},
+      {"service": "varbridge.v1.BridgeService", "method": "Heartbeat"}
+    ],
+    "retryPolicy": {
+      "maxAttempts": 5,
+      "initialBackoff": "0.1s",
+      "maxBackoff": "1s",
+      "backoffMultiplier": 2,
+      "retryableStatusCodes": ["UNAVAILABLE"]
+    }
+  }]
+}`
 
 // dial adds a connection; p.mu is held or p is not yet shared.
 func (p *connPool) dial() (*pooledConn, error) {
