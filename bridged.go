@@ -286,9 +286,12 @@ func (b *BridgedState) WatchVariables(ctx context.Context, identifiers []string,
 			return WatchRef{}, fromStatus(err)
 		}
 		rev = resp.GetSession().GetRevision()
+		if cfg.incarnation == "" {
+			cfg.incarnation = resp.GetSession().GetIncarnation()
+		}
 	}
 	w.identOf = func(id string) (string, bool) { s, ok := ident[id]; return s, ok }
-	c := &streamConsumer{b: b, w: w, resume: rev + 1}
+	c := &streamConsumer{b: b, w: w, resume: rev + 1, incarnation: cfg.incarnation}
 	if cfg.startRevision > 0 {
 		c.resume, initial = cfg.startRevision, nil
 	} else if cfg.initial {
@@ -340,12 +343,36 @@ func (b *BridgedState) Close() error {
 	return nil
 }
 
+// Heartbeat marks the session used, restarting its TTL, and returns the
+// session as the server describes it. A program that holds a session
+// without calling it otherwise (and without a watch open on it, which keeps
+// it alive by itself) calls Heartbeat within the TTL.
+func (b *BridgedState) Heartbeat(ctx context.Context) (*SessionInfo, error) {
+	if err := b.check(); err != nil {
+		return nil, err
+	}
+	resp, err := b.api().Heartbeat(b.ctx(ctx), &pb.HeartbeatRequest{SessionId: b.session})
+	if err != nil {
+		return nil, fromStatus(err)
+	}
+	return sessionFromProto(resp.GetSession()), nil
+}
+
+func sessionFromProto(s *pb.Session) *SessionInfo {
+	return &SessionInfo{
+		ID: s.GetSessionId(), Incarnation: s.GetIncarnation(), CreatedAt: asTime(s.GetCreatedAt()),
+		ExpiresAt: asTime(s.GetExpiresAt()), TTL: s.GetTtl().AsDuration(), Revision: s.GetRevision(),
+		VariableCount: s.GetVariableCount(), WatchCount: s.GetWatchCount(), Metadata: s.GetMetadata(),
+	}
+}
+
 // CleanupSession removes the session from the server, ending every watch
 // on it (other clients' too), and closes b.
 func (b *BridgedState) CleanupSession(ctx context.Context) error {
 	if err := b.check(); err != nil {
 		return err
 	}
+	b.watches.closeAll() // b's own watches stop as Close stops them, not failed
 	_, err := b.api().CleanupSession(b.ctx(ctx), &pb.CleanupSessionRequest{SessionId: b.session})
 	_ = b.Close()
 	return fromStatus(err)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -12,8 +13,11 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	grpcbackoff "google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/varbridge/varbridge/internal/cutproxy"
 	"github.com/varbridge/varbridge/internal/server"
@@ -160,7 +164,9 @@ func TestBridgedGivesUpAfterMaxFailures(t *testing.T) {
 	case <-time.After(waitTimeout):
 		t.Fatal("the consumer did not give up")
 	}
-	if !errors.Is(err, ErrGaveUp) || !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "3 consecutive failures") {
+	var gu *GaveUpError
+	if !errors.Is(err, ErrGaveUp) || !errors.Is(err, ErrUnavailable) || !errors.As(err, &gu) || gu.Attempts != 3 ||
+		!regexp.MustCompile(`^gave up after 3 attempts over \d+\.\ds: last error: unavailable: `).MatchString(err.Error()) {
 		t.Fatalf("error = %v", err)
 	}
 	wi := watchInfo(t, b, ref)
@@ -396,5 +402,75 @@ func TestBridgedAuth(t *testing.T) {
 	}
 	if _, err := bad.WatchVariables(context.Background(), []string{"v"}, rec.watch); !errors.Is(err, ErrPermissionDenied) && !errors.Is(err, ErrUnauthenticated) {
 		t.Fatalf("watch with a forged token: %v", err)
+	}
+}
+
+// Issue 10 item 8: BridgedState maps errors from the ErrorInfo reason the
+// server attaches (domain varbridge.dev), then from the code; the message
+// text decides nothing. The statuses are built here as the server sends
+// them, with messages that would mislead a text match.
+func TestErrorsFromErrorInfo(t *testing.T) {
+	withInfo := func(c codes.Code, msg, reason string, md map[string]string) error {
+		st, err := status.New(c, msg).WithDetails(&errdetails.ErrorInfo{Domain: "varbridge.dev", Reason: reason, Metadata: md})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Err()
+	}
+	closed := fromStatus(withInfo(codes.NotFound, `session "s" ended because it expired`, "SESSION_CLOSED",
+		map[string]string{"session_id": "s", "cause": "expired"}))
+	if !errors.Is(closed, ErrSessionClosed) || errors.Is(closed, ErrSessionNotFound) {
+		t.Errorf("SESSION_CLOSED: %v", closed)
+	}
+	notFound := fromStatus(withInfo(codes.NotFound, "session closed? no: not found", "SESSION_NOT_FOUND", map[string]string{"session_id": "s"}))
+	if !errors.Is(notFound, ErrSessionNotFound) || errors.Is(notFound, ErrSessionClosed) {
+		t.Errorf("SESSION_NOT_FOUND: %v", notFound)
+	}
+	var nf *NotFoundError
+	err := fromStatus(withInfo(codes.NotFound, "no such things", "VARIABLE_NOT_FOUND",
+		map[string]string{"session_id": "s", "identifiers": "a, b\nc"}))
+	if !errors.As(err, &nf) || nf.Session != "s" || !slices.Equal(nf.Identifiers, []string{"a, b", "c"}) {
+		t.Errorf("VARIABLE_NOT_FOUND: %v %+v", err, nf)
+	}
+	var ce *ConstraintError
+	err = fromStatus(withInfo(codes.InvalidArgument, `variable "decoy": bad`, "CONSTRAINT_VIOLATION",
+		map[string]string{"variable": "t", "constraint": "max", "value": "3"}))
+	if !errors.As(err, &ce) || ce.Variable != "t" || ce.Constraint != "max" || !errors.Is(err, ErrInvalidArgument) {
+		t.Errorf("CONSTRAINT_VIOLATION: %v %+v", err, ce)
+	}
+	var vc *VersionConflictError
+	err = fromStatus(withInfo(codes.FailedPrecondition, "conflict", "VERSION_CONFLICT",
+		map[string]string{"variable": "v", "expected_version": "4", "actual_version": "9"}))
+	if !errors.As(err, &vc) || vc.Variable != "v" || vc.Expected != 4 || vc.Actual != 9 || !errors.Is(err, ErrVersionConflict) {
+		t.Errorf("VERSION_CONFLICT: %v %+v", err, vc)
+	}
+	var oor *RevisionOutOfRangeError
+	err = fromStatus(withInfo(codes.OutOfRange, "ahead", "REVISION_OUT_OF_RANGE",
+		map[string]string{"session_id": "s", "start_revision": "23", "session_revision": "6", "incarnation": "0123456789abcdef"}))
+	if !errors.As(err, &oor) || oor.StartRevision != 23 || oor.SessionRevision != 6 || oor.Incarnation != "0123456789abcdef" ||
+		!errors.Is(err, ErrOutOfRange) {
+		t.Errorf("REVISION_OUT_OF_RANGE: %v %+v", err, oor)
+	}
+	var le *LimitError
+	err = fromStatus(withInfo(codes.ResourceExhausted, "too costly", "FILTER_TOO_COSTLY", map[string]string{"limit": "where_cost"}))
+	if !errors.As(err, &le) || le.Limit != "where_cost" || !errors.Is(err, ErrLimit) {
+		t.Errorf("FILTER_TOO_COSTLY: %v", err)
+	}
+	if err := fromStatus(withInfo(codes.Unauthenticated, "x", "TOKEN_REQUIRED", nil)); !errors.Is(err, ErrUnauthenticated) {
+		t.Errorf("TOKEN_REQUIRED: %v", err)
+	}
+	if err := fromStatus(withInfo(codes.PermissionDenied, "x", "TOKEN_INVALID", nil)); !errors.Is(err, ErrPermissionDenied) {
+		t.Errorf("TOKEN_INVALID: %v", err)
+	}
+	// Without varbridge's ErrorInfo (another domain, or none): the code.
+	st, _ := status.New(codes.NotFound, "session closed").WithDetails(&errdetails.ErrorInfo{Domain: "example.com", Reason: "SESSION_CLOSED"})
+	if err := fromStatus(st.Err()); !errors.Is(err, ErrSessionNotFound) {
+		t.Errorf("NOT_FOUND without varbridge's ErrorInfo: %v", err)
+	}
+	if err := fromStatus(status.Error(codes.OutOfRange, "x")); !errors.Is(err, ErrOutOfRange) {
+		t.Errorf("OUT_OF_RANGE without details: %v", err)
+	}
+	if err := fromStatus(status.Error(codes.Unavailable, "x")); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("UNAVAILABLE: %v", err)
 	}
 }

@@ -3,13 +3,13 @@ package varbridge
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"math/rand/v2"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
@@ -39,8 +39,17 @@ type streamConsumer struct {
 	skip       map[string]struct{} // after a break inside partialRev's group: partialIDs, to skip when resent
 	gone       map[string]bool     // identifiers whose variable was deleted
 	failures   int                 // consecutive failures; a message resets it
+	failedAt   time.Time           // when the current run of failures began
 	single     bool                // the server lacks WatchVariableBatches
+	// incarnation is the session incarnation the resume point belongs to:
+	// sent on every resume, so that a server whose session was created
+	// again answers with RESYNC instead of silence at revisions that now
+	// mean something else.
+	incarnation string
 }
+
+// incarnationHeader is the response header with the session's incarnation.
+const incarnationHeader = "varbridge-watch-incarnation"
 
 // request is the WatchVariables request that resumes the watch.
 func (c *streamConsumer) request() *pb.WatchVariablesRequest {
@@ -59,7 +68,7 @@ func (c *streamConsumer) request() *pb.WatchVariablesRequest {
 		}
 	}
 	return &pb.WatchVariablesRequest{
-		SessionId: c.b.session, VariableIdentifiers: idents, StartRevision: start,
+		SessionId: c.b.session, VariableIdentifiers: idents, StartRevision: start, Incarnation: c.incarnation,
 		Where: cfg.where, Coalesce: cfg.coalesce, HeartbeatIntervalMs: cfg.heartbeat.Milliseconds(),
 		// watch.deliver reads only type, value and version of a change's
 		// variable; the rest is in the update itself.
@@ -99,16 +108,22 @@ func (s singleStream) next() ([]*pb.VariableUpdate, error) {
 // here with the server's status (a raw gRPC error). With WithBatchedStream
 // it uses WatchVariableBatches, falling back to WatchVariables on a server
 // without it.
+//
+// Unlike unary calls, a stream does not wait for the connection to be
+// ready: a watch counts each failed connect towards giving up, on its own
+// backoff schedule, instead of hanging without a deadline.
 func (c *streamConsumer) open(ctx context.Context) (updateStream, error) {
 	api := pb.NewBridgeServiceClient(c.lease.cc)
 	ctx = c.b.ctx(ctx)
 	c.armSkip()
 	if !c.single && c.w.cfg.batched {
-		s, err := api.WatchVariableBatches(ctx, c.request())
+		s, err := api.WatchVariableBatches(ctx, c.request(), grpc.WaitForReady(false))
+		var md metadata.MD
 		if err == nil {
-			err = waitHeader(s, new(pb.VariableUpdateBatch))
+			md, err = waitHeader(s, new(pb.VariableUpdateBatch))
 		}
 		if err == nil {
+			c.started(md)
 			return batchStream{s}, nil
 		}
 		if status.Code(err) != codes.Unimplemented {
@@ -116,18 +131,20 @@ func (c *streamConsumer) open(ctx context.Context) (updateStream, error) {
 		}
 		c.single = true
 	}
-	s, err := api.WatchVariables(ctx, c.request())
+	s, err := api.WatchVariables(ctx, c.request(), grpc.WaitForReady(false))
+	var md metadata.MD
 	if err == nil {
-		err = waitHeader(s, new(pb.VariableUpdate))
+		md, err = waitHeader(s, new(pb.VariableUpdate))
 	}
 	if err != nil {
 		return nil, err
 	}
+	c.started(md)
 	return singleStream{s}, nil
 }
 
 // waitHeader blocks until the stream's header arrives or the stream fails.
-func waitHeader(s grpc.ClientStream, probe any) error {
+func waitHeader(s grpc.ClientStream, probe any) (metadata.MD, error) {
 	md, err := s.Header()
 	if err == nil && md == nil { // the stream ended without headers: get its status
 		err = s.RecvMsg(probe)
@@ -135,13 +152,42 @@ func waitHeader(s grpc.ClientStream, probe any) error {
 			err = status.Error(codes.Unavailable, "the watch stream ended before it started")
 		}
 	}
-	return err
+	return md, err
+}
+
+// started reads a new stream's header. When it names another incarnation
+// than the one the resume point belongs to, the session was created again
+// while the watch was away: the server starts the stream with RESYNC at its
+// current revision R, which may well be lower than the old resume point, so
+// the old revision bookkeeping is dropped; keeping it would discard the
+// resync and every change up to the old revision as duplicates.
+func (c *streamConsumer) started(md metadata.MD) {
+	inc := ""
+	if v := md.Get(incarnationHeader); len(v) > 0 {
+		inc = v[0]
+	}
+	c.noteIncarnation(inc)
+}
+
+// noteIncarnation records the incarnation a stream reports ("" says
+// nothing: an older server).
+func (c *streamConsumer) noteIncarnation(inc string) {
+	if inc == "" || inc == c.incarnation {
+		return
+	}
+	if c.incarnation != "" {
+		c.resume, c.partialRev, c.partialIDs, c.skip = 0, 0, c.partialIDs[:0], nil
+		c.w.lastRev.Store(0)
+	}
+	c.incarnation = inc
+	c.w.setIncarnation(inc)
 }
 
 // run is the consumer's goroutine.
 func (c *streamConsumer) run(ctx context.Context, stream updateStream) {
 	w := c.w
 	defer close(w.done)
+	defer w.exit()
 	defer w.cancel() // releases the link to the caller's context
 	defer c.b.pool.release(c.lease)
 	c.deliverInitial()
@@ -199,6 +245,9 @@ func (c *streamConsumer) consume(stream updateStream) error {
 // reconnect, and moves the resume point.
 func (c *streamConsumer) process(u *pb.VariableUpdate) {
 	rev := u.GetRevision()
+	if c.incarnation == "" {
+		c.noteIncarnation(u.GetIncarnation())
+	}
 	if u.GetUpdateType() == pb.UpdateType_UPDATE_TYPE_HEARTBEAT {
 		if rev >= c.resume {
 			c.complete(rev)
@@ -283,8 +332,11 @@ func (c *streamConsumer) failed(ctx context.Context, err error) bool {
 		return true
 	}
 	c.failures++
+	if c.failures == 1 {
+		c.failedAt = time.Now()
+	}
 	if c.failures >= w.cfg.maxFailures {
-		w.fail(fmt.Errorf("%w after %d consecutive failures; last: %w", ErrGaveUp, c.failures, err))
+		w.fail(&GaveUpError{Attempts: c.failures, Elapsed: time.Since(c.failedAt), Last: err})
 		return true
 	}
 	t := time.NewTimer(backoff(w.cfg.backoffBase, w.cfg.backoffCap, c.failures))

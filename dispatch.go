@@ -31,6 +31,9 @@ type watch struct {
 	identOf func(varID string) (string, bool)
 
 	received, filtered, errors, panics, reconnects, duplicates, lastRev atomic.Int64
+	// incarnation is the session incarnation of the updates being delivered
+	// (set by the owning goroutine, read by ListWatchers too).
+	incarnation atomic.Pointer[string]
 
 	stopped atomic.Bool // set by unwatch: no new watcher call starts
 	cancel  context.CancelFunc
@@ -41,6 +44,7 @@ type watch struct {
 	alive   bool
 	reason  string
 	lastErr error
+	failErr error // the error that ended the watch, for the done handlers
 }
 
 func newWatch(identifiers []string, fn Watcher, cfg watchConfig, log *slog.Logger) *watch {
@@ -87,9 +91,10 @@ func (w *watch) deliver(u *pb.VariableUpdate) {
 		VariableID: u.GetVariableId(), Name: u.GetVariableName(), Type: TypeFromProto(v.GetType()),
 		Version: v.GetVersion(), Revision: u.GetRevision(), Source: u.GetUpdateSource(),
 		Metadata: maps.Clone(u.GetUpdateMetadata()), Timestamp: asTime(u.GetTimestamp()),
-		Initial: ut == pb.UpdateType_UPDATE_TYPE_INITIAL_VALUE,
-		Resync:  ut == pb.UpdateType_UPDATE_TYPE_RESYNC,
-		Deleted: ut == pb.UpdateType_UPDATE_TYPE_DELETED,
+		Incarnation: w.currentIncarnation(),
+		Initial:     ut == pb.UpdateType_UPDATE_TYPE_INITIAL_VALUE,
+		Resync:      ut == pb.UpdateType_UPDATE_TYPE_RESYNC,
+		Deleted:     ut == pb.UpdateType_UPDATE_TYPE_DELETED,
 	}
 	if meta.Name == "" {
 		meta.Name = v.GetName()
@@ -109,6 +114,34 @@ func (w *watch) deliver(u *pb.VariableUpdate) {
 	}
 	w.call(ident, old, cur, meta)
 	w.advance(u)
+}
+
+// setIncarnation records the session incarnation of the updates that follow.
+func (w *watch) setIncarnation(inc string) { w.incarnation.Store(&inc) }
+
+func (w *watch) currentIncarnation() string {
+	if p := w.incarnation.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+// exit is the last thing the owning goroutine does: it runs the done
+// handlers (WithDoneHandler), after the last watcher call has returned.
+func (w *watch) exit() {
+	if w.cfg.onDone == nil {
+		return
+	}
+	w.mu.Lock()
+	err := w.failErr
+	w.mu.Unlock()
+	defer func() {
+		if p := recover(); p != nil {
+			w.panics.Add(1)
+			w.log.Error("varbridge: watch done handler panicked", "watch", w.ref.String(), "panic", fmt.Sprint(p))
+		}
+	}()
+	w.cfg.onDone(err)
 }
 
 // advance records the revision an update completes: the last update of a
@@ -207,7 +240,7 @@ func (w *watch) fail(err error) {
 		return
 	}
 	w.alive = false
-	w.reason, w.lastErr = err.Error(), err
+	w.reason, w.lastErr, w.failErr = err.Error(), err, err
 	w.mu.Unlock()
 	w.log.Warn("varbridge: watch stopped", "watch", w.ref.String(), "identifiers", w.identifiers, "err", err)
 	if w.cfg.onError != nil {
@@ -234,12 +267,17 @@ func (w *watch) safeOnError(err error) {
 // the owning goroutine to return; when one is (a watcher unwatching itself,
 // or another goroutine racing a running call) it cannot wait, since the
 // running call may be the caller, and the goroutine returns right after.
+// Before the wait it runs the onStop hook: a watcher of the channel form
+// may be blocked on a send that only the hook releases.
 func (w *watch) stop() {
 	w.mu.Lock()
 	w.stopped.Store(true)
 	running := w.inCall
 	w.mu.Unlock()
 	w.cancel()
+	if w.cfg.onStop != nil {
+		w.cfg.onStop()
+	}
 	if !running {
 		<-w.done
 	}
@@ -253,6 +291,7 @@ func (w *watch) info() WatchInfo {
 		UpdatesReceived: w.received.Load(), UpdatesFiltered: w.filtered.Load(),
 		Errors: w.errors.Load(), Panics: w.panics.Load(), Reconnects: w.reconnects.Load(), DuplicatesSkipped: w.duplicates.Load(),
 		StartedAt: w.started, Uptime: time.Since(w.started), LastRevision: w.lastRev.Load(), LastError: w.lastErr,
+		Incarnation: w.currentIncarnation(),
 	}
 }
 

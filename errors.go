@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/varbridge/varbridge/internal/store"
 	"github.com/varbridge/varbridge/internal/where"
+	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
 
 // Sentinel errors. LocalState and BridgedState return the same ones for the
@@ -45,8 +47,12 @@ var (
 	ErrUnknownWatch = errors.New("unknown watch")
 	// ErrClosed: the provider was closed.
 	ErrClosed = errors.New("state provider closed")
-	// ErrGaveUp: a watch stopped reconnecting after too many consecutive failures.
+	// ErrGaveUp: a watch stopped reconnecting after too many consecutive
+	// failures (see GaveUpError).
 	ErrGaveUp = errors.New("watch gave up")
+	// ErrOutOfRange: a watch asked to resume beyond the session's revision in
+	// the same incarnation (see RevisionOutOfRangeError).
+	ErrOutOfRange = errors.New("revision out of range")
 )
 
 // NotFoundError lists every identifier that named no variable in a session.
@@ -101,6 +107,77 @@ func (e *LimitError) Error() string { return e.msg }
 // Is makes a LimitError match ErrLimit.
 func (e *LimitError) Is(target error) bool { return target == ErrLimit }
 
+// VersionConflictError reports a compare-and-set (WithExpectedVersion,
+// WithExpectedVersions) that found the variable at another version. It
+// matches ErrVersionConflict; errors.As gives both versions, so a caller can
+// re-read and retry without parsing text.
+type VersionConflictError struct {
+	Variable string // the variable's name
+	Expected int64  // the version the write asked for
+	Actual   int64  // the version the variable was at
+	msg      string
+}
+
+// Error names the variable and both versions.
+func (e *VersionConflictError) Error() string {
+	if e.msg != "" {
+		return e.msg
+	}
+	return fmt.Sprintf("version conflict: variable %q is at version %d, not the expected %d", e.Variable, e.Actual, e.Expected)
+}
+
+// Is makes a VersionConflictError match ErrVersionConflict.
+func (e *VersionConflictError) Is(target error) bool { return target == ErrVersionConflict }
+
+// RevisionOutOfRangeError reports a watch that asked to resume
+// (WithStartRevision) beyond the session's revision + 1 within the same
+// incarnation, or without one: the revision cannot come from this session's
+// history, and silence would hide whatever the caller lacks. It matches
+// ErrOutOfRange. Resume with the incarnation the revision was seen in
+// (WithIncarnation), or watch afresh.
+type RevisionOutOfRangeError struct {
+	Session         string
+	StartRevision   int64  // the revision asked for
+	SessionRevision int64  // the session's revision
+	Incarnation     string // the session's incarnation
+	msg             string
+}
+
+// Error names both revisions.
+func (e *RevisionOutOfRangeError) Error() string {
+	if e.msg != "" {
+		return e.msg
+	}
+	return fmt.Sprintf("revision out of range: start_revision %d is beyond session %q's revision %d + 1 (incarnation %s)",
+		e.StartRevision, e.Session, e.SessionRevision, e.Incarnation)
+}
+
+// Is makes a RevisionOutOfRangeError match ErrOutOfRange.
+func (e *RevisionOutOfRangeError) Is(target error) bool { return target == ErrOutOfRange }
+
+// GaveUpError ends a BridgedState watch that failed to reconnect Attempts
+// times in a row (WithMaxFailures) over Elapsed, counted from the break. It
+// matches ErrGaveUp and unwraps to the last error, so errors.Is(err,
+// ErrUnavailable) still tells a server that stayed away. The Python client
+// raises GaveUp with the same fields and the same message.
+type GaveUpError struct {
+	Attempts int
+	Elapsed  time.Duration
+	Last     error
+}
+
+// Error says "gave up after N attempts over T: last error: ...", T in
+// seconds with one decimal, exactly as the Python client does.
+func (e *GaveUpError) Error() string {
+	return fmt.Sprintf("gave up after %d attempts over %.1fs: last error: %v", e.Attempts, e.Elapsed.Seconds(), e.Last)
+}
+
+// Is makes a GaveUpError match ErrGaveUp.
+func (e *GaveUpError) Is(target error) bool { return target == ErrGaveUp }
+
+// Unwrap gives the last error.
+func (e *GaveUpError) Unwrap() error { return e.Last }
+
 // kindError is an error of one sentinel kind with its own message; Unwrap
 // gives the cause (a gRPC status error for BridgedState).
 type kindError struct {
@@ -123,6 +200,8 @@ func fromStore(err error) error {
 		nf *store.NotFoundError
 		ce *store.ConstraintError
 		le *store.LimitError
+		vc *store.VersionConflictError
+		or *store.OutOfRangeError
 	)
 	switch {
 	case errors.As(err, &nf):
@@ -131,6 +210,11 @@ func fromStore(err error) error {
 		return &ConstraintError{Variable: ce.Variable, Constraint: ce.Constraint, msg: err.Error()}
 	case errors.As(err, &le):
 		return &LimitError{Limit: le.Limit, msg: err.Error()}
+	case errors.As(err, &vc):
+		return &VersionConflictError{Variable: vc.Variable, Expected: vc.Expected, Actual: vc.Actual, msg: err.Error()}
+	case errors.As(err, &or):
+		return &RevisionOutOfRangeError{Session: or.Session, StartRevision: or.Start, SessionRevision: or.Revision,
+			Incarnation: or.Incarnation, msg: err.Error()}
 	case errors.Is(err, store.ErrSessionNotFound):
 		return &kindError{ErrSessionNotFound, err.Error(), err}
 	case errors.Is(err, store.ErrSessionClosed):
@@ -139,14 +223,37 @@ func fromStore(err error) error {
 		return &kindError{ErrAlreadyExists, err.Error(), err}
 	case errors.Is(err, store.ErrVersionConflict):
 		return &kindError{ErrVersionConflict, err.Error(), err}
+	case errors.Is(err, store.ErrOutOfRange):
+		return &kindError{ErrOutOfRange, err.Error(), err}
 	case errors.Is(err, store.ErrInvalidArgument), errors.Is(err, where.ErrInvalid):
 		return &kindError{ErrInvalidArgument, err.Error(), err}
 	}
 	return err
 }
 
-// fromStatus maps a gRPC error to the package's errors. The server sends the
-// store's messages, so both providers report the same text.
+// errorDomain is the google.rpc.ErrorInfo domain of varbridge's errors.
+const errorDomain = "varbridge.dev"
+
+// errorInfo returns the status's varbridge ErrorInfo reason (an ErrorReason
+// without its ERROR_REASON_ prefix) and metadata; UNSPECIFIED without one.
+func errorInfo(st *status.Status) (pb.ErrorReason, map[string]string) {
+	for _, d := range st.Details() {
+		ei, ok := d.(*errdetails.ErrorInfo)
+		if !ok || ei.GetDomain() != errorDomain {
+			continue
+		}
+		if r, ok := pb.ErrorReason_value["ERROR_REASON_"+ei.GetReason()]; ok {
+			return pb.ErrorReason(r), ei.GetMetadata()
+		}
+	}
+	return pb.ErrorReason_ERROR_REASON_UNSPECIFIED, nil
+}
+
+// fromStatus maps a gRPC error to the package's errors: by the ErrorInfo
+// reason the server attaches first (with its metadata for the typed
+// errors), by the status code when there is none (an older server, or an
+// error from the transport). Never by message text, which may change; the
+// message is kept as the error's text, so both providers read alike.
 func fromStatus(err error) error {
 	if err == nil {
 		return nil
@@ -156,34 +263,52 @@ func fromStatus(err error) error {
 		return err
 	}
 	msg := st.Message()
+	reason, md := errorInfo(st)
+	switch reason {
+	case pb.ErrorReason_ERROR_REASON_SESSION_NOT_FOUND:
+		return &kindError{ErrSessionNotFound, msg, err}
+	case pb.ErrorReason_ERROR_REASON_SESSION_CLOSED:
+		return &kindError{ErrSessionClosed, msg, err}
+	case pb.ErrorReason_ERROR_REASON_VARIABLE_NOT_FOUND:
+		var idents []string
+		if s := md["identifiers"]; s != "" {
+			idents = strings.Split(s, "\n")
+		}
+		return &NotFoundError{Session: md["session_id"], Identifiers: idents, msg: msg}
+	case pb.ErrorReason_ERROR_REASON_VARIABLE_EXISTS:
+		return &kindError{ErrAlreadyExists, msg, err}
+	case pb.ErrorReason_ERROR_REASON_CONSTRAINT_VIOLATION:
+		return &ConstraintError{Variable: md["variable"], Constraint: md["constraint"], msg: msg}
+	case pb.ErrorReason_ERROR_REASON_VERSION_CONFLICT:
+		return &VersionConflictError{Variable: md["variable"], Expected: mdInt(md, "expected_version"),
+			Actual: mdInt(md, "actual_version"), msg: msg}
+	case pb.ErrorReason_ERROR_REASON_INVALID_ARGUMENT:
+		return &kindError{ErrInvalidArgument, msg, err}
+	case pb.ErrorReason_ERROR_REASON_LIMIT_EXCEEDED, pb.ErrorReason_ERROR_REASON_FILTER_TOO_COSTLY:
+		return &LimitError{Limit: md["limit"], msg: msg}
+	case pb.ErrorReason_ERROR_REASON_REVISION_OUT_OF_RANGE:
+		return &RevisionOutOfRangeError{Session: md["session_id"], StartRevision: mdInt(md, "start_revision"),
+			SessionRevision: mdInt(md, "session_revision"), Incarnation: md["incarnation"], msg: msg}
+	case pb.ErrorReason_ERROR_REASON_TOKEN_REQUIRED:
+		return &kindError{ErrUnauthenticated, "unauthenticated: " + msg, err}
+	case pb.ErrorReason_ERROR_REASON_TOKEN_INVALID:
+		return &kindError{ErrPermissionDenied, "permission denied: " + msg, err}
+	}
+	return fromCode(st, err)
+}
+
+// fromCode maps a status without a varbridge ErrorInfo by its code alone.
+func fromCode(st *status.Status, err error) error {
+	msg := st.Message()
 	switch st.Code() {
 	case codes.NotFound:
 		for _, d := range st.Details() {
 			if ri, ok := d.(*errdetails.ResourceInfo); ok && ri.GetResourceType() == "variable" {
-				return &NotFoundError{Session: ri.GetResourceName(), Identifiers: quotedAfter(msg, " has no variable "), msg: msg}
+				return &NotFoundError{msg: msg}
 			}
-		}
-		if strings.Contains(msg, store.ErrSessionClosed.Error()) {
-			return &kindError{ErrSessionClosed, msg, err}
 		}
 		return &kindError{ErrSessionNotFound, msg, err}
 	case codes.InvalidArgument:
-		for _, d := range st.Details() {
-			br, ok := d.(*errdetails.BadRequest)
-			if !ok {
-				continue
-			}
-			for _, fv := range br.GetFieldViolations() {
-				if fv.GetReason() == "CONSTRAINT_VIOLATION" {
-					vars := quotedAfter(msg, "variable ")
-					ce := &ConstraintError{Constraint: strings.TrimPrefix(fv.GetField(), "constraints."), msg: msg}
-					if len(vars) > 0 {
-						ce.Variable = vars[0]
-					}
-					return ce
-				}
-			}
-		}
 		return &kindError{ErrInvalidArgument, msg, err}
 	case codes.ResourceExhausted:
 		le := &LimitError{msg: msg}
@@ -197,6 +322,8 @@ func fromStatus(err error) error {
 		return &kindError{ErrAlreadyExists, msg, err}
 	case codes.FailedPrecondition:
 		return &kindError{ErrVersionConflict, msg, err}
+	case codes.OutOfRange:
+		return &kindError{ErrOutOfRange, msg, err}
 	case codes.Unavailable:
 		return &kindError{ErrUnavailable, "unavailable: " + msg, err}
 	case codes.Unauthenticated:
@@ -211,26 +338,8 @@ func fromStatus(err error) error {
 	return err
 }
 
-// quotedAfter parses the Go-quoted strings of a comma-separated list that
-// follows marker in msg: `... has no variable "a", "b"` gives [a b].
-func quotedAfter(msg, marker string) []string {
-	i := strings.Index(msg, marker)
-	if i < 0 {
-		return nil
-	}
-	rest := msg[i+len(marker):]
-	var out []string
-	for {
-		q, err := strconv.QuotedPrefix(rest)
-		if err != nil {
-			return out
-		}
-		s, _ := strconv.Unquote(q)
-		out = append(out, s)
-		rest = rest[len(q):]
-		if !strings.HasPrefix(rest, ", ") {
-			return out
-		}
-		rest = rest[2:]
-	}
+// mdInt reads an integer from ErrorInfo metadata; 0 when absent or malformed.
+func mdInt(md map[string]string, key string) int64 {
+	n, _ := strconv.ParseInt(md[key], 10, 64)
+	return n
 }

@@ -8,51 +8,53 @@ import (
 
 // Watch is the channel form of WatchVariables, in the manner of etcd's
 // clientv3.Watch: it returns a channel of updates that is closed when ctx
-// ends or the watch stops. When the watch stopped with an error, the last
+// ends, the provider is closed, or the watch stops for any other reason;
+// its goroutine ends with it. When the watch stopped with an error, the last
 // value on the channel carries it in Err. The watch is removed from p when
 // the channel closes. A reader that falls behind holds up only this watch
 // (BridgedState: its stream; LocalState: its cursor), never a writer.
 func Watch(ctx context.Context, p StateProvider, identifiers []string, opts ...WatchOption) (<-chan Update, error) {
-	parent := ctx
-	ctx, cancel := context.WithCancel(ctx)
 	ch := make(chan Update, 64)
-	errc := make(chan error, 1)
 	var (
-		mu     sync.Mutex // held while sending, so that close waits for a send
-		closed bool
+		stopOnce sync.Once
+		endErr   error
 	)
+	// stopped releases a watcher blocked on a full channel when the watch
+	// is stopped (UnwatchVariables, the provider's Close). ended is closed
+	// by the watch's goroutine as it goes, whatever ended it; waiting on
+	// ctx alone missed the provider closing and kept the channel open
+	// forever.
+	stopped, ended := make(chan struct{}), make(chan struct{})
 	fn := func(id string, old, new any, meta UpdateMeta) {
-		mu.Lock()
-		defer mu.Unlock()
-		if closed {
-			return
-		}
 		select {
 		case ch <- Update{Identifier: id, Old: old, New: new, Meta: meta}:
+		case <-stopped:
 		case <-ctx.Done():
 		}
 	}
-	opts = append(opts[:len(opts):len(opts)], WithErrorHandler(func(err error) { errc <- err }))
+	opts = append(opts[:len(opts):len(opts)],
+		func(c *watchConfig) { c.onStop = func() { stopOnce.Do(func() { close(stopped) }) } },
+		WithDoneHandler(func(err error) {
+			endErr = err
+			close(ended)
+		}))
 	ref, err := p.WatchVariables(ctx, identifiers, fn, opts...)
 	if err != nil {
-		cancel()
 		return nil, err
 	}
 	go func() {
-		var err error
 		select {
 		case <-ctx.Done():
-		case err = <-errc:
+		case <-ended:
 		}
-		cancel() // unblocks a send in progress
+		// Removing the watch ends its goroutine if nothing else did; a
+		// watch that the provider's Close took is gone already.
 		_ = p.UnwatchVariables(ref)
-		mu.Lock()
-		closed = true
-		mu.Unlock()
-		if err != nil {
+		<-ended // no watcher call runs any more, and endErr is settled
+		if endErr != nil {
 			select {
-			case ch <- Update{Err: err}:
-			case <-parent.Done():
+			case ch <- Update{Err: endErr}:
+			case <-ctx.Done():
 			}
 		}
 		close(ch)
@@ -68,7 +70,8 @@ func Watch(ctx context.Context, p StateProvider, identifiers []string, opts ...W
 //	}
 //
 // The watch starts when the loop starts and is removed when it ends
-// (break, or ctx ending). An error is the last value yielded.
+// (break, or ctx ending); the loop ends when the watch does (the provider
+// closed, the session went away, ...). An error is the last value yielded.
 func Updates(ctx context.Context, p StateProvider, identifiers []string, opts ...WatchOption) iter.Seq2[Update, error] {
 	return func(yield func(Update, error) bool) {
 		ctx, cancel := context.WithCancel(ctx)

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
+	"go.uber.org/goleak"
 
 	"github.com/varbridge/varbridge/internal/metrics"
 	"github.com/varbridge/varbridge/internal/server"
@@ -397,5 +398,100 @@ func TestLeakKilledClients(t *testing.T) {
 		}
 		eventually(t, "varbridge_watches_open to read 0", func() bool { return gatherValue(t, m, metrics.WatchesOpen) == 0 })
 		base.check(t, name)
+	}
+}
+
+// Issue 10 item 3: closing the provider closes the channel of Watch and
+// ends the Updates loop, and nothing of either outlives it, although their
+// context never ends. One channel's reader has stopped reading, so its
+// watcher is blocked on a full channel when Close comes. goleak catches the
+// goroutine that used to wait on the context forever.
+func TestLeakWatchFormsEndWithProvider(t *testing.T) {
+	for _, kind := range []string{"local", "bridged"} {
+		t.Run(kind, func(t *testing.T) {
+			ignore := goleak.IgnoreCurrent()
+			t.Run("close", func(t *testing.T) {
+				var e env
+				if kind == "local" {
+					e = newLocalEnv(t)
+				} else {
+					e, _ = newBridgedEnv(t, store.Options{})
+				}
+				watchFormsEndOnClose(t, e)
+			})
+			goleak.VerifyNone(t, ignore)
+		})
+	}
+}
+
+func watchFormsEndOnClose(t *testing.T, e env) {
+	ctx := context.Background() // never ends: only Close may end the watches
+	mustRegister(t, e.p, "x", TypeInteger, int64(0))
+	read, err := Watch(ctx, e.p, []string{"x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stalled, err := Watch(ctx, e.p, []string{"x"}) // never read until Close
+	if err != nil {
+		t.Fatal(err)
+	}
+	iterated := make(chan int, 1)
+	go func() {
+		n := 0
+		for _, err := range Updates(ctx, e.p, []string{"x"}) {
+			if err != nil {
+				t.Errorf("Updates yielded %v", err)
+			}
+			n++
+		}
+		iterated <- n
+	}()
+	eventually(t, "three watches", func() bool { return len(e.p.ListWatchers()) == 3 })
+	const writes = 100 // more than the channel holds
+	for i := int64(1); i <= writes; i++ {
+		e.set(t, "x", i, nil)
+	}
+	for i := int64(1); i <= writes; i++ {
+		if u := <-read; u.New != i {
+			t.Fatalf("read %+v, want %d", u, i)
+		}
+	}
+	eventually(t, "the stalled channel to fill", func() bool { return len(stalled) == cap(stalled) })
+
+	if err := e.p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	drained := func(name string, ch <-chan Update) int {
+		n := 0
+		timeout := time.After(waitTimeout)
+		for {
+			select {
+			case u, ok := <-ch:
+				if !ok {
+					return n
+				}
+				if u.Err != nil {
+					t.Errorf("%s channel ended with %v; Close is not an error", name, u.Err)
+				}
+				n++
+			case <-timeout:
+				t.Errorf("the %s channel is still open %v after Close", name, waitTimeout)
+				return n
+			}
+		}
+	}
+	if n := drained("read", read); n != 0 {
+		t.Errorf("the read channel had %d more updates", n)
+	}
+	if n := drained("stalled", stalled); n < cap(stalled) {
+		t.Errorf("the stalled channel gave %d updates, want at least the %d it held", n, cap(stalled))
+	}
+	select {
+	case n := <-iterated:
+		if n != writes {
+			t.Errorf("the Updates loop saw %d updates, want %d", n, writes)
+		}
+	case <-time.After(waitTimeout):
+		t.Errorf("the Updates loop did not end %v after Close", waitTimeout)
 	}
 }

@@ -225,6 +225,7 @@ func (l *LocalState) WatchVariables(ctx context.Context, identifiers []string, f
 	}
 	sw, err := l.st.Watch(l.session, identifiers, store.WatchOptions{
 		StartRevision: cfg.startRevision, IncludeInitial: cfg.initial && cfg.startRevision == 0,
+		Incarnation: cfg.incarnation,
 	})
 	if err != nil {
 		return WatchRef{}, fromStore(err)
@@ -234,6 +235,7 @@ func (l *LocalState) WatchVariables(ctx context.Context, identifiers []string, f
 		s := sw.Identifier(id)
 		return s, s != ""
 	}
+	w.setIncarnation(sw.Incarnation())
 	_, rev := sw.Initial()
 	w.lastRev.Store(rev)
 	if cfg.startRevision > 0 {
@@ -247,6 +249,7 @@ func (l *LocalState) WatchVariables(ctx context.Context, identifiers []string, f
 	}
 	go func() {
 		defer close(w.done)
+		defer w.exit()
 		err := feed.Run(wctx, sw, fo, func(u *pb.VariableUpdate) error {
 			w.deliver(u)
 			return nil
@@ -279,6 +282,33 @@ func (l *LocalState) Close() error {
 		l.st.Close()
 	}
 	return nil
+}
+
+// Heartbeat marks the session used, restarting its TTL, and describes it,
+// as BridgedState.Heartbeat does.
+func (l *LocalState) Heartbeat(ctx context.Context) (*SessionInfo, error) {
+	if err := l.check(ctx); err != nil {
+		return nil, err
+	}
+	info, err := l.st.Heartbeat(l.session)
+	if err != nil {
+		return nil, fromStore(err)
+	}
+	return sessionFromProto(info.Proto()), nil
+}
+
+// CleanupSession removes the session from its store, ending every watch on
+// it, and closes l, as BridgedState.CleanupSession does: l's own watches
+// stop as Close stops them; those of other LocalStates on the same store
+// end with ErrSessionClosed.
+func (l *LocalState) CleanupSession(ctx context.Context) error {
+	if err := l.check(ctx); err != nil {
+		return err
+	}
+	l.watches.closeAll() // l's own watches end as stopped, not failed
+	_, err := l.st.CleanupSession(l.session)
+	_ = l.Close()
+	return fromStore(err)
 }
 
 // importSnapshot registers a snapshot's variables in p, setting the value

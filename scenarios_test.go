@@ -426,3 +426,157 @@ func TestResyncSurfaced(t *testing.T) {
 		run(t, e)
 	})
 }
+
+// Seed parity (issue 10): a compare-and-set that finds another version
+// fails with a VersionConflictError carrying both versions, matching
+// ErrVersionConflict, from either provider; SetMany's too.
+func TestVersionConflictError(t *testing.T) {
+	both(t, func(t *testing.T, e env) {
+		ctx := context.Background()
+		mustRegister(t, e.p, "v", TypeInteger, int64(0))
+		if _, err := e.p.Set(ctx, "v", int64(1)); err != nil {
+			t.Fatal(err)
+		}
+		_, err := e.p.Set(ctx, "v", int64(2), WithExpectedVersion(5))
+		var vc *VersionConflictError
+		if !errors.As(err, &vc) || !errors.Is(err, ErrVersionConflict) {
+			t.Fatalf("Set with a stale version: %v", err)
+		}
+		if vc.Variable != "v" || vc.Expected != 5 || vc.Actual != 2 {
+			t.Fatalf("conflict %+v (%v), want v expected 5 actual 2", vc, err)
+		}
+		_, err = e.p.SetMany(ctx, map[string]any{"v": int64(3)}, WithExpectedVersions(map[string]int64{"v": 1}))
+		if !errors.As(err, &vc) || vc.Variable != "v" || vc.Expected != 1 || vc.Actual != 2 {
+			t.Fatalf("SetMany with a stale version: %v (%+v)", err, vc)
+		}
+	})
+}
+
+// Issue 10 item 5: the members of an atomic SetMany reach a watcher ordered
+// by variable name, whatever order the map or the registration gave, on
+// both providers.
+func TestSetManyDeliveredByName(t *testing.T) {
+	both(t, func(t *testing.T, e env) {
+		ctx := context.Background()
+		names := []string{"zeta", "alpha", "mu", "beta", "omega", "kappa", "delta", "chi"}
+		for _, n := range names {
+			mustRegister(t, e.p, n, TypeInteger, int64(0))
+		}
+		rec := newRecorder()
+		mustWatch(t, e.p, ctx, nil, rec.watch)
+		want := slices.Clone(names)
+		sort.Strings(want)
+		for round := int64(1); round <= 20; round++ {
+			updates := map[string]any{}
+			for _, n := range names {
+				updates[n] = round
+			}
+			if _, err := e.p.SetMany(ctx, updates); err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for range names {
+				got = append(got, rec.next(t).Identifier)
+			}
+			if !slices.Equal(got, want) {
+				t.Fatalf("round %d delivered %v, want %v", round, got, want)
+			}
+		}
+	})
+}
+
+// WatchVariables delivers no initial values unless asked (the seed's
+// include_initial: false, as Python's watch_variables and the CLI).
+func TestWatchVariablesNoInitialByDefault(t *testing.T) {
+	both(t, func(t *testing.T, e env) {
+		mustRegister(t, e.p, "q", TypeInteger, int64(1))
+		rec := newRecorder()
+		mustWatch(t, e.p, context.Background(), []string{"q"}, rec.watch)
+		rev := e.set(t, "q", int64(2), nil)
+		if u := rec.next(t); u.Meta.Initial || u.New != int64(2) || u.Meta.Revision != rev {
+			t.Fatalf("first update %+v, want the change to 2", u)
+		}
+		mustWatch(t, e.p, context.Background(), []string{"q"}, rec.watch, WithInitialValues(true))
+		if u := rec.next(t); !u.Meta.Initial || u.New != int64(2) {
+			t.Fatalf("with WithInitialValues(true): %+v", u)
+		}
+	})
+}
+
+// Issue 10 item 4: Heartbeat restarts the session's TTL and describes the
+// session, on both providers.
+func TestHeartbeat(t *testing.T) {
+	ttl := 2 * time.Second
+	check := func(t *testing.T, hb func(context.Context) (*SessionInfo, error), id string) {
+		t.Helper()
+		first, err := hb(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if first.ID != id || first.Incarnation == "" || first.TTL != ttl || first.Revision != 1 || first.VariableCount != 1 {
+			t.Fatalf("heartbeat %+v", first)
+		}
+		time.Sleep(50 * time.Millisecond)
+		second, err := hb(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !second.ExpiresAt.After(first.ExpiresAt) || second.Incarnation != first.Incarnation {
+			t.Fatalf("a heartbeat did not extend the TTL: %v then %v", first.ExpiresAt, second.ExpiresAt)
+		}
+	}
+	t.Run("local", func(t *testing.T) {
+		e := newLocalEnv(t, WithSessionTTL(ttl))
+		mustRegister(t, e.p, "h", TypeInteger, int64(0))
+		check(t, e.p.(*LocalState).Heartbeat, e.p.SessionID())
+	})
+	t.Run("bridged", func(t *testing.T) {
+		e, _ := newBridgedEnv(t, store.Options{}, WithSessionTTL(ttl))
+		mustRegister(t, e.p, "h", TypeInteger, int64(0))
+		check(t, e.p.(*BridgedState).Heartbeat, e.p.SessionID())
+	})
+}
+
+// Issue 10 item 4: CleanupSession removes the session, ends the watches of
+// every other provider on it with ErrSessionClosed, and closes the
+// provider, on both.
+func TestCleanupSessionBothProviders(t *testing.T) {
+	run := func(t *testing.T, cleaner interface {
+		StateProvider
+		CleanupSession(context.Context) error
+	}, other StateProvider, st *store.Store) {
+		mustRegister(t, cleaner, "c", TypeInteger, int64(0))
+		errc := make(chan error, 1)
+		mustWatch(t, other, context.Background(), []string{"c"}, func(string, any, any, UpdateMeta) {},
+			WithErrorHandler(func(err error) { errc <- err }))
+		if err := cleaner.CleanupSession(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-errc:
+			if !errors.Is(err, ErrSessionClosed) {
+				t.Fatalf("the other provider's watch ended with %v, want ErrSessionClosed", err)
+			}
+		case <-time.After(waitTimeout):
+			t.Fatal("the other provider's watch went on after CleanupSession")
+		}
+		if _, err := st.GetSession(cleaner.SessionID()); !errors.Is(err, store.ErrSessionNotFound) {
+			t.Fatalf("the session after CleanupSession: %v", err)
+		}
+		if _, err := cleaner.Get(context.Background(), "c"); !errors.Is(err, ErrClosed) {
+			t.Fatalf("the cleaner after CleanupSession: %v, want ErrClosed", err)
+		}
+	}
+	t.Run("local", func(t *testing.T) {
+		st := store.New(store.Options{})
+		defer st.Close()
+		a := newLocalEnv(t, withStore(st), WithSessionID("cleanup-local"))
+		b := newLocalEnv(t, withStore(st), WithSessionID("cleanup-local"))
+		run(t, a.p.(*LocalState), b.p, st)
+	})
+	t.Run("bridged", func(t *testing.T) {
+		a, srv := newBridgedEnv(t, store.Options{}, WithSessionID("cleanup-bridged"))
+		b := dialBridged(t, srv.Addr, WithSessionID("cleanup-bridged"))
+		run(t, a.p.(*BridgedState), b, srv.Store)
+	})
+}

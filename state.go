@@ -91,9 +91,16 @@ type UpdateMeta struct {
 	Source     string            // who wrote it
 	Metadata   map[string]string // the writer's metadata
 	Timestamp  time.Time
-	Initial    bool // an initial value (WithInitialValues)
-	Resync     bool // the current value after history was lost (changes between were skipped)
-	Deleted    bool // the variable was deleted; old holds its last value
+	// Incarnation is the incarnation of the session the revision belongs
+	// to: resume with WithStartRevision(Revision+1) and
+	// WithIncarnation(Incarnation).
+	Incarnation string
+	Initial     bool // an initial value (WithInitialValues)
+	// Resync: the current value, sent instead of the changes that led to it
+	// because the history holding them was lost, or the session was created
+	// again (a new Incarnation) while the watch was away.
+	Resync  bool
+	Deleted bool // the variable was deleted; old holds its last value
 }
 
 // Update is one watch update, for the channel and iterator forms.
@@ -135,9 +142,27 @@ type WatchInfo struct {
 	DuplicatesSkipped int64
 	StartedAt         time.Time
 	Uptime            time.Duration
-	// LastRevision is the latest revision the watch has fully covered.
+	// LastRevision is the latest revision the watch has fully covered, in
+	// the session incarnation Incarnation.
 	LastRevision int64
+	Incarnation  string
 	LastError    error
+}
+
+// SessionInfo describes a session, from Heartbeat.
+type SessionInfo struct {
+	ID string
+	// Incarnation is random, fixed when the session was created and new
+	// whenever a session with this id is created again: revisions compare
+	// only within one incarnation.
+	Incarnation   string
+	CreatedAt     time.Time
+	ExpiresAt     time.Time
+	TTL           time.Duration
+	Revision      int64 // the revision of the session's last change
+	VariableCount int64
+	WatchCount    int64
+	Metadata      map[string]string
 }
 
 // WriteOption configures Register, Set, SetMany and Delete.
@@ -217,6 +242,12 @@ type watchConfig struct {
 	backoffBase   time.Duration
 	backoffCap    time.Duration
 	batched       bool
+	incarnation   string
+	onDone        func(error)
+	// onStop, when set, runs when UnwatchVariables or Close stops the
+	// watch, before they wait for it (Watch's channel form uses it to
+	// release a watcher blocked on a full channel).
+	onStop func()
 }
 
 func newWatchConfig(opts []WatchOption) watchConfig {
@@ -259,9 +290,21 @@ func WithCoalesce(on bool) WatchOption { return func(c *watchConfig) { c.coalesc
 func WithHeartbeat(d time.Duration) WatchOption { return func(c *watchConfig) { c.heartbeat = d } }
 
 // WithStartRevision resumes: every change with revision >= rev is delivered
-// (a Resync update when the server's history no longer holds them).
+// (a Resync update when the server's history no longer holds them). A rev
+// beyond the session's revision + 1 fails with a RevisionOutOfRangeError
+// unless WithIncarnation names another incarnation of the session.
 func WithStartRevision(rev int64) WatchOption {
 	return func(c *watchConfig) { c.startRevision = rev }
+}
+
+// WithIncarnation names the session incarnation a WithStartRevision
+// revision was seen in (UpdateMeta.Incarnation). When the session has
+// another one now (it was created again: after a cleanup, an expiry or a
+// server that lost it), the revision belongs to another history: the watch
+// starts with Resync updates of the current values instead of resuming
+// silently at a revision that means something else.
+func WithIncarnation(incarnation string) WatchOption {
+	return func(c *watchConfig) { c.incarnation = incarnation }
 }
 
 // WithErrorHandler adds f to the functions called once, from the watch's
@@ -277,6 +320,30 @@ func WithErrorHandler(f func(error)) WatchOption {
 			return
 		}
 		c.onError = func(err error) {
+			prev(err)
+			f(err)
+		}
+	}
+}
+
+// WithDoneHandler adds f to the functions called once when a started watch
+// has ended for any reason: its context ended, UnwatchVariables, the
+// provider's Close, or an error (then err is that error, as
+// WithErrorHandler gets it; otherwise nil). They run from the watch's
+// goroutine after its last watcher call has returned, so everything the
+// watcher was handed is in by then; that goroutine is gone right after.
+// They let whatever serves a watch (Watch's channel, variables.Watch's
+// debounce loop) end with it instead of waiting for a context that may
+// never end. Each WithDoneHandler adds a handler; they run in the order
+// given.
+func WithDoneHandler(f func(err error)) WatchOption {
+	return func(c *watchConfig) {
+		prev := c.onDone
+		if prev == nil {
+			c.onDone = f
+			return
+		}
+		c.onDone = func(err error) {
 			prev(err)
 			f(err)
 		}

@@ -70,7 +70,7 @@ type Subscription struct {
 	in      chan varbridge.Update
 	quit    chan struct{} // closed by Stop once the underlying watch is gone
 	abandon chan struct{} // closed by a Stop from inside a callback
-	failed  chan struct{} // closed when the underlying watch fails
+	ended   chan struct{} // closed when the underlying watch ends, for any reason
 	done    chan struct{} // closed when the loop returns
 	inCall  atomic.Bool   // the loop is running a callback
 }
@@ -128,9 +128,11 @@ func Watch(ctx context.Context, p varbridge.StateProvider, identifiers []string,
 	if c.debounce > 0 || c.batchFn != nil {
 		s.in = make(chan varbridge.Update, 256)
 		s.quit, s.abandon = make(chan struct{}), make(chan struct{})
-		s.failed, s.done = make(chan struct{}), make(chan struct{})
-		var failOnce sync.Once
-		wopts = append(wopts, varbridge.WithErrorHandler(func(error) { failOnce.Do(func() { close(s.failed) }) }))
+		s.ended, s.done = make(chan struct{}), make(chan struct{})
+		// Not only an error: the provider's Close ends the watch too, and
+		// the loop must then deliver what it holds and go, not wait for a
+		// Stop or a context that may never come.
+		wopts = append(wopts, varbridge.WithDoneHandler(func(error) { close(s.ended) }))
 		watcher = func(id string, old, new any, meta varbridge.UpdateMeta) {
 			select {
 			case s.in <- varbridge.Update{Identifier: id, Old: old, New: new, Meta: meta}:
@@ -188,7 +190,7 @@ func (l *loop) run(ctx context.Context) {
 		case <-l.s.quit:
 			l.finish()
 			return
-		case <-l.s.failed:
+		case <-l.s.ended:
 			l.finish()
 			return
 		case <-ctx.Done():

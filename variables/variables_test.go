@@ -208,6 +208,38 @@ func TestDebounceStopDeliversHeldValue(t *testing.T) {
 	}
 }
 
+// Closing the provider ends a debounced watch although its context never
+// ends: the held value is delivered and the loop's goroutine is gone
+// (goleak), on both providers.
+func TestDebounceEndsWithProvider(t *testing.T) {
+	for _, kind := range []string{"local", "bridged"} {
+		t.Run(kind, func(t *testing.T) {
+			ignore := goleak.IgnoreCurrent()
+			t.Run("close", func(t *testing.T) {
+				p := local(t)
+				if kind == "bridged" {
+					p = bridged(t)
+				}
+				register(t, p, "x", 0)
+				ch, fn := updates()
+				sub, err := variables.Watch(context.Background(), p, []string{"x"}, fn, variables.WithDebounce(time.Hour))
+				if err != nil {
+					t.Fatal(err)
+				}
+				set(t, p, "x", 1)
+				received(t, p, sub, 2) // the initial value and the change
+				if err := p.Close(); err != nil {
+					t.Fatal(err)
+				}
+				if u := recv(t, ch); u.Old != nil || u.New != int64(1) {
+					t.Fatalf("held update %+v, want nil -> 1", u)
+				}
+			})
+			goleak.VerifyNone(t, ignore)
+		})
+	}
+}
+
 func TestBatchWindow(t *testing.T) {
 	both(t, func(t *testing.T, p varbridge.StateProvider) {
 		register(t, p, "n", 0)
