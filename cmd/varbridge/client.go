@@ -156,7 +156,7 @@ func checkAddr(addr string) error {
 	if err != nil {
 		var ae *net.AddrError
 		if errors.As(err, &ae) && strings.Contains(ae.Err, "missing port") {
-			return fmt.Errorf("server address %q (--addr or $%s) has no port: %s", addr, envAddr, want)
+			return fmt.Errorf("server address %q (--addr or $%s): the port is missing; %s", addr, envAddr, want)
 		}
 		return fmt.Errorf("server address %q (--addr or $%s) is not host:port (%v): %s", addr, envAddr, err, want)
 	}

@@ -403,8 +403,8 @@ func mustJSON(t *testing.T, v any) string {
 func TestCLIAddressErrors(t *testing.T) {
 	clearEnv(t)
 	for _, tc := range []struct{ addr, want string }{
-		{"nonsense", "has no port"},
-		{"localhost", "has no port"},
+		{"nonsense", "the port is missing"},
+		{"localhost", "the port is missing"},
 		{"127.0.0.1:http", "port \"http\" is not a number"},
 		{"127.0.0.1:99999", "is not a number from 1 to 65535"},
 	} {
@@ -416,7 +416,7 @@ func TestCLIAddressErrors(t *testing.T) {
 		}
 	}
 	t.Setenv(envAddr, "nonsense")
-	if _, errText, _ := run(t, "list"); !strings.Contains(errText, "has no port") {
+	if _, errText, _ := run(t, "list"); !strings.Contains(errText, "the port is missing") {
 		t.Errorf("$%s=nonsense: %q", envAddr, errText)
 	}
 }
