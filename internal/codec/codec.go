@@ -10,11 +10,14 @@
 package codec
 
 import (
+	"errors"
 	"fmt"
 
 	"google.golang.org/grpc/encoding"
 	gproto "google.golang.org/grpc/encoding/proto"
 	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 
 	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
@@ -78,8 +81,14 @@ func (c codec) Marshal(v any) (mem.BufferSlice, error) {
 
 func (c codec) Unmarshal(data mem.BufferSlice, v any) error {
 	m, ok := v.(vtMessage)
-	if !ok || c.checked {
+	if !ok {
 		return std.Unmarshal(data, v)
+	}
+	if c.checked {
+		if err := std.Unmarshal(data, v); err != nil {
+			markUndecodable(v, err)
+		}
+		return nil
 	}
 	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
 	defer buf.Free()
@@ -87,6 +96,57 @@ func (c codec) Unmarshal(data mem.BufferSlice, v any) error {
 	// buffer can go back to the pool.
 	if err := m.UnmarshalVT(buf.ReadOnlyData()); err != nil {
 		return fmt.Errorf("unmarshal %T: %w", v, err)
+	}
+	return nil
+}
+
+// A request that does not decode is the client's fault, but grpc-go turns
+// every codec error into INTERNAL before any interceptor can see it. So the
+// server codec lets such a varbridge request through empty, carrying the
+// decode error as an unknown field of its own, and the server's first
+// request check (DecodeError) fails the call with INVALID_ARGUMENT. The
+// message carries its own error: nothing is kept aside to leak.
+
+// undecodableField is the field number of the mark: the largest a field may
+// have, which no varbridge message uses.
+const undecodableField = protowire.MaxValidNumber
+
+func markUndecodable(v any, err error) {
+	m, ok := v.(proto.Message)
+	if !ok {
+		return
+	}
+	proto.Reset(m)
+	b := protowire.AppendTag(nil, undecodableField, protowire.BytesType)
+	b = protowire.AppendString(b, err.Error())
+	m.ProtoReflect().SetUnknown(b)
+}
+
+// DecodeError returns why the server codec could not decode v, or nil.
+func DecodeError(v any) error {
+	m, ok := v.(proto.Message)
+	if !ok {
+		return nil
+	}
+	b := m.ProtoReflect().GetUnknown()
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return nil
+		}
+		b = b[n:]
+		if num == undecodableField && typ == protowire.BytesType {
+			msg, n := protowire.ConsumeString(b)
+			if n < 0 {
+				return nil
+			}
+			return errors.New(msg)
+		}
+		n = protowire.ConsumeFieldValue(num, typ, b)
+		if n < 0 {
+			return nil
+		}
+		b = b[n:]
 	}
 	return nil
 }

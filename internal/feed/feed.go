@@ -91,7 +91,7 @@ func Run(ctx context.Context, w *store.Watch, o Options, send Sender) error {
 		if hbDue.CompareAndSwap(true, false) {
 			if err := f.emit(&pb.VariableUpdate{
 				UpdateType: pb.UpdateType_UPDATE_TYPE_HEARTBEAT, Revision: f.covered,
-				Timestamp: timestamppb.Now(), LastInRevision: true,
+				Timestamp: timestamppb.Now(), LastInRevision: true, Incarnation: w.Incarnation(),
 			}); err != nil {
 				return err
 			}
@@ -107,6 +107,7 @@ type feeder struct {
 	send    Sender
 	covered int64
 	out     []*pb.VariableUpdate // reused between batches
+	sent    bool                 // the stream's first update went out
 	// limitHits has a bit set for each of the last 16 filter evaluations
 	// that stopped at the per-evaluation cost limit, the latest lowest.
 	limitHits uint16
@@ -120,6 +121,10 @@ func (f *feeder) emit(u *pb.VariableUpdate) error {
 func (f *feeder) flush() error {
 	if len(f.out) == 0 {
 		return nil
+	}
+	if !f.sent { // a client that resumes later sends it back
+		f.out[0].Incarnation = f.w.Incarnation()
+		f.sent = true
 	}
 	if f.o.SendBatch != nil {
 		if err := f.o.SendBatch(f.out); err != nil {
@@ -182,21 +187,22 @@ func (f *feeder) resync(rs *store.Resync) {
 		f.o.OnResync()
 	}
 	ts := timestamppb.Now()
+	inc := f.w.Incarnation()
 	for _, v := range rs.Vars {
 		f.out = append(f.out, &pb.VariableUpdate{
 			VariableId: v.Id, Variable: v, UpdateType: pb.UpdateType_UPDATE_TYPE_RESYNC,
-			Revision: rs.Revision, UpdateSource: v.Source, Timestamp: ts, VariableName: v.Name,
+			Revision: rs.Revision, UpdateSource: v.Source, Timestamp: ts, VariableName: v.Name, Incarnation: inc,
 		})
 	}
 	for _, id := range rs.Gone {
 		f.out = append(f.out, &pb.VariableUpdate{
 			VariableId: id, UpdateType: pb.UpdateType_UPDATE_TYPE_DELETED,
-			Revision: rs.Revision, Timestamp: ts, VariableName: f.w.Identifier(id),
+			Revision: rs.Revision, Timestamp: ts, VariableName: f.w.Identifier(id), Incarnation: inc,
 		})
 	}
 	if len(f.out) == 0 { // nothing watched exists: still tell the client where it stands
 		f.out = append(f.out, &pb.VariableUpdate{
-			UpdateType: pb.UpdateType_UPDATE_TYPE_RESYNC, Revision: rs.Revision, Timestamp: ts,
+			UpdateType: pb.UpdateType_UPDATE_TYPE_RESYNC, Revision: rs.Revision, Timestamp: ts, Incarnation: inc,
 		})
 	}
 	markLast(f.out)

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
+	"fmt"
 	"strings"
 	"sync"
 
@@ -100,15 +101,15 @@ func bearer(ctx context.Context) (string, error) {
 	vals := metadata.ValueFromIncomingContext(ctx, AuthHeader)
 	switch len(vals) {
 	case 0:
-		return "", status.Error(codes.Unauthenticated, `this server requires auth: send "authorization: Bearer <session_token>" metadata with the token InitializeSession returned`)
+		return "", statusError(codes.Unauthenticated, pb.ErrorReason_ERROR_REASON_TOKEN_REQUIRED, `this server requires auth: send "authorization: Bearer <session_token>" metadata with the token InitializeSession returned`, nil)
 	case 1:
 	default:
-		return "", status.Errorf(codes.Unauthenticated, "authorization metadata given %d times; send it once", len(vals))
+		return "", statusError(codes.Unauthenticated, pb.ErrorReason_ERROR_REASON_TOKEN_REQUIRED, fmt.Sprintf("authorization metadata given %d times; send it once", len(vals)), nil)
 	}
 	scheme, tok, ok := strings.Cut(strings.TrimSpace(vals[0]), " ")
 	tok = strings.TrimSpace(tok)
 	if !ok || !strings.EqualFold(scheme, "Bearer") || tok == "" {
-		return "", status.Error(codes.Unauthenticated, `authorization metadata must have the form "Bearer <session_token>"`)
+		return "", statusError(codes.Unauthenticated, pb.ErrorReason_ERROR_REASON_TOKEN_REQUIRED, `authorization metadata must have the form "Bearer <session_token>"`, nil)
 	}
 	return tok, nil
 }
@@ -141,7 +142,8 @@ func (s *Server) authorize(ctx context.Context, sessionID string) (tokenHash, er
 	}
 	if !ok || subtle.ConstantTimeCompare(got[:], want[:]) != 1 {
 		s.opts.metrics.AuthFailure(codes.PermissionDenied.String())
-		return tokenHash{}, status.Errorf(codes.PermissionDenied, "the authorization token does not grant access to session %q", sessionID)
+		return tokenHash{}, statusError(codes.PermissionDenied, pb.ErrorReason_ERROR_REASON_TOKEN_INVALID,
+			fmt.Sprintf("the authorization token does not grant access to session %q", sessionID), map[string]string{"session_id": sessionID})
 	}
 	return got, nil
 }
@@ -207,7 +209,9 @@ func (s *Server) authInitialize(ctx context.Context, req *pb.InitializeSessionRe
 func (s *Server) joinExisting(ctx context.Context, id string) error {
 	if len(metadata.ValueFromIncomingContext(ctx, AuthHeader)) == 0 {
 		s.opts.metrics.AuthFailure(codes.AlreadyExists.String())
-		return status.Errorf(codes.AlreadyExists, `session %q already exists and this server requires auth: to join it, send its session_token as "authorization: Bearer <session_token>" metadata`, id)
+		return statusError(codes.AlreadyExists, pb.ErrorReason_ERROR_REASON_TOKEN_REQUIRED,
+			fmt.Sprintf(`session %q already exists and this server requires auth: to join it, send its session_token as "authorization: Bearer <session_token>" metadata`, id),
+			map[string]string{"session_id": id})
 	}
 	_, err := s.authorize(ctx, id)
 	return err

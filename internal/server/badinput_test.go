@@ -197,6 +197,7 @@ func biRows() []biCase {
 		{"RegisterVariable", "empty tensor", reg(&pb.RegisterVariableRequest{Name: "n", Type: pb.VariableType_VARIABLE_TYPE_TENSOR, InitialValue: &pb.Value{Kind: &pb.Value_TensorValue{}}}), IA, []string{"tensor_value.dtype", `unknown dtype ""`}},
 		{"RegisterVariable", "tensor data of the wrong length", reg(&pb.RegisterVariableRequest{Name: "n", Type: pb.VariableType_VARIABLE_TYPE_TENSOR, InitialValue: biTensor("float32", []int64{2, 2}, 15)}), IA, []string{"tensor_value.data", "15 bytes", "needs 16"}},
 		{"RegisterVariable", "tensor of unknown dtype", reg(&pb.RegisterVariableRequest{Name: "n", Type: pb.VariableType_VARIABLE_TYPE_TENSOR, InitialValue: biTensor("complex256", []int64{1}, 32)}), IA, []string{"dtype", "complex256"}},
+		{"RegisterVariable", "tensor whose size overflows 64 bits", reg(&pb.RegisterVariableRequest{Name: "n", Type: pb.VariableType_VARIABLE_TYPE_TENSOR, InitialValue: biTensor("float64", []int64{1 << 31, 1 << 31}, 8)}), IA, []string{"tensor_value.data", "needs more than 9223372036854775807"}},
 		{"RegisterVariable", "tensor with negative axis", reg(&pb.RegisterVariableRequest{Name: "n", Type: pb.VariableType_VARIABLE_TYPE_TENSOR, InitialValue: biTensor("int8", []int64{-1}, 0)}), IA, []string{"shape", "negative"}},
 		{"RegisterVariable", "constraint of another type", reg(&pb.RegisterVariableRequest{Name: "n", Type: biTypeInt, InitialValue: biInt(1), Constraints: &pb.Constraints{Pattern: proto.String("x")}}), IA, []string{"constraints.pattern", "does not apply to an integer variable"}},
 		{"RegisterVariable", "min above max", reg(&pb.RegisterVariableRequest{Name: "n", Type: biTypeInt, InitialValue: biInt(1), Constraints: &pb.Constraints{Min: proto.Float64(5), Max: proto.Float64(1)}}), IA, []string{"min 5 is greater than max 1"}},
@@ -279,6 +280,10 @@ func biRows() []biCase {
 		{"DeleteVariable", "too many metadata entries", del(&pb.DeleteVariableRequest{SessionId: "s", VariableIdentifier: "i", Metadata: biManyMD}), RE, []string{"max_metadata_entries"}},
 	}
 	rows = append(rows, biSessionRows()...)
+	rows = append(rows, biCase{"ListSessions", "bad glob", func(ctx X, c C) error {
+		_, err := c.ListSessions(ctx, &pb.ListSessionsRequest{Pattern: "[a-"})
+		return err
+	}, IA, []string{"pattern", "not a valid glob"}})
 
 	// Both watch RPCs take the same request and fail the same way.
 	for _, batches := range []bool{false, true} {
@@ -299,6 +304,7 @@ func biRows() []biCase {
 			{rpc, "oversized identifier", watch(&pb.WatchVariablesRequest{SessionId: "s", VariableIdentifiers: []string{biLong}}), IA, []string{"variable_identifiers", "300 bytes"}},
 			{rpc, "too many identifiers", watch(&pb.WatchVariablesRequest{SessionId: "s", VariableIdentifiers: manyIdents}), RE, []string{"names 5 variables", "max_watch_identifiers"}},
 			{rpc, "negative start_revision", watch(&pb.WatchVariablesRequest{SessionId: "s", StartRevision: -1}), IA, []string{"start_revision", "negative"}},
+			{rpc, "start_revision ahead of the session", watch(&pb.WatchVariablesRequest{SessionId: "s", StartRevision: 1000}), codes.OutOfRange, []string{"start_revision 1000", "revision 8 + 1"}},
 			{rpc, "negative heartbeat_interval_ms", watch(&pb.WatchVariablesRequest{SessionId: "s", HeartbeatIntervalMs: -5}), IA, []string{"heartbeat_interval_ms", "negative"}},
 			{rpc, "where that does not parse", watch(&pb.WatchVariablesRequest{SessionId: "s", Where: "new >"}), IA, []string{"where", "invalid where expression"}},
 			{rpc, "where of the wrong type", watch(&pb.WatchVariablesRequest{SessionId: "s", Where: `name + "x"`}), IA, []string{"where", "not bool"}},

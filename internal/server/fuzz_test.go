@@ -4,9 +4,9 @@ package server_test
 // bytes are sent as the request of any BridgeService method, to a server
 // with auth off and one with auth on (with session "s"'s token). Every call
 // must end in success or a status error; never a recovered panic (INTERNAL
-// with server.PanicMessage), an Unknown code, or a hang. INTERNAL is
-// expected only for bytes that are not a valid message, which gRPC itself
-// refuses ("grpc: error unmarshalling request").
+// with server.PanicMessage), an Unknown code, INTERNAL, or a hang. Bytes
+// that are not a valid message (truncated, a string that is not UTF-8) are
+// the client's fault: INVALID_ARGUMENT.
 //
 //	go test -run='^$' -fuzz=FuzzRequests -fuzztime=30s ./internal/server
 //
@@ -54,6 +54,7 @@ var fzMethods = []struct {
 	{"SetVariables", false, func() proto.Message { return &pb.SetVariablesRequest{} }},
 	{"ListVariables", false, func() proto.Message { return &pb.ListVariablesRequest{} }},
 	{"DeleteVariable", false, func() proto.Message { return &pb.DeleteVariableRequest{} }},
+	{"ListSessions", false, func() proto.Message { return &pb.ListSessionsRequest{} }},
 	{"WatchVariables", true, func() proto.Message { return &pb.WatchVariablesRequest{} }},
 	{"WatchVariableBatches", true, func() proto.Message { return &pb.WatchVariablesRequest{} }},
 }
@@ -264,8 +265,10 @@ func FuzzRequests(f *testing.F) {
 			t.Fatalf("%s: Unknown code: %q", m.name, st.Message())
 		case strings.Contains(st.Message(), server.PanicMessage):
 			t.Fatalf("%s: the server panicked: %q", m.name, st.Message())
-		case st.Code() == codes.Internal && valid:
-			t.Fatalf("%s: INTERNAL for a valid message: %q", m.name, st.Message())
+		case st.Code() == codes.Internal:
+			t.Fatalf("%s: INTERNAL (valid message: %v): %q", m.name, valid, st.Message())
+		case !valid && st.Code() != codes.InvalidArgument:
+			t.Fatalf("%s: %v for bytes that are no message; want INVALID_ARGUMENT: %q", m.name, st.Code(), st.Message())
 		case st.Code() == codes.DeadlineExceeded:
 			t.Fatalf("%s: the call hung: %q", m.name, st.Message())
 		}

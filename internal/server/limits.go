@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 
+	"github.com/varbridge/varbridge/internal/codec"
 	"github.com/varbridge/varbridge/internal/store"
 	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
@@ -142,6 +143,9 @@ func abbreviate(s string, n int) string {
 
 func (s *Server) limitsUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	if isBridge(info.FullMethod) {
+		if err := checkDecoded(req); err != nil {
+			return nil, err
+		}
 		if err := s.checkRequest(req); err != nil {
 			return nil, toStatus(err)
 		}
@@ -163,6 +167,9 @@ func (l *limitsStream) RecvMsg(m any) error {
 	}
 	if !l.checked {
 		l.checked = true
+		if err := checkDecoded(m); err != nil {
+			return err
+		}
 		if err := l.s.checkRequest(m); err != nil {
 			return toStatus(err)
 		}
@@ -194,4 +201,14 @@ func boundStatus(err error) error {
 		cut--
 	}
 	return status.Errorf(st.Code(), "%s... (message cut; %d bytes in all)", msg[:cut], len(msg))
+}
+
+// checkDecoded fails a request that did not decode (truncated bytes, a
+// string that is not UTF-8) with INVALID_ARGUMENT, the client's fault,
+// where grpc-go itself would say INTERNAL; see codec.DecodeError.
+func checkDecoded(req any) error {
+	if err := codec.DecodeError(req); err != nil {
+		return invalidField("request", "the message does not decode: %v", err)
+	}
+	return nil
 }

@@ -32,6 +32,12 @@ import (
 // that waits for it knows every later write will reach the watch.
 const RevisionHeader = "varbridge-watch-revision"
 
+// IncarnationHeader is the response header that carries the watched
+// session's incarnation, sent with RevisionHeader: a client resumes with it
+// (WatchVariablesRequest.incarnation) so that a session created again under
+// the same id is never mistaken for the one it watched.
+const IncarnationHeader = "varbridge-watch-incarnation"
+
 // Server is the BridgeService. Create it with New.
 type Server struct {
 	pb.UnimplementedBridgeServiceServer
@@ -222,7 +228,7 @@ func (s *Server) SetVariable(_ context.Context, req *pb.SetVariableRequest) (*pb
 func (s *Server) SetVariables(_ context.Context, req *pb.SetVariablesRequest) (*pb.SetVariablesResponse, error) {
 	for id := range req.GetExpectedVersions() {
 		if _, ok := req.GetUpdates()[id]; !ok {
-			return nil, status.Errorf(codes.InvalidArgument, "expected_versions names %q, which is not in updates", id)
+			return nil, invalidField("expected_versions", "names %q, which is not in updates", id)
 		}
 	}
 	writes := make([]store.Write, 0, len(req.GetUpdates()))
@@ -302,29 +308,30 @@ func (s *Server) WatchVariableBatches(req *pb.WatchVariablesRequest, stream grpc
 func (s *Server) watch(req *pb.WatchVariablesRequest, stream grpc.ServerStream, send feed.Sender, sendBatch func([]*pb.VariableUpdate) error) error {
 	hb := req.GetHeartbeatIntervalMs()
 	if hb < 0 {
-		return status.Errorf(codes.InvalidArgument, "heartbeat_interval_ms must not be negative, got %d", hb)
+		return invalidField("heartbeat_interval_ms", "must not be negative, got %d", hb)
 	}
 	var filter *where.Filter
 	if req.GetWhere() != "" {
 		f, err := where.Compile(req.GetWhere())
 		if err != nil {
-			return status.Errorf(codes.InvalidArgument, "where: %v", err)
+			return toStatus(err)
 		}
 		filter = f
 	}
 	w, err := s.st.Watch(req.GetSessionId(), req.GetVariableIdentifiers(), store.WatchOptions{
 		StartRevision: req.GetStartRevision(), IncludeInitial: req.GetIncludeInitialValues(),
+		Incarnation: req.GetIncarnation(),
 	})
 	if err != nil {
 		return toStatus(err)
 	}
 	_, rev := w.Initial()
-	if req.GetStartRevision() > 0 {
+	if req.GetStartRevision() > 0 && (req.GetIncarnation() == "" || req.GetIncarnation() == w.Incarnation()) {
 		rev = req.GetStartRevision() - 1
 	}
 	m := s.opts.metrics
 	m.WatchOpened()
-	if err := stream.SendHeader(metadata.Pairs(RevisionHeader, strconv.FormatInt(rev, 10))); err != nil {
+	if err := stream.SendHeader(metadata.Pairs(RevisionHeader, strconv.FormatInt(rev, 10), IncarnationHeader, w.Incarnation())); err != nil {
 		w.Close()
 		m.WatchClosed(metrics.ClosedSendFailed)
 		return err

@@ -9,11 +9,13 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/varbridge/varbridge/internal/server"
 	"github.com/varbridge/varbridge/internal/servertest"
 	"github.com/varbridge/varbridge/internal/store"
 	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
@@ -41,11 +43,28 @@ func newFixture(t *testing.T, opts store.Options) *fixture {
 	return &fixture{t: t, srv: srv, c: pb.NewBridgeServiceClient(conn), ctx: ctx}
 }
 
-func (f *fixture) session(id string) {
+func (f *fixture) session(id string) *pb.Session {
 	f.t.Helper()
-	if _, err := f.c.InitializeSession(f.ctx, &pb.InitializeSessionRequest{SessionId: id}); err != nil {
+	r, err := f.c.InitializeSession(f.ctx, &pb.InitializeSessionRequest{SessionId: id})
+	if err != nil {
 		f.t.Fatal(err)
 	}
+	return r.GetSession()
+}
+
+// errorInfo returns the ErrorInfo detail every error status carries.
+func errorInfo(t *testing.T, err error) *errdetails.ErrorInfo {
+	t.Helper()
+	for _, d := range status.Convert(err).Details() {
+		if ei, ok := d.(*errdetails.ErrorInfo); ok {
+			if ei.GetDomain() != server.ErrorDomain {
+				t.Fatalf("ErrorInfo domain %q", ei.GetDomain())
+			}
+			return ei
+		}
+	}
+	t.Fatalf("status %v has no ErrorInfo", err)
+	return nil
 }
 
 func intVal(n int64) *pb.Value { return &pb.Value{Kind: &pb.Value_IntValue{IntValue: n}} }
@@ -293,12 +312,99 @@ func TestWatchResumeFromRevision(t *testing.T) {
 			t.Fatalf("update %d: revision %d value %d", i, u.Revision, u.Variable.Value.GetIntValue())
 		}
 	}
-	// A future start revision waits for it.
-	s2 := f.watch(f.ctx, &pb.WatchVariablesRequest{SessionId: "s", VariableIdentifiers: []string{"a"}, StartRevision: 13})
-	f.set("s", "a", 100) // 12: not delivered
-	f.set("s", "a", 101) // 13
-	if u := recvUpdates(t, s2, 1)[0]; u.Revision != 13 {
-		t.Fatalf("future watch got revision %d", u.Revision)
+	// The next revision (12) is a resume point the session has not reached
+	// yet: the watch waits for it.
+	s2 := f.watch(f.ctx, &pb.WatchVariablesRequest{SessionId: "s", VariableIdentifiers: []string{"a"}, StartRevision: 12})
+	f.set("s", "a", 100) // 12
+	if u := recvUpdates(t, s2, 1)[0]; u.Revision != 12 {
+		t.Fatalf("watch of the next revision got revision %d", u.Revision)
+	}
+}
+
+// A resume point beyond the session's revision + 1 cannot come from this
+// session's history (a server that lost the session, which was then created
+// again): silence would lose what the client lacks, so it is OUT_OF_RANGE,
+// naming both revisions, with the incarnation to compare.
+func TestWatchResumeAheadIsOutOfRange(t *testing.T) {
+	f := newFixture(t, store.Options{})
+	info := f.session("s")
+	f.register("s", "a", 0)
+	f.set("s", "a", 1) // revision 2
+	for _, inc := range []string{"", info.GetIncarnation()} {
+		s, err := f.c.WatchVariables(f.ctx, &pb.WatchVariablesRequest{SessionId: "s", VariableIdentifiers: []string{"a"}, StartRevision: 4, Incarnation: inc})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = s.Recv()
+		st := status.Convert(err)
+		if st.Code() != codes.OutOfRange || !strings.Contains(st.Message(), "start_revision 4") || !strings.Contains(st.Message(), "revision 2") {
+			t.Fatalf("incarnation %q: got %v; want OUT_OF_RANGE naming 4 and 2", inc, err)
+		}
+		ei := errorInfo(t, err)
+		if ei.GetReason() != "REVISION_OUT_OF_RANGE" || ei.GetMetadata()["start_revision"] != "4" || ei.GetMetadata()["session_revision"] != "2" ||
+			ei.GetMetadata()["incarnation"] != info.GetIncarnation() {
+			t.Fatalf("ErrorInfo = %v", ei)
+		}
+	}
+}
+
+// A resume that names another incarnation of the session starts with
+// RESYNC (current values, flagged) and goes on after it; the incarnation
+// travels in the header, on the first update and on heartbeats.
+func TestWatchResumeFromAnotherIncarnationResyncs(t *testing.T) {
+	f := newFixture(t, store.Options{})
+	info := f.session("s")
+	if len(info.GetIncarnation()) != 16 {
+		t.Fatalf("incarnation %q: want 16 hex characters", info.GetIncarnation())
+	}
+	f.register("s", "a", 0)
+	f.register("s", "b", 10)
+	rev := f.set("s", "a", 1) // revision 3
+	for _, start := range []int64{2, 4, 22} { // inside, next, and far beyond this incarnation's history
+		ctx, cancel := context.WithCancel(f.ctx)
+		s := f.watch(ctx, &pb.WatchVariablesRequest{
+			SessionId: "s", VariableIdentifiers: []string{"b", "a"}, StartRevision: start,
+			Incarnation: "0123456789abcdef", HeartbeatIntervalMs: 20,
+		})
+		md, err := s.Header()
+		if err != nil || len(md.Get(server.IncarnationHeader)) != 1 || md.Get(server.IncarnationHeader)[0] != info.GetIncarnation() {
+			t.Fatalf("start %d: header %v, %v; want incarnation %s", start, md, err, info.GetIncarnation())
+		}
+		got := recvUpdates(t, s, 2)
+		for i, want := range []struct {
+			name string
+			val  int64
+		}{{"a", 1}, {"b", 10}} {
+			u := got[i]
+			if u.UpdateType != pb.UpdateType_UPDATE_TYPE_RESYNC || u.VariableName != want.name || u.Variable.Value.GetIntValue() != want.val || u.Revision != rev {
+				t.Fatalf("start %d: update %d = %v; want RESYNC of %s=%d at %d", start, i, u, want.name, want.val, rev)
+			}
+			if u.Incarnation != info.GetIncarnation() {
+				t.Fatalf("start %d: RESYNC update carries incarnation %q", start, u.Incarnation)
+			}
+		}
+		if !got[1].LastInRevision {
+			t.Fatalf("start %d: the last RESYNC update is not flagged last_in_revision", start)
+		}
+		for { // heartbeats (every 20 ms here) carry it too
+			u, err := s.Recv()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if u.UpdateType == pb.UpdateType_UPDATE_TYPE_HEARTBEAT {
+				if u.Incarnation != info.GetIncarnation() || u.Revision != rev {
+					t.Fatalf("heartbeat %v: want incarnation %s at revision %d", u, info.GetIncarnation(), rev)
+				}
+				break
+			}
+		}
+		f.set("s", "a", 2) // rev+1 follows the resync
+		u := recvUpdates(t, s, 1)[0]
+		if u.UpdateType != pb.UpdateType_UPDATE_TYPE_VALUE_CHANGE || u.Variable.Value.GetIntValue() != 2 {
+			t.Fatalf("start %d: after the resync got %v", start, u)
+		}
+		cancel()
+		rev = f.set("s", "a", 1) // back to 1 for the next round
 	}
 }
 

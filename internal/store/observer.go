@@ -22,6 +22,11 @@ type WatchOptions struct {
 	// IncludeInitial takes a snapshot of the watched variables at the
 	// registration revision.
 	IncludeInitial bool
+	// Incarnation is the session incarnation StartRevision was taken in.
+	// Another one means another history: the watch starts with a Resync.
+	// Empty with StartRevision > 0 means the caller cannot say, and then a
+	// StartRevision ahead of the session fails.
+	Incarnation string
 }
 
 // Watch is one observer of a session's variables. One goroutine owns it: it
@@ -33,6 +38,8 @@ type Watch struct {
 
 	initial []*pb.Variable
 	snapRev int64
+	// incarnation is the session's; the feed sends it to the client.
+	incarnation string
 
 	wake chan struct{}
 	done chan struct{}
@@ -42,6 +49,7 @@ type Watch struct {
 	// excludes writers while other watches poll concurrently.
 	next    int64 // the first revision not yet returned by Poll
 	pending int64 // the first concerning revision not yet polled; 0 if none
+	resync  bool  // the next Poll returns a Resync (a resume from another incarnation)
 	closed  bool
 	err     error
 }
@@ -72,18 +80,27 @@ func (st *Store) Watch(sessionID string, identifiers []string, opts WatchOptions
 	if err != nil {
 		return nil, err
 	}
+	rev := sess.revision
+	otherHistory := opts.StartRevision > 0 && opts.Incarnation != "" && opts.Incarnation != sess.incarnation
+	if !otherHistory && opts.StartRevision > rev+1 {
+		return nil, &OutOfRangeError{Session: sess.id, Start: opts.StartRevision, Revision: rev, Incarnation: sess.incarnation}
+	}
 	w := &Watch{
 		sess: sess, all: len(identifiers) == 0, idents: make(map[string]string, len(vars)),
-		wake: make(chan struct{}, 1), done: make(chan struct{}),
+		wake: make(chan struct{}, 1), done: make(chan struct{}), incarnation: sess.incarnation,
 	}
 	for i, v := range vars {
 		if _, dup := w.idents[v.cur.Id]; !dup {
 			w.idents[v.cur.Id] = identifiers[i]
 		}
 	}
-	rev := sess.revision
 	w.snapRev = rev
 	switch {
+	case otherHistory:
+		// Revisions of another incarnation say nothing about this one: the
+		// current values, flagged, are the only honest answer.
+		w.next, w.pending, w.resync = rev+1, rev+1, true
+		w.signal()
 	case opts.StartRevision > 0:
 		w.next = opts.StartRevision
 		if opts.StartRevision <= rev {
@@ -97,6 +114,7 @@ func (st *Store) Watch(sessionID string, identifiers []string, opts WatchOptions
 		}
 	}
 	sess.watches[w] = struct{}{}
+	sess.watched.Add(1)
 	if w.all {
 		sess.watchAll[w] = struct{}{}
 	}
@@ -133,6 +151,9 @@ func (w *Watch) current() []*pb.Variable {
 // Initial returns the snapshot taken at registration (empty unless asked
 // for) and the session revision at registration.
 func (w *Watch) Initial() ([]*pb.Variable, int64) { return w.initial, w.snapRev }
+
+// Incarnation returns the incarnation of the watched session.
+func (w *Watch) Incarnation() string { return w.incarnation }
 
 // Identifier returns the identifier the caller used for a variable id, or
 // "" when the watch covers every variable.
@@ -176,6 +197,9 @@ func (w *Watch) Close() {
 		return
 	}
 	delete(s.watches, w)
+	if s.watched.Add(-1) == 0 {
+		s.touch(s.opts.Now()) // the TTL counts from the last watch's end
+	}
 	delete(s.watchAll, w)
 	for id := range w.idents {
 		if set := s.watchVar[id]; set != nil {
@@ -272,7 +296,8 @@ func (w *Watch) Poll(max int) (Batch, error) {
 		return Batch{Covered: w.next - 1}, nil
 	}
 	from := maxInt64(w.next, p)
-	if from <= s.revision && (s.history.n == 0 || from < s.history.first()) {
+	if w.resync || from <= s.revision && (s.history.n == 0 || from < s.history.first()) {
+		w.resync = false
 		rs := &Resync{Revision: s.revision, Vars: w.current()}
 		for id := range w.idents {
 			if s.byID[id] == nil {

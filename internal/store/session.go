@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"path"
 	"regexp"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,12 +30,20 @@ type variable struct {
 }
 
 type session struct {
-	id        string
-	ttl       time.Duration
-	createdAt time.Time
-	metadata  map[string]string
-	opts      *Options
-	expiresAt atomic.Int64 // unix nanoseconds; extended without the lock
+	id string
+	// incarnation tells this session from an earlier or later one with the
+	// same id: revisions restart at 1 in each, so a resume point means
+	// nothing outside the incarnation it was taken in.
+	incarnation string
+	ttl         time.Duration
+	createdAt   time.Time
+	metadata    map[string]string
+	opts        *Options
+	expiresAt   atomic.Int64 // unix nanoseconds; extended without the lock
+	// watched counts open watches: a watched session does not expire, so a
+	// worker that only watches a quiet session keeps it. Kept apart from
+	// watches so the sweeper reads it without the session lock.
+	watched atomic.Int32
 
 	mu       sync.RWMutex
 	closed   bool
@@ -52,7 +62,7 @@ type session struct {
 func newSession(id string, ttl time.Duration, md map[string]string, opts *Options) *session {
 	now := opts.Now()
 	s := &session{
-		id: id, ttl: ttl, createdAt: now, metadata: md, opts: opts,
+		id: id, incarnation: randomHex(8), ttl: ttl, createdAt: now, metadata: md, opts: opts,
 		byID: map[string]*variable{}, byName: map[string]*variable{},
 		history:  history{limit: opts.HistoryLimit, maxAge: opts.HistoryAge, maxBytes: opts.HistoryBytes},
 		watches:  map[*Watch]struct{}{},
@@ -79,13 +89,23 @@ func (s *session) unlockAndWake() {
 
 func (s *session) touch(now time.Time) { s.expiresAt.Store(now.Add(s.ttl).UnixNano()) }
 
-func (s *session) expired(now time.Time) bool { return now.UnixNano() >= s.expiresAt.Load() }
+// expired reports whether the session's TTL ran out; an open watch is use
+// for as long as it is open.
+func (s *session) expired(now time.Time) bool {
+	return s.watched.Load() == 0 && now.UnixNano() >= s.expiresAt.Load()
+}
 
 func (s *session) info() SessionInfo {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
+	exp := time.Unix(0, s.expiresAt.Load())
+	if s.watched.Load() > 0 { // it cannot expire before the last watch closes
+		if next := s.opts.Now().Add(s.ttl); next.After(exp) {
+			exp = next
+		}
+	}
 	return SessionInfo{
-		ID: s.id, CreatedAt: s.createdAt, ExpiresAt: time.Unix(0, s.expiresAt.Load()), TTL: s.ttl,
+		ID: s.id, Incarnation: s.incarnation, CreatedAt: s.createdAt, ExpiresAt: exp, TTL: s.ttl,
 		Revision: s.revision, VariableCount: len(s.byID), WatchCount: len(s.watches), Metadata: s.metadata,
 	}
 }
@@ -95,19 +115,20 @@ func (i SessionInfo) Proto() *pb.Session {
 	return &pb.Session{
 		SessionId: i.ID, CreatedAt: timestamppb.New(i.CreatedAt), ExpiresAt: timestamppb.New(i.ExpiresAt),
 		Ttl: durationpb.New(i.TTL), Revision: i.Revision, VariableCount: int64(i.VariableCount),
-		WatchCount: int64(i.WatchCount), Metadata: i.Metadata,
+		WatchCount: int64(i.WatchCount), Metadata: i.Metadata, Incarnation: i.Incarnation,
 	}
 }
 
-// close ends the session's watches with reason and returns its variable count.
-func (s *session) close(reason string) int {
+// close ends the session's watches with a SessionClosedError and returns
+// its variable count.
+func (s *session) close(cause CloseCause) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return 0
 	}
 	s.closed = true
-	err := fmt.Errorf("%w: session %q ended because %s", ErrSessionClosed, s.id, reason)
+	err := &SessionClosedError{Session: s.id, Cause: cause, TTL: s.ttl}
 	for w := range s.watches {
 		w.end(err)
 	}
@@ -198,7 +219,7 @@ func (st *Store) Register(sessionID string, r Register) (*pb.Variable, int64, er
 		return nil, 0, sessionNotFound(sessionID)
 	}
 	if _, ok := sess.byName[r.Name]; ok {
-		return nil, 0, fmt.Errorf("%w: session %q already has a variable named %q", ErrAlreadyExists, sess.id, r.Name)
+		return nil, 0, &ExistsError{Session: sess.id, Name: r.Name}
 	}
 	if len(sess.byID) >= st.opts.MaxVariables {
 		return nil, 0, &LimitError{Limit: "max_variables_per_session", Max: int64(st.opts.MaxVariables), What: fmt.Sprintf("cannot register %q in session %q", r.Name, sess.id)}
@@ -333,7 +354,7 @@ func (st *Store) Set(sessionID string, writes []Write, md map[string]string, sou
 			seen[v] = w.Identifier
 		}
 		if w.ExpectedVersion != nil && *w.ExpectedVersion != v.cur.Version {
-			return WriteResult{}, fmt.Errorf("%w: variable %q is at version %d, not the expected %d", ErrVersionConflict, v.cur.Name, v.cur.Version, *w.ExpectedVersion)
+			return WriteResult{}, &VersionConflictError{Variable: v.cur.Name, Expected: *w.ExpectedVersion, Actual: v.cur.Version}
 		}
 		if err := v.rules.check(v.cur.Name, w.Value); err != nil {
 			return WriteResult{}, err
@@ -365,6 +386,11 @@ func (st *Store) Set(sessionID string, writes []Write, md map[string]string, sou
 		res.Changed = append(res.Changed, w.Identifier)
 	}
 	if len(items) > 0 {
+		// One order for a batch's members on every client and engine, by
+		// name, whatever order the writes came in (a map on the wire).
+		if len(items) > 1 {
+			slices.SortFunc(items, func(a, b Item) int { return strings.Compare(a.Var.Name, b.Var.Name) })
+		}
 		res.Revision = sess.commit(now, ts, source, cloneMap(md), items)
 	}
 	return res, nil

@@ -214,17 +214,50 @@ func TestSessionTTL(t *testing.T) {
 		}
 	})
 
-	t.Run("expiry ends watches", func(t *testing.T) {
+	// A worker that only watches a quiet session must keep it: an open watch
+	// is use for as long as it is open, and the TTL counts from its end.
+	t.Run("an open watch keeps its session", func(t *testing.T) {
+		sid := newSession(t, st)
+		w, err := st.Watch(sid, nil, store.WatchOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		clk.Advance(3 * ttl)
+		if got := st.Sweep(); len(got) != 0 {
+			t.Fatalf("Sweep expired %v although a watch was open", got)
+		}
+		select {
+		case <-w.Done():
+			t.Fatalf("watch ended: %v", w.Err())
+		default:
+		}
+		if info, err := st.GetSession(sid); err != nil || info.ExpiresAt.Before(clk.Now().Add(ttl)) {
+			t.Errorf("GetSession of a watched session = %+v, %v; want it to expire no sooner than a TTL from now", info, err)
+		}
+		w.Close()
+		clk.Advance(ttl - time.Second)
+		if got := st.Sweep(); len(got) != 0 {
+			t.Fatalf("Sweep expired %v before a TTL had passed since the watch closed", got)
+		}
+		clk.Advance(time.Second)
+		if got := st.Sweep(); !slices.Equal(got, []string{sid}) {
+			t.Fatalf("Sweep = %v, want [%s] a TTL after the watch closed", got, sid)
+		}
+	})
+
+	t.Run("cleanup ends watches", func(t *testing.T) {
 		sid := newSession(t, st)
 		w, err := st.Watch(sid, nil, store.WatchOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer w.Close()
-		clk.Advance(ttl)
-		st.Sweep()
+		if _, err := st.CleanupSession(sid); err != nil {
+			t.Fatal(err)
+		}
 		<-w.Done()
-		if !errors.Is(w.Err(), store.ErrSessionClosed) || !strings.Contains(w.Err().Error(), "expired") {
+		var sc *store.SessionClosedError
+		if !errors.As(w.Err(), &sc) || sc.Cause != store.ClosedCleanedUp || !strings.Contains(w.Err().Error(), "cleaned up") {
 			t.Errorf("watch error = %v", w.Err())
 		}
 	})

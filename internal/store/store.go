@@ -11,6 +11,9 @@ package store
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"path"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 )
@@ -113,7 +116,7 @@ func (s *Store) Close() {
 		s.sessions = map[string]*session{}
 		s.mu.Unlock()
 		for _, sess := range all {
-			sess.close("the server is shutting down")
+			sess.close(ClosedShutdown)
 		}
 	})
 }
@@ -147,7 +150,7 @@ func (s *Store) Sweep() []string {
 	s.mu.Unlock()
 	ids := make([]string, len(expired))
 	for i, sess := range expired {
-		sess.close("it expired after " + sess.ttl.String() + " without use")
+		sess.close(ClosedExpired)
 		ids[i] = sess.id
 	}
 	if len(ids) > 0 && s.opts.OnExpire != nil {
@@ -159,6 +162,7 @@ func (s *Store) Sweep() []string {
 // SessionInfo describes a session.
 type SessionInfo struct {
 	ID            string
+	Incarnation   string
 	CreatedAt     time.Time
 	ExpiresAt     time.Time
 	TTL           time.Duration
@@ -250,7 +254,29 @@ func (s *Store) CleanupSession(id string) (int, error) {
 	if !ok {
 		return 0, sessionNotFound(id)
 	}
-	return sess.close("it was cleaned up"), nil
+	return sess.close(ClosedCleanedUp), nil
+}
+
+// ListSessions describes the sessions whose ids match a glob pattern (all
+// when empty), sorted by id. It extends no TTL.
+func (s *Store) ListSessions(pattern string) ([]SessionInfo, error) {
+	if _, err := path.Match(pattern, ""); err != nil {
+		return nil, fieldErr("pattern", "%q is not a valid glob: %v", pattern, err)
+	}
+	s.mu.RLock()
+	all := make([]*session, 0, len(s.sessions))
+	for id, sess := range s.sessions {
+		if ok, _ := path.Match(pattern, id); pattern == "" || ok {
+			all = append(all, sess)
+		}
+	}
+	s.mu.RUnlock()
+	out := make([]SessionInfo, len(all))
+	for i, sess := range all {
+		out[i] = sess.info()
+	}
+	slices.SortFunc(out, func(a, b SessionInfo) int { return strings.Compare(a.ID, b.ID) })
+	return out, nil
 }
 
 // SessionCount returns the number of live sessions.

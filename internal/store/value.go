@@ -295,7 +295,12 @@ func checkTensor(t *pb.Tensor) error {
 		}
 		n *= d
 	}
-	if n > math.MaxInt64/int64(size) || int64(len(t.Data)) != n*int64(size) {
+	// The byte count is compared without forming n*size when it would not
+	// fit in an int64: a message must not print a wrapped, negative size.
+	if n > math.MaxInt64/int64(size) {
+		return fieldErr("value.tensor_value.data", "has %d bytes; shape %v of %s needs more than %d", len(t.Data), t.Shape, t.Dtype, int64(math.MaxInt64))
+	}
+	if int64(len(t.Data)) != n*int64(size) {
 		return fieldErr("value.tensor_value.data", "has %d bytes; shape %v of %s needs %d", len(t.Data), t.Shape, t.Dtype, n*int64(size))
 	}
 	return nil

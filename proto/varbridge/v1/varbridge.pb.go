@@ -65,7 +65,8 @@ const (
 	// RESOURCE_EXHAUSTED: a watch's where filter kept reaching its cost limit,
 	// or the session's filter budget ran out. metadata: limit.
 	ErrorReason_ERROR_REASON_FILTER_TOO_COSTLY ErrorReason = 10
-	// UNAUTHENTICATED. metadata: session_id.
+	// UNAUTHENTICATED (ALREADY_EXISTS when InitializeSession names an existing
+	// session without a token). metadata: session_id, where known.
 	ErrorReason_ERROR_REASON_TOKEN_REQUIRED ErrorReason = 11
 	// PERMISSION_DENIED. metadata: session_id.
 	ErrorReason_ERROR_REASON_TOKEN_INVALID ErrorReason = 12
