@@ -5,9 +5,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
@@ -50,31 +48,25 @@ func (s *Server) authorizeOperator(ctx context.Context) error {
 	}
 	if op == "" {
 		s.opts.metrics.AuthFailure(codes.PermissionDenied.String())
-		return operatorError(codes.PermissionDenied, "TOKEN_INVALID",
+		return operatorError(codes.PermissionDenied, pb.ErrorReason_ERROR_REASON_TOKEN_INVALID,
 			"listing sessions on a server with auth on needs an operator token, and this server was started without one (serve --operator-token)")
 	}
 	tok, err := bearer(ctx)
 	if err != nil {
 		s.opts.metrics.AuthFailure(codes.Unauthenticated.String())
-		return operatorError(codes.Unauthenticated, "TOKEN_REQUIRED",
+		return operatorError(codes.Unauthenticated, pb.ErrorReason_ERROR_REASON_TOKEN_REQUIRED,
 			`listing sessions needs the operator token: send "authorization: Bearer <operator token>" metadata`)
 	}
 	got, want := sha256.Sum256([]byte(tok)), sha256.Sum256([]byte(op))
 	if subtle.ConstantTimeCompare(got[:], want[:]) != 1 {
 		s.opts.metrics.AuthFailure(codes.PermissionDenied.String())
-		return operatorError(codes.PermissionDenied, "TOKEN_INVALID",
+		return operatorError(codes.PermissionDenied, pb.ErrorReason_ERROR_REASON_TOKEN_INVALID,
 			"the authorization token is not the operator token, which listing sessions needs")
 	}
 	return nil
 }
 
-// operatorError is a status with the ErrorInfo every varbridge error carries.
-func operatorError(c codes.Code, reason, msg string) error {
-	st, err := status.New(c, msg).WithDetails(&errdetails.ErrorInfo{
-		Domain: "varbridge.dev", Reason: reason, Metadata: map[string]string{"method": "ListSessions"},
-	})
-	if err != nil {
-		return status.Error(c, msg)
-	}
-	return st.Err()
+// operatorError is a refusal of ListSessions.
+func operatorError(c codes.Code, r pb.ErrorReason, msg string) error {
+	return statusError(c, r, msg, map[string]string{"method": "ListSessions"})
 }
