@@ -100,6 +100,8 @@ func TestBridgedCutConnectionsExactlyOnce(t *testing.T) {
 					counter++
 					ws = []store.Write{{Identifier: names[rand.IntN(len(names))], Value: &pb.Value{Kind: &pb.Value_IntValue{IntValue: counter}}}}
 				}
+				// The members of a batch reach watchers ordered by name.
+				slices.SortFunc(ws, func(a, b store.Write) int { return strings.Compare(a.Identifier, b.Identifier) })
 				res, err := srv.Store.Set(sess, ws, nil, "writer")
 				if err != nil {
 					t.Fatal(err)
@@ -383,7 +385,8 @@ func TestBridgedAuth(t *testing.T) {
 		t.Fatal("no session token from a server with auth")
 	}
 	mustRegister(t, owner, "v", TypeInteger, 0)
-	if _, err := NewBridgedState(context.Background(), srv.Addr, WithSessionID(owner.SessionID())); !errors.Is(err, ErrAlreadyExists) {
+	if _, err := NewBridgedState(context.Background(), srv.Addr, WithSessionID(owner.SessionID())); !errors.Is(err, ErrAlreadyExists) ||
+		!errors.Is(err, ErrUnauthenticated) {
 		t.Fatalf("joining without the token: %v", err)
 	}
 	other := dialBridged(t, srv.Addr, WithSessionID(owner.SessionID()), WithToken(owner.Token()))
@@ -461,6 +464,11 @@ func TestErrorsFromErrorInfo(t *testing.T) {
 	}
 	if err := fromStatus(withInfo(codes.PermissionDenied, "x", "TOKEN_INVALID", nil)); !errors.Is(err, ErrPermissionDenied) {
 		t.Errorf("TOKEN_INVALID: %v", err)
+	}
+	// The session exists and joining it needs its token: both kinds match.
+	joined := fromStatus(withInfo(codes.AlreadyExists, "x", "TOKEN_REQUIRED", map[string]string{"session_id": "s"}))
+	if !errors.Is(joined, ErrUnauthenticated) || !errors.Is(joined, ErrAlreadyExists) {
+		t.Errorf("ALREADY_EXISTS with TOKEN_REQUIRED: %v", joined)
 	}
 	// Without varbridge's ErrorInfo (another domain, or none): the code.
 	st, _ := status.New(codes.NotFound, "session closed").WithDetails(&errdetails.ErrorInfo{Domain: "example.com", Reason: "SESSION_CLOSED"})

@@ -262,8 +262,34 @@ func fromStatus(err error) error {
 	if !ok {
 		return err
 	}
-	msg := st.Message()
 	reason, md := errorInfo(st)
+	mapped := fromReason(st, reason, md, err)
+	if mapped == nil {
+		return fromCode(st, err)
+	}
+	// A reason refines its code; where the code says something the reason
+	// does not (ALREADY_EXISTS with TOKEN_REQUIRED: the session exists, and
+	// joining it needs its token), the error matches the code's sentinel too.
+	if k := codeSentinel[st.Code()]; k != nil && !errors.Is(mapped, k) {
+		return &kindError{kind: k, msg: mapped.Error(), cause: mapped}
+	}
+	return mapped
+}
+
+// codeSentinel lists the codes whose sentinel an error keeps whatever its
+// reason says; the other codes are fully refined by their reasons (a
+// NOT_FOUND for SESSION_CLOSED must not match ErrSessionNotFound).
+var codeSentinel = map[codes.Code]error{
+	codes.AlreadyExists:    ErrAlreadyExists,
+	codes.Unauthenticated:  ErrUnauthenticated,
+	codes.PermissionDenied: ErrPermissionDenied,
+	codes.Unavailable:      ErrUnavailable,
+}
+
+// fromReason maps a varbridge ErrorInfo reason; nil for UNSPECIFIED or a
+// reason this client does not know (a newer server), left to the code.
+func fromReason(st *status.Status, reason pb.ErrorReason, md map[string]string, err error) error {
+	msg := st.Message()
 	switch reason {
 	case pb.ErrorReason_ERROR_REASON_SESSION_NOT_FOUND:
 		return &kindError{ErrSessionNotFound, msg, err}
@@ -294,7 +320,7 @@ func fromStatus(err error) error {
 	case pb.ErrorReason_ERROR_REASON_TOKEN_INVALID:
 		return &kindError{ErrPermissionDenied, "permission denied: " + msg, err}
 	}
-	return fromCode(st, err)
+	return nil
 }
 
 // fromCode maps a status without a varbridge ErrorInfo by its code alone.
