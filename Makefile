@@ -4,7 +4,7 @@
 #   make proto        regenerate Go and Python code from proto/
 #   make proto-check  fail when the committed generated code is stale; buf lint
 #   make build        .bin/varbridge
-#   make test         vet, go test -race, pytest, ruff (after venv, proto-check, build)
+#   make test         vet, go test -race, pytest, ruff, mypy --strict (after venv, proto-check, build)
 #   make demo         live Go <-> Python reactive demo on a fresh server
 #   make fuzz         each fuzz target for FUZZTIME (default 2m; 5s inside make test)
 #   make chaos        fault suite, leaks and slow consumers at full size (short runs are in make test)
@@ -81,6 +81,8 @@ test: venv proto-check build
 	@if [ -d python ]; then \
 	  echo "==> ruff check"; \
 	  $(VENV)/bin/ruff check python; \
+	  echo "==> mypy --strict (python/pyproject.toml)"; \
+	  (cd python && ../$(VENV)/bin/mypy -p varbridge); \
 	fi
 	@echo "==> test: all passed"
 
