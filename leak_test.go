@@ -435,16 +435,16 @@ func watchFormsEndOnClose(t *testing.T, e env) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	iterated := make(chan int, 1)
+	iterated := make(chan int64, 1)
+	var seen atomic.Int64
 	go func() {
-		n := 0
 		for _, err := range Updates(ctx, e.p, []string{"x"}) {
 			if err != nil {
 				t.Errorf("Updates yielded %v", err)
 			}
-			n++
+			seen.Add(1)
 		}
-		iterated <- n
+		iterated <- seen.Load()
 	}()
 	eventually(t, "three watches", func() bool { return len(e.p.ListWatchers()) == 3 })
 	const writes = 100 // more than the channel holds
@@ -457,6 +457,7 @@ func watchFormsEndOnClose(t *testing.T, e env) {
 		}
 	}
 	eventually(t, "the stalled channel to fill", func() bool { return len(stalled) == cap(stalled) })
+	eventually(t, "the Updates loop to see every write", func() bool { return seen.Load() == writes })
 
 	if err := e.p.Close(); err != nil {
 		t.Fatal(err)
