@@ -117,3 +117,20 @@ func TestEvalStopsWhenContextEnds(t *testing.T) {
 		t.Fatalf("Eval after cancel: spent %d in %v, err %v; want context.Canceled within a few steps", spent, time.Since(start), err)
 	}
 }
+
+// A watch that opens with a filter compiled before, by anyone, reuses it:
+// compiling is the costly part of opening a filtered watch, so a client
+// reopening watches in a loop must not get it for free.
+func TestCompileReusesCompiledFilters(t *testing.T) {
+	src := literal(50) + `.exists(x, x == 7) && new > old`
+	f1, err1 := where.Compile(src)
+	f2, err2 := where.Compile(src)
+	if err1 != nil || err2 != nil || f1 != f2 {
+		t.Fatalf("Compile twice: %p %v, %p %v; want one filter", f1, err1, f2, err2)
+	}
+	if _, err := where.Compile(attack()); err == nil {
+		t.Fatal("the attack compiled")
+	} else if _, again := where.Compile(attack()); again != err {
+		t.Fatalf("a rejected filter is compiled again: %v", again)
+	}
+}
