@@ -30,7 +30,10 @@ var _ StateProvider = (*BridgedState)(nil)
 
 // NewBridgedState connects to the server at target ("host:port" or any
 // gRPC target) and creates the session, or joins it when WithSessionID
-// names an existing one.
+// names an existing one. Like every unary call of a BridgedState, it waits
+// for the connection (a server still starting, or restarting) until ctx
+// ends, rather than failing at the first refused connect: give ctx a
+// deadline.
 func NewBridgedState(ctx context.Context, target string, opts ...Option) (*BridgedState, error) {
 	o := newOptions(opts)
 	pool, err := acquirePool(target, &o)
@@ -243,7 +246,9 @@ func (b *BridgedState) SupportsWatching() bool { return true }
 // WithInitialValues, the values at R), then opens the stream at R+1 and
 // waits until the server has registered it: when it returns, every later
 // write reaches the watcher. The watch carries no deadline; ctx ending
-// cancels it.
+// cancels it. Each resume sends the session incarnation the watch has
+// seen, so a session created again while the watch was away (a server that
+// lost it) answers with Resync updates, never silence.
 func (b *BridgedState) WatchVariables(ctx context.Context, identifiers []string, fn Watcher, opts ...WatchOption) (WatchRef, error) {
 	if err := b.check(); err != nil {
 		return WatchRef{}, err

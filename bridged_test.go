@@ -482,3 +482,27 @@ func TestErrorsFromErrorInfo(t *testing.T) {
 		t.Errorf("UNAVAILABLE: %v", err)
 	}
 }
+
+// Issue 10 item 8: with the defaults a watch gives up after 10 consecutive
+// failures, having waited backoff(1) .. backoff(9): about 121 s (1 s base
+// doubling to the 30 s cap, +-10 %), the budget the Python client shares.
+func TestDefaultGiveUpBudget(t *testing.T) {
+	cfg := newWatchConfig(nil)
+	if cfg.maxFailures != 10 || cfg.backoffBase != time.Second || cfg.backoffCap != 30*time.Second {
+		t.Fatalf("defaults %d, %v, %v", cfg.maxFailures, cfg.backoffBase, cfg.backoffCap)
+	}
+	var sum time.Duration
+	for range 1000 {
+		var total time.Duration
+		for n := 1; n < cfg.maxFailures; n++ {
+			total += backoff(cfg.backoffBase, cfg.backoffCap, n)
+		}
+		if total < 108*time.Second || total > 134*time.Second {
+			t.Fatalf("a give-up after %v", total)
+		}
+		sum += total
+	}
+	if mean := sum / 1000; mean < 119*time.Second || mean > 123*time.Second {
+		t.Fatalf("mean time to give up %v, want about 121 s", mean)
+	}
+}

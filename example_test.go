@@ -2,6 +2,7 @@ package varbridge_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -128,4 +129,29 @@ func ExampleUpdates() {
 	// step 0 -> 1
 	// step 1 -> 2
 	// step 2 -> 3
+}
+
+// A compare-and-set that lost a race says which version it met, so the
+// caller can re-read and try again.
+func ExampleVersionConflictError() {
+	ctx := context.Background()
+	state, err := varbridge.NewLocalState()
+	if err != nil {
+		panic(err)
+	}
+	defer state.Close()
+	v, err := state.Register(ctx, "model", varbridge.TypeString, "small")
+	if err != nil {
+		panic(err)
+	}
+	if _, err := state.Set(ctx, "model", "large"); err != nil { // another writer got there first
+		panic(err)
+	}
+	_, err = state.Set(ctx, "model", "medium", varbridge.WithExpectedVersion(v.Version))
+	var conflict *varbridge.VersionConflictError
+	if errors.As(err, &conflict) {
+		fmt.Printf("%s: expected version %d, found %d\n", conflict.Variable, conflict.Expected, conflict.Actual)
+	}
+	// Output:
+	// model: expected version 1, found 2
 }
