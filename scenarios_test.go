@@ -496,9 +496,16 @@ func TestWatchVariablesNoInitialByDefault(t *testing.T) {
 		if u := rec.next(t); u.Meta.Initial || u.New != int64(2) || u.Meta.Revision != rev {
 			t.Fatalf("first update %+v, want the change to 2", u)
 		}
-		mustWatch(t, e.p, context.Background(), []string{"q"}, rec.watch, WithInitialValues(true))
+		mustWatch(t, e.p, context.Background(), []string{"q"}, rec.watch, WithInitialValues())
 		if u := rec.next(t); !u.Meta.Initial || u.New != int64(2) {
-			t.Fatalf("with WithInitialValues(true): %+v", u)
+			t.Fatalf("with WithInitialValues(): %+v", u)
+		}
+		mustWatch(t, e.p, context.Background(), []string{"q"}, rec.watch, WithInitialValues(false))
+		rev = e.set(t, "q", int64(3), nil)
+		for range 3 { // the change, to each of the three watches, and no initial value
+			if u := rec.next(t); u.Meta.Initial || u.New != int64(3) || u.Meta.Revision != rev {
+				t.Fatalf("after WithInitialValues(false): %+v", u)
+			}
 		}
 	})
 }

@@ -269,8 +269,14 @@ func newWatchConfig(opts []WatchOption) watchConfig {
 
 // WithInitialValues delivers each watched variable's current value first
 // (UpdateMeta.Initial), read at the revision after which changes follow.
-// Default false; ignored with WithStartRevision.
-func WithInitialValues(on bool) WatchOption { return func(c *watchConfig) { c.initial = on } }
+// WithInitialValues() and WithInitialValues(true) turn it on,
+// WithInitialValues(false) off. The default is off, the seed's
+// include_initial: false, as in Python's watch_variables and the CLI
+// (variables.Watch turns it on by default). Ignored with WithStartRevision.
+func WithInitialValues(on ...bool) WatchOption {
+	v := len(on) == 0 || on[0]
+	return func(c *watchConfig) { c.initial = v }
+}
 
 // WithFilter drops value changes for which f(old, new) is false; initial
 // values, resyncs and deletions always pass. A panicking filter counts as
