@@ -587,3 +587,50 @@ func TestCleanupSessionBothProviders(t *testing.T) {
 		run(t, a.p.(*BridgedState), b, srv.Store)
 	})
 }
+
+// Issue 10 item 4: a session that is only watched does not expire, however
+// long it stays quiet; its TTL starts again when the last watch closes.
+// The store's clock is a fake one, moved by the test.
+func TestWatchKeepsSessionAlive(t *testing.T) {
+	var mu sync.Mutex
+	now := time.Unix(1_700_000_000, 0)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	opts := store.Options{TTL: time.Minute, Now: clock, SweepInterval: time.Hour}
+	run := func(t *testing.T, e env) {
+		mustRegister(t, e.p, "w", TypeInteger, int64(0))
+		rec := newRecorder()
+		ref := mustWatch(t, e.p, context.Background(), []string{"w"}, rec.watch)
+		eventually(t, "the watch to be registered", func() bool { return e.st.WatchCount() == 1 })
+		advance(10 * time.Minute)
+		if gone := e.st.Sweep(); len(gone) != 0 {
+			t.Fatalf("a watched session expired: %v", gone)
+		}
+		rev := e.set(t, "w", int64(1), nil)
+		if u := rec.next(t); u.New != int64(1) || u.Meta.Revision != rev {
+			t.Fatalf("after ten quiet TTLs: %+v", u)
+		}
+		advance(10 * time.Minute)
+		if err := e.p.UnwatchVariables(ref); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "the watch to go", func() bool { return e.st.WatchCount() == 0 })
+		advance(30 * time.Second)
+		if gone := e.st.Sweep(); len(gone) != 0 {
+			t.Fatalf("the session expired %v after its last watch closed, within its TTL: %v", 30*time.Second, gone)
+		}
+		advance(time.Minute)
+		if gone := e.st.Sweep(); len(gone) != 1 || gone[0] != e.p.SessionID() {
+			t.Fatalf("an unwatched, unused session outlived its TTL: %v", gone)
+		}
+	}
+	t.Run("local", func(t *testing.T) {
+		st := store.New(opts)
+		defer st.Close()
+		run(t, newLocalEnv(t, withStore(st)))
+	})
+	t.Run("bridged", func(t *testing.T) {
+		e, _ := newBridgedEnv(t, opts)
+		run(t, e)
+	})
+}
