@@ -104,18 +104,36 @@ func TestRoundTrip(t *testing.T) {
 }
 
 // The server's codec decodes with protobuf-go, which refuses a string that
-// is not UTF-8; truncated input fails in both.
+// is not UTF-8; what does not decode reaches the server's request check
+// empty, carrying its error (DecodeError), so the client hears
+// INVALID_ARGUMENT rather than grpc-go's INTERNAL. The client's codec fails
+// truncated input outright.
 func TestBadInput(t *testing.T) {
-	bad := []byte{0x0a, 0x02, 0xff, 0xfe} // SetVariableRequest.session_id = "\xff\xfe"
-	err := codec.Server.Unmarshal(mem.BufferSlice{mem.SliceBuffer(bad)}, &pb.SetVariableRequest{})
-	if err == nil || !strings.Contains(err.Error(), "UTF-8") {
-		t.Errorf("server codec on invalid UTF-8: %v, want an UTF-8 error", err)
-	}
-	good, _ := proto.Marshal(update(1, intVal(5)))
-	for _, c := range []encoding.CodecV2{codec.Server, codec.Client} {
-		if err := c.Unmarshal(mem.BufferSlice{mem.SliceBuffer(good[:len(good)-3])}, &pb.VariableUpdate{}); err == nil {
-			t.Errorf("truncated input decoded without error")
+	good, _ := proto.Marshal(&pb.SetVariableRequest{SessionId: "s", VariableIdentifier: "x"})
+	for name, bad := range map[string][]byte{
+		"invalid UTF-8": {0x0a, 0x02, 0xff, 0xfe}, // SetVariableRequest.session_id = "\xff\xfe"
+		"truncated":     good[:len(good)-1],
+	} {
+		req := &pb.SetVariableRequest{}
+		if err := codec.Server.Unmarshal(mem.BufferSlice{mem.SliceBuffer(bad)}, req); err != nil {
+			t.Fatalf("%s: server codec: %v; want the error carried by the message", name, err)
 		}
+		err := codec.DecodeError(req)
+		if err == nil || (name == "invalid UTF-8" && !strings.Contains(err.Error(), "UTF-8")) {
+			t.Errorf("%s: DecodeError = %v", name, err)
+		}
+		if req.GetSessionId() != "" || req.GetVariableIdentifier() != "" {
+			t.Errorf("%s: a request that did not decode kept fields: %v", name, req)
+		}
+	}
+	if err := codec.DecodeError(&pb.SetVariableRequest{SessionId: "s"}); err != nil {
+		t.Errorf("DecodeError of a decoded request: %v", err)
+	}
+	upd, _ := proto.Marshal(update(1, intVal(5)))
+	if err := codec.Client.Unmarshal(mem.BufferSlice{mem.SliceBuffer(upd[:len(upd)-3])}, &pb.VariableUpdate{}); err == nil {
+		t.Errorf("client codec: truncated input decoded without error")
+	}
+	for _, c := range []encoding.CodecV2{codec.Server, codec.Client} {
 		if _, err := c.Marshal("not a message"); err == nil {
 			t.Errorf("marshalling a string: no error")
 		}
