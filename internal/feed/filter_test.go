@@ -20,7 +20,7 @@ import (
 
 func strVal(s string) *pb.Value { return &pb.Value{Kind: &pb.Value_StringValue{StringValue: s}} }
 
-// costly scans the value: about one unit per ten characters.
+// costly scans the value: about six units per hundred characters.
 const costly = `new.contains("needle")`
 
 func stringSession(tb testing.TB, st *store.Store, id string) {
@@ -109,7 +109,7 @@ func TestFilterReachingItsLimitEndsWatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := runWatch(t, st, "a", f)
-	big := strings.Repeat("hay", 1000) // 300 units: over the limit
+	big := strings.Repeat("hay", 1000) // 180 units: over the limit
 	setStr(t, st, "a", "needle")       // cheap, passes
 	setStr(t, st, "a", "hay")          // cheap, filtered out
 	setStr(t, st, "a", big)            // hit 1: delivered anyway
@@ -144,7 +144,7 @@ func TestSessionFilterBudget(t *testing.T) {
 	heavy := runWatch(t, st, "a", f)
 	light := runWatch(t, st, "a", cheap)
 	other := runWatch(t, st, "b", f)
-	big := strings.Repeat("hay", 10_000) + "needle" // 3,000 units: the budget of 1,000 a second is spent for 2 s
+	big := strings.Repeat("hay", 20_000) + "needle" // 3,600 units: the budget of 1,000 a second is spent for 2.6 s
 	setStr(t, st, "a", big)
 	if u := heavy.next(t); u.GetVariable().GetValue().GetStringValue() != big {
 		t.Fatal("the first costly update did not arrive")
