@@ -15,10 +15,11 @@ import (
 
 // Defaults for FilterLimits.
 const (
-	// DefaultFilterCostPerSecond is about 150 ms of CPU per second on
-	// comprehension-heavy filters, and 1.5 million evaluations per second
-	// of a typical filter such as `new > old` (3 units): more than one
-	// session's writes reach its watchers on a small machine.
+	// DefaultFilterCostPerSecond is at most about 0.2 s of CPU per second
+	// (comprehension steps, the costliest per unit at 30-45 ns here), and
+	// 1.6 million evaluations per second of a typical filter such as
+	// `new > old` (3 units): more than one session's writes reach its
+	// watchers on a small machine.
 	DefaultFilterCostPerSecond = 5_000_000
 	// DefaultFilterLimitHits of a watch's last 16 evaluations may reach the
 	// per-evaluation cost limit before the watch ends: a filter that meets

@@ -25,8 +25,8 @@ import (
 const MaxExpressionBytes = 4096
 
 // Limits bound what a filter may cost, in CEL cost units (roughly one per
-// operation or comprehension step, one per ten characters a string
-// function scans). Zero fields take DefaultLimits' values.
+// operation or comprehension step, one per ten to twenty characters a
+// string function scans). Zero fields take DefaultLimits' values.
 type Limits struct {
 	// MaxEstimatedCost rejects a filter at compile time when its estimated
 	// worst-case cost, over inputs as large as the sizes below allow, is
@@ -55,9 +55,9 @@ type Limits struct {
 
 // DefaultLimits are the limits Compile applies. The sizes match the
 // defaults of store.Options and server.RequestLimits (a test checks it).
-// MaxEvalCost, 20,000 units, is about 1 ms of CPU on a comprehension, while
-// the filters people write (`new > old`, a metadata lookup, a regex on a
-// short string) cost under 100.
+// MaxEvalCost, 20,000 units, is under 1 ms of CPU on a comprehension,
+// while the filters people write (`new > old`, a metadata lookup, a regex
+// on a short string) cost under 100.
 var DefaultLimits = Limits{
 	MaxEstimatedCost:      1_000_000,
 	MaxEvalCost:           20_000,
