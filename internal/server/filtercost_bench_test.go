@@ -6,7 +6,9 @@ package server_test
 // session or on the attacked one. It reports the writer's SetVariable p50
 // and the write-to-watcher p50, in milliseconds, and how many attack
 // watches the server ended. In the reopening variants the attacker opens a
-// watch again as soon as the server ends it.
+// watch again as soon as the server ends it; plain-churn opens and closes
+// unfiltered watches as fast, to tell the cost of churning streams from
+// the cost of filters.
 //
 //	go test -run '^$' -bench BenchmarkFilterAttack -benchtime 300x ./internal/server
 //
@@ -78,18 +80,24 @@ func BenchmarkFilterAttack(b *testing.B) {
 		attack  bool
 		session string // the attacked session
 		reopen  bool   // open a watch again when the server ends it
+		churn   bool   // no filter: close each watch as soon as it is open
 	}{
-		{"baseline", false, "", false},
-		{"attack-other-session", true, "attack", false},
-		{"attack-same-session", true, "victim", false},
-		{"reopening-attack-other-session", true, "attack", true},
-		{"reopening-attack-same-session", true, "victim", true},
+		{"baseline", false, "", false, false},
+		{"attack-other-session", true, "attack", false, false},
+		{"attack-same-session", true, "victim", false, false},
+		{"reopening-attack-other-session", true, "attack", true, false},
+		{"reopening-attack-same-session", true, "victim", true, false},
+		{"plain-churn-same-session", true, "victim", true, true},
 	} {
-		b.Run(c.name, func(b *testing.B) { runFilterAttack(b, filter, c.attack, c.session, c.reopen) })
+		f := filter
+		if c.churn {
+			f = ""
+		}
+		b.Run(c.name, func(b *testing.B) { runFilterAttack(b, f, c.attack, c.session, c.reopen, c.churn) })
 	}
 }
 
-func runFilterAttack(b *testing.B, filter string, attack bool, attacked string, reopen bool) {
+func runFilterAttack(b *testing.B, filter string, attack bool, attacked string, reopen, churn bool) {
 	srv := servertest.Start(b, store.Options{})
 	dial := func() *grpc.ClientConn {
 		conn, err := grpc.NewClient(srv.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -135,7 +143,8 @@ func runFilterAttack(b *testing.B, filter string, attack bool, attacked string, 
 					defer wg.Done()
 					first := true
 					for actx.Err() == nil {
-						ws, err := client.WatchVariables(actx, &pb.WatchVariablesRequest{SessionId: attacked, VariableIdentifiers: []string{"x"}, Where: filter})
+						sctx, closeStream := context.WithCancel(actx)
+						ws, err := client.WatchVariables(sctx, &pb.WatchVariablesRequest{SessionId: attacked, VariableIdentifiers: []string{"x"}, Where: filter})
 						if err == nil {
 							_, err = ws.Header()
 						}
@@ -143,9 +152,13 @@ func runFilterAttack(b *testing.B, filter string, attack bool, attacked string, 
 							first = false
 							started <- struct{}{}
 						}
+						if churn {
+							closeStream()
+						}
 						for err == nil {
 							_, err = ws.Recv()
 						}
+						closeStream()
 						if actx.Err() == nil {
 							reopened.Add(1)
 						}
