@@ -115,6 +115,14 @@ def test_mapping_from_error_info_reason(code, reason, cls) -> None:
         assert e.reason == reason
 
 
+def test_reason_with_another_code_takes_the_codes_class() -> None:
+    # Joining an auth session without its token: the id is taken
+    # (ALREADY_EXISTS), and the reason says a token is what is missing.
+    e = from_rpc_error(rpc_error(C.ALREADY_EXISTS, "x", error_info("TOKEN_REQUIRED")))
+    assert type(e) is varbridge.AlreadyExists
+    assert e.reason == "TOKEN_REQUIRED"
+
+
 def test_error_info_metadata() -> None:
     e = from_rpc_error(
         rpc_error(

@@ -246,20 +246,24 @@ _BY_CODE: dict[grpc.StatusCode, type[VarbridgeError]] = {
 }
 
 # ErrorInfo reason (the proto's ErrorReason name without ERROR_REASON_) ->
-# exception. LIMIT_EXCEEDED is absent: its class follows the code
-# (RESOURCE_EXHAUSTED, or INVALID_ARGUMENT for the size of a request).
-_BY_REASON: dict[str, type[VarbridgeError]] = {
-    "SESSION_NOT_FOUND": SessionNotFound,
-    "SESSION_CLOSED": SessionClosed,
-    "VARIABLE_NOT_FOUND": VariableNotFound,
-    "VARIABLE_EXISTS": AlreadyExists,
-    "CONSTRAINT_VIOLATION": ConstraintViolation,
-    "VERSION_CONFLICT": VersionConflict,
-    "INVALID_ARGUMENT": InvalidArgument,
-    "REVISION_OUT_OF_RANGE": RevisionOutOfRange,
-    "FILTER_TOO_COSTLY": FilterTooCostly,
-    "TOKEN_REQUIRED": Unauthenticated,
-    "TOKEN_INVALID": PermissionDenied,
+# the status code the proto documents for it, and the exception. A reason
+# sent with another code (TOKEN_REQUIRED on the ALREADY_EXISTS of joining an
+# auth session without its token) takes the class of its code: the code says
+# what happened to the call, the reason what to do about it, and .reason
+# keeps it. LIMIT_EXCEEDED has two codes and is handled in error_for.
+_C = grpc.StatusCode
+_BY_REASON: dict[str, tuple[grpc.StatusCode, type[VarbridgeError]]] = {
+    "SESSION_NOT_FOUND": (_C.NOT_FOUND, SessionNotFound),
+    "SESSION_CLOSED": (_C.NOT_FOUND, SessionClosed),
+    "VARIABLE_NOT_FOUND": (_C.NOT_FOUND, VariableNotFound),
+    "VARIABLE_EXISTS": (_C.ALREADY_EXISTS, AlreadyExists),
+    "CONSTRAINT_VIOLATION": (_C.INVALID_ARGUMENT, ConstraintViolation),
+    "VERSION_CONFLICT": (_C.FAILED_PRECONDITION, VersionConflict),
+    "INVALID_ARGUMENT": (_C.INVALID_ARGUMENT, InvalidArgument),
+    "REVISION_OUT_OF_RANGE": (_C.OUT_OF_RANGE, RevisionOutOfRange),
+    "FILTER_TOO_COSTLY": (_C.RESOURCE_EXHAUSTED, FilterTooCostly),
+    "TOKEN_REQUIRED": (_C.UNAUTHENTICATED, Unauthenticated),
+    "TOKEN_INVALID": (_C.PERMISSION_DENIED, PermissionDenied),
 }
 
 
@@ -301,8 +305,9 @@ def error_for(
 ) -> VarbridgeError:
     """Build the typed error for a status code, message and decoded details.
 
-    The ErrorInfo reason decides first. Without one (a server or proxy that
-    does not send it) the status code does, refined by the other structured
+    The ErrorInfo reason decides first (when it comes with the code the proto
+    documents for it). Without one (a server or proxy that does not send it)
+    the status code does, refined by the other structured
     details: ResourceInfo's resource_type for NOT_FOUND, BadRequest's field
     for INVALID_ARGUMENT on a write. ``write``: the call was a write, so an
     INVALID_ARGUMENT about the value is a ConstraintViolation. ``session_rpc``:
@@ -317,7 +322,9 @@ def error_for(
             exhausted = code == grpc.StatusCode.RESOURCE_EXHAUSTED
             cls = ResourceExhausted if exhausted else InvalidArgument
         else:
-            cls = _BY_REASON.get(sd.reason)
+            documented = _BY_REASON.get(sd.reason)
+            if documented is not None and documented[0] == code:
+                cls = documented[1]
     if cls is None:
         cls = _by_code(code, sd, write=write, session_rpc=session_rpc)
     e = cls(details, code)
