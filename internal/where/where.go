@@ -30,10 +30,13 @@ const MaxExpressionBytes = 4096
 type Limits struct {
 	// MaxEstimatedCost rejects a filter at compile time when its estimated
 	// worst-case cost, over inputs as large as the sizes below allow, is
-	// higher. It is far above MaxEvalCost because the estimate charges a
-	// comparison of two dyn values as if both were strings of the largest
-	// size (about 420,000 for `new > old` at 4 MiB), while a comparison
-	// actually costs a few units.
+	// higher: a comprehension over a value (25 million units for
+	// `new.exists(x, x > 0.5)` at 4 MiB) would reach MaxEvalCost on every
+	// large value. It is far above MaxEvalCost because the estimate
+	// charges a comparison of two dyn values as if both were strings of
+	// the largest size (about 420,000 units for `new > old` at 4 MiB, a few
+	// units in fact), and a regular expression as its length times the
+	// value's (4.2 million for a 40-character pattern).
 	MaxEstimatedCost uint64
 	// MaxEvalCost stops one evaluation that spends more (cel.CostLimit),
 	// and rejects at compile time a filter whose estimate exceeds it even
@@ -59,7 +62,7 @@ type Limits struct {
 // while the filters people write (`new > old`, a metadata lookup, a regex
 // on a short string) cost under 100.
 var DefaultLimits = Limits{
-	MaxEstimatedCost:      1_000_000,
+	MaxEstimatedCost:      5_000_000,
 	MaxEvalCost:           20_000,
 	MaxValueBytes:         4 << 20,
 	MaxNameBytes:          256,
