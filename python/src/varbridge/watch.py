@@ -475,6 +475,7 @@ class Watch(AsyncIterator[VariableUpdate]):
         self._last_complete = 0
         self._group_rev = None
         self._group_ids.clear()
+        self._initial_seen.clear()  # variable ids and revisions of the old one
         if ut == _RESYNC:
             # Adopted when the RESYNC is complete: a cut before that resumes
             # with the old incarnation, so the server sends the RESYNC again.
@@ -655,16 +656,14 @@ class _Shaper:
                 raise self._end
             await self._wait()
 
-    def cancel(self) -> None:
-        """Stop a pending read (the watch is being closed)."""
-        if self._read is not None and not self._read.done():
-            self._read.cancel()
-
     async def _wait(self) -> None:
         """Wait for the next update or the next deadline, whichever is first."""
         loop = asyncio.get_running_loop()
         if self._read is None:
             self._read = asyncio.ensure_future(self._source())
+            # A read that ends after its watch was closed and left is never
+            # collected: mark its outcome seen, so asyncio does not log it.
+            self._read.add_done_callback(_seen)
         due = self._next_due()
         timeout = None if due is None else max(0.0, due - loop.time())
         done, _ = await asyncio.wait((self._read,), timeout=timeout)
@@ -717,6 +716,11 @@ class _Shaper:
             start = now if now is not None else asyncio.get_running_loop().time()
             self._batch_due = start + self._window
         self._batch.append(u)
+
+
+def _seen(f: asyncio.Future[VariableUpdate]) -> None:
+    if not f.cancelled():
+        f.exception()
 
 
 class _DebouncedWatch(Watch):
