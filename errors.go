@@ -202,6 +202,7 @@ func fromStore(err error) error {
 		le *store.LimitError
 		vc *store.VersionConflictError
 		or *store.OutOfRangeError
+		fc *where.CostError
 	)
 	switch {
 	case errors.As(err, &nf):
@@ -210,6 +211,8 @@ func fromStore(err error) error {
 		return &ConstraintError{Variable: ce.Variable, Constraint: ce.Constraint, msg: err.Error()}
 	case errors.As(err, &le):
 		return &LimitError{Limit: le.Limit, msg: err.Error()}
+	case errors.As(err, &fc): // as BridgedState hears it: FILTER_TOO_COSTLY is a limit
+		return &LimitError{Limit: fc.Limit, msg: err.Error()}
 	case errors.As(err, &vc):
 		return &VersionConflictError{Variable: vc.Variable, Expected: vc.Expected, Actual: vc.Actual, msg: err.Error()}
 	case errors.As(err, &or):
