@@ -114,8 +114,16 @@ def start_server(
     """Factory: start a server with extra flags; all are stopped at the end."""
     started: list[Server] = []
     logdir = tmp_path_factory.mktemp("serverlogs")
+    help_text = subprocess.run(
+        [str(varbridge_bin), "serve", "--help"], capture_output=True, text=True, check=False
+    )
+    has_memory = "--memory" in help_text.stdout + help_text.stderr
 
     def start(*flags: str, port: int | None = None) -> Server:
+        if has_memory and "--data-dir" not in flags and "--memory" not in flags:
+            # Test servers keep nothing, unless a test asks for a data dir:
+            # a durable default would put every one in the same ./varbridge.data.
+            flags = (*flags, "--memory")
         port = port or free_port()
         addr = f"127.0.0.1:{port}"
         log = logdir / f"serve-{port}-{len(started)}.log"
