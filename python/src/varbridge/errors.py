@@ -203,12 +203,11 @@ class GaveUp(Unavailable):
     last_error: BaseException
 
     def __init__(self, attempts: int, elapsed: float, last_error: BaseException) -> None:
-        code = getattr(last_error, "code", grpc.StatusCode.UNAVAILABLE)
-        if not isinstance(code, grpc.StatusCode):
-            code = grpc.StatusCode.UNAVAILABLE
+        # UNAVAILABLE whatever the last failure's code (last_error keeps it):
+        # the server stayed out of reach for this watch.
         super().__init__(
             f"gave up after {attempts} attempts over {elapsed:.1f}s: last error: {last_error}",
-            code,
+            grpc.StatusCode.UNAVAILABLE,
         )
         self.attempts = attempts
         self.elapsed = elapsed
