@@ -359,7 +359,7 @@ func TestWatchResumeFromAnotherIncarnationResyncs(t *testing.T) {
 	}
 	f.register("s", "a", 0)
 	f.register("s", "b", 10)
-	rev := f.set("s", "a", 1) // revision 3
+	rev := f.set("s", "a", 1)                 // revision 3
 	for _, start := range []int64{2, 4, 22} { // inside, next, and far beyond this incarnation's history
 		ctx, cancel := context.WithCancel(f.ctx)
 		s := f.watch(ctx, &pb.WatchVariablesRequest{
