@@ -461,15 +461,17 @@ async def test_start_fixes_the_base_even_before_a_fallback(fake) -> None:
 
 async def test_aclose_during_backoff_ends_iteration(fake) -> None:
     srv, s = fake
-    srv.scripts = [[Abort()], [HANG]]
+    # Two failures: the first reconnect waits only a random fraction of the
+    # base (it may be too short to see), the second waits the base itself.
+    srv.scripts = [[Abort()], [Abort()], [HANG]]
     w = s.watch_variables([], start_revision=1, backoff_base=0.5, backoff_cap=0.5)
     task = asyncio.create_task(w.__anext__())
-    await wait_for(lambda: w.attempts == 1 and w._call is None)
+    await wait_for(lambda: w.attempts == 2 and w._call is None)
     await w.aclose()
     with pytest.raises(StopAsyncIteration):
         await task
     await asyncio.sleep(0.6)
-    assert len(srv.requests) == 1  # no new call after the close
+    assert len(srv.requests) == 2  # no new call after the close
 
 
 # -- session incarnation (issue 10 item 1) --------------------------------------
