@@ -46,6 +46,11 @@ type streamConsumer struct {
 	// again answers with RESYNC instead of silence at revisions that now
 	// mean something else.
 	incarnation string
+	// nextIncarnation is a new incarnation a stream reported whose RESYNC
+	// has not been delivered completely yet. Until it has, resumes keep
+	// naming the old one, so that a break inside the RESYNC asks for it
+	// again instead of resuming quietly after it.
+	nextIncarnation string
 }
 
 // incarnationHeader is the response header with the session's incarnation.
@@ -57,6 +62,9 @@ func (c *streamConsumer) request() *pb.WatchVariablesRequest {
 	start := c.resume
 	if c.partialRev != 0 {
 		start = c.partialRev
+	}
+	if c.nextIncarnation != "" {
+		start = max(start, 1) // 0 would be a fresh watch: no RESYNC
 	}
 	idents := c.w.identifiers
 	if len(c.gone) > 0 { // a deleted variable's identifier would fail the request
@@ -172,14 +180,19 @@ func (c *streamConsumer) started(md metadata.MD) {
 // noteIncarnation records the incarnation a stream reports ("" says
 // nothing: an older server).
 func (c *streamConsumer) noteIncarnation(inc string) {
-	if inc == "" || inc == c.incarnation {
+	if inc == "" || inc == c.incarnation || inc == c.nextIncarnation {
 		return
 	}
-	if c.incarnation != "" {
-		c.resume, c.partialRev, c.partialIDs, c.skip = 0, 0, c.partialIDs[:0], nil
-		c.w.lastRev.Store(0)
+	if c.incarnation == "" {
+		c.incarnation = inc
+		c.w.setIncarnation(inc)
+		return
 	}
-	c.incarnation = inc
+	c.resume, c.partialRev, c.partialIDs, c.skip = 0, 0, c.partialIDs[:0], nil
+	c.w.lastRev.Store(0)
+	// Updates from now on are of the new incarnation; requests name it once
+	// complete has seen the RESYNC whole.
+	c.nextIncarnation = inc
 	c.w.setIncarnation(inc)
 }
 
@@ -313,6 +326,9 @@ func (c *streamConsumer) complete(rev int64) {
 		c.resume = rev + 1
 	}
 	c.partialRev, c.partialIDs, c.skip = 0, c.partialIDs[:0], nil
+	if c.nextIncarnation != "" {
+		c.incarnation, c.nextIncarnation = c.nextIncarnation, ""
+	}
 }
 
 // failed handles a failed connect or a broken stream. It reports whether
