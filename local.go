@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"sort"
 	"strconv"
 	"sync/atomic"
 
@@ -145,8 +144,6 @@ func (l *LocalState) SetMany(ctx context.Context, updates map[string]any, opts .
 			return nil, &kindError{kind: ErrInvalidArgument, msg: "expected_versions names " + strconv.Quote(id) + ", which is not in updates"}
 		}
 	}
-	// Sort for a deterministic order of a batch's updates.
-	sort.Slice(writes, func(i, j int) bool { return writes[i].Identifier < writes[j].Identifier })
 	res, err := l.st.Set(l.session, writes, o.metadata, o.source)
 	if err != nil {
 		return nil, fromStore(err)
