@@ -77,7 +77,7 @@ func (c *streamConsumer) request() *pb.WatchVariablesRequest {
 	}
 	return &pb.WatchVariablesRequest{
 		SessionId: c.b.session, VariableIdentifiers: idents, StartRevision: start, Incarnation: c.incarnation,
-		Where: cfg.where, Coalesce: cfg.coalesce, HeartbeatIntervalMs: cfg.heartbeat.Milliseconds(),
+		Where: cfg.where, Coalesce: cfg.coalesce, HeartbeatIntervalMs: heartbeatMs(cfg.heartbeat),
 		// watch.deliver reads only type, value and version of a change's
 		// variable; the rest is in the update itself.
 		Compact: true,

@@ -6,10 +6,10 @@ import (
 	"log/slog"
 	"strconv"
 	"sync/atomic"
+	"time"
 
 	"github.com/varbridge/varbridge/internal/feed"
 	"github.com/varbridge/varbridge/internal/store"
-	"github.com/varbridge/varbridge/internal/where"
 	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
 
@@ -212,18 +212,11 @@ func (l *LocalState) WatchVariables(ctx context.Context, identifiers []string, f
 		return WatchRef{}, &kindError{kind: ErrInvalidArgument, msg: "WatchVariables: the watcher is nil"}
 	}
 	cfg := newWatchConfig(opts)
-	fo := feed.Options{Coalesce: cfg.coalesce, Heartbeat: cfg.heartbeat}
-	if cfg.where != "" {
-		f, err := where.Compile(cfg.where)
-		if err != nil {
-			return WatchRef{}, fromStore(err)
-		}
-		fo.Where = f
-	}
-	sw, err := l.st.Watch(l.session, identifiers, store.WatchOptions{
-		StartRevision: cfg.startRevision, IncludeInitial: cfg.initial && cfg.startRevision == 0,
-		Incarnation: cfg.incarnation,
-	})
+	sw, err := feed.Open(l.st, &pb.WatchVariablesRequest{
+		SessionId: l.session, VariableIdentifiers: identifiers, IncludeInitialValues: cfg.initial,
+		StartRevision: cfg.startRevision, Incarnation: cfg.incarnation, Where: cfg.where,
+		Coalesce: cfg.coalesce, HeartbeatIntervalMs: heartbeatMs(cfg.heartbeat),
+	}, feed.Hooks{})
 	if err != nil {
 		return WatchRef{}, fromStore(err)
 	}
@@ -233,11 +226,7 @@ func (l *LocalState) WatchVariables(ctx context.Context, identifiers []string, f
 		return s, s != ""
 	}
 	w.setIncarnation(sw.Incarnation())
-	_, rev := sw.Initial()
-	w.lastRev.Store(rev)
-	if cfg.startRevision > 0 {
-		w.lastRev.Store(cfg.startRevision - 1)
-	}
+	w.lastRev.Store(sw.StartsAfter())
 	wctx, cancel := watchContext(ctx)
 	w.cancel = func() { cancel(); sw.Close() } // Close removes the observer at once
 	if !l.watches.add(w) {
@@ -247,8 +236,10 @@ func (l *LocalState) WatchVariables(ctx context.Context, identifiers []string, f
 	go func() {
 		defer close(w.done)
 		defer w.exit()
-		err := feed.Run(wctx, sw, fo, func(u *pb.VariableUpdate) error {
-			w.deliver(u)
+		err := sw.Run(wctx, func(us []*pb.VariableUpdate) error {
+			for _, u := range us {
+				w.deliver(u)
+			}
 			return nil
 		})
 		if wctx.Err() != nil || w.stopped.Load() {
@@ -334,4 +325,13 @@ func importSnapshot(ctx context.Context, p StateProvider, s *Snapshot) error {
 		}
 	}
 	return nil
+}
+
+// heartbeatMs is a heartbeat interval for the wire; a positive interval
+// under a millisecond stays positive (the feed raises it to its minimum).
+func heartbeatMs(d time.Duration) int64 {
+	if d > 0 {
+		return max(d.Milliseconds(), 1)
+	}
+	return d.Milliseconds()
 }

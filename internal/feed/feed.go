@@ -29,31 +29,34 @@ const (
 // behind holds the session's read lock only briefly at a time.
 const pollMax = 256
 
-// Options configure Run.
+// Options configure Run. Open builds them from a watch request.
 type Options struct {
 	Where     *where.Filter // server-side filter; nil passes everything
 	Coalesce  bool          // deliver only the latest value per variable when behind
 	Compact   bool          // changes carry a variable of type, value and version only
 	Heartbeat time.Duration // 0: DefaultHeartbeat
+	Hooks
+}
+
+// Hooks let an adapter observe a feed (for metrics and logs).
+type Hooks struct {
 	// OnFilterError, if set, sees filter evaluation errors (the update is sent).
 	OnFilterError func(error)
-	// OnSent, if set, is told of each update sent (for metrics).
+	// OnSent, if set, is told of each update sent.
 	OnSent func(*pb.VariableUpdate)
 	// OnResync, if set, is told when the watch fell out of the history window.
 	OnResync func()
-	// SendBatch, if set, replaces the Sender for updates (heartbeats
-	// included): it gets every update that is ready at once, in order. The
-	// slice is reused after it returns.
-	SendBatch func([]*pb.VariableUpdate) error
 }
 
-// Sender delivers one update; an error ends the feed. It may block (a gRPC
-// stream under flow control): only this watch waits, never a writer.
-type Sender func(*pb.VariableUpdate) error
+// Send delivers every update that is ready at once, in order (heartbeats
+// included); an error ends the feed. The slice is reused after it returns.
+// It may block (a gRPC stream under flow control): only this watch waits,
+// never a writer.
+type Send func([]*pb.VariableUpdate) error
 
 // Run feeds w to send until ctx ends, the session ends, or send fails. It
 // closes w when it returns. Run is the one goroutine that owns the watch.
-func Run(ctx context.Context, w *store.Watch, o Options, send Sender) error {
+func Run(ctx context.Context, w *store.Watch, o Options, send Send) error {
 	defer w.Close()
 	f := &feeder{ctx: ctx, w: w, o: o, send: send}
 	if f.o.Heartbeat <= 0 {
@@ -104,7 +107,7 @@ type feeder struct {
 	ctx     context.Context // ends a filter evaluation in progress
 	w       *store.Watch
 	o       Options
-	send    Sender
+	send    Send
 	covered int64
 	out     []*pb.VariableUpdate // reused between batches
 	sent    bool                 // the stream's first update went out
@@ -126,16 +129,8 @@ func (f *feeder) flush() error {
 		f.out[0].Incarnation = f.w.Incarnation()
 		f.sent = true
 	}
-	if f.o.SendBatch != nil {
-		if err := f.o.SendBatch(f.out); err != nil {
-			return err
-		}
-	} else {
-		for _, u := range f.out {
-			if err := f.send(u); err != nil {
-				return err
-			}
-		}
+	if err := f.send(f.out); err != nil {
+		return err
 	}
 	if f.o.OnSent != nil {
 		for _, u := range f.out {

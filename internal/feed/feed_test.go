@@ -52,10 +52,10 @@ func TestHeartbeatsChangesAndCancel(t *testing.T) {
 	got := make(chan *pb.VariableUpdate, 64)
 	done := make(chan error, 1)
 	go func() {
-		done <- feed.Run(ctx, w, feed.Options{Heartbeat: feed.MinHeartbeat}, func(u *pb.VariableUpdate) error {
+		done <- feed.Run(ctx, w, feed.Options{Heartbeat: feed.MinHeartbeat}, each(func(u *pb.VariableUpdate) error {
 			got <- u
 			return nil
-		})
+		}))
 	}()
 	next := func() *pb.VariableUpdate {
 		select {
@@ -107,7 +107,7 @@ func TestSendErrorEndsRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	boom := errors.New("peer gone")
-	err = feed.Run(context.Background(), w, feed.Options{}, func(*pb.VariableUpdate) error { return boom })
+	err = feed.Run(context.Background(), w, feed.Options{}, func([]*pb.VariableUpdate) error { return boom })
 	if !errors.Is(err, boom) {
 		t.Fatalf("Run returned %v, want %v", err, boom)
 	}
@@ -130,12 +130,12 @@ func BenchmarkFanout10k(b *testing.B) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_ = feed.Run(ctx, w, feed.Options{}, func(*pb.VariableUpdate) error {
+			_ = feed.Run(ctx, w, feed.Options{}, each(func(*pb.VariableUpdate) error {
 				if got.Add(1)%n == 0 {
 					step <- struct{}{}
 				}
 				return nil
-			})
+			}))
 		}()
 	}
 	b.ResetTimer()
@@ -147,4 +147,16 @@ func BenchmarkFanout10k(b *testing.B) {
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/delivery")
 	cancel()
 	wg.Wait()
+}
+
+// each adapts a per-update function to feed.Send.
+func each(fn func(*pb.VariableUpdate) error) feed.Send {
+	return func(us []*pb.VariableUpdate) error {
+		for _, u := range us {
+			if err := fn(u); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 }

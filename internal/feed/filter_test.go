@@ -54,10 +54,10 @@ func runWatch(t *testing.T, st *store.Store, session string, f *where.Filter) *r
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{got: make(chan *pb.VariableUpdate, 64), done: make(chan error, 1)}
 	go func() {
-		r.done <- feed.Run(ctx, w, feed.Options{Where: f, Heartbeat: feed.MaxHeartbeat}, func(u *pb.VariableUpdate) error {
+		r.done <- feed.Run(ctx, w, feed.Options{Where: f, Heartbeat: feed.MaxHeartbeat}, each(func(u *pb.VariableUpdate) error {
 			r.got <- u
 			return nil
-		})
+		}))
 	}()
 	t.Cleanup(func() {
 		cancel()

@@ -23,7 +23,6 @@ import (
 	"github.com/varbridge/varbridge/internal/feed"
 	"github.com/varbridge/varbridge/internal/metrics"
 	"github.com/varbridge/varbridge/internal/store"
-	"github.com/varbridge/varbridge/internal/where"
 	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
 
@@ -272,7 +271,14 @@ func (s *Server) DeleteVariable(_ context.Context, req *pb.DeleteVariableRequest
 // one that owns the stream: it polls the watch and sends, so a client that
 // stops reading stalls only its own stream.
 func (s *Server) WatchVariables(req *pb.WatchVariablesRequest, stream grpc.ServerStreamingServer[pb.VariableUpdate]) error {
-	return s.watch(req, stream, stream.Send, nil)
+	return s.watch(req, stream, func(us []*pb.VariableUpdate) error {
+		for _, u := range us {
+			if err := stream.Send(u); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 // maxBatchBytes keeps a batch well under the 4 MiB that gRPC clients accept
@@ -283,7 +289,7 @@ const maxBatchBytes = 1 << 20
 // WatchVariableBatches implements BridgeService: WatchVariables, with every
 // update that is ready sent as one message.
 func (s *Server) WatchVariableBatches(req *pb.WatchVariablesRequest, stream grpc.ServerStreamingServer[pb.VariableUpdateBatch]) error {
-	return s.watch(req, stream, nil, func(us []*pb.VariableUpdate) error {
+	return s.watch(req, stream, func(us []*pb.VariableUpdate) error {
 		for len(us) > 0 {
 			n, size := 0, 0
 			for n < len(us) {
@@ -305,70 +311,35 @@ func (s *Server) WatchVariableBatches(req *pb.WatchVariablesRequest, stream grpc
 	})
 }
 
-func (s *Server) watch(req *pb.WatchVariablesRequest, stream grpc.ServerStream, send feed.Sender, sendBatch func([]*pb.VariableUpdate) error) error {
-	hb := req.GetHeartbeatIntervalMs()
-	if hb < 0 {
-		return invalidField("heartbeat_interval_ms", "must not be negative, got %d", hb)
-	}
-	var filter *where.Filter
-	if req.GetWhere() != "" {
-		f, err := where.Compile(req.GetWhere())
-		if err != nil {
-			return toStatus(err)
-		}
-		filter = f
-	}
-	w, err := s.st.Watch(req.GetSessionId(), req.GetVariableIdentifiers(), store.WatchOptions{
-		StartRevision: req.GetStartRevision(), IncludeInitial: req.GetIncludeInitialValues(),
-		Incarnation: req.GetIncarnation(),
-	})
-	if err != nil {
-		return toStatus(err)
-	}
-	_, rev := w.Initial()
-	if req.GetStartRevision() > 0 && (req.GetIncarnation() == "" || req.GetIncarnation() == w.Incarnation()) {
-		rev = req.GetStartRevision() - 1
-	}
-	m := s.opts.metrics
-	m.WatchOpened()
-	if err := stream.SendHeader(metadata.Pairs(RevisionHeader, strconv.FormatInt(rev, 10), IncarnationHeader, w.Incarnation())); err != nil {
-		w.Close()
-		m.WatchClosed(metrics.ClosedSendFailed)
-		return err
-	}
-	// sendFailed tells a broken stream from other ends, for metrics.
-	sendFailed := false
-	if send != nil {
-		inner := send
-		send = func(u *pb.VariableUpdate) error {
-			m.SendStarted()
-			err := inner(u)
-			m.SendDone()
-			sendFailed = err != nil
-			return err
-		}
-	}
-	if sendBatch != nil {
-		inner := sendBatch
-		sendBatch = func(us []*pb.VariableUpdate) error {
-			m.SendStarted()
-			err := inner(us)
-			m.SendDone()
-			sendFailed = err != nil
-			return err
-		}
-	}
-	log := s.opts.log
-	err = feed.Run(stream.Context(), w, feed.Options{
-		Where: filter, Coalesce: req.GetCoalesce(), Compact: req.GetCompact(), Heartbeat: time.Duration(hb) * time.Millisecond,
-		SendBatch: sendBatch,
+// watch serves a watch stream: feed.Open turns the request into a watch,
+// and this adapter adds the response header and metrics.
+func (s *Server) watch(req *pb.WatchVariablesRequest, stream grpc.ServerStream, send feed.Send) error {
+	m, log := s.opts.metrics, s.opts.log
+	w, err := feed.Open(s.st, req, feed.Hooks{
 		OnFilterError: func(err error) {
 			m.FilterError()
 			log.Debug("where filter failed; update sent", "session", req.GetSessionId(), "err", err)
 		},
 		OnSent:   m.UpdateSent,
 		OnResync: m.Resync,
-	}, send)
+	})
+	if err != nil {
+		return toStatus(err)
+	}
+	m.WatchOpened()
+	if err := stream.SendHeader(metadata.Pairs(RevisionHeader, strconv.FormatInt(w.StartsAfter(), 10), IncarnationHeader, w.Incarnation())); err != nil {
+		w.Close()
+		m.WatchClosed(metrics.ClosedSendFailed)
+		return err
+	}
+	sendFailed := false // tells a broken stream from other ends, for metrics
+	err = w.Run(stream.Context(), func(us []*pb.VariableUpdate) error {
+		m.SendStarted()
+		err := send(us)
+		m.SendDone()
+		sendFailed = err != nil
+		return err
+	})
 	m.WatchClosed(closeReason(stream.Context(), err, sendFailed))
 	if errors.Is(err, context.Canceled) || status.Code(err) == codes.Canceled {
 		return status.Error(codes.Canceled, "watch cancelled by the client")
