@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -127,22 +126,17 @@ func (l *LocalState) SetMany(ctx context.Context, updates map[string]any, opts .
 		return nil, err
 	}
 	o := newWriteOptions(opts)
-	writes := make([]store.Write, 0, len(updates))
+	vals := make(map[string]*pb.Value, len(updates))
 	for id, v := range updates {
 		val, err := ToProto("", v)
 		if err != nil {
 			return nil, err
 		}
-		w := store.Write{Identifier: id, Value: val}
-		if ev, ok := o.expectedVersions[id]; ok {
-			w.ExpectedVersion = &ev
-		}
-		writes = append(writes, w)
+		vals[id] = val
 	}
-	for id := range o.expectedVersions {
-		if _, ok := updates[id]; !ok {
-			return nil, &kindError{kind: ErrInvalidArgument, msg: "expected_versions names " + strconv.Quote(id) + ", which is not in updates"}
-		}
+	writes, err := store.BatchWrites(vals, o.expectedVersions)
+	if err != nil {
+		return nil, fromStore(err)
 	}
 	res, err := l.st.Set(l.session, writes, o.metadata, o.source)
 	if err != nil {

@@ -225,18 +225,9 @@ func (s *Server) SetVariable(_ context.Context, req *pb.SetVariableRequest) (*pb
 
 // SetVariables implements BridgeService.
 func (s *Server) SetVariables(_ context.Context, req *pb.SetVariablesRequest) (*pb.SetVariablesResponse, error) {
-	for id := range req.GetExpectedVersions() {
-		if _, ok := req.GetUpdates()[id]; !ok {
-			return nil, invalidField("expected_versions", "names %q, which is not in updates", id)
-		}
-	}
-	writes := make([]store.Write, 0, len(req.GetUpdates()))
-	for id, v := range req.GetUpdates() {
-		w := store.Write{Identifier: id, Value: v}
-		if ev, ok := req.GetExpectedVersions()[id]; ok {
-			w.ExpectedVersion = &ev
-		}
-		writes = append(writes, w)
+	writes, err := store.BatchWrites(req.GetUpdates(), req.GetExpectedVersions())
+	if err != nil {
+		return nil, toStatus(err)
 	}
 	res, err := s.st.Set(req.GetSessionId(), writes, req.GetMetadata(), req.GetSource())
 	if err != nil {

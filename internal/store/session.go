@@ -297,6 +297,26 @@ type Write struct {
 	ExpectedVersion *int64
 }
 
+// BatchWrites turns a SetVariables request (identifier to value, and
+// optional expected versions by identifier) into writes for Set; every
+// expected version must name an identifier of updates.
+func BatchWrites(updates map[string]*pb.Value, expected map[string]int64) ([]Write, error) {
+	for id := range expected {
+		if _, ok := updates[id]; !ok {
+			return nil, fieldErr("expected_versions", "names %q, which is not in updates", id)
+		}
+	}
+	writes := make([]Write, 0, len(updates))
+	for id, v := range updates {
+		w := Write{Identifier: id, Value: v}
+		if ev, ok := expected[id]; ok {
+			w.ExpectedVersion = &ev
+		}
+		writes = append(writes, w)
+	}
+	return writes, nil
+}
+
 // WriteResult reports a committed write. Changed is false for a no-op write,
 // which takes no revision (Revision is then the current one).
 type WriteResult struct {
