@@ -124,6 +124,8 @@ func run(c *config) error {
 		return err
 	}
 	start := time.Now()
+	stamp := newStamp(c, start)
+	stamp.Load1m[0] = loadavg()
 	col.add("loadavg_1m_at_start", "load", loadavg(), map[string]any{"how": "/proc/loadavg when the run began: 2 cores; other work on the machine inflates wall-clock figures, CPU-time figures much less"})
 	var failed []string
 	group := func(name string, f func() error) {
@@ -150,8 +152,9 @@ func run(c *config) error {
 	fmt.Printf("\nvarbridge benchmarks (%s; %d run(s) per figure, medians; %s total)\n\n",
 		map[bool]string{true: "SMOKE sizes", false: "full sizes"}[c.smoke], c.runs, time.Since(start).Round(time.Second))
 	printTable(os.Stdout, rs)
+	stamp.Load1m[1] = loadavg()
 	if c.out != "" {
-		if err := writeJSON(c.out, rs); err != nil {
+		if err := writeJSON(c.out, File{Stamp: stamp, Results: rs}); err != nil {
 			return err
 		}
 		fmt.Printf("\nwrote %s\n", c.out)

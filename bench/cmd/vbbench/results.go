@@ -85,8 +85,8 @@ func (c *collector) results() []Result {
 	return out
 }
 
-func writeJSON(path string, rs []Result) error {
-	b, err := json.MarshalIndent(rs, "", "  ")
+func writeJSON(path string, f File) error {
+	b, err := json.MarshalIndent(f, "", "  ")
 	if err != nil {
 		return err
 	}
