@@ -18,6 +18,7 @@ A blocking facade lives in :mod:`varbridge.sync`.
 from importlib import metadata as _metadata
 
 from varbridge._convert import Tensor, have_numpy
+from varbridge._options import WatchOptions
 from varbridge.client import (
     DEFAULT_OPTIONS,
     SERVICE_CONFIG,
@@ -97,6 +98,7 @@ __all__ = [
     "VariableUpdate",
     "VersionConflict",
     "Watch",
+    "WatchOptions",
     "__version__",
     "connect",
     "have_numpy",

@@ -15,6 +15,8 @@ import grpc.aio
 from google.protobuf import duration_pb2
 
 from varbridge import _convert as cv
+from varbridge._options import WatchArgs, WatchOptions, with_option_keywords
+from varbridge._typecache import TypeCache, TypeInfo
 from varbridge.errors import (
     ConstraintViolation,
     SessionNotFound,
@@ -32,9 +34,10 @@ from varbridge.models import (
 )
 from varbridge.v1 import varbridge_pb2 as pb
 from varbridge.v1 import varbridge_pb2_grpc as pb_grpc
+from varbridge.watch import BatchWatch, Watch, _DebouncedWatch
 
 if TYPE_CHECKING:
-    from varbridge.watch import BatchWatch, UpdateFilter, Watch
+    from typing_extensions import Unpack
 
 __all__ = [
     "DEFAULT_OPTIONS",
@@ -123,9 +126,6 @@ DEFAULT_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.enable_retries", 1),
     ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
 )
-
-# Type and dtype constraint of a variable, for converting values on writes.
-_TypeInfo = tuple[int, "str | None"]
 
 
 def connect(
@@ -402,7 +402,7 @@ class SessionContext:
         """True when this client's InitializeSession created the session."""
         self.cleanup_on_exit = cleanup
         """Remove the session when an ``async with`` block on this context ends."""
-        self._types: dict[str, _TypeInfo] = {}
+        self._types = TypeCache()
         self._watches: weakref.WeakSet[Watch] = weakref.WeakSet()
 
     def __repr__(self) -> str:
@@ -447,25 +447,14 @@ class SessionContext:
     def _source(self, source: str | None) -> str:
         return source if source is not None else (self.bridge.source or "")
 
-    def _remember(self, v: pb.Variable, *also: str) -> None:
-        info: _TypeInfo = (v.type, v.constraints.dtype if v.constraints.HasField("dtype") else None)
-        self._types[v.id] = info
-        self._types[v.name] = info
-        for ident in also:
-            self._types[ident] = info
-
-    def _forget(self, *idents: str) -> None:
-        for ident in idents:
-            self._types.pop(ident, None)
-
-    async def _type_of(self, identifier: str, *, refresh: bool = False) -> _TypeInfo:
+    async def _type_of(self, identifier: str, *, refresh: bool = False) -> TypeInfo:
         if not refresh and identifier in self._types:
             return self._types[identifier]
         resp = await self._call(
             self.bridge.stub.GetVariable,
             pb.GetVariableRequest(session_id=self.session_id, variable_identifier=identifier),
         )
-        self._remember(resp.variable, identifier)
+        self._types.remember(resp.variable, identifier)
         return self._types[identifier]
 
     # -- session ----------------------------------------------------------
@@ -526,7 +515,7 @@ class SessionContext:
             dtype = cons.dtype if cons is not None and cons.HasField("dtype") else None
             req.initial_value.CopyFrom(cv.to_value(t, initial_value, dtype=dtype, name=name))
         resp = await self._call(self.bridge.stub.RegisterVariable, req, write=True)
-        self._remember(resp.variable)
+        self._types.remember(resp.variable)
         return Variable.from_pb(resp.variable)
 
     async def get_variable(self, identifier: str) -> Variable:
@@ -535,7 +524,7 @@ class SessionContext:
             self.bridge.stub.GetVariable,
             pb.GetVariableRequest(session_id=self.session_id, variable_identifier=identifier),
         )
-        self._remember(resp.variable, identifier)
+        self._types.remember(resp.variable, identifier)
         return Variable.from_pb(resp.variable)
 
     async def get_variables(self, identifiers: Iterable[str]) -> GetVariablesResult:
@@ -547,7 +536,7 @@ class SessionContext:
         )
         found: dict[str, Variable] = {}
         for ident, v in resp.variables.items():
-            self._remember(v, ident)
+            self._types.remember(v, ident)
             found[ident] = Variable.from_pb(v)
         return GetVariablesResult(found=found, missing=list(resp.missing), revision=resp.revision)
 
@@ -559,7 +548,7 @@ class SessionContext:
         )
         out = []
         for v in resp.variables:
-            self._remember(v)
+            self._types.remember(v)
             out.append(Variable.from_pb(v))
         return out
 
@@ -602,7 +591,7 @@ class SessionContext:
             if fresh == (t, dtype):
                 raise
             resp = await self._call(self.bridge.stub.SetVariable, build(*fresh), write=True)
-        self._remember(resp.variable, identifier)
+        self._types.remember(resp.variable, identifier)
         return Variable.from_pb(resp.variable)
 
     async def set_variables(
@@ -645,7 +634,7 @@ class SessionContext:
             resp = await self._call(self.bridge.stub.SetVariables, build(), write=True)
         variables = {}
         for ident, v in resp.variables.items():
-            self._remember(v, ident)
+            self._types.remember(v, ident)
             variables[ident] = Variable.from_pb(v)
         return SetVariablesResult(
             variables=variables, revision=resp.revision, changed=list(resp.changed)
@@ -657,8 +646,8 @@ class SessionContext:
             pb.GetVariablesRequest(session_id=self.session_id, variable_identifiers=idents),
         )
         for ident, v in resp.variables.items():
-            self._remember(v, ident)
-        self._forget(*resp.missing)
+            self._types.remember(v, ident)
+        self._types.forget(*resp.missing)
 
     async def delete_variable(
         self,
@@ -678,7 +667,7 @@ class SessionContext:
             ),
             write=True,
         )
-        self._forget(identifier, resp.variable.id, resp.variable.name)
+        self._types.forget(identifier, resp.variable.id, resp.variable.name)
         return Variable.from_pb(resp.variable)
 
     # -- watching ---------------------------------------------------------
@@ -688,19 +677,8 @@ class SessionContext:
         self,
         identifiers: Iterable[str] | None = None,
         *,
-        include_initial: bool = False,
-        filter: UpdateFilter | None = None,
-        where: str | None = None,
-        start_revision: int | None = None,
-        incarnation: str | None = None,
-        coalesce: bool = False,
-        heartbeat_interval_ms: int | None = None,
-        max_retries: int = 10,
-        backoff_base: float = 1.0,
-        backoff_cap: float = 30.0,
-        batched: bool = True,
-        debounce: float | None = None,
         batch_window: None = None,
+        **kwargs: Unpack[WatchArgs],
     ) -> Watch: ...
 
     @overload
@@ -708,19 +686,8 @@ class SessionContext:
         self,
         identifiers: Iterable[str] | None = None,
         *,
-        include_initial: bool = False,
-        filter: UpdateFilter | None = None,
-        where: str | None = None,
-        start_revision: int | None = None,
-        incarnation: str | None = None,
-        coalesce: bool = False,
-        heartbeat_interval_ms: int | None = None,
-        max_retries: int = 10,
-        backoff_base: float = 1.0,
-        backoff_cap: float = 30.0,
-        batched: bool = True,
-        debounce: float | None = None,
         batch_window: float,
+        **kwargs: Unpack[WatchArgs],
     ) -> BatchWatch: ...
 
     @overload
@@ -728,79 +695,46 @@ class SessionContext:
         self,
         identifiers: Iterable[str] | None = None,
         *,
-        include_initial: bool = False,
-        filter: UpdateFilter | None = None,
-        where: str | None = None,
-        start_revision: int | None = None,
-        incarnation: str | None = None,
-        coalesce: bool = False,
-        heartbeat_interval_ms: int | None = None,
-        max_retries: int = 10,
-        backoff_base: float = 1.0,
-        backoff_cap: float = 30.0,
-        batched: bool = True,
-        debounce: float | None = None,
         batch_window: float | None = None,
+        options: WatchOptions | None = None,
+        **kwargs: Unpack[WatchArgs],
     ) -> Watch | BatchWatch: ...
 
+    @with_option_keywords
     def watch_variables(
         self,
         identifiers: Iterable[str] | None = None,
         *,
-        include_initial: bool = False,
-        filter: UpdateFilter | None = None,
-        where: str | None = None,
-        start_revision: int | None = None,
-        incarnation: str | None = None,
-        coalesce: bool = False,
-        heartbeat_interval_ms: int | None = None,
-        max_retries: int = 10,
-        backoff_base: float = 1.0,
-        backoff_cap: float = 30.0,
-        batched: bool = True,
-        debounce: float | None = None,
-        batch_window: float | None = None,
+        options: WatchOptions | None = None,
+        **kwargs: Any,
     ) -> Watch | BatchWatch:
         """Watch variables (all of the session's when ``identifiers`` is empty).
 
         Returns an async iterator of :class:`VariableUpdate` that is also an
         async context manager. See :class:`varbridge.watch.Watch`.
 
-        ``include_initial`` (default False, as in the seed and the Go client):
-        start with each variable's current value. ``start_revision`` and
-        ``incarnation``: resume a watch from another process where it stopped
-        (its ``resume_revision`` and ``incarnation``). ``debounce`` (seconds):
-        deliver a variable's update only once it has been quiet that long,
-        with the old value from before the burst and the last value (trailing
-        edge: the last value is always delivered). ``batch_window`` (seconds):
-        yield lists of the updates collected during the window that opens
-        with the first one (a :class:`~varbridge.watch.BatchWatch`).
+        The keyword arguments are the fields of :class:`WatchOptions` (with
+        its defaults); ``options=`` passes them as one object, which keywords
+        given too override. With ``batch_window`` the watch yields lists (a
+        :class:`~varbridge.watch.BatchWatch`).
         """
-        from varbridge.watch import BatchWatch, Watch, _DebouncedWatch
-
-        if debounce is not None and debounce <= 0:
-            raise ValueError(f"debounce must be positive, got {debounce!r}")
-        if batch_window is not None and batch_window <= 0:
-            raise ValueError(f"batch_window must be positive, got {batch_window!r}")
-        cls = _DebouncedWatch if debounce is not None else Watch
-        w = cls(
-            self,
-            list(identifiers or ()),
-            include_initial=include_initial,
-            filter=filter,
-            where=where,
-            start_revision=start_revision,
-            incarnation=incarnation,
-            coalesce=coalesce,
-            heartbeat_interval_ms=heartbeat_interval_ms,
-            max_retries=max_retries,
-            backoff_base=backoff_base,
-            backoff_cap=backoff_cap,
-            batched=batched,
-            debounce=debounce,
-        )
+        opts = WatchOptions.of(options, kwargs)
+        cls = _DebouncedWatch if opts.debounce is not None else Watch
+        w = cls(self, list(identifiers or ()), opts, self._types)
         self.bridge._watches.add(w)
         self._watches.add(w)
-        if batch_window is not None:
-            return BatchWatch(w, batch_window)
+        if opts.batch_window is not None:
+            return BatchWatch(w, opts.batch_window)
         return w
+
+    def _open_watch_stream(
+        self, request: pb.WatchVariablesRequest, *, batched: bool
+    ) -> grpc.aio.UnaryStreamCall[pb.WatchVariablesRequest, Any]:
+        """Open the watch stream (see :class:`varbridge.watch.WatchSource`)."""
+        stub = self.bridge.stub
+        rpc = stub.WatchVariableBatches if batched else stub.WatchVariables
+        # No timeout: a deadline would become grpc-timeout and kill the stream.
+        call: grpc.aio.UnaryStreamCall[pb.WatchVariablesRequest, Any] = rpc(
+            request, metadata=self.bridge._metadata(self.token), timeout=None
+        )
+        return call

@@ -23,10 +23,11 @@ import datetime as _dt
 import threading
 from collections.abc import Coroutine, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 import grpc
 
+from varbridge._options import WatchArgs, WatchOptions, with_option_keywords
 from varbridge.client import Bridge, SessionContext
 from varbridge.models import (
     Constraints,
@@ -38,7 +39,10 @@ from varbridge.models import (
     VariableTypeName,
 )
 from varbridge.models import VariableUpdate as VariableUpdate
-from varbridge.watch import BatchWatch, UpdateFilter, Watch
+from varbridge.watch import BatchWatch, Watch
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["SyncBridge", "SyncSession", "SyncWatch", "connect"]
 
@@ -302,19 +306,8 @@ class SyncSession:
         self,
         identifiers: Iterable[str] | None = None,
         *,
-        include_initial: bool = False,
-        filter: UpdateFilter | None = None,
-        where: str | None = None,
-        start_revision: int | None = None,
-        incarnation: str | None = None,
-        coalesce: bool = False,
-        heartbeat_interval_ms: int | None = None,
-        max_retries: int = 10,
-        backoff_base: float = 1.0,
-        backoff_cap: float = 30.0,
-        batched: bool = True,
-        debounce: float | None = None,
         batch_window: None = None,
+        **kwargs: Unpack[WatchArgs],
     ) -> SyncWatch[VariableUpdate]: ...
 
     @overload
@@ -322,61 +315,36 @@ class SyncSession:
         self,
         identifiers: Iterable[str] | None = None,
         *,
-        include_initial: bool = False,
-        filter: UpdateFilter | None = None,
-        where: str | None = None,
-        start_revision: int | None = None,
-        incarnation: str | None = None,
-        coalesce: bool = False,
-        heartbeat_interval_ms: int | None = None,
-        max_retries: int = 10,
-        backoff_base: float = 1.0,
-        backoff_cap: float = 30.0,
-        batched: bool = True,
-        debounce: float | None = None,
         batch_window: float,
+        **kwargs: Unpack[WatchArgs],
     ) -> SyncWatch[list[VariableUpdate]]: ...
 
+    @overload
     def watch_variables(
         self,
         identifiers: Iterable[str] | None = None,
         *,
-        include_initial: bool = False,
-        filter: UpdateFilter | None = None,
-        where: str | None = None,
-        start_revision: int | None = None,
-        incarnation: str | None = None,
-        coalesce: bool = False,
-        heartbeat_interval_ms: int | None = None,
-        max_retries: int = 10,
-        backoff_base: float = 1.0,
-        backoff_cap: float = 30.0,
-        batched: bool = True,
-        debounce: float | None = None,
         batch_window: float | None = None,
+        options: WatchOptions | None = None,
+        **kwargs: Unpack[WatchArgs],
+    ) -> SyncWatch[VariableUpdate] | SyncWatch[list[VariableUpdate]]: ...
+
+    @with_option_keywords
+    def watch_variables(
+        self,
+        identifiers: Iterable[str] | None = None,
+        *,
+        options: WatchOptions | None = None,
+        **kwargs: Any,
     ) -> SyncWatch[VariableUpdate] | SyncWatch[list[VariableUpdate]]:
         """A plain iterator of updates (of lists of them with ``batch_window``);
         close it (or use ``with``) to end the RPC. Options as
         :meth:`varbridge.client.SessionContext.watch_variables`."""
         ids = list(identifiers or ())
+        opts = WatchOptions.of(options, kwargs)
 
         async def make() -> Watch | BatchWatch:
-            return self.context.watch_variables(
-                ids,
-                include_initial=include_initial,
-                filter=filter,
-                where=where,
-                start_revision=start_revision,
-                incarnation=incarnation,
-                coalesce=coalesce,
-                heartbeat_interval_ms=heartbeat_interval_ms,
-                max_retries=max_retries,
-                backoff_base=backoff_base,
-                backoff_cap=backoff_cap,
-                batched=batched,
-                debounce=debounce,
-                batch_window=batch_window,
-            )
+            return self.context.watch_variables(ids, options=opts)
 
         return SyncWatch(self._bridge, self._bridge._run(make()))
 

@@ -49,19 +49,26 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import grpc
 import grpc.aio
 
+from varbridge._options import UpdateFilter, WatchOptions
+from varbridge._typecache import TypeCache
 from varbridge.errors import GaveUp, Unavailable, VarbridgeError, from_rpc_error
-from varbridge.models import VariableUpdate, _with_old_value, _wrap_update
+from varbridge.models import SessionInfo, VariableUpdate, _with_old_value, _wrap_update
 from varbridge.v1 import varbridge_pb2 as pb
 
-if TYPE_CHECKING:
-    from varbridge.client import SessionContext
-
-__all__ = ["BACKOFF_JITTER", "RETRYABLE_CODES", "BatchWatch", "UpdateFilter", "Watch", "backoff"]
+__all__ = [
+    "BACKOFF_JITTER",
+    "RETRYABLE_CODES",
+    "BatchWatch",
+    "UpdateFilter",
+    "Watch",
+    "WatchSource",
+    "backoff",
+]
 
 INCARNATION_HEADER = "varbridge-watch-incarnation"
 
@@ -86,8 +93,26 @@ def backoff(base: float, cap: float, failures: int) -> float:
 
 log = logging.getLogger("varbridge.watch")
 
-UpdateFilter = Callable[[Any, Any], bool]
-"""A client-side filter: ``(old_value, new_value) -> bool`` (True: deliver)."""
+
+class WatchSource(Protocol):
+    """What a watch needs of its session (a
+    :class:`~varbridge.client.SessionContext` is one): its id, its current
+    revision and incarnation, and a way to open the stream."""
+
+    @property
+    def session_id(self) -> str: ...
+
+    async def get_info(self) -> SessionInfo:
+        """The session's current description (for a watch "from now")."""
+        ...
+
+    def _open_watch_stream(
+        self, request: pb.WatchVariablesRequest, *, batched: bool
+    ) -> grpc.aio.UnaryStreamCall[pb.WatchVariablesRequest, Any]:
+        """Open ``WatchVariableBatches`` (``batched``) or ``WatchVariables``,
+        with the session's credentials and no deadline."""
+        ...
+
 
 # A broken connection or a server going away; everything else (NOT_FOUND for
 # a session that is gone, INVALID_ARGUMENT, PERMISSION_DENIED,
@@ -136,37 +161,21 @@ class Watch(AsyncIterator[VariableUpdate]):
 
     def __init__(
         self,
-        session: SessionContext,
+        session: WatchSource,
         identifiers: list[str],
-        *,
-        include_initial: bool = True,
-        filter: UpdateFilter | None = None,
-        where: str | None = None,
-        start_revision: int | None = None,
-        incarnation: str | None = None,
-        coalesce: bool = False,
-        heartbeat_interval_ms: int | None = None,
-        max_retries: int = 10,
-        backoff_base: float = 1.0,
-        backoff_cap: float = 30.0,
-        batched: bool = True,
-        debounce: float | None = None,
+        options: WatchOptions,
+        types: TypeCache | None = None,
     ) -> None:
-        if max_retries < 1:
-            raise ValueError("max_retries must be >= 1")
         self.session = session
-        # The session's variable types (the dict is never replaced).
-        self._types = session._types
-        self.batched = batched
+        self.options = options
+        """What the watch was asked for (``batch_window`` is the :class:`BatchWatch`'s)."""
+        # The session's variable types, filed as updates show them (for its
+        # later writes).
+        self._types = types if types is not None else TypeCache()
+        self.batched = options.batched
+        """Reading WatchVariableBatches (False after falling back)."""
         self.identifiers = list(identifiers)
-        self.filter = filter
-        self.where = where or ""
-        self.coalesce = coalesce
-        self.heartbeat_interval_ms = heartbeat_interval_ms or 0
-        self.max_retries = max_retries
-        self.backoff_base = backoff_base
-        self.backoff_cap = backoff_cap
-        self.debounce = debounce
+        self._filter = options.filter  # read for every update
 
         self._call: grpc.aio.UnaryStreamCall[pb.WatchVariablesRequest, Any] | None = None
         # The open call's read(): one coroutine per message, lighter than
@@ -181,7 +190,7 @@ class Watch(AsyncIterator[VariableUpdate]):
         # The session incarnation the resume point belongs to ("" unknown),
         # and one the server just switched to whose RESYNC is still arriving
         # (adopted once it is complete, so a cut inside it asks again).
-        self._incarnation = incarnation or ""
+        self._incarnation = options.incarnation or ""
         self._next_incarnation = ""
 
         # Resume state.
@@ -189,15 +198,14 @@ class Watch(AsyncIterator[VariableUpdate]):
         self._group_rev: int | None = None  # a revision whose updates are arriving
         self._group_ids: set[str] = set()  # ... and the variable ids received at it
         # Initial values: still to be received completely?
-        self._initial_pending = include_initial and start_revision is None
+        start_revision = options.start_revision
+        self._initial_pending = options.include_initial and start_revision is None
         self._initial_seen: dict[str, int] = {}  # variable id -> its revision
         # No start point yet: "from now" is fixed by reading the session's
         # revision before the first call, so a cut before the first message
         # loses nothing either.
-        self._need_base = not include_initial and start_revision is None
+        self._need_base = not options.include_initial and start_revision is None
         if start_revision is not None:
-            if start_revision < 1:
-                raise ValueError("start_revision must be >= 1")
             self._last_complete = start_revision - 1
 
         self.received = 0
@@ -383,12 +391,13 @@ class Watch(AsyncIterator[VariableUpdate]):
             if not self._incarnation:
                 self._incarnation = info.incarnation
             self._need_base = False
+        opts = self.options
         req = pb.WatchVariablesRequest(
             session_id=s.session_id,
             variable_identifiers=self.identifiers,
-            where=self.where,
-            coalesce=self.coalesce,
-            heartbeat_interval_ms=self.heartbeat_interval_ms,
+            where=opts.where or "",
+            coalesce=opts.coalesce,
+            heartbeat_interval_ms=opts.heartbeat_interval_ms or 0,
             # Sent on every call: a resume point is only meaningful in the
             # incarnation it came from.
             incarnation=self._incarnation,
@@ -403,9 +412,7 @@ class Watch(AsyncIterator[VariableUpdate]):
         if self.attempts > 1:
             self.reconnects += 1
             log.debug("watch %s: reconnecting at revision %d", s.session_id, req.start_revision)
-        # No timeout: a deadline would become grpc-timeout and kill the stream.
-        rpc = s.bridge.stub.WatchVariableBatches if self.batched else s.bridge.stub.WatchVariables
-        self._call = rpc(req, metadata=s.bridge._metadata(s.token), timeout=None)
+        self._call = s._open_watch_stream(req, batched=self.batched)
         self._read = self._call.read
 
     async def _registered(self) -> None:
@@ -443,15 +450,16 @@ class Watch(AsyncIterator[VariableUpdate]):
         if self._failures == 0:
             self._failing_since = now
         self._failures += 1
-        if self._failures >= self.max_retries:
+        opts = self.options
+        if self._failures >= opts.max_retries:
             raise GaveUp(self._failures, now - self._failing_since, err) from err
-        delay = backoff(self.backoff_base, self.backoff_cap, self._failures)
+        delay = backoff(opts.backoff_base, opts.backoff_cap, self._failures)
         log.info(
             "watch %s: %s; attempt %d/%d in %.2fs",
             self.session.session_id,
             err,
             self._failures + 1,
-            self.max_retries,
+            opts.max_retries,
             delay,
         )
         await asyncio.sleep(delay)
@@ -554,24 +562,24 @@ class Watch(AsyncIterator[VariableUpdate]):
                 self._group_rev = rev
             self._group_ids.add(vid)
 
+        types = self._types
         if ut == _DELETED:
-            self.session._forget(vid, msg.variable_name)
+            types.forget(vid, msg.variable_name)
         else:
             # Types of the variables seen, for later writes. Skipped when the
-            # session already knows this one (a variable's type and
-            # constraints never change; _remember files one tuple under
+            # cache already knows this one (a variable's type and
+            # constraints never change; remember() files one tuple under
             # both its id and its name).
-            types = self._types
             info = types.get(vid)
             if (info is None or types.get(msg.variable_name) is not info) and msg.HasField(
                 "variable"
             ):
-                self.session._remember(msg.variable)
+                types.remember(msg.variable)
 
-        if ut == _VALUE_CHANGE and self.filter is not None:
+        if ut == _VALUE_CHANGE and self._filter is not None:
             update = _wrap_update(msg, ut, rev, vid, last)
             try:
-                keep = bool(self.filter(update.old_value, update.value))
+                keep = bool(self._filter(update.old_value, update.value))
             except Exception:
                 self.filter_errors += 1
                 log.warning(
@@ -729,9 +737,10 @@ class _DebouncedWatch(Watch):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if self.debounce is None or self.debounce <= 0:
+        debounce = self.options.debounce
+        if debounce is None or debounce <= 0:
             raise ValueError("debounce must be positive")
-        self._shaper = _Shaper(functools.partial(Watch.__anext__, self), debounce=self.debounce)
+        self._shaper = _Shaper(functools.partial(Watch.__anext__, self), debounce=debounce)
 
     async def __anext__(self) -> VariableUpdate:
         # After close() the pending read ends by itself (its call is
