@@ -60,11 +60,17 @@ func NewBridgedState(ctx context.Context, target string, opts ...Option) (*Bridg
 func (b *BridgedState) api() pb.BridgeServiceClient { return pb.NewBridgeServiceClient(b.pool.unary()) }
 
 // ctx adds the bearer token, if any, to an outgoing call.
-func (b *BridgedState) ctx(ctx context.Context) context.Context {
-	if b.token == "" {
+func (b *BridgedState) ctx(ctx context.Context) context.Context { return bearer(b.token).attach(ctx) }
+
+// bearer is a session token that calls carry; "" carries none.
+type bearer string
+
+// attach adds "authorization: Bearer <token>" to an outgoing call.
+func (t bearer) attach(ctx context.Context) context.Context {
+	if t == "" {
 		return ctx
 	}
-	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+b.token)
+	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+string(t))
 }
 
 func (b *BridgedState) check() error {
@@ -257,7 +263,6 @@ func (b *BridgedState) WatchVariables(ctx context.Context, identifiers []string,
 		return WatchRef{}, &kindError{kind: ErrInvalidArgument, msg: "WatchVariables: the watcher is nil"}
 	}
 	cfg := newWatchConfig(opts)
-	w := newWatch(identifiers, fn, cfg, b.log)
 	ident := map[string]string{}
 	var (
 		initial []*pb.Variable
@@ -295,39 +300,40 @@ func (b *BridgedState) WatchVariables(ctx context.Context, identifiers []string,
 			cfg.incarnation = resp.GetSession().GetIncarnation()
 		}
 	}
-	w.identOf = func(id string) (string, bool) { s, ok := ident[id]; return s, ok }
-	c := &streamConsumer{b: b, w: w, resume: rev + 1, incarnation: cfg.incarnation}
+	resume, initialRev := rev+1, rev
 	if cfg.startRevision > 0 {
-		c.resume, initial = cfg.startRevision, nil
+		resume, initial = cfg.startRevision, nil
 	} else if cfg.initial {
 		sort.Slice(initial, func(i, j int) bool { return initial[i].GetName() < initial[j].GetName() })
-		c.initial, c.initialRev = initial, rev
+	} else {
+		initial = nil
 	}
-	w.lastRev.Store(c.resume - 1)
 
 	lease, err := b.pool.lease()
 	if err != nil {
 		return WatchRef{}, err
 	}
-	c.lease = lease
+	conn := streamConn{session: b.session, auth: bearer(b.token), pool: b.pool, lease: lease}
 	wctx, cancel := watchContext(ctx)
-	w.cancel = cancel
-	stream, err := c.open(wctx)
-	if err != nil {
+	// The watch's incarnation stays unknown until its stream names one.
+	w := newWatch(identifiers, fn, cfg, b.log, watchStart{
+		identOf:     func(id string) (string, bool) { s, ok := ident[id]; return s, ok },
+		startsAfter: resume - 1, cancel: cancel,
+	})
+	c := newStreamConsumer(conn, w, initial, initialRev, cfg.incarnation)
+	if err := c.openFirst(wctx); err != nil {
 		cancel()
-		b.pool.release(lease)
+		conn.release()
 		if ctx.Err() != nil {
 			return WatchRef{}, ctx.Err()
 		}
 		return WatchRef{}, fromStatus(err)
 	}
-	if !b.watches.add(w) {
-		cancel()
-		b.pool.release(lease)
-		return WatchRef{}, ErrClosed
+	ref, err := b.watches.start(wctx, w, c)
+	if err != nil {
+		conn.release()
 	}
-	go c.run(wctx, stream)
-	return w.ref, nil
+	return ref, err
 }
 
 // UnwatchVariables implements StateProvider. The stream is cancelled; the

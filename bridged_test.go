@@ -220,9 +220,8 @@ func TestConsumerResumesMidBatch(t *testing.T) {
 	var got []string
 	w := newWatch([]string{"a", "b", "c"}, func(id string, _, _ any, m UpdateMeta) {
 		got = append(got, fmt.Sprintf("%d%s", m.Revision, id))
-	}, newWatchConfig(nil), quiet)
-	w.identOf = func(id string) (string, bool) { return id, true }
-	c := &streamConsumer{b: &BridgedState{session: "s"}, w: w, resume: 5}
+	}, newWatchConfig(nil), quiet, watchStart{identOf: func(id string) (string, bool) { return id, true }, startsAfter: 4})
+	c := newStreamConsumer(streamConn{session: "s"}, w, nil, 0, "")
 	up := func(rev int64, id string, last bool) *pb.VariableUpdate {
 		return &pb.VariableUpdate{VariableId: id, UpdateType: pb.UpdateType_UPDATE_TYPE_VALUE_CHANGE,
 			Revision: rev, LastInRevision: last, Variable: &pb.Variable{Id: id, Name: id}}

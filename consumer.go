@@ -15,25 +15,34 @@ import (
 	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
 
-// streamConsumer is the StreamConsumer of one BridgedState watch. One
-// goroutine (run) owns all of its state: it reads the stream, hands each
-// update to the watch's dispatcher, and on a broken stream reconnects with
+// streamConsumer is the StreamConsumer of one BridgedState watch, its
+// watchFeed. One goroutine (run) owns all of its state: it reads the stream,
+// hands each update to the watch, and on a broken stream reconnects with
 // exponential backoff and jitter, resuming exactly after what it delivered.
 //
-// The resume point: updates of one revision share it, and the server flags
-// the last one it sends for a revision (last_in_revision). After a flagged
-// update or a heartbeat at revision r, the watch resumes at r+1. Cut in the
-// middle of a revision's group, it resumes at that revision and skips the
-// variable ids it already delivered there.
+// The resume point is the watch's progress (watch.complete, what
+// ListWatchers reports as LastRevision): updates of one revision share it,
+// and the server flags the last one it sends for a revision
+// (last_in_revision). After a flagged update or a heartbeat at revision r,
+// the watch resumes at r+1. Cut in the middle of a revision's group, it
+// resumes at that revision and skips the variable ids it already delivered
+// there.
+//
+// Initial values: BridgedState reads them itself (GetVariables, or
+// ListVariables, at revision R) and opens the stream at R+1, where the
+// Python client asks the server for them (include_initial_values). The
+// client then holds its own snapshot, so a cut while the initial values are
+// being delivered loses nothing and asks the server for nothing again: the
+// stream resumes after R however far the delivery got. It costs one round
+// trip per watch opened.
 type streamConsumer struct {
-	b     *BridgedState
-	w     *watch
-	lease *pooledConn
+	conn streamConn
+	w    *watch
 
 	initial    []*pb.Variable // initial values to deliver first, at initialRev
 	initialRev int64
+	stream     updateStream // the stream opened while the watch was set up, read first
 
-	resume     int64               // the next revision not yet fully delivered
 	partialRev int64               // a revision whose group is open (its last member not seen yet), or 0
 	partialIDs []string            // variable ids delivered at partialRev, reused between groups
 	skip       map[string]struct{} // after a break inside partialRev's group: partialIDs, to skip when resent
@@ -53,13 +62,36 @@ type streamConsumer struct {
 	nextIncarnation string
 }
 
+// streamConn is all a stream consumer needs from its BridgedState: the
+// session it watches, the credentials its calls carry, and the pooled
+// connection it leased, given back when it ends.
+type streamConn struct {
+	session string
+	auth    bearer
+	pool    *connPool
+	lease   *pooledConn
+}
+
+func (c streamConn) release() {
+	if c.pool != nil {
+		c.pool.release(c.lease)
+	}
+}
+
+// newStreamConsumer builds the consumer of w: it delivers initial (at
+// revision initialRev) first, then reads the stream, resuming after w's
+// progress and naming incarnation ("" when not known yet).
+func newStreamConsumer(conn streamConn, w *watch, initial []*pb.Variable, initialRev int64, incarnation string) *streamConsumer {
+	return &streamConsumer{conn: conn, w: w, initial: initial, initialRev: initialRev, incarnation: incarnation}
+}
+
 // incarnationHeader is the response header with the session's incarnation.
 const incarnationHeader = "varbridge-watch-incarnation"
 
 // request is the WatchVariables request that resumes the watch.
 func (c *streamConsumer) request() *pb.WatchVariablesRequest {
 	cfg := c.w.cfg
-	start := c.resume
+	start := c.w.resumeAt()
 	if c.partialRev != 0 {
 		start = c.partialRev
 	}
@@ -76,7 +108,7 @@ func (c *streamConsumer) request() *pb.WatchVariablesRequest {
 		}
 	}
 	return &pb.WatchVariablesRequest{
-		SessionId: c.b.session, VariableIdentifiers: idents, StartRevision: start, Incarnation: c.incarnation,
+		SessionId: c.conn.session, VariableIdentifiers: idents, StartRevision: start, Incarnation: c.incarnation,
 		Where: cfg.where, Coalesce: cfg.coalesce, HeartbeatIntervalMs: heartbeatMs(cfg.heartbeat),
 		// watch.deliver reads only type, value and version of a change's
 		// variable; the rest is in the update itself.
@@ -121,8 +153,8 @@ func (s singleStream) next() ([]*pb.VariableUpdate, error) {
 // ready: a watch counts each failed connect towards giving up, on its own
 // backoff schedule, instead of hanging without a deadline.
 func (c *streamConsumer) open(ctx context.Context) (updateStream, error) {
-	api := pb.NewBridgeServiceClient(c.lease.cc)
-	ctx = c.b.ctx(ctx)
+	api := pb.NewBridgeServiceClient(c.conn.lease.cc)
+	ctx = c.conn.auth.attach(ctx)
 	c.armSkip()
 	if !c.single && c.w.cfg.batched {
 		s, err := api.WatchVariableBatches(ctx, c.request(), grpc.WaitForReady(false))
@@ -149,6 +181,14 @@ func (c *streamConsumer) open(ctx context.Context) (updateStream, error) {
 	}
 	c.started(md)
 	return singleStream{s}, nil
+}
+
+// openFirst opens the stream while the watch is set up, so that
+// WatchVariables returns once the server registered it; run reads it first.
+func (c *streamConsumer) openFirst(ctx context.Context) error {
+	s, err := c.open(ctx)
+	c.stream = s
+	return err
 }
 
 // waitHeader blocks until the stream's header arrives or the stream fails.
@@ -188,33 +228,32 @@ func (c *streamConsumer) noteIncarnation(inc string) {
 		c.w.setIncarnation(inc)
 		return
 	}
-	c.resume, c.partialRev, c.partialIDs, c.skip = 0, 0, c.partialIDs[:0], nil
-	c.w.lastRev.Store(0)
+	c.partialRev, c.partialIDs, c.skip = 0, c.partialIDs[:0], nil
+	c.w.restart()
 	// Updates from now on are of the new incarnation; requests name it once
 	// complete has seen the RESYNC whole.
 	c.nextIncarnation = inc
 	c.w.setIncarnation(inc)
 }
 
-// run is the consumer's goroutine.
-func (c *streamConsumer) run(ctx context.Context, stream updateStream) {
+// run implements watchFeed: it reads the stream opened at setup, then
+// reopens and resumes until the watch ends or fails for good.
+func (c *streamConsumer) run(ctx context.Context) error {
 	w := c.w
-	defer close(w.done)
-	defer w.exit()
-	defer w.cancel() // releases the link to the caller's context
-	defer c.b.pool.release(c.lease)
+	defer c.conn.release()
+	stream := c.stream
+	c.stream = nil
 	c.deliverInitial()
 	for {
 		if stream == nil {
 			if len(c.w.identifiers) > 0 && len(c.gone) == len(c.w.identifiers) {
-				c.w.fail(&NotFoundError{Session: c.b.session, Identifiers: c.w.identifiers,
-					msg: "every variable the watch named was deleted"})
-				return
+				return &NotFoundError{Session: c.conn.session, Identifiers: c.w.identifiers,
+					msg: "every variable the watch named was deleted"}
 			}
 			s, err := c.open(ctx)
 			if err != nil {
-				if c.failed(ctx, err) {
-					return
+				if err := c.failed(ctx, err); err != nil {
+					return err
 				}
 				continue
 			}
@@ -223,8 +262,8 @@ func (c *streamConsumer) run(ctx context.Context, stream updateStream) {
 		}
 		err := c.consume(stream)
 		stream = nil
-		if c.failed(ctx, err) {
-			return
+		if err := c.failed(ctx, err); err != nil {
+			return err
 		}
 	}
 }
@@ -262,7 +301,7 @@ func (c *streamConsumer) process(u *pb.VariableUpdate) {
 		c.noteIncarnation(u.GetIncarnation())
 	}
 	if u.GetUpdateType() == pb.UpdateType_UPDATE_TYPE_HEARTBEAT {
-		if rev >= c.resume {
+		if rev >= c.w.resumeAt() {
 			c.complete(rev)
 		}
 		c.w.deliver(u)
@@ -277,7 +316,7 @@ func (c *streamConsumer) process(u *pb.VariableUpdate) {
 			}
 			return
 		}
-	case rev < c.resume:
+	case rev < c.w.resumeAt():
 		c.w.duplicates.Add(1)
 		return
 	case c.partialRev != 0:
@@ -322,47 +361,42 @@ func (c *streamConsumer) armSkip() {
 
 // complete records that everything through rev was delivered.
 func (c *streamConsumer) complete(rev int64) {
-	if rev+1 > c.resume {
-		c.resume = rev + 1
-	}
+	c.w.complete(rev)
 	c.partialRev, c.partialIDs, c.skip = 0, c.partialIDs[:0], nil
 	if c.nextIncarnation != "" {
 		c.incarnation, c.nextIncarnation = c.nextIncarnation, ""
 	}
 }
 
-// failed handles a failed connect or a broken stream. It reports whether
-// the watch is over: its context ended, the error cannot be fixed by
-// retrying, or too many consecutive failures.
-func (c *streamConsumer) failed(ctx context.Context, err error) bool {
+// failed handles a failed connect or a broken stream, waiting out the
+// backoff before the next attempt. It returns non-nil when the watch is
+// over: its context ended (ctx.Err()), the error cannot be fixed by
+// retrying (the error), or too many consecutive failures (GaveUpError).
+func (c *streamConsumer) failed(ctx context.Context, err error) error {
 	w := c.w
 	if ctx.Err() != nil {
-		w.end(ctx.Err())
-		return true
+		return ctx.Err()
 	}
 	again := retryable(err)
 	err = fromStatus(err)
 	w.noteError(err)
 	if !again {
-		w.fail(err)
-		return true
+		return err
 	}
 	c.failures++
 	if c.failures == 1 {
 		c.failedAt = time.Now()
 	}
 	if c.failures >= w.cfg.maxFailures {
-		w.fail(&GaveUpError{Attempts: c.failures, Elapsed: time.Since(c.failedAt), Last: err})
-		return true
+		return &GaveUpError{Attempts: c.failures, Elapsed: time.Since(c.failedAt), Last: err}
 	}
 	t := time.NewTimer(backoff(w.cfg.backoffBase, w.cfg.backoffCap, c.failures))
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
-		w.end(ctx.Err())
-		return true
+		return ctx.Err()
 	case <-t.C:
-		return false
+		return nil
 	}
 }
 

@@ -12,8 +12,8 @@ import (
 // whose every revision is a batch of 100; building the updates is included
 // (4 allocations per update).
 func BenchmarkConsumerProcessBatches(b *testing.B) {
-	w := newWatch(nil, func(string, any, any, UpdateMeta) {}, newWatchConfig(nil), quiet)
-	c := &streamConsumer{b: &BridgedState{session: "s"}, w: w, resume: 1}
+	w := newWatch(nil, func(string, any, any, UpdateMeta) {}, newWatchConfig(nil), quiet, watchStart{})
+	c := newStreamConsumer(streamConn{session: "s"}, w, nil, 0, "")
 	ids := make([]string, 100)
 	for i := range ids {
 		ids[i] = fmt.Sprintf("var_%016x", i)

@@ -214,36 +214,36 @@ func (l *LocalState) WatchVariables(ctx context.Context, identifiers []string, f
 	if err != nil {
 		return WatchRef{}, fromStore(err)
 	}
-	w := newWatch(identifiers, fn, cfg, l.log)
-	w.identOf = func(id string) (string, bool) {
-		s := sw.Identifier(id)
-		return s, s != ""
-	}
-	w.setIncarnation(sw.Incarnation())
-	w.lastRev.Store(sw.StartsAfter())
 	wctx, cancel := watchContext(ctx)
-	w.cancel = func() { cancel(); sw.Close() } // Close removes the observer at once
-	if !l.watches.add(w) {
-		w.cancel()
-		return WatchRef{}, ErrClosed
-	}
-	go func() {
-		defer close(w.done)
-		defer w.exit()
-		err := sw.Run(wctx, func(us []*pb.VariableUpdate) error {
-			for _, u := range us {
-				w.deliver(u)
+	w := newWatch(identifiers, fn, cfg, l.log, watchStart{
+		identOf: func(id string) (string, bool) {
+			s := sw.Identifier(id)
+			return s, s != ""
+		},
+		startsAfter: sw.StartsAfter(), incarnation: sw.Incarnation(),
+		cancel: func() { cancel(); sw.Close() }, // Close removes the observer at once
+	})
+	return l.watches.start(wctx, w, localFeed{sw: sw, w: w})
+}
+
+// localFeed is LocalState's watchFeed: the store's own cursor, read in
+// process; it never breaks, so there is nothing to resume.
+type localFeed struct {
+	sw *feed.Watch
+	w  *watch
+}
+
+func (f localFeed) run(ctx context.Context) error {
+	err := f.sw.Run(ctx, func(us []*pb.VariableUpdate) error {
+		for _, u := range us {
+			f.w.deliver(u)
+			if u.GetLastInRevision() {
+				f.w.complete(u.GetRevision())
 			}
-			return nil
-		})
-		if wctx.Err() != nil || w.stopped.Load() {
-			w.end(wctx.Err())
-		} else {
-			w.fail(fromStore(err))
 		}
-		cancel()
-	}()
-	return w.ref, nil
+		return nil
+	})
+	return fromStore(err)
 }
 
 // UnwatchVariables implements StateProvider. The store's observer is gone

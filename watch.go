@@ -17,8 +17,8 @@ import (
 
 // watch is the state both providers keep per watch, and the one place that
 // turns a *pb.VariableUpdate into a Watcher call: identifier mapping,
-// filter, panic recovery and statistics. Exactly one goroutine (the feed for
-// LocalState, the StreamConsumer for BridgedState) calls deliver.
+// filter, panic recovery and statistics. Exactly one goroutine (run, reading
+// the watch's feed) calls deliver and complete.
 type watch struct {
 	ref         WatchRef
 	identifiers []string
@@ -30,7 +30,13 @@ type watch struct {
 	// it; a watch of every variable has none and uses the variable's name.
 	identOf func(varID string) (string, bool)
 
-	received, filtered, errors, panics, reconnects, duplicates, lastRev atomic.Int64
+	received, filtered, errors, panics, reconnects, duplicates atomic.Int64
+	// lastRev is the watch's progress, recorded in this one place
+	// (complete): the last revision whose updates were all delivered. It is
+	// what ListWatchers reports and what a BridgedState stream resumes after
+	// (lastRev+1). -1 only while a BridgedState watch waits for the first
+	// revision of a new session incarnation (reported as 0).
+	lastRev atomic.Int64
 	// incarnation is the session incarnation of the updates being delivered
 	// (set by the owning goroutine, read by ListWatchers too).
 	incarnation atomic.Pointer[string]
@@ -47,10 +53,64 @@ type watch struct {
 	failErr error // the error that ended the watch, for the done handlers
 }
 
-func newWatch(identifiers []string, fn Watcher, cfg watchConfig, log *slog.Logger) *watch {
-	return &watch{
-		identifiers: slices.Clone(identifiers), cfg: cfg, fn: fn, log: log,
-		started: time.Now(), alive: true, done: make(chan struct{}),
+// watchStart is what a provider knows about a watch when it opens it.
+type watchStart struct {
+	// identOf maps a variable id to the identifier the caller passed; nil
+	// for a watch of every variable.
+	identOf func(varID string) (string, bool)
+	// startsAfter is the revision the watch starts after: updates with a
+	// later revision follow.
+	startsAfter int64
+	// incarnation is the session incarnation the watch reports until its
+	// feed says otherwise ("" when not known yet).
+	incarnation string
+	// cancel ends the watch's context and releases what its feed holds
+	// open; stop and run call it.
+	cancel context.CancelFunc
+}
+
+// newWatch builds a watch with everything it needs; nothing is set on it
+// afterwards but what its owning goroutine records as it goes.
+func newWatch(identifiers []string, fn Watcher, cfg watchConfig, log *slog.Logger, start watchStart) *watch {
+	w := &watch{
+		identifiers: slices.Clone(identifiers), cfg: cfg, fn: fn, log: log, identOf: start.identOf,
+		cancel: start.cancel, started: time.Now(), alive: true, done: make(chan struct{}),
+	}
+	if w.cancel == nil {
+		w.cancel = func() {}
+	}
+	if start.incarnation != "" {
+		w.setIncarnation(start.incarnation)
+	}
+	w.lastRev.Store(start.startsAfter)
+	return w
+}
+
+// A watchFeed is where a watch's updates come from: the in-process store
+// (LocalState: localFeed) or a gRPC stream that reconnects and resumes by
+// itself (BridgedState: streamConsumer). It is the seam below the public
+// API for watching: a new way in (HTTP, etcd) is one more watchFeed, and
+// the watch rules (identifiers, filter, panics, progress, statistics,
+// lifecycle) stay here.
+type watchFeed interface {
+	// run hands the watch's updates to w.deliver, records progress with
+	// w.complete, and returns why it stopped: an error when the feed failed
+	// for good, or anything once ctx ended.
+	run(ctx context.Context) error
+}
+
+// run is a watch's owning goroutine: it reads f until it stops, then marks
+// the watch ended (on purpose) or failed, releases the feed and runs the
+// done handlers.
+func (w *watch) run(ctx context.Context, f watchFeed) {
+	defer close(w.done)
+	defer w.exit()
+	defer w.cancel()
+	err := f.run(ctx)
+	if ctx.Err() != nil || w.stopped.Load() {
+		w.end(ctx.Err())
+	} else {
+		w.fail(err)
 	}
 }
 
@@ -76,13 +136,12 @@ func (w *watch) identifier(u *pb.VariableUpdate) string {
 	return u.GetVariableName()
 }
 
-// deliver hands one update to the watcher. Heartbeats only advance the
-// watch's revision.
+// deliver hands one update to the watcher; heartbeats, and a resync of a
+// watch whose variables are all gone, call nothing. It records no progress:
+// the feed calls complete once a revision's updates were all delivered.
 func (w *watch) deliver(u *pb.VariableUpdate) {
 	ut := u.GetUpdateType()
 	if ut == pb.UpdateType_UPDATE_TYPE_HEARTBEAT || u.GetVariableId() == "" {
-		// A heartbeat, or a resync of a watch whose variables are all gone.
-		w.advance(u)
 		return
 	}
 	w.received.Add(1)
@@ -109,11 +168,9 @@ func (w *watch) deliver(u *pb.VariableUpdate) {
 	ident := w.identifier(u)
 	if ut == pb.UpdateType_UPDATE_TYPE_VALUE_CHANGE && w.cfg.filter != nil && !w.pass(ident, old, cur) {
 		w.filtered.Add(1)
-		w.advance(u)
 		return
 	}
 	w.call(ident, old, cur, meta)
-	w.advance(u)
 }
 
 // setIncarnation records the session incarnation of the updates that follow.
@@ -144,13 +201,20 @@ func (w *watch) exit() {
 	w.cfg.onDone(err)
 }
 
-// advance records the revision an update completes: the last update of a
-// revision (flagged by the feed) or a heartbeat.
-func (w *watch) advance(u *pb.VariableUpdate) {
-	if r := u.GetRevision(); u.GetLastInRevision() && r > w.lastRev.Load() {
-		w.lastRev.Store(r)
+// complete records that every update through rev was delivered (filtered
+// ones count as delivered): the watch's progress, in this one place.
+func (w *watch) complete(rev int64) {
+	if rev > w.lastRev.Load() {
+		w.lastRev.Store(rev)
 	}
 }
+
+// resumeAt is the first revision not yet completely delivered.
+func (w *watch) resumeAt() int64 { return w.lastRev.Load() + 1 }
+
+// restart forgets the watch's progress: the session was created again
+// (another incarnation), and its revisions start over.
+func (w *watch) restart() { w.lastRev.Store(-1) }
 
 // pass runs the filter; a panic counts as "notify".
 func (w *watch) pass(ident string, old, cur any) (ok bool) {
@@ -290,7 +354,7 @@ func (w *watch) info() WatchInfo {
 		Ref: w.ref, Identifiers: slices.Clone(w.identifiers), Alive: w.alive, Reason: w.reason,
 		UpdatesReceived: w.received.Load(), UpdatesFiltered: w.filtered.Load(),
 		Errors: w.errors.Load(), Panics: w.panics.Load(), Reconnects: w.reconnects.Load(), DuplicatesSkipped: w.duplicates.Load(),
-		StartedAt: w.started, Uptime: time.Since(w.started), LastRevision: w.lastRev.Load(), LastError: w.lastErr,
+		StartedAt: w.started, Uptime: time.Since(w.started), LastRevision: max(w.lastRev.Load(), 0), LastError: w.lastErr,
 		Incarnation: w.currentIncarnation(),
 	}
 }
@@ -317,6 +381,17 @@ func (s *watchSet) add(w *watch) bool {
 	w.ref = WatchRef{id: s.next}
 	s.watches[w.ref] = w
 	return true
+}
+
+// start registers w and runs its goroutine on f; ErrClosed (and w is
+// released) when the provider is closed.
+func (s *watchSet) start(ctx context.Context, w *watch, f watchFeed) (WatchRef, error) {
+	if !s.add(w) {
+		w.cancel()
+		return WatchRef{}, ErrClosed
+	}
+	go w.run(ctx, f)
+	return w.ref, nil
 }
 
 // remove stops and forgets the watch ref names.
