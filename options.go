@@ -102,3 +102,209 @@ func WithKeepalive(interval, timeout time.Duration) Option {
 func WithDialOptions(opts ...grpc.DialOption) Option {
 	return func(o *options) { o.dialOpts = append(o.dialOpts, opts...) }
 }
+
+// WriteOption configures Register, Set, SetMany and Delete.
+type WriteOption func(*writeOptions)
+
+type writeOptions struct {
+	metadata         map[string]string
+	source           string
+	expectedVersion  *int64
+	expectedVersions map[string]int64
+	constraints      *Constraints
+}
+
+func newWriteOptions(opts []WriteOption) writeOptions {
+	var o writeOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return o
+}
+
+// WithMetadata attaches metadata: for Register the variable's own metadata,
+// for writes the writer's metadata that watchers receive in
+// UpdateMeta.Metadata. Its "source" key is the source when WithSource is not
+// given.
+func WithMetadata(md map[string]string) WriteOption {
+	return func(o *writeOptions) { o.metadata = md }
+}
+
+// WithSource names the writer (UpdateMeta.Source, Variable.Source).
+func WithSource(source string) WriteOption { return func(o *writeOptions) { o.source = source } }
+
+// WithExpectedVersion makes Set a compare-and-set: it applies only if the
+// variable is at version v, else fails with ErrVersionConflict.
+func WithExpectedVersion(v int64) WriteOption {
+	return func(o *writeOptions) { o.expectedVersion = &v }
+}
+
+// WithExpectedVersions makes SetMany a compare-and-set per identifier.
+func WithExpectedVersions(versions map[string]int64) WriteOption {
+	return func(o *writeOptions) { o.expectedVersions = versions }
+}
+
+// WithConstraints sets a variable's constraints at Register.
+func WithConstraints(c Constraints) WriteOption {
+	return func(o *writeOptions) { o.constraints = &c }
+}
+
+// Defaults for watches.
+const (
+	DefaultMaxFailures = 10
+	DefaultBackoffBase = time.Second
+	DefaultBackoffCap  = 30 * time.Second
+	// BackoffJitter is the fraction by which a reconnect delay varies, either way.
+	BackoffJitter = 0.1
+)
+
+// WatchOption configures WatchVariables.
+type WatchOption func(*watchConfig)
+
+type watchConfig struct {
+	initial       bool
+	filter        func(old, new any) bool
+	where         string
+	coalesce      bool
+	heartbeat     time.Duration
+	startRevision int64
+	onError       func(error)
+	maxFailures   int
+	backoffBase   time.Duration
+	backoffCap    time.Duration
+	batched       bool
+	incarnation   string
+	onDone        func(error)
+	// onStop, when set, runs when UnwatchVariables or Close stops the
+	// watch, before they wait for it (Watch's channel form uses it to
+	// release a watcher blocked on a full channel).
+	onStop func()
+}
+
+func newWatchConfig(opts []WatchOption) watchConfig {
+	c := watchConfig{maxFailures: DefaultMaxFailures, backoffBase: DefaultBackoffBase, backoffCap: DefaultBackoffCap}
+	for _, opt := range opts {
+		opt(&c)
+	}
+	if c.maxFailures <= 0 {
+		c.maxFailures = DefaultMaxFailures
+	}
+	if c.backoffBase <= 0 {
+		c.backoffBase = DefaultBackoffBase
+	}
+	if c.backoffCap < c.backoffBase {
+		c.backoffCap = c.backoffBase
+	}
+	return c
+}
+
+// WithInitialValues delivers each watched variable's current value first
+// (UpdateMeta.Initial), read at the revision after which changes follow.
+// WithInitialValues() and WithInitialValues(true) turn it on,
+// WithInitialValues(false) off. The default is off, the seed's
+// include_initial: false, as in Python's watch_variables and the CLI
+// (variables.Watch turns it on by default). Ignored with WithStartRevision.
+func WithInitialValues(on ...bool) WatchOption {
+	v := len(on) == 0 || on[0]
+	return func(c *watchConfig) { c.initial = v }
+}
+
+// WithFilter drops value changes for which f(old, new) is false; initial
+// values, resyncs and deletions always pass. A panicking filter counts as
+// true. Dropped updates still advance the resume point.
+func WithFilter(f func(old, new any) bool) WatchOption { return func(c *watchConfig) { c.filter = f } }
+
+// WithWhere filters on the server side with a CEL expression over old, new,
+// name and metadata, e.g. `new > 0.5 && metadata.source != "me"`.
+func WithWhere(expr string) WatchOption { return func(c *watchConfig) { c.where = expr } }
+
+// WithCoalesce delivers only the latest value per variable when the watch
+// is behind (intermediate values are skipped, not delayed).
+func WithCoalesce(on bool) WatchOption { return func(c *watchConfig) { c.coalesce = on } }
+
+// WithHeartbeat sets how often the server reports the revision a quiet watch
+// has covered (default 5 s), which keeps resumes exact in a busy session.
+func WithHeartbeat(d time.Duration) WatchOption { return func(c *watchConfig) { c.heartbeat = d } }
+
+// WithStartRevision resumes: every change with revision >= rev is delivered
+// (a Resync update when the server's history no longer holds them). A rev
+// beyond the session's revision + 1 fails with a RevisionOutOfRangeError
+// unless WithIncarnation names another incarnation of the session.
+func WithStartRevision(rev int64) WatchOption {
+	return func(c *watchConfig) { c.startRevision = rev }
+}
+
+// WithIncarnation names the session incarnation a WithStartRevision
+// revision was seen in (UpdateMeta.Incarnation). When the session has
+// another one now (it was created again: after a cleanup, an expiry or a
+// server that lost it), the revision belongs to another history: the watch
+// starts with Resync updates of the current values instead of resuming
+// silently at a revision that means something else.
+func WithIncarnation(incarnation string) WatchOption {
+	return func(c *watchConfig) { c.incarnation = incarnation }
+}
+
+// WithErrorHandler adds f to the functions called once, from the watch's
+// goroutine, with the error that ended the watch: it gave up reconnecting
+// (ErrGaveUp), hit an error that retrying cannot fix, or its session
+// closed. Unwatching and ending the context are not errors. Each
+// WithErrorHandler adds a handler; they run in the order given.
+func WithErrorHandler(f func(error)) WatchOption {
+	return func(c *watchConfig) {
+		prev := c.onError
+		if prev == nil {
+			c.onError = f
+			return
+		}
+		c.onError = func(err error) {
+			prev(err)
+			f(err)
+		}
+	}
+}
+
+// WithDoneHandler adds f to the functions called once when a started watch
+// has ended for any reason: its context ended, UnwatchVariables, the
+// provider's Close, or an error (then err is that error, as
+// WithErrorHandler gets it; otherwise nil). They run from the watch's
+// goroutine after its last watcher call has returned, so everything the
+// watcher was handed is in by then; that goroutine is gone right after.
+// They let whatever serves a watch (Watch's channel, variables.Watch's
+// debounce loop) end with it instead of waiting for a context that may
+// never end. Each WithDoneHandler adds a handler; they run in the order
+// given.
+func WithDoneHandler(f func(err error)) WatchOption {
+	return func(c *watchConfig) {
+		prev := c.onDone
+		if prev == nil {
+			c.onDone = f
+			return
+		}
+		c.onDone = func(err error) {
+			prev(err)
+			f(err)
+		}
+	}
+}
+
+// WithMaxFailures sets after how many consecutive failed connects or broken
+// streams a BridgedState watch gives up (default 10); a received message
+// resets the count.
+func WithMaxFailures(n int) WatchOption { return func(c *watchConfig) { c.maxFailures = n } }
+
+// WithBackoff sets the reconnect delays of a BridgedState watch: after a
+// break it reconnects at once (within 10% of base, at random), then waits
+// base after the second consecutive failure, doubling per failure up to
+// limit, each with 10% jitter (defaults 1 s and 30 s).
+func WithBackoff(base, limit time.Duration) WatchOption {
+	return func(c *watchConfig) { c.backoffBase, c.backoffCap = base, limit }
+}
+
+// WithBatchedStream makes a BridgedState watch use WatchVariableBatches:
+// the same updates with the same guarantees, but every update that is ready
+// travels in one message, so a watch that is far behind catches up with
+// fewer, larger messages. The default, WatchVariables, sends one message per
+// update, so a connection that breaks often still makes progress message by
+// message; a batched stream cut more often than a large batch takes to
+// arrive would not.
+func WithBatchedStream(on bool) WatchOption { return func(c *watchConfig) { c.batched = on } }
