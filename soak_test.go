@@ -3,6 +3,13 @@ package varbridge
 // The soak (issue 6, item 2): thousands of watches and continuous writes
 // for minutes, memory printed over time and required to stay flat. Not part
 // of `go test` or `make test`; `make soak` runs it (-soak=3m).
+//
+// It is the one system suite that stays in package varbridge rather than
+// the black-box systest package beside the fault, leak and slow-consumer
+// suites: its LocalState watches sit on the very store the in-process
+// server serves (the unexported withStore option), so that one set of
+// writes feeds both kinds of watch, and no exported API can build a
+// LocalState on a store it shares with a server.
 
 import (
 	"context"
@@ -12,12 +19,16 @@ import (
 	"math/rand/v2"
 	"os"
 	"runtime"
+	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/varbridge/varbridge/internal/metrics"
 	"github.com/varbridge/varbridge/internal/server"
@@ -307,4 +318,85 @@ func TestSoak(t *testing.T) {
 	if g > baseGoroutines {
 		t.Errorf("%d goroutines after every client closed, %d before any started\n%s", g, baseGoroutines, goroutineDump())
 	}
+}
+
+// --- goroutines, memory and metrics ------------------------------------------
+
+// settleGoroutines waits until runtime.NumGoroutine() is at most want,
+// within limit, and returns the count it saw last.
+func settleGoroutines(want int, limit time.Duration) int {
+	deadline := time.Now().Add(limit)
+	n := runtime.NumGoroutine()
+	for n > want && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+		n = runtime.NumGoroutine()
+	}
+	return n
+}
+
+// stableGoroutines returns the goroutine count once it has not changed for
+// a while (grpc and the runtime start and stop a few in the background).
+func stableGoroutines() int {
+	last, same := -1, 0
+	for i := 0; i < 500 && same < 20; i++ {
+		n := runtime.NumGoroutine()
+		if n == last {
+			same++
+		} else {
+			last, same = n, 0
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return last
+}
+
+// heapInUse returns the live heap after two collections.
+func heapInUse() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc
+}
+
+func mib(b uint64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
+
+// goroutineDump lists the stacks of the goroutines running now, for a
+// failure message.
+func goroutineDump() string {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	stacks := strings.Split(string(buf), "\n\n")
+	sort.Strings(stacks)
+	return strings.Join(slices.Compact(stacks), "\n\n")
+}
+
+// gatherValue sums the samples of a metric in m's registry (-1: absent).
+func gatherValue(t testing.TB, m *metrics.Metrics, name string) float64 {
+	t.Helper()
+	mfs, err := m.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		var sum float64
+		for _, s := range mf.GetMetric() {
+			sum += sampleValue(s)
+		}
+		return sum
+	}
+	return -1
+}
+
+func sampleValue(s *dto.Metric) float64 {
+	switch {
+	case s.GetGauge() != nil:
+		return s.GetGauge().GetValue()
+	case s.GetCounter() != nil:
+		return s.GetCounter().GetValue()
+	}
+	return 0
 }

@@ -1,4 +1,4 @@
-package varbridge
+package systest
 
 // Leaks (issue 6, item 2): watch/unwatch churn and clients that die without
 // a word leave goroutines (exactly), observers and heap (within a
@@ -19,9 +19,9 @@ import (
 	"testing"
 	"time"
 
-	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/goleak"
 
+	"github.com/varbridge/varbridge"
 	"github.com/varbridge/varbridge/internal/metrics"
 	"github.com/varbridge/varbridge/internal/server"
 	"github.com/varbridge/varbridge/internal/servertest"
@@ -41,36 +41,6 @@ var (
 // anything leaking. Leaking 32 bytes per cycle would exceed it in 100,000
 // cycles.
 const heapSlack = 3 << 20
-
-// gatherValue sums the samples of a metric in m's registry (-1: absent).
-func gatherValue(t testing.TB, m *metrics.Metrics, name string) float64 {
-	t.Helper()
-	mfs, err := m.Registry().Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		var sum float64
-		for _, s := range mf.GetMetric() {
-			sum += sampleValue(s)
-		}
-		return sum
-	}
-	return -1
-}
-
-func sampleValue(s *dto.Metric) float64 {
-	switch {
-	case s.GetGauge() != nil:
-		return s.GetGauge().GetValue()
-	case s.GetCounter() != nil:
-		return s.GetCounter().GetValue()
-	}
-	return 0
-}
 
 // baseline is the process's goroutines and live heap at a quiet moment.
 type baseline struct {
@@ -107,38 +77,43 @@ func (b baseline) check(t *testing.T, what string) {
 // lists no watch, and goroutines and heap are back at their baseline.
 func TestLeakWatchUnwatchCycles(t *testing.T) {
 	t.Run("local", func(t *testing.T) {
-		l, err := NewLocalState(WithSessionID("leak-local"), WithLogger(quiet),
-			withStore(store.New(store.Options{HistoryLimit: 64})))
-		if err != nil {
-			t.Fatal(err)
-		}
-		st := l.st
-		defer st.Close()
-		defer l.Close()
-		churn(t, l, st, nil, *leakLocalCycles)
+		// A LocalState has its own store with the default history
+		// (store.DefaultHistoryLimit records), not the 64 the server below
+		// keeps: churn fills it before the baseline, so that the history
+		// reaching its limit during the run is not taken for a leak.
+		l := newLocal(t, varbridge.WithSessionID("leak-local"))
+		churn(t, l, func() int { return localObservers(t, l) }, nil, *leakLocalCycles, store.DefaultHistoryLimit)
 	})
 	t.Run("bridged", func(t *testing.T) {
 		m := metrics.New()
 		srv := servertest.Start(t, store.Options{HistoryLimit: 64}, server.WithMetrics(m))
 		b := dialBridged(t, srv.Addr)
-		churn(t, b, srv.Store, m, *leakBridgedCycles)
+		churn(t, b, srv.Store.WatchCount, m, *leakBridgedCycles, 0)
 	})
 }
 
-func churn(t *testing.T, p StateProvider, st *store.Store, m *metrics.Metrics, cycles int) {
+// churn runs cycles watch/unwatch cycles on p; observers counts the
+// observers in the store behind p. Before the baseline it writes prefill
+// distinct values, to fill the history window.
+func churn(t *testing.T, p varbridge.StateProvider, observers func() int, m *metrics.Metrics, cycles, prefill int) {
 	ctx := context.Background()
-	mustRegister(t, p, "x", TypeInteger, int64(0))
+	mustRegister(t, p, "x", varbridge.TypeInteger, int64(0))
+	for i := range prefill {
+		if _, err := p.Set(ctx, "x", -int64(i)-1); err != nil {
+			t.Fatal(err)
+		}
+	}
 	var delivered atomic.Int64
-	fn := func(string, any, any, UpdateMeta) { delivered.Add(1) }
+	fn := func(string, any, any, varbridge.UpdateMeta) { delivered.Add(1) }
 	cycle := func(i int) error {
 		var got chan struct{}
 		w := fn
-		opts := []WatchOption{WithHeartbeat(time.Hour)}
+		opts := []varbridge.WatchOption{varbridge.WithHeartbeat(time.Hour)}
 		if i%50 == 0 {
 			got = make(chan struct{})
 			var once sync.Once
-			w = func(string, any, any, UpdateMeta) { once.Do(func() { close(got) }) }
-			opts = append(opts, WithInitialValues(true))
+			w = func(string, any, any, varbridge.UpdateMeta) { once.Do(func() { close(got) }) }
+			opts = append(opts, varbridge.WithInitialValues(true))
 		}
 		ref, err := p.WatchVariables(ctx, []string{"x"}, w, opts...)
 		if err != nil {
@@ -161,7 +136,7 @@ func churn(t *testing.T, p StateProvider, st *store.Store, m *metrics.Metrics, c
 			t.Fatal(err)
 		}
 	}
-	eventually(t, "the warm-up observers to go", func() bool { return st.WatchCount() == 0 })
+	eventually(t, "the warm-up observers to go", func() bool { return observers() == 0 })
 	base := takeBaseline()
 
 	stop := make(chan struct{})
@@ -204,7 +179,7 @@ func churn(t *testing.T, p StateProvider, st *store.Store, m *metrics.Metrics, c
 			t.Error(err)
 			done = true
 		case <-time.After(100 * time.Millisecond):
-			peak = max(peak, st.WatchCount())
+			peak = max(peak, observers())
 			done = next.Load() > int64(cycles)
 		}
 	}
@@ -214,7 +189,7 @@ func churn(t *testing.T, p StateProvider, st *store.Store, m *metrics.Metrics, c
 	if t.Failed() {
 		return
 	}
-	eventually(t, "every observer to go", func() bool { return st.WatchCount() == 0 })
+	eventually(t, "every observer to go", func() bool { return observers() == 0 })
 	if n := len(p.ListWatchers()); n != 0 {
 		t.Errorf("%d watches still listed", n)
 	}
@@ -245,7 +220,7 @@ func TestLeakHelperProcess(t *testing.T) {
 	}
 	n, _ := strconv.Atoi(os.Getenv(helperWatchesEnv))
 	ctx := context.Background()
-	b, err := NewBridgedState(ctx, addr, WithSessionID(os.Getenv(helperSessionEnv)), WithLogger(quiet))
+	b, err := varbridge.NewBridgedState(ctx, addr, varbridge.WithSessionID(os.Getenv(helperSessionEnv)), varbridge.WithLogger(quiet))
 	if err != nil {
 		fmt.Println("error:", err)
 		os.Exit(2)
@@ -256,8 +231,8 @@ func TestLeakHelperProcess(t *testing.T) {
 			idents = nil // the whole session
 		}
 		// Heartbeats every 20 ms keep the server sending to every stream.
-		if _, err := b.WatchVariables(ctx, idents, func(string, any, any, UpdateMeta) {},
-			WithHeartbeat(20*time.Millisecond), WithBatchedStream(i%3 == 0)); err != nil {
+		if _, err := b.WatchVariables(ctx, idents, func(string, any, any, varbridge.UpdateMeta) {},
+			varbridge.WithHeartbeat(20*time.Millisecond), varbridge.WithBatchedStream(i%3 == 0)); err != nil {
 			fmt.Println("error:", err)
 			os.Exit(2)
 		}
@@ -335,9 +310,9 @@ func TestLeakKilledClients(t *testing.T) {
 	)
 	m := metrics.New()
 	srv := servertest.Start(t, store.Options{HistoryLimit: 256}, server.WithKeepalive(kaTime, kaTimeout), server.WithMetrics(m))
-	writer := dialBridged(t, srv.Addr, WithSessionID("killed"))
-	mustRegister(t, writer, "x", TypeInteger, int64(0))
-	mustRegister(t, writer, "y", TypeInteger, int64(0))
+	writer := dialBridged(t, srv.Addr, varbridge.WithSessionID("killed"))
+	mustRegister(t, writer, "x", varbridge.TypeInteger, int64(0))
+	mustRegister(t, writer, "y", varbridge.TypeInteger, int64(0))
 	stop := make(chan struct{})
 	writing := make(chan struct{})
 	go func() { // keeps the killed clients' streams busy
@@ -426,19 +401,19 @@ func TestLeakWatchFormsEndWithProvider(t *testing.T) {
 
 func watchFormsEndOnClose(t *testing.T, e env) {
 	ctx := context.Background() // never ends: only Close may end the watches
-	mustRegister(t, e.p, "x", TypeInteger, int64(0))
-	read, err := Watch(ctx, e.p, []string{"x"})
+	mustRegister(t, e.p, "x", varbridge.TypeInteger, int64(0))
+	read, err := varbridge.Watch(ctx, e.p, []string{"x"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	stalled, err := Watch(ctx, e.p, []string{"x"}) // never read until Close
+	stalled, err := varbridge.Watch(ctx, e.p, []string{"x"}) // never read until Close
 	if err != nil {
 		t.Fatal(err)
 	}
 	iterated := make(chan int64, 1)
 	var seen atomic.Int64
 	go func() {
-		for _, err := range Updates(ctx, e.p, []string{"x"}) {
+		for _, err := range varbridge.Updates(ctx, e.p, []string{"x"}) {
 			if err != nil {
 				t.Errorf("Updates yielded %v", err)
 			}
@@ -462,7 +437,7 @@ func watchFormsEndOnClose(t *testing.T, e env) {
 	if err := e.p.Close(); err != nil {
 		t.Fatal(err)
 	}
-	drained := func(name string, ch <-chan Update) int {
+	drained := func(name string, ch <-chan varbridge.Update) int {
 		n := 0
 		timeout := time.After(waitTimeout)
 		for {

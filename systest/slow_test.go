@@ -1,4 +1,4 @@
-package varbridge
+package systest
 
 // Slow consumers (issue 6, item 3): writers at full speed are not slowed by
 // watchers that stop reading, the server's memory stays bounded by its
@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/varbridge/varbridge"
 	"github.com/varbridge/varbridge/internal/metrics"
 	"github.com/varbridge/varbridge/internal/server"
 	"github.com/varbridge/varbridge/internal/servertest"
@@ -38,12 +39,12 @@ type stalled struct {
 	cc      *grpc.ClientConn
 	raw     grpc.ServerStreamingClient[pb.VariableUpdate]
 	cancel  context.CancelFunc
-	ref     WatchRef
+	ref     varbridge.WatchRef
 	release chan struct{}
 	got     []delivered // appended by the blocked watch's goroutine
 }
 
-func openStalled(t *testing.T, addr string, b *BridgedState) *stalled {
+func openStalled(t *testing.T, addr string, b *varbridge.BridgedState) *stalled {
 	t.Helper()
 	s := &stalled{release: make(chan struct{})}
 	cc, err := grpc.NewClient(addr, append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, fixedWindows...)...)
@@ -61,14 +62,14 @@ func openStalled(t *testing.T, addr string, b *BridgedState) *stalled {
 		t.Fatal(err)
 	}
 	s.raw = raw
-	s.ref = mustWatch(t, b, context.Background(), nil, func(_ string, _, _ any, m UpdateMeta) {
+	s.ref = mustWatch(t, b, context.Background(), nil, func(_ string, _, _ any, m varbridge.UpdateMeta) {
 		<-s.release // blocks the watch's goroutine: its stream is no longer read
 		s.got = append(s.got, delivered{rev: m.Revision, id: m.VariableID, resync: m.Resync})
 	})
 	return s
 }
 
-func (s *stalled) close(t *testing.T, b *BridgedState) {
+func (s *stalled) close(t *testing.T, b *varbridge.BridgedState) {
 	t.Helper()
 	close(s.release)
 	if err := b.UnwatchVariables(s.ref); err != nil {
@@ -110,12 +111,12 @@ func TestSlowConsumerWritersKeepPace(t *testing.T) {
 	}
 	m := metrics.New()
 	srv := servertest.Start(t, store.Options{HistoryLimit: hist}, server.WithMetrics(m))
-	b := dialBridged(t, srv.Addr, WithDialOptions(fixedWindows...))
+	b := dialBridged(t, srv.Addr, varbridge.WithDialOptions(fixedWindows...))
 	ctx := context.Background()
 	var names []string
 	for i := range writers {
 		names = append(names, fmt.Sprintf("w%d", i))
-		mustRegister(t, b, names[i], TypeString, "")
+		mustRegister(t, b, names[i], varbridge.TypeString, "")
 	}
 	pad := strings.Repeat("x", 500)
 	var counter atomic.Int64

@@ -1,4 +1,4 @@
-package varbridge
+package systest
 
 // The fault suite (issue 6, item 1). A loopback proxy cuts, stalls and
 // blackholes the watchers' connection at random every 100-500 ms while
@@ -20,10 +20,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
-	"runtime"
-	"slices"
-	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -32,6 +28,7 @@ import (
 
 	"google.golang.org/grpc"
 
+	"github.com/varbridge/varbridge"
 	"github.com/varbridge/varbridge/internal/cutproxy"
 	"github.com/varbridge/varbridge/internal/server"
 	"github.com/varbridge/varbridge/internal/servertest"
@@ -46,13 +43,6 @@ var (
 	chaosStrict = flag.Bool("chaos.strict", os.Getenv("VARBRIDGE_CHAOS_STRICT") != "",
 		"slow-consumer test: assert the strict 10% writer-throughput bound (make chaos)")
 )
-
-func envInt(name string, def int) int {
-	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
-		return v
-	}
-	return def
-}
 
 // Keepalive for the fault suite: the server pings a silent client after 1 s
 // and drops it 0.5 s later; clients ping every 10 s, the most often the
@@ -300,7 +290,7 @@ func (c *commits) count() int {
 // chaosWriter writes random single sets and SetMany batches of 2-6
 // variables with unique values (never a no-op) until stop closes, pausing
 // while paused() holds, and records what it committed.
-func chaosWriter(ctx context.Context, p StateProvider, names []string, ids map[string]string, seed uint64,
+func chaosWriter(ctx context.Context, p varbridge.StateProvider, names []string, ids map[string]string, seed uint64,
 	counter *atomic.Int64, c *commits, stop <-chan struct{}, paused func() bool) error {
 	rng := rand.New(rand.NewPCG(seed, 42))
 	for {
@@ -354,8 +344,8 @@ func TestChaosFaultsExactlyOnce(t *testing.T) {
 	srv := servertest.Start(t, store.Options{HistoryLimit: 3*n + 10_000, HistoryBytes: 4 << 30},
 		server.WithKeepalive(chaosServerKaTime, chaosServerKaTimeout))
 	proxy := newProxy(t, srv.Addr)
-	watcher := dialBridged(t, proxy.Addr(), fastRedial, WithKeepalive(chaosClientKaTime, chaosClientKaTimeout))
-	writer := dialBridged(t, srv.Addr, WithSessionID(watcher.SessionID()))
+	watcher := dialBridged(t, proxy.Addr(), fastRedial, varbridge.WithKeepalive(chaosClientKaTime, chaosClientKaTimeout))
+	writer := dialBridged(t, srv.Addr, varbridge.WithSessionID(watcher.SessionID()))
 	sess := watcher.SessionID()
 
 	const nvars = 16
@@ -364,12 +354,12 @@ func TestChaosFaultsExactlyOnce(t *testing.T) {
 	for i := range nvars {
 		name := fmt.Sprintf("v%02d", i)
 		names = append(names, name)
-		ids[name] = mustRegister(t, writer, name, TypeInteger, int64(0)).ID
+		ids[name] = mustRegister(t, writer, name, varbridge.TypeInteger, int64(0)).ID
 	}
 
 	type watchRun struct {
 		name string
-		ref  WatchRef
+		ref  varbridge.WatchRef
 		got  []delivered // appended only by the watch's goroutine until Unwatch
 		fail atomic.Value
 	}
@@ -380,11 +370,11 @@ func TestChaosFaultsExactlyOnce(t *testing.T) {
 		if i == 1 {
 			idents, batched = nil, false
 		}
-		r.ref = mustWatch(t, watcher, ctx, idents, func(_ string, _, _ any, m UpdateMeta) {
+		r.ref = mustWatch(t, watcher, ctx, idents, func(_ string, _, _ any, m varbridge.UpdateMeta) {
 			r.got = append(r.got, delivered{rev: m.Revision, id: m.VariableID, resync: m.Resync})
-		}, WithBatchedStream(batched), WithHeartbeat(50*time.Millisecond),
-			WithBackoff(5*time.Millisecond, 100*time.Millisecond), WithMaxFailures(1000),
-			WithErrorHandler(func(err error) { r.fail.Store(err) }))
+		}, varbridge.WithBatchedStream(batched), varbridge.WithHeartbeat(50*time.Millisecond),
+			varbridge.WithBackoff(5*time.Millisecond, 100*time.Millisecond), varbridge.WithMaxFailures(1000),
+			varbridge.WithErrorHandler(func(err error) { r.fail.Store(err) }))
 	}
 	watchCount := func() int {
 		info, err := srv.Store.GetSession(sess)
@@ -556,12 +546,12 @@ func (r *restartable) stop() {
 func TestChaosServerRestartSessionNotFound(t *testing.T) {
 	srv := startRestartable(t)
 	b := dialBridged(t, srv.addr)
-	mustRegister(t, b, "x", TypeInteger, int64(1))
+	mustRegister(t, b, "x", varbridge.TypeInteger, int64(1))
 	errs := make(chan error, 2)
 	rec := newRecorder()
 	ref := mustWatch(t, b, context.Background(), []string{"x"}, rec.watch,
-		WithErrorHandler(func(err error) { errs <- err }))
-	ch, err := Watch(context.Background(), b, []string{"x"})
+		varbridge.WithErrorHandler(func(err error) { errs <- err }))
+	ch, err := varbridge.Watch(context.Background(), b, []string{"x"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -579,7 +569,7 @@ func TestChaosServerRestartSessionNotFound(t *testing.T) {
 	const limit = 30 * time.Second
 	select {
 	case err := <-errs:
-		if !errors.Is(err, ErrSessionNotFound) {
+		if !errors.Is(err, varbridge.ErrSessionNotFound) {
 			t.Fatalf("the watch ended with %v, want ErrSessionNotFound", err)
 		}
 		t.Logf("the watch ended %v after the restart: %v", time.Since(t0).Round(time.Millisecond), err)
@@ -587,11 +577,11 @@ func TestChaosServerRestartSessionNotFound(t *testing.T) {
 		t.Fatalf("no error %v after the server restarted: %+v", limit, watchInfo(t, b, ref))
 	}
 	wi := watchInfo(t, b, ref)
-	if wi.Alive || !errors.Is(wi.LastError, ErrSessionNotFound) || !strings.Contains(wi.Reason, "not found") {
+	if wi.Alive || !errors.Is(wi.LastError, varbridge.ErrSessionNotFound) || !strings.Contains(wi.Reason, "not found") {
 		t.Fatalf("ListWatchers after the restart: alive %v, reason %q, last error %v", wi.Alive, wi.Reason, wi.LastError)
 	}
 	// The channel form ends with the same error as its last value.
-	var last Update
+	var last varbridge.Update
 	timeout := time.After(limit)
 	for done := false; !done; {
 		select {
@@ -605,64 +595,13 @@ func TestChaosServerRestartSessionNotFound(t *testing.T) {
 			t.Fatal("the Watch channel did not end after the restart")
 		}
 	}
-	if !errors.Is(last.Err, ErrSessionNotFound) {
+	if !errors.Is(last.Err, varbridge.ErrSessionNotFound) {
 		t.Fatalf("the Watch channel ended with %+v, want ErrSessionNotFound", last)
 	}
-	if _, err := b.Get(context.Background(), "x"); !errors.Is(err, ErrSessionNotFound) {
+	if _, err := b.Get(context.Background(), "x"); !errors.Is(err, varbridge.ErrSessionNotFound) {
 		t.Fatalf("Get after the restart: %v, want ErrSessionNotFound", err)
 	}
 	if err := b.UnwatchVariables(ref); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// --- shared by the leak, slow-consumer and soak tests -----------------------
-
-// settleGoroutines waits until runtime.NumGoroutine() is at most want,
-// within limit, and returns the count it saw last.
-func settleGoroutines(want int, limit time.Duration) int {
-	deadline := time.Now().Add(limit)
-	n := runtime.NumGoroutine()
-	for n > want && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-		n = runtime.NumGoroutine()
-	}
-	return n
-}
-
-// stableGoroutines returns the goroutine count once it has not changed for
-// a while (grpc and the runtime start and stop a few in the background).
-func stableGoroutines() int {
-	last, same := -1, 0
-	for i := 0; i < 500 && same < 20; i++ {
-		n := runtime.NumGoroutine()
-		if n == last {
-			same++
-		} else {
-			last, same = n, 0
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	return last
-}
-
-// heapInUse returns the live heap after two collections.
-func heapInUse() uint64 {
-	runtime.GC()
-	runtime.GC()
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	return ms.HeapAlloc
-}
-
-func mib(b uint64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
-
-// goroutineDump lists the stacks of the goroutines running now, for a
-// failure message.
-func goroutineDump() string {
-	buf := make([]byte, 1<<20)
-	buf = buf[:runtime.Stack(buf, true)]
-	stacks := strings.Split(string(buf), "\n\n")
-	sort.Strings(stacks)
-	return strings.Join(slices.Compact(stacks), "\n\n")
 }

@@ -1,4 +1,4 @@
-package varbridge
+package systest
 
 import (
 	"bufio"
@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/varbridge/varbridge"
 	"github.com/varbridge/varbridge/internal/server"
 	"github.com/varbridge/varbridge/internal/servertest"
 	"github.com/varbridge/varbridge/internal/store"
@@ -38,10 +39,11 @@ type binServer struct {
 // (a binary left in .bin could be older than the code under test).
 func buildServer(t *testing.T) string {
 	t.Helper()
+	const pkg = "github.com/varbridge/varbridge/cmd/varbridge"
 	bin := filepath.Join(t.TempDir(), "varbridge")
-	out, err := exec.Command("go", "build", "-o", bin, "./cmd/varbridge").CombinedOutput()
+	out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput()
 	if err != nil {
-		t.Fatalf("go build ./cmd/varbridge: %v\n%s", err, out)
+		t.Fatalf("go build %s: %v\n%s", pkg, err, out)
 	}
 	return bin
 }
@@ -124,21 +126,21 @@ func TestRestartedServerResyncsNewIncarnation(t *testing.T) {
 	srv := startBinServer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	writer := dialBridged(t, srv.addr, WithSessionID("r"))
-	mustRegister(t, writer, "n", TypeInteger, int64(0))
+	writer := dialBridged(t, srv.addr, varbridge.WithSessionID("r"))
+	mustRegister(t, writer, "n", varbridge.TypeInteger, int64(0))
 	for i := int64(1); i <= 21; i++ {
 		if _, err := writer.Set(ctx, "n", i); err != nil {
 			t.Fatal(err)
 		}
 	}
-	watcher := dialBridged(t, srv.addr, WithSessionID("r"))
+	watcher := dialBridged(t, srv.addr, varbridge.WithSessionID("r"))
 	rec := newRecorder()
 	errs := make(chan error, 1)
 	// A 3 s backoff leaves the watcher asleep between its first failed
 	// reconnect and the next one, while the server restarts and the
 	// writer re-creates r: the resume then certainly meets the new session.
 	ref := mustWatch(t, watcher, ctx, []string{"n"}, rec.watch,
-		WithBackoff(3*time.Second, 3*time.Second), WithErrorHandler(func(err error) { errs <- err }))
+		varbridge.WithBackoff(3*time.Second, 3*time.Second), varbridge.WithErrorHandler(func(err error) { errs <- err }))
 	if _, err := writer.Set(ctx, "n", int64(22)); err != nil {
 		t.Fatal(err)
 	}
@@ -153,12 +155,12 @@ func TestRestartedServerResyncsNewIncarnation(t *testing.T) {
 	srv.kill()
 	eventually(t, "the watcher's first reconnect to fail", func() bool { return watchInfo(t, watcher, ref).Errors >= 2 })
 	srv.start()
-	w2, err := NewBridgedState(ctx, srv.addr, WithSessionID("r"), WithLogger(quiet))
+	w2, err := varbridge.NewBridgedState(ctx, srv.addr, varbridge.WithSessionID("r"), varbridge.WithLogger(quiet))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer w2.Close()
-	mustRegister(t, w2, "n", TypeInteger, int64(0))
+	mustRegister(t, w2, "n", varbridge.TypeInteger, int64(0))
 	for i := int64(1); i <= 5; i++ {
 		if _, err := w2.Set(ctx, "n", i); err != nil {
 			t.Fatal(err)
@@ -191,9 +193,9 @@ func TestRestartedServerResyncsNewIncarnation(t *testing.T) {
 
 	// A resume point ahead of the session, without an incarnation to say it
 	// is from another history, is an error, not silence.
-	_, err = w2.WatchVariables(ctx, []string{"n"}, func(string, any, any, UpdateMeta) {}, WithStartRevision(23))
-	var oor *RevisionOutOfRangeError
-	if !errors.As(err, &oor) || !errors.Is(err, ErrOutOfRange) || oor.StartRevision != 23 || oor.SessionRevision != 7 {
+	_, err = w2.WatchVariables(ctx, []string{"n"}, func(string, any, any, varbridge.UpdateMeta) {}, varbridge.WithStartRevision(23))
+	var oor *varbridge.RevisionOutOfRangeError
+	if !errors.As(err, &oor) || !errors.Is(err, varbridge.ErrOutOfRange) || oor.StartRevision != 23 || oor.SessionRevision != 7 {
 		t.Fatalf("watch at revision 23 of a session at 7: %v (%+v)", err, oor)
 	}
 }
@@ -205,8 +207,8 @@ func TestRestartedServerResyncsNewIncarnation(t *testing.T) {
 func TestResumeIncarnation(t *testing.T) {
 	both(t, func(t *testing.T, e env) {
 		ctx := context.Background()
-		mustRegister(t, e.p, "a", TypeInteger, int64(0))
-		mustRegister(t, e.p, "b", TypeInteger, int64(0))
+		mustRegister(t, e.p, "a", varbridge.TypeInteger, int64(0))
+		mustRegister(t, e.p, "b", varbridge.TypeInteger, int64(0))
 		e.set(t, "a", int64(1), nil)
 		rec := newRecorder()
 		ref := mustWatch(t, e.p, ctx, []string{"a", "b"}, rec.watch)
@@ -220,13 +222,13 @@ func TestResumeIncarnation(t *testing.T) {
 			t.Fatal(err)
 		}
 
-		for _, opts := range [][]WatchOption{
-			{WithStartRevision(rev + 5)},
-			{WithStartRevision(rev + 5), WithIncarnation(inc)},
+		for _, opts := range [][]varbridge.WatchOption{
+			{varbridge.WithStartRevision(rev + 5)},
+			{varbridge.WithStartRevision(rev + 5), varbridge.WithIncarnation(inc)},
 		} {
 			_, err := e.p.WatchVariables(ctx, []string{"a"}, rec.watch, opts...)
-			var oor *RevisionOutOfRangeError
-			if !errors.As(err, &oor) || !errors.Is(err, ErrOutOfRange) {
+			var oor *varbridge.RevisionOutOfRangeError
+			if !errors.As(err, &oor) || !errors.Is(err, varbridge.ErrOutOfRange) {
 				t.Fatalf("resume ahead of the session: %v", err)
 			}
 			if oor.StartRevision != rev+5 || oor.SessionRevision != rev || oor.Incarnation != inc {
@@ -237,7 +239,7 @@ func TestResumeIncarnation(t *testing.T) {
 		// Another incarnation: a resync of both, at the current revision,
 		// whatever the resume point says.
 		other := strings.Repeat("0", 16)
-		ref = mustWatch(t, e.p, ctx, []string{"a", "b"}, rec.watch, WithStartRevision(rev+5), WithIncarnation(other))
+		ref = mustWatch(t, e.p, ctx, []string{"a", "b"}, rec.watch, varbridge.WithStartRevision(rev+5), varbridge.WithIncarnation(other))
 		got := map[string]any{}
 		for range 2 {
 			u := rec.next(t)
@@ -285,12 +287,12 @@ func TestNewBridgedStateWaitsForServer(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
 	defer cancel()
 	t0 := time.Now()
-	b, err := NewBridgedState(ctx, addr, WithSessionID("late"), WithLogger(quiet))
+	b, err := varbridge.NewBridgedState(ctx, addr, varbridge.WithSessionID("late"), varbridge.WithLogger(quiet))
 	if err != nil {
 		t.Fatalf("NewBridgedState while the server starts: %v after %v", err, time.Since(t0))
 	}
 	defer b.Close()
-	if _, err := b.Register(ctx, "x", TypeInteger, int64(1)); err != nil {
+	if _, err := b.Register(ctx, "x", varbridge.TypeInteger, int64(1)); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("connected %v after the first attempt", time.Since(t0).Round(time.Millisecond))
@@ -301,7 +303,7 @@ func TestNewBridgedStateWaitsForServer(t *testing.T) {
 func TestNewBridgedStateDeadline(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
-	_, err := NewBridgedState(ctx, freeAddr(t), WithLogger(quiet))
+	_, err := varbridge.NewBridgedState(ctx, freeAddr(t), varbridge.WithLogger(quiet))
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("no server: %v, want context.DeadlineExceeded", err)
 	}
@@ -326,13 +328,13 @@ func TestReadsRetryUnavailable(t *testing.T) {
 	}
 	srv := servertest.Start(t, store.Options{}, server.WithGRPCOptions(grpc.ChainUnaryInterceptor(inject)))
 	b := dialBridged(t, srv.Addr)
-	mustRegister(t, b, "r", TypeInteger, int64(4))
+	mustRegister(t, b, "r", varbridge.TypeInteger, int64(4))
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
 	if v, err := b.Get(ctx, "r"); err != nil || v.Value != int64(4) {
 		t.Fatalf("Get after two UNAVAILABLE: %+v, %v", v, err)
 	}
-	if _, err := b.Set(ctx, "r", int64(5)); !errors.Is(err, ErrUnavailable) {
+	if _, err := b.Set(ctx, "r", int64(5)); !errors.Is(err, varbridge.ErrUnavailable) {
 		t.Fatalf("Set after one UNAVAILABLE: %v, want ErrUnavailable (writes are not retried)", err)
 	}
 	mu.Lock()

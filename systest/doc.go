@@ -1,0 +1,45 @@
+// Package systest holds varbridge's whole-system suites: faults, leaks,
+// slow consumers and server restarts, each run against real servers and
+// real clients, as grpc-go's test/ and etcd's tests/ do. The package has no
+// code of its own; its tests use varbridge as a user does, through the
+// exported API of github.com/varbridge/varbridge, with the module's test
+// servers (internal/servertest, or the varbridge binary built from this
+// tree), its fault proxy (internal/cutproxy) and the server's metrics to
+// stand up and observe the other side.
+//
+//   - chaos_test.go: a proxy cuts, stalls and blackholes watch connections
+//     while writers run at full speed; every watch gets every revision
+//     exactly once, in order, batches whole; keepalive finds blackholes on
+//     both ends; a restarted in-memory server ends old watches with
+//     ErrSessionNotFound.
+//   - leak_test.go: watch/unwatch churn on both providers and SIGKILLed or
+//     vanished client processes leave no goroutine, observer or heap behind;
+//     Watch and Updates end with their provider.
+//   - slow_test.go: writers keep pace next to watchers that stopped
+//     reading, memory stays bounded, and a stalled watcher is resynced.
+//   - restart_test.go: the varbridge binary SIGKILLed and restarted under a
+//     watch (RESYNC in the new incarnation), resuming across incarnations,
+//     waiting for a server that starts late, retried reads.
+//
+// `go test ./systest` (and so `make test`, which runs `go test -race ./...`)
+// runs them at short sizes. The long versions:
+//
+//	make chaos   # the fault suite at 100,000 updates with two blackholes,
+//	             # the leak tests, and the strict 10% writer-throughput
+//	             # bound without the race detector
+//
+// or by hand, with the knobs make chaos sets:
+//
+//	VARBRIDGE_CHAOS_UPDATES=100000 VARBRIDGE_CHAOS_BLACKHOLES=2 \
+//	  go test -race -count=1 -timeout 30m -v -run '^(TestChaos|TestLeak)' ./systest
+//	VARBRIDGE_CHAOS_STRICT=1 go test -count=1 -timeout 10m -v -run '^TestSlowConsumer' ./systest
+//
+// (or the flags -chaos.updates, -chaos.blackholes, -chaos.strict, and
+// -leak.local, -leak.bridged, or VARBRIDGE_LEAK_LOCAL_CYCLES and
+// VARBRIDGE_LEAK_BRIDGED_CYCLES, for the watch/unwatch cycles, 100,000 per
+// provider by default).
+//
+// The soak (make soak, VARBRIDGE_SOAK=3m) stays in the root package's
+// soak_test.go: it puts LocalState watches on the very store the
+// in-process server serves, which only the package itself can do.
+package systest
