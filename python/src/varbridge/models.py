@@ -3,8 +3,9 @@
 ``Variable`` and ``VariableUpdate`` are read-only views of the protobuf
 message they come from: a field is converted (values, timestamps, metadata,
 constraints, the variable inside an update) on first access and the result
-kept, so a watch loop pays only for what it reads. They behave as the frozen
-dataclasses they used to be: same attribute names and types, keyword
+kept, so a watch loop pays only for what it reads. Each is declared once,
+as the frozen dataclass it behaves as (one entry per field: type, default,
+how a view gets it; see ``_view``): same attribute names and types, keyword
 construction, ``dataclasses.fields``/``replace``/``asdict``, identity
 equality (values may be numpy arrays, whose ``==`` is elementwise).
 """
@@ -12,10 +13,11 @@ equality (values may be numpy arrays, whose ``==`` is elementwise).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+import operator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, ClassVar, Literal, TypedDict
+from typing import Any, Literal, TypedDict, TypeVar, cast
 
 from varbridge import _convert as cv
 from varbridge.v1 import varbridge_pb2 as pb
@@ -65,16 +67,167 @@ _SCALAR_KINDS = cv._SCALAR_KINDS
 _INITIAL = pb.UPDATE_TYPE_INITIAL_VALUE
 _RESYNC = pb.UPDATE_TYPE_RESYNC
 
+_new = object.__new__
 
-def _adopt_dataclass_fields(cls: type, spec: type) -> None:
-    """Give ``cls`` the dataclass field table of ``spec``, so that
-    ``dataclasses.fields``, ``replace``, ``asdict`` and ``is_dataclass`` treat
-    it as the dataclass it used to be (its ``__init__`` takes the same
-    keywords; the fields read through its properties)."""
-    cls.__dataclass_fields__ = spec.__dataclass_fields__  # type: ignore[attr-defined]
-    cls.__dataclass_params__ = spec.__dataclass_params__  # type: ignore[attr-defined]
+T = TypeVar("T")
 
 
+# -- lazy views, declared as dataclasses ---------------------------------------
+#
+# Variable and VariableUpdate are each declared once, as the frozen dataclass
+# they behave as: one entry per field, with its type, its default and how a
+# view of a wire message gets it (the field's metadata, made by _given or
+# _lazy). @_view builds the class from that table: a slot per field, a
+# read-only property (converting on first read, once, for a lazy field),
+# __init__, __repr__, __reduce__, __match_args__, and the function that makes
+# a view of a message. The generated code is what one would write by hand
+# (plain slot loads and stores, a conversion inline), so a view costs no
+# more than a hand-written one.
+
+_Lazy = str | Callable[[Any], Any]
+"""How a field is converted on first read: an expression over ``m`` (the
+message), or a function of the view."""
+
+
+@dataclass(frozen=True)
+class _Read:
+    given: str | None  # an expression over the view-maker's arguments
+    lazy: _Lazy | None
+    doc: str | None
+
+
+_READ = "varbridge.view"
+
+
+def _given(expr: str, *, lazy: _Lazy | None = None, doc: str | None = None) -> Any:
+    """Field metadata: the view-maker sets the field to ``expr``; with
+    ``lazy``, ``expr`` may be _UNSET (converted on first read then)."""
+    return {_READ: _Read(expr, lazy, doc)}
+
+
+def _lazy(lazy: _Lazy, *, doc: str | None = None) -> Any:
+    """Field metadata: converted on first read, once."""
+    return {_READ: _Read(None, lazy, doc)}
+
+
+_MAKERS: dict[type, Callable[..., Any]] = {}
+
+
+def _maker(cls: type[T]) -> Callable[..., T]:
+    """The view-maker :func:`_view` built for ``cls``."""
+    return _MAKERS[cls]
+
+
+def _view(args: str, *, name: str, **extra: tuple[str, str]) -> Callable[[type[T]], type[T]]:
+    """Build a lazy view class from the frozen dataclass it decorates, and
+    its view-maker ``name(args)`` (see :func:`_maker`), whose first argument
+    is the wire message. ``extra``: more slots, as (value in a view, value in
+    an instance built by hand)."""
+
+    def build(spec: type[T]) -> type[T]:
+        fields = dataclasses.fields(spec)  # type: ignore[arg-type]
+        names = tuple(f.name for f in fields)
+        env: dict[str, Any] = dict(globals())  # the generated code's globals
+        props: dict[str, property] = {}
+        init_params, init, make = (
+            [],
+            ["self._pb = None"],
+            ["o = _new(_cls)", "o._pb = " + args.split(",")[0]],
+        )
+        for slot, (given, by_hand) in extra.items():
+            init.append(f"self.{slot} = {by_hand}")
+            make.append(f"o.{slot} = {given}")
+        for f in fields:
+            r: _Read = f.metadata[_READ]
+            slot = "_" + f.name
+            # The property.
+            if r.lazy is None:
+                props[f.name] = property(operator.attrgetter(slot), doc=r.doc)
+            else:
+                if isinstance(r.lazy, str):
+                    convert = f"m = self._pb\n        v = self.{slot} = {r.lazy}"
+                else:
+                    env[f"_convert_{f.name}"] = r.lazy
+                    convert = f"v = self.{slot} = _convert_{f.name}(self)"
+                code = (
+                    f"def get(self):\n"
+                    f"    v = self.{slot}\n"
+                    f"    if v is _UNSET:\n"
+                    f"        {convert}\n"
+                    f"    return v\n"
+                )
+                props[f.name] = property(_compile(code, env)["get"], doc=r.doc)
+            # __init__: the dataclass's keywords; a field with a
+            # default_factory also takes None for "the default".
+            value = f.name
+            if f.default_factory is not dataclasses.MISSING:
+                env[f"_factory_{f.name}"] = f.default_factory
+                init_params.append(f"{f.name}=None")
+                value = f"_factory_{f.name}() if {f.name} is None else {f.name}"
+            elif f.default is not dataclasses.MISSING:
+                env[f"_default_{f.name}"] = f.default
+                init_params.append(f"{f.name}=_default_{f.name}")
+            else:
+                init_params.append(f.name)
+            init.append(f"self.{slot} = {value}")
+            # The view-maker: the field given, or _UNSET until first read.
+            make.append(f"o.{slot} = {r.given if r.given is not None else '_UNSET'}")
+        make.append("return o")
+        code = (
+            f"def __init__(self, {', '.join(init_params)}):\n"
+            + "".join(f"    {line}\n" for line in init)
+            + f"def {name}({args}):\n"
+            + "".join(f"    {line}\n" for line in make)
+        )
+        made = _compile(code, env)
+
+        def __repr__(self: Any) -> str:
+            inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in names)
+            return f"{cls.__name__}({inner})"
+
+        def __reduce__(self: Any) -> tuple[Any, ...]:
+            # Pickles (and copies) as a plain value, every field converted.
+            return (cls, tuple(getattr(self, n) for n in names))
+
+        # What the class body defines besides the fields (from_pb, ...).
+        own = {k: v for k, v in spec.__dict__.items() if k not in names and k[:2] != "__"}
+        cls: Any = type(
+            spec.__name__,
+            (),
+            {
+                "__slots__": ("__weakref__", "_pb", *extra, *("_" + n for n in names)),
+                "__doc__": spec.__doc__,
+                "__module__": spec.__module__,
+                "__qualname__": spec.__qualname__,
+                "__annotations__": spec.__annotations__,
+                "__match_args__": names,
+                # dataclasses.fields, replace, asdict, is_dataclass see the
+                # dataclass declared.
+                "__dataclass_fields__": spec.__dataclass_fields__,  # type: ignore[attr-defined]
+                "__dataclass_params__": spec.__dataclass_params__,  # type: ignore[attr-defined]
+                "__init__": made["__init__"],
+                "__repr__": __repr__,
+                "__reduce__": __reduce__,
+                **props,
+                **own,
+            },
+        )
+        env["_cls"] = cls
+        _MAKERS[cls] = made[name]
+        return cast("type[T]", cls)
+
+    return build
+
+
+def _compile(code: str, env: dict[str, Any]) -> dict[str, Any]:
+    """The functions ``code`` defines, with ``env`` as their globals."""
+    local: dict[str, Any] = {}
+    exec(code, env, local)
+    return local
+
+
+@_view("v, value", name="_wrap_variable")
+@dataclass(frozen=True, eq=False)
 class Variable:
     """A typed, versioned value in a session.
 
@@ -83,201 +236,43 @@ class Variable:
     the variable's last change.
     """
 
-    __slots__ = (
-        "__weakref__",
-        "_constraints",
-        "_created_at",
-        "_id",
-        "_metadata",
-        "_name",
-        "_pb",
-        "_revision",
-        "_source",
-        "_type",
-        "_updated_at",
-        "_value",
-        "_version",
+    id: str = field(metadata=_given("v.id", doc="Server-assigned, stable for the variable's life."))
+    name: str = field(metadata=_given("v.name"))
+    type: str = field(
+        metadata=_lazy(
+            "cv.type_name(m.type)",
+            doc="Canonical type name: integer, float, string, boolean, choice, module, "
+            "embedding, tensor.",
+        )
     )
-    __match_args__ = (
-        "id",
-        "name",
-        "type",
-        "value",
-        "version",
-        "constraints",
-        "metadata",
-        "source",
-        "revision",
-        "updated_at",
-        "created_at",
+    value: Any = field(metadata=_given("value", lazy="cv.from_value(m.value)"))
+    version: int = field(metadata=_given("v.version"))
+    constraints: dict[str, Any] = field(
+        default_factory=dict,
+        metadata=_lazy("cv.constraints_from_pb(m.constraints)"),
     )
-    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
-
-    _pb: pb.Variable | None
-    _id: str
-    _name: str
-    _type: str
-    _version: int
-    _source: str
-    _revision: int
-    _value: Any
-    _constraints: dict[str, Any]
-    _metadata: dict[str, str]
-    _updated_at: datetime | None
-    _created_at: datetime | None
-
-    def __init__(
-        self,
-        id: str,
-        name: str,
-        type: str,
-        value: Any,
-        version: int,
-        constraints: dict[str, Any] | None = None,
-        metadata: dict[str, str] | None = None,
-        source: str = "",
-        revision: int = 0,
-        updated_at: datetime | None = None,
-        created_at: datetime | None = None,
-    ) -> None:
-        self._pb = None
-        self._id = id
-        self._name = name
-        self._type = type
-        self._value = value
-        self._version = version
-        self._constraints = {} if constraints is None else constraints
-        self._metadata = {} if metadata is None else metadata
-        self._source = source
-        self._revision = revision
-        self._updated_at = updated_at
-        self._created_at = created_at
+    metadata: dict[str, str] = field(default_factory=dict, metadata=_lazy("dict(m.metadata)"))
+    source: str = field(default="", metadata=_given("v.source"))
+    revision: int = field(
+        default=0,
+        metadata=_given("v.revision", doc="The session revision of the variable's last change."),
+    )
+    updated_at: datetime | None = field(
+        default=None, metadata=_lazy("cv.timestamp_to_datetime(m.updated_at)")
+    )
+    created_at: datetime | None = field(
+        default=None, metadata=_lazy("cv.timestamp_to_datetime(m.created_at)")
+    )
 
     @classmethod
     def from_pb(cls, v: pb.Variable) -> Variable:
         """A view of ``v`` (which must not be changed afterwards)."""
         return _wrap_variable(v, _UNSET)
 
-    @property
-    def id(self) -> str:
-        """Server-assigned, stable for the variable's life."""
-        return self._id
 
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def type(self) -> str:
-        """Canonical type name: integer, float, string, boolean, choice, module,
-        embedding, tensor."""
-        t = self._type
-        if t is _UNSET:
-            assert self._pb is not None
-            t = self._type = cv.type_name(self._pb.type)
-        return t
-
-    @property
-    def value(self) -> Any:
-        v = self._value
-        if v is _UNSET:
-            assert self._pb is not None
-            v = self._value = cv.from_value(self._pb.value)
-        return v
-
-    @property
-    def version(self) -> int:
-        return self._version
-
-    @property
-    def constraints(self) -> dict[str, Any]:
-        c = self._constraints
-        if c is _UNSET:
-            assert self._pb is not None
-            c = self._constraints = cv.constraints_from_pb(self._pb.constraints)
-        return c
-
-    @property
-    def metadata(self) -> dict[str, str]:
-        m = self._metadata
-        if m is _UNSET:
-            assert self._pb is not None
-            m = self._metadata = dict(self._pb.metadata)
-        return m
-
-    @property
-    def source(self) -> str:
-        return self._source
-
-    @property
-    def revision(self) -> int:
-        """The session revision of the variable's last change."""
-        return self._revision
-
-    @property
-    def updated_at(self) -> datetime | None:
-        t = self._updated_at
-        if t is _UNSET:
-            assert self._pb is not None
-            t = self._updated_at = cv.timestamp_to_datetime(self._pb.updated_at)
-        return t
-
-    @property
-    def created_at(self) -> datetime | None:
-        t = self._created_at
-        if t is _UNSET:
-            assert self._pb is not None
-            t = self._created_at = cv.timestamp_to_datetime(self._pb.created_at)
-        return t
-
-    def __repr__(self) -> str:
-        return (
-            f"Variable(id={self.id!r}, name={self.name!r}, type={self.type!r}, "
-            f"value={self.value!r}, version={self.version!r}, "
-            f"constraints={self.constraints!r}, metadata={self.metadata!r}, "
-            f"source={self.source!r}, revision={self.revision!r}, "
-            f"updated_at={self.updated_at!r}, created_at={self.created_at!r})"
-        )
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Pickles (and copies) as a plain value, every field converted.
-        return (
-            Variable,
-            (
-                self.id,
-                self.name,
-                self.type,
-                self.value,
-                self.version,
-                self.constraints,
-                self.metadata,
-                self.source,
-                self.revision,
-                self.updated_at,
-                self.created_at,
-            ),
-        )
-
-
-def _wrap_variable(v: pb.Variable, value: Any) -> Variable:
-    """A lazy view of ``v``; ``value``: its value if already converted, else _UNSET."""
-    var = _new(Variable)
-    var._pb = v
-    var._id = v.id
-    var._name = v.name
-    var._version = v.version
-    var._source = v.source
-    var._revision = v.revision
-    var._type = _UNSET
-    var._value = value
-    var._constraints = _UNSET
-    var._metadata = _UNSET
-    var._updated_at = _UNSET
-    var._created_at = _UNSET
-    return var
-
-
-_new = object.__new__
+_wrap_variable = _maker(Variable)
+"""``_wrap_variable(v, value)``: a lazy view of ``v``; ``value``: its value if
+already converted, else _UNSET."""
 
 _UPDATE_TYPES: dict[int, str] = {
     pb.UPDATE_TYPE_UNSPECIFIED: "unspecified",
@@ -289,6 +284,46 @@ _UPDATE_TYPES: dict[int, str] = {
 }
 
 
+# How a VariableUpdate view converts its less simple fields.
+
+
+def _update_value(u: Any) -> Any:
+    if u._ut == _DELETED:
+        return None
+    var = u._variable
+    if var is _UNSET:
+        # The variable's value, shared with .variable if read later.
+        wire = u._pb.variable.value
+        kind = wire.WhichOneof("kind")
+        return getattr(wire, kind) if kind in _SCALAR_KINDS else cv.from_value(wire)
+    return var.value if var is not None else None
+
+
+def _update_old_value(u: Any) -> Any:
+    m = u._pb
+    o = cv.from_value(m.old_value) if m.HasField("old_value") else None
+    if o is None and u._ut == _DELETED:
+        var = u.variable
+        if var is not None:
+            o = var.value
+    return o
+
+
+def _update_variable(u: Any) -> Variable | None:
+    m = u._pb
+    if not m.HasField("variable"):
+        return None
+    # Share the value already converted, if any: u.value is u.variable.value,
+    # as when both were built at once.
+    if u._ut == _DELETED:
+        shared = _UNSET if m.HasField("old_value") else u._old_value
+    else:
+        shared = u._value
+    return _wrap_variable(m.variable, shared)
+
+
+@_view("u, ut, rev, vid=_UNSET, last=_UNSET", name="_wrap_update", _ut=("ut", "-1"))
+@dataclass(frozen=True, eq=False)
 class VariableUpdate:
     """One change delivered by a watch.
 
@@ -303,341 +338,61 @@ class VariableUpdate:
     first read, once.
     """
 
-    __slots__ = (
-        "__weakref__",
-        "_initial",
-        "_last",
-        "_metadata",
-        "_name",
-        "_old_value",
-        "_pb",
-        "_resync",
-        "_revision",
-        "_source",
-        "_timestamp",
-        "_type",
-        "_ut",
-        "_value",
-        "_variable",
-        "_vid",
+    # The fields the watch reads anyway are given when the view is made; the
+    # rest come from the message on first read.
+    variable_id: str = field(metadata=_given("vid", lazy="m.variable_id"))
+    variable_name: str = field(
+        # An update without a name (not sent by the server) falls back to the
+        # variable's.
+        metadata=_lazy("m.variable_name or m.variable.name")
     )
-    __match_args__ = (
-        "variable_id",
-        "variable_name",
-        "value",
-        "old_value",
-        "update_type",
-        "revision",
-        "source",
-        "metadata",
-        "timestamp",
-        "variable",
-        "initial",
-        "resync",
-        "last_in_revision",
+    value: Any = field(
+        metadata=_lazy(_update_value, doc='The value after the change (None for "deleted").')
     )
-    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
-
-    _pb: pb.VariableUpdate | None
-    _vid: str
-    _name: str
-    _value: Any
-    _old_value: Any
-    _ut: int  # the wire enum (-1 when built by hand)
-    _type: str
-    _revision: int
-    _source: str
-    _metadata: dict[str, str]
-    _timestamp: datetime | None
-    _variable: Variable | None
-    _initial: bool
-    _resync: bool
-    _last: bool
-
-    def __init__(
-        self,
-        variable_id: str,
-        variable_name: str,
-        value: Any,
-        old_value: Any,
-        update_type: str,
-        revision: int,
-        source: str,
-        metadata: dict[str, str],
-        timestamp: datetime | None,
-        variable: Variable | None,
-        initial: bool = False,
-        resync: bool = False,
-        last_in_revision: bool = False,
-    ) -> None:
-        self._pb = None
-        self._vid = variable_id
-        self._name = variable_name
-        self._value = value
-        self._old_value = old_value
-        self._ut = -1
-        self._type = update_type
-        self._revision = revision
-        self._source = source
-        self._metadata = metadata
-        self._timestamp = timestamp
-        self._variable = variable
-        self._initial = initial
-        self._resync = resync
-        self._last = last_in_revision
+    old_value: Any = field(
+        metadata=_lazy(_update_old_value, doc="The value before the change (see the class doc).")
+    )
+    update_type: str = field(
+        metadata=_given(
+            '_UPDATE_TYPES.get(ut) or f"unknown({ut})"',
+            doc='One of "initial_value", "value_change", "deleted", "resync".',
+        )
+    )
+    revision: int = field(metadata=_given("rev"))
+    source: str = field(metadata=_lazy("m.update_source"))
+    metadata: dict[str, str] = field(metadata=_lazy("dict(m.update_metadata)"))
+    timestamp: datetime | None = field(metadata=_lazy("cv.timestamp_to_datetime(m.timestamp)"))
+    variable: Variable | None = field(
+        metadata=_lazy(
+            _update_variable, doc='The variable after the change (as it was, for "deleted").'
+        )
+    )
+    initial: bool = field(default=False, metadata=_given("ut == _INITIAL"))
+    resync: bool = field(default=False, metadata=_given("ut == _RESYNC"))
+    last_in_revision: bool = field(
+        default=False, metadata=_given("last", lazy="m.last_in_revision")
+    )
 
     @classmethod
     def from_pb(cls, u: pb.VariableUpdate) -> VariableUpdate:
         """A view of ``u`` (which must not be changed afterwards)."""
         return _wrap_update(u, u.update_type, u.revision)
 
-    # Fields the watch reads anyway are set when the view is made; the rest
-    # come from the message on first access.
-
-    @property
-    def variable_id(self) -> str:
-        v = self._vid
-        if v is _UNSET:
-            assert self._pb is not None
-            v = self._vid = self._pb.variable_id
-        return v
-
-    @property
-    def variable_name(self) -> str:
-        n = self._name
-        if n is _UNSET:
-            m = self._pb
-            assert m is not None
-            # An update without a name (not sent by the server) falls back to
-            # the variable's.
-            n = self._name = m.variable_name or m.variable.name
-        return n
-
-    @property
-    def value(self) -> Any:
-        """The value after the change (None for "deleted")."""
-        v = self._value
-        if v is _UNSET:
-            m = self._pb
-            assert m is not None
-            if self._ut == _DELETED:
-                v = None
-            else:
-                var = self._variable
-                if var is _UNSET:
-                    # The variable's value, shared with .variable if read later.
-                    wire = m.variable.value
-                    kind = wire.WhichOneof("kind")
-                    v = getattr(wire, kind) if kind in _SCALAR_KINDS else cv.from_value(wire)
-                else:
-                    v = var.value if var is not None else None
-            self._value = v
-        return v
-
-    @property
-    def old_value(self) -> Any:
-        """The value before the change (see the class docstring)."""
-        o = self._old_value
-        if o is _UNSET:
-            m = self._pb
-            assert m is not None
-            o = cv.from_value(m.old_value) if m.HasField("old_value") else None
-            if o is None and self._ut == _DELETED:
-                var = self.variable
-                if var is not None:
-                    o = var.value
-            self._old_value = o
-        return o
-
-    @property
-    def update_type(self) -> str:
-        """One of "initial_value", "value_change", "deleted", "resync"."""
-        return self._type
-
-    @property
-    def revision(self) -> int:
-        return self._revision
-
-    @property
-    def source(self) -> str:
-        s = self._source
-        if s is _UNSET:
-            assert self._pb is not None
-            s = self._source = self._pb.update_source
-        return s
-
-    @property
-    def metadata(self) -> dict[str, str]:
-        md = self._metadata
-        if md is _UNSET:
-            assert self._pb is not None
-            md = self._metadata = dict(self._pb.update_metadata)
-        return md
-
-    @property
-    def timestamp(self) -> datetime | None:
-        t = self._timestamp
-        if t is _UNSET:
-            assert self._pb is not None
-            t = self._timestamp = cv.timestamp_to_datetime(self._pb.timestamp)
-        return t
-
-    @property
-    def variable(self) -> Variable | None:
-        """The variable after the change (as it was, for "deleted")."""
-        var = self._variable
-        if var is _UNSET:
-            m = self._pb
-            assert m is not None
-            if m.HasField("variable"):
-                # Share the value already converted, if any: u.value is
-                # u.variable.value, as when both were built at once.
-                if self._ut == _DELETED:
-                    shared = _UNSET if m.HasField("old_value") else self._old_value
-                else:
-                    shared = self._value
-                var = _wrap_variable(m.variable, shared)
-            else:
-                var = None
-            self._variable = var
-        return var
-
-    @property
-    def initial(self) -> bool:
-        return self._initial
-
-    @property
-    def resync(self) -> bool:
-        return self._resync
-
-    @property
-    def last_in_revision(self) -> bool:
-        x = self._last
-        if x is _UNSET:
-            assert self._pb is not None
-            x = self._last = self._pb.last_in_revision
-        return x
-
     @property
     def deleted(self) -> bool:
-        return self._type == "deleted"
-
-    def __repr__(self) -> str:
-        return (
-            f"VariableUpdate(variable_id={self.variable_id!r}, "
-            f"variable_name={self.variable_name!r}, value={self.value!r}, "
-            f"old_value={self.old_value!r}, update_type={self.update_type!r}, "
-            f"revision={self.revision!r}, source={self.source!r}, "
-            f"metadata={self.metadata!r}, timestamp={self.timestamp!r}, "
-            f"variable={self.variable!r}, initial={self.initial!r}, "
-            f"resync={self.resync!r}, last_in_revision={self.last_in_revision!r})"
-        )
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Pickles (and copies) as a plain value, every field converted.
-        return (
-            VariableUpdate,
-            (
-                self.variable_id,
-                self.variable_name,
-                self.value,
-                self.old_value,
-                self.update_type,
-                self.revision,
-                self.source,
-                self.metadata,
-                self.timestamp,
-                self.variable,
-                self.initial,
-                self.resync,
-                self.last_in_revision,
-            ),
-        )
+        return self.update_type == "deleted"
 
 
-def _wrap_update(
-    u: pb.VariableUpdate, ut: int, rev: int, vid: Any = _UNSET, last: Any = _UNSET
-) -> VariableUpdate:
-    """A lazy view of ``u``, whose update_type and revision are ``ut`` and
-    ``rev`` (and variable_id and last_in_revision ``vid`` and ``last``, when
-    the caller has read them)."""
-    upd = _new(VariableUpdate)
-    upd._pb = u
-    upd._ut = ut
-    name = _UPDATE_TYPES.get(ut)
-    upd._type = name if name is not None else f"unknown({ut})"
-    upd._initial = ut == _INITIAL
-    upd._resync = ut == _RESYNC
-    upd._revision = rev
-    upd._vid = vid
-    upd._name = _UNSET
-    upd._value = _UNSET
-    upd._old_value = _UNSET
-    upd._source = _UNSET
-    upd._metadata = _UNSET
-    upd._timestamp = _UNSET
-    upd._variable = _UNSET
-    upd._last = last
-    return upd
+_wrap_update = _maker(VariableUpdate)
+"""``_wrap_update(u, ut, rev, vid=_UNSET, last=_UNSET)``: a lazy view of
+``u``, whose update_type and revision are ``ut`` and ``rev`` (and variable_id
+and last_in_revision ``vid`` and ``last``, when the caller has read them)."""
 
 
 def _with_old_value(u: VariableUpdate, old_value: Any) -> VariableUpdate:
     """``u`` with another ``old_value`` (a debounced burst: the old value from
     before it, everything else from its last update)."""
-    return VariableUpdate(
-        variable_id=u.variable_id,
-        variable_name=u.variable_name,
-        value=u.value,
-        old_value=old_value,
-        update_type=u.update_type,
-        revision=u.revision,
-        source=u.source,
-        metadata=u.metadata,
-        timestamp=u.timestamp,
-        variable=u.variable,
-        initial=u.initial,
-        resync=u.resync,
-        last_in_revision=u.last_in_revision,
-    )
-
-
-# The field tables of the dataclasses these types used to be.
-
-
-@dataclass(frozen=True, eq=False)
-class _VariableFields:
-    id: str
-    name: str
-    type: str
-    value: Any
-    version: int
-    constraints: dict[str, Any] = field(default_factory=dict)
-    metadata: dict[str, str] = field(default_factory=dict)
-    source: str = ""
-    revision: int = 0
-    updated_at: datetime | None = None
-    created_at: datetime | None = None
-
-
-@dataclass(frozen=True, eq=False)
-class _VariableUpdateFields:
-    variable_id: str
-    variable_name: str
-    value: Any
-    old_value: Any
-    update_type: str
-    revision: int
-    source: str
-    metadata: dict[str, str]
-    timestamp: datetime | None
-    variable: Variable | None
-    initial: bool = False
-    resync: bool = False
-    last_in_revision: bool = False
-
-
-_adopt_dataclass_fields(Variable, _VariableFields)
-_adopt_dataclass_fields(VariableUpdate, _VariableUpdateFields)
+    return dataclasses.replace(u, old_value=old_value)
 
 
 @dataclass(frozen=True)
