@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/varbridge/varbridge/internal/verr"
 	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
 
@@ -247,8 +248,7 @@ func (c *streamConsumer) run(ctx context.Context) error {
 	for {
 		if stream == nil {
 			if len(c.w.identifiers) > 0 && len(c.gone) == len(c.w.identifiers) {
-				return &NotFoundError{Session: c.conn.session, Identifiers: c.w.identifiers,
-					msg: "every variable the watch named was deleted"}
+				return verr.NotFound(c.conn.session, c.w.identifiers, "every variable the watch named was deleted")
 			}
 			s, err := c.open(ctx)
 			if err != nil {

@@ -12,30 +12,31 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/varbridge/varbridge/internal/store"
+	"github.com/varbridge/varbridge/internal/verr"
 	"github.com/varbridge/varbridge/internal/where"
 	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
 
 // Sentinel errors. LocalState and BridgedState return the same ones for the
-// same failures, so callers test them with errors.Is either way.
+// same failures, so callers test them with errors.Is either way. Those a
+// store can return are internal/verr's, the very values the store uses.
 var (
 	// ErrNotFound: a variable identifier named nothing (see NotFoundError).
-	ErrNotFound = errors.New("variable not found")
+	ErrNotFound = verr.ErrNotFound
 	// ErrSessionNotFound: the session does not exist (or expired).
-	ErrSessionNotFound = errors.New("session not found")
+	ErrSessionNotFound = verr.ErrSessionNotFound
 	// ErrSessionClosed: the session was cleaned up or expired while watched.
-	ErrSessionClosed = errors.New("session closed")
+	ErrSessionClosed = verr.ErrSessionClosed
 	// ErrAlreadyExists: a variable with that name is already registered.
-	ErrAlreadyExists = errors.New("already exists")
+	ErrAlreadyExists = verr.ErrAlreadyExists
 	// ErrInvalidArgument: a malformed request (see also ErrConstraint).
-	ErrInvalidArgument = errors.New("invalid argument")
+	ErrInvalidArgument = verr.ErrInvalidArgument
 	// ErrConstraint: a value breaks its variable's constraints (see ConstraintError).
-	ErrConstraint = errors.New("constraint violated")
+	ErrConstraint = verr.ErrConstraint
 	// ErrVersionConflict: a compare-and-set found another version.
-	ErrVersionConflict = errors.New("version conflict")
+	ErrVersionConflict = verr.ErrVersionConflict
 	// ErrLimit: a configured limit would be exceeded (see LimitError).
-	ErrLimit = errors.New("limit exceeded")
+	ErrLimit = verr.ErrLimit
 	// ErrUnavailable: the server could not be reached.
 	ErrUnavailable = errors.New("unavailable")
 	// ErrUnauthenticated: the call lacked valid credentials.
@@ -52,108 +53,45 @@ var (
 	ErrGaveUp = errors.New("watch gave up")
 	// ErrOutOfRange: a watch asked to resume beyond the session's revision in
 	// the same incarnation (see RevisionOutOfRangeError).
-	ErrOutOfRange = errors.New("revision out of range")
+	ErrOutOfRange = verr.ErrOutOfRange
 )
 
-// NotFoundError lists every identifier that named no variable in a session.
-// It matches ErrNotFound.
-type NotFoundError struct {
-	Session     string
-	Identifiers []string
-	msg         string
-}
+// The typed errors are defined once, in internal/verr: the store returns
+// them, LocalState hands them on unchanged, and BridgedState builds them
+// from the status details (ErrorInfo reason and metadata) the server sends.
 
-// Error lists the missing identifiers.
-func (e *NotFoundError) Error() string {
-	if e.msg != "" {
-		return e.msg
-	}
-	q := make([]string, len(e.Identifiers))
-	for i, s := range e.Identifiers {
-		q[i] = strconv.Quote(s)
-	}
-	return fmt.Sprintf("session %q has no variable %s", e.Session, strings.Join(q, ", "))
-}
-
-// Is makes a NotFoundError match ErrNotFound.
-func (e *NotFoundError) Is(target error) bool { return target == ErrNotFound }
+// NotFoundError lists every identifier that named no variable in a session
+// (fields Session, Identifiers). It matches ErrNotFound.
+type NotFoundError = verr.NotFoundError
 
 // ConstraintError reports a value that breaks one of its variable's
-// constraints. It matches ErrConstraint and ErrInvalidArgument.
-type ConstraintError struct {
-	Variable   string // the variable's name
-	Constraint string // the constraint's wire name: "min", "pattern", ...
-	msg        string
-}
+// constraints: Variable (its name) and Constraint (the constraint's wire
+// name: "min", "pattern", ...); from LocalState also Value (abbreviated)
+// and Reason. Its message names the variable, the constraint and the
+// value. It matches ErrConstraint and ErrInvalidArgument.
+type ConstraintError = verr.ConstraintError
 
-// Error names the variable, the constraint and the value.
-func (e *ConstraintError) Error() string { return e.msg }
-
-// Is makes a ConstraintError match ErrConstraint and ErrInvalidArgument.
-func (e *ConstraintError) Is(target error) bool {
-	return target == ErrConstraint || target == ErrInvalidArgument
-}
-
-// LimitError names the configured limit a request would exceed. It matches
-// ErrLimit.
-type LimitError struct {
-	Limit string // e.g. "max_watches_per_session"
-	msg   string
-}
-
-// Error names the limit and what exceeded it.
-func (e *LimitError) Error() string { return e.msg }
-
-// Is makes a LimitError match ErrLimit.
-func (e *LimitError) Is(target error) bool { return target == ErrLimit }
+// LimitError names the configured limit a request would exceed in Limit
+// (e.g. "max_watches_per_session"); from LocalState also Max and What. It
+// matches ErrLimit.
+type LimitError = verr.LimitError
 
 // VersionConflictError reports a compare-and-set (WithExpectedVersion,
 // WithExpectedVersions) that found the variable at another version. It
-// matches ErrVersionConflict; errors.As gives both versions, so a caller can
-// re-read and retry without parsing text.
-type VersionConflictError struct {
-	Variable string // the variable's name
-	Expected int64  // the version the write asked for
-	Actual   int64  // the version the variable was at
-	msg      string
-}
-
-// Error names the variable and both versions.
-func (e *VersionConflictError) Error() string {
-	if e.msg != "" {
-		return e.msg
-	}
-	return fmt.Sprintf("version conflict: variable %q is at version %d, not the expected %d", e.Variable, e.Actual, e.Expected)
-}
-
-// Is makes a VersionConflictError match ErrVersionConflict.
-func (e *VersionConflictError) Is(target error) bool { return target == ErrVersionConflict }
+// matches ErrVersionConflict; errors.As gives both versions (Expected: the
+// version the write asked for, Actual: the one the variable was at) and the
+// variable's name (Variable), so a caller can re-read and retry without
+// parsing text.
+type VersionConflictError = verr.VersionConflictError
 
 // RevisionOutOfRangeError reports a watch that asked to resume
 // (WithStartRevision) beyond the session's revision + 1 within the same
 // incarnation, or without one: the revision cannot come from this session's
-// history, and silence would hide whatever the caller lacks. It matches
-// ErrOutOfRange. Resume with the incarnation the revision was seen in
-// (WithIncarnation), or watch afresh.
-type RevisionOutOfRangeError struct {
-	Session         string
-	StartRevision   int64  // the revision asked for
-	SessionRevision int64  // the session's revision
-	Incarnation     string // the session's incarnation
-	msg             string
-}
-
-// Error names both revisions.
-func (e *RevisionOutOfRangeError) Error() string {
-	if e.msg != "" {
-		return e.msg
-	}
-	return fmt.Sprintf("revision out of range: start_revision %d is beyond session %q's revision %d + 1 (incarnation %s)",
-		e.StartRevision, e.Session, e.SessionRevision, e.Incarnation)
-}
-
-// Is makes a RevisionOutOfRangeError match ErrOutOfRange.
-func (e *RevisionOutOfRangeError) Is(target error) bool { return target == ErrOutOfRange }
+// history, and silence would hide whatever the caller lacks. Its fields are
+// Session, StartRevision (the revision asked for), SessionRevision and
+// Incarnation (the session's). It matches ErrOutOfRange. Resume with the
+// incarnation the revision was seen in (WithIncarnation), or watch afresh.
+type RevisionOutOfRangeError = verr.RevisionOutOfRangeError
 
 // GaveUpError ends a BridgedState watch that failed to reconnect Attempts
 // times in a row (WithMaxFailures) over Elapsed, counted from the break. It
@@ -190,45 +128,17 @@ func (e *kindError) Error() string        { return e.msg }
 func (e *kindError) Is(target error) bool { return target == e.kind }
 func (e *kindError) Unwrap() error        { return e.cause }
 
-// fromStore maps an internal/store error to the package's errors, keeping
-// the store's message (the server sends the very same message).
+// fromStore gives LocalState's errors: the store's own (internal/verr's
+// types and sentinels, as they are), and the watch filter's two, which a
+// BridgedState hears as a limit and an invalid argument.
 func fromStore(err error) error {
-	if err == nil {
-		return nil
-	}
-	var (
-		nf *store.NotFoundError
-		ce *store.ConstraintError
-		le *store.LimitError
-		vc *store.VersionConflictError
-		or *store.OutOfRangeError
-		fc *where.CostError
-	)
+	var fc *where.CostError
 	switch {
-	case errors.As(err, &nf):
-		return &NotFoundError{Session: nf.Session, Identifiers: nf.Identifiers, msg: err.Error()}
-	case errors.As(err, &ce):
-		return &ConstraintError{Variable: ce.Variable, Constraint: ce.Constraint, msg: err.Error()}
-	case errors.As(err, &le):
-		return &LimitError{Limit: le.Limit, msg: err.Error()}
+	case err == nil:
+		return nil
 	case errors.As(err, &fc): // as BridgedState hears it: FILTER_TOO_COSTLY is a limit
-		return &LimitError{Limit: fc.Limit, msg: err.Error()}
-	case errors.As(err, &vc):
-		return &VersionConflictError{Variable: vc.Variable, Expected: vc.Expected, Actual: vc.Actual, msg: err.Error()}
-	case errors.As(err, &or):
-		return &RevisionOutOfRangeError{Session: or.Session, StartRevision: or.Start, SessionRevision: or.Revision,
-			Incarnation: or.Incarnation, msg: err.Error()}
-	case errors.Is(err, store.ErrSessionNotFound):
-		return &kindError{ErrSessionNotFound, err.Error(), err}
-	case errors.Is(err, store.ErrSessionClosed):
-		return &kindError{ErrSessionClosed, err.Error(), err}
-	case errors.Is(err, store.ErrAlreadyExists):
-		return &kindError{ErrAlreadyExists, err.Error(), err}
-	case errors.Is(err, store.ErrVersionConflict):
-		return &kindError{ErrVersionConflict, err.Error(), err}
-	case errors.Is(err, store.ErrOutOfRange):
-		return &kindError{ErrOutOfRange, err.Error(), err}
-	case errors.Is(err, store.ErrInvalidArgument), errors.Is(err, where.ErrInvalid):
+		return verr.Limit(fc.Limit, err.Error())
+	case errors.Is(err, where.ErrInvalid):
 		return &kindError{ErrInvalidArgument, err.Error(), err}
 	}
 	return err
@@ -303,21 +213,20 @@ func fromReason(st *status.Status, reason pb.ErrorReason, md map[string]string, 
 		if s := md["identifiers"]; s != "" {
 			idents = strings.Split(s, "\n")
 		}
-		return &NotFoundError{Session: md["session_id"], Identifiers: idents, msg: msg}
+		return verr.NotFound(md["session_id"], idents, msg)
 	case pb.ErrorReason_ERROR_REASON_VARIABLE_EXISTS:
 		return &kindError{ErrAlreadyExists, msg, err}
 	case pb.ErrorReason_ERROR_REASON_CONSTRAINT_VIOLATION:
-		return &ConstraintError{Variable: md["variable"], Constraint: md["constraint"], msg: msg}
+		return verr.Constraint(md["variable"], md["constraint"], msg)
 	case pb.ErrorReason_ERROR_REASON_VERSION_CONFLICT:
-		return &VersionConflictError{Variable: md["variable"], Expected: mdInt(md, "expected_version"),
-			Actual: mdInt(md, "actual_version"), msg: msg}
+		return verr.VersionConflict(md["variable"], mdInt(md, "expected_version"), mdInt(md, "actual_version"), msg)
 	case pb.ErrorReason_ERROR_REASON_INVALID_ARGUMENT:
 		return &kindError{ErrInvalidArgument, msg, err}
 	case pb.ErrorReason_ERROR_REASON_LIMIT_EXCEEDED, pb.ErrorReason_ERROR_REASON_FILTER_TOO_COSTLY:
-		return &LimitError{Limit: md["limit"], msg: msg}
+		return verr.Limit(md["limit"], msg)
 	case pb.ErrorReason_ERROR_REASON_REVISION_OUT_OF_RANGE:
-		return &RevisionOutOfRangeError{Session: md["session_id"], StartRevision: mdInt(md, "start_revision"),
-			SessionRevision: mdInt(md, "session_revision"), Incarnation: md["incarnation"], msg: msg}
+		return verr.RevisionOutOfRange(md["session_id"], mdInt(md, "start_revision"), mdInt(md, "session_revision"),
+			md["incarnation"], msg)
 	case pb.ErrorReason_ERROR_REASON_TOKEN_REQUIRED:
 		return &kindError{ErrUnauthenticated, "unauthenticated: " + msg, err}
 	case pb.ErrorReason_ERROR_REASON_TOKEN_INVALID:
@@ -333,14 +242,14 @@ func fromCode(st *status.Status, err error) error {
 	case codes.NotFound:
 		for _, d := range st.Details() {
 			if ri, ok := d.(*errdetails.ResourceInfo); ok && ri.GetResourceType() == "variable" {
-				return &NotFoundError{msg: msg}
+				return verr.NotFound("", nil, msg)
 			}
 		}
 		return &kindError{ErrSessionNotFound, msg, err}
 	case codes.InvalidArgument:
 		return &kindError{ErrInvalidArgument, msg, err}
 	case codes.ResourceExhausted:
-		le := &LimitError{msg: msg}
+		le := verr.Limit("", msg)
 		for _, d := range st.Details() {
 			if qf, ok := d.(*errdetails.QuotaFailure); ok && len(qf.GetViolations()) > 0 {
 				le.Limit = qf.GetViolations()[0].GetSubject()

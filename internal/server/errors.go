@@ -83,8 +83,8 @@ func toStatus(err error) error {
 			map[string]string{"session_id": ex.Session, "name": ex.Name})
 	case errors.As(err, &oor):
 		return statusError(codes.OutOfRange, pb.ErrorReason_ERROR_REASON_REVISION_OUT_OF_RANGE, msg, map[string]string{
-			"session_id": oor.Session, "start_revision": strconv.FormatInt(oor.Start, 10),
-			"session_revision": strconv.FormatInt(oor.Revision, 10), "incarnation": oor.Incarnation,
+			"session_id": oor.Session, "start_revision": strconv.FormatInt(oor.StartRevision, 10),
+			"session_revision": strconv.FormatInt(oor.SessionRevision, 10), "incarnation": oor.Incarnation,
 		})
 	case errors.As(err, &fc):
 		return statusError(codes.ResourceExhausted, pb.ErrorReason_ERROR_REASON_FILTER_TOO_COSTLY, msg,

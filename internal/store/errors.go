@@ -1,26 +1,29 @@
 package store
 
 import (
-	"errors"
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/varbridge/varbridge/internal/verr"
 )
 
-// Sentinel errors. Every error the store returns wraps exactly one of them, so
-// callers map errors to status codes with errors.Is.
+// Sentinel errors, shared with the varbridge package (internal/verr). Every
+// error the store returns matches exactly one of them (a ConstraintError
+// also matches ErrInvalidArgument, as users see it), so callers map errors
+// to status codes with errors.Is, typed errors first.
 var (
-	ErrSessionNotFound  = errors.New("session not found")
-	ErrVariableNotFound = errors.New("variable not found")
-	ErrAlreadyExists    = errors.New("already exists")
-	ErrInvalidArgument  = errors.New("invalid argument")
-	ErrConstraint       = errors.New("constraint violated")
-	ErrVersionConflict  = errors.New("version conflict")
-	ErrLimit            = errors.New("limit exceeded")
+	ErrSessionNotFound  = verr.ErrSessionNotFound
+	ErrVariableNotFound = verr.ErrNotFound
+	ErrAlreadyExists    = verr.ErrAlreadyExists
+	ErrInvalidArgument  = verr.ErrInvalidArgument
+	ErrConstraint       = verr.ErrConstraint
+	ErrVersionConflict  = verr.ErrVersionConflict
+	ErrLimit            = verr.ErrLimit
 	// ErrSessionClosed ends the watches of a session that was cleaned up or expired.
-	ErrSessionClosed = errors.New("session closed")
+	ErrSessionClosed = verr.ErrSessionClosed
 	// ErrOutOfRange: a watch asked to resume beyond the session's revision.
-	ErrOutOfRange = errors.New("revision out of range")
+	ErrOutOfRange = verr.ErrOutOfRange
 )
 
 // CloseCause says why a session ended under its watches.
@@ -56,18 +59,7 @@ func (e *SessionClosedError) Error() string {
 func (e *SessionClosedError) Is(target error) bool { return target == ErrSessionClosed }
 
 // VersionConflictError reports a compare-and-set that found another version.
-type VersionConflictError struct {
-	Variable         string // the variable's name
-	Expected, Actual int64
-}
-
-// Error names the variable and both versions.
-func (e *VersionConflictError) Error() string {
-	return fmt.Sprintf("%v: variable %q is at version %d, not the expected %d", ErrVersionConflict, e.Variable, e.Actual, e.Expected)
-}
-
-// Is makes a VersionConflictError match ErrVersionConflict.
-func (e *VersionConflictError) Is(target error) bool { return target == ErrVersionConflict }
+type VersionConflictError = verr.VersionConflictError
 
 // ExistsError reports a variable name already taken in a session.
 type ExistsError struct {
@@ -85,51 +77,13 @@ func (e *ExistsError) Is(target error) bool { return target == ErrAlreadyExists 
 // OutOfRangeError reports a resume point ahead of the session's history in
 // the same incarnation (or with none given): it cannot be from this
 // session, and answering with silence would lose whatever the client lacks.
-type OutOfRangeError struct {
-	Session     string
-	Start       int64 // the start_revision asked for
-	Revision    int64 // the session's revision
-	Incarnation string
-}
-
-// Error names both revisions.
-func (e *OutOfRangeError) Error() string {
-	return fmt.Sprintf("%v: start_revision %d is beyond session %q's revision %d + 1 (incarnation %s); resume from a revision this session has, or watch afresh",
-		ErrOutOfRange, e.Start, e.Session, e.Revision, e.Incarnation)
-}
-
-// Is makes an OutOfRangeError match ErrOutOfRange.
-func (e *OutOfRangeError) Is(target error) bool { return target == ErrOutOfRange }
+type OutOfRangeError = verr.RevisionOutOfRangeError
 
 // ConstraintError reports a value that breaks one of its variable's constraints.
-type ConstraintError struct {
-	Variable   string // the variable's name
-	Constraint string // the constraint's wire name: "min", "pattern", ...
-	Value      string // the rejected value, abbreviated
-	Reason     string
-}
-
-// Error names the variable, the constraint and the value.
-func (e *ConstraintError) Error() string {
-	return fmt.Sprintf("variable %q: value %s violates constraint %s: %s", e.Variable, e.Value, e.Constraint, e.Reason)
-}
-
-// Is makes a ConstraintError match ErrConstraint.
-func (e *ConstraintError) Is(target error) bool { return target == ErrConstraint }
+type ConstraintError = verr.ConstraintError
 
 // NotFoundError lists every identifier that named no variable in a session.
-type NotFoundError struct {
-	Session     string
-	Identifiers []string
-}
-
-// Error lists every missing identifier.
-func (e *NotFoundError) Error() string {
-	return fmt.Sprintf("session %q has no variable %s", e.Session, quoteList(e.Identifiers))
-}
-
-// Is makes a NotFoundError match ErrVariableNotFound.
-func (e *NotFoundError) Is(target error) bool { return target == ErrVariableNotFound }
+type NotFoundError = verr.NotFoundError
 
 // FieldError reports a bad request field; Field is its wire name.
 type FieldError struct {
@@ -144,19 +98,7 @@ func (e *FieldError) Error() string { return e.Field + ": " + e.Reason }
 func (e *FieldError) Is(target error) bool { return target == ErrInvalidArgument }
 
 // LimitError reports a configured limit that a request would exceed.
-type LimitError struct {
-	Limit string // the limit's name, e.g. "max_watches_per_session"
-	Max   int64
-	What  string
-}
-
-// Error names the limit and its value.
-func (e *LimitError) Error() string {
-	return fmt.Sprintf("%s: limit %s is %d", e.What, e.Limit, e.Max)
-}
-
-// Is makes a LimitError match ErrLimit.
-func (e *LimitError) Is(target error) bool { return target == ErrLimit }
+type LimitError = verr.LimitError
 
 func fieldErr(field, format string, args ...any) error {
 	return &FieldError{Field: field, Reason: fmt.Sprintf(format, args...)}

@@ -45,7 +45,7 @@ func TestWatchResumeAcrossIncarnations(t *testing.T) {
 	for _, inc := range []string{"", info.Incarnation} {
 		_, err := st.Watch("r", []string{"n"}, store.WatchOptions{StartRevision: 4, Incarnation: inc})
 		var oor *store.OutOfRangeError
-		if !errors.As(err, &oor) || oor.Start != 4 || oor.Revision != 2 || oor.Incarnation != info.Incarnation || !errors.Is(err, store.ErrOutOfRange) {
+		if !errors.As(err, &oor) || oor.StartRevision != 4 || oor.SessionRevision != 2 || oor.Incarnation != info.Incarnation || !errors.Is(err, store.ErrOutOfRange) {
 			t.Fatalf("incarnation %q: err = %v; want OutOfRangeError{4, 2}", inc, err)
 		}
 	}

@@ -83,7 +83,7 @@ func (st *Store) Watch(sessionID string, identifiers []string, opts WatchOptions
 	rev := sess.revision
 	otherHistory := opts.StartRevision > 0 && opts.Incarnation != "" && opts.Incarnation != sess.incarnation
 	if !otherHistory && opts.StartRevision > rev+1 {
-		return nil, &OutOfRangeError{Session: sess.id, Start: opts.StartRevision, Revision: rev, Incarnation: sess.incarnation}
+		return nil, &OutOfRangeError{Session: sess.id, StartRevision: opts.StartRevision, SessionRevision: rev, Incarnation: sess.incarnation}
 	}
 	w := &Watch{
 		sess: sess, all: len(identifiers) == 0, idents: make(map[string]string, len(vars)),
