@@ -17,7 +17,7 @@ import operator
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal, TypedDict, TypeVar, cast
+from typing import Any, Literal, TypeAlias, TypedDict, TypeVar, cast
 
 from varbridge import _convert as cv
 from varbridge.v1 import varbridge_pb2 as pb
@@ -84,7 +84,7 @@ T = TypeVar("T")
 # (plain slot loads and stores, a conversion inline), so a view costs no
 # more than a hand-written one.
 
-_Lazy = str | Callable[[Any], Any]
+_Lazy: TypeAlias = "str | Callable[[Any], Any]"
 """How a field is converted on first read: an expression over ``m`` (the
 message), or a function of the view."""
 
