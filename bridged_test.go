@@ -398,7 +398,8 @@ func TestBridgedAuth(t *testing.T) {
 		t.Fatalf("update %+v", u)
 	}
 	// A state that sends a wrong token for the session is refused, watches too.
-	bad := &BridgedState{session: owner.SessionID(), token: "forged", pool: owner.pool, log: quiet}
+	bad := &BridgedState{token: "forged", pool: owner.pool}
+	bad.provider = provider{be: bad, session: owner.SessionID(), log: quiet}
 	if _, err := bad.Get(context.Background(), "v"); !errors.Is(err, ErrPermissionDenied) && !errors.Is(err, ErrUnauthenticated) {
 		t.Fatalf("forged token: %v", err)
 	}

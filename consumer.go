@@ -184,6 +184,10 @@ func (c *streamConsumer) open(ctx context.Context) (updateStream, error) {
 	return singleStream{s}, nil
 }
 
+// discard implements watchFeed: a consumer that will never run gives its
+// connection back.
+func (c *streamConsumer) discard() { c.conn.release() }
+
 // openFirst opens the stream while the watch is set up, so that
 // WatchVariables returns once the server registered it; run reads it first.
 func (c *streamConsumer) openFirst(ctx context.Context) error {

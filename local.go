@@ -3,8 +3,6 @@ package varbridge
 import (
 	"context"
 	"errors"
-	"log/slog"
-	"sync/atomic"
 	"time"
 
 	"github.com/varbridge/varbridge/internal/feed"
@@ -14,14 +12,12 @@ import (
 
 // LocalState is a StateProvider in process: it runs the same SessionStore
 // and watch feed as the server, without a network. Each watch is fed by one
-// goroutine that calls its watcher directly.
+// goroutine that calls its watcher directly. It is the in-process backend
+// of the provider both states share.
 type LocalState struct {
+	provider
 	st       *store.Store
 	ownStore bool
-	session  string
-	log      *slog.Logger
-	watches  watchSet
-	closed   atomic.Bool
 }
 
 var _ StateProvider = (*LocalState)(nil)
@@ -30,7 +26,7 @@ var _ StateProvider = (*LocalState)(nil)
 // private in-memory store, or in the store given by withStore (tests).
 func NewLocalState(opts ...Option) (*LocalState, error) {
 	o := newOptions(opts)
-	l := &LocalState{st: o.store, log: o.log}
+	l := &LocalState{st: o.store}
 	if l.st == nil {
 		l.st, l.ownStore = store.New(store.Options{TTL: o.ttl}), true
 	}
@@ -41,189 +37,115 @@ func NewLocalState(opts ...Option) (*LocalState, error) {
 		}
 		return nil, fromStore(err)
 	}
-	l.session = info.ID
+	l.provider = provider{be: l, session: info.ID, log: o.log}
 	return l, nil
 }
 
-// SessionID implements StateProvider.
-func (l *LocalState) SessionID() string { return l.session }
+func (l *LocalState) ready(ctx context.Context) error { return ctx.Err() }
 
-func (l *LocalState) check(ctx context.Context) error {
-	if l.closed.Load() {
-		return ErrClosed
-	}
-	return ctx.Err()
-}
-
-// Register implements StateProvider.
-func (l *LocalState) Register(ctx context.Context, name string, t Type, initial any, opts ...WriteOption) (*Variable, error) {
-	if err := l.check(ctx); err != nil {
-		return nil, err
-	}
-	o := newWriteOptions(opts)
-	val, err := ToProto(t, initial)
-	if err != nil {
-		return nil, err
-	}
+func (l *LocalState) register(_ context.Context, req *pb.RegisterVariableRequest) (*pb.Variable, error) {
 	v, _, err := l.st.Register(l.session, store.Register{
-		Name: name, Type: t.Proto(), Value: val, Constraints: o.constraints.proto(),
-		Metadata: o.metadata, Source: o.source,
+		Name: req.GetName(), Type: req.GetType(), Value: req.GetInitialValue(), Constraints: req.GetConstraints(),
+		Metadata: req.GetMetadata(), Source: req.GetSource(),
 	})
-	if err != nil {
-		return nil, fromStore(err)
-	}
-	return variableFromProto(v), nil
+	return v, fromStore(err)
 }
 
-// Get implements StateProvider.
-func (l *LocalState) Get(ctx context.Context, identifier string) (*Variable, error) {
-	if err := l.check(ctx); err != nil {
-		return nil, err
-	}
+func (l *LocalState) get(_ context.Context, identifier string) (*pb.Variable, error) {
 	v, _, err := l.st.Get(l.session, identifier)
-	if err != nil {
-		return nil, fromStore(err)
-	}
-	return variableFromProto(v), nil
+	return v, fromStore(err)
 }
 
-// GetMany implements StateProvider.
-func (l *LocalState) GetMany(ctx context.Context, identifiers []string) (map[string]*Variable, []string, error) {
-	if err := l.check(ctx); err != nil {
-		return nil, nil, err
-	}
-	found, missing, _, err := l.st.GetMany(l.session, identifiers)
+func (l *LocalState) getMany(_ context.Context, identifiers []string) (*pb.GetVariablesResponse, error) {
+	found, missing, rev, err := l.st.GetMany(l.session, identifiers)
 	if err != nil {
-		return nil, nil, fromStore(err)
+		return nil, fromStore(err)
 	}
-	out := make(map[string]*Variable, len(found))
-	for id, v := range found {
-		out[id] = variableFromProto(v)
-	}
-	return out, missing, nil
+	return &pb.GetVariablesResponse{Variables: found, Missing: missing, Revision: rev}, nil
 }
 
-// Set implements StateProvider.
-func (l *LocalState) Set(ctx context.Context, identifier string, value any, opts ...WriteOption) (*Variable, error) {
-	if err := l.check(ctx); err != nil {
-		return nil, err
-	}
-	o := newWriteOptions(opts)
-	val, err := ToProto("", value)
-	if err != nil {
-		return nil, err
-	}
-	res, err := l.st.Set(l.session, []store.Write{{Identifier: identifier, Value: val, ExpectedVersion: o.expectedVersion}}, o.metadata, o.source)
+func (l *LocalState) set(_ context.Context, req *pb.SetVariableRequest) (*pb.Variable, error) {
+	res, err := l.st.Set(l.session, []store.Write{{Identifier: req.GetVariableIdentifier(), Value: req.GetValue(),
+		ExpectedVersion: req.ExpectedVersion}}, req.GetMetadata(), req.GetSource())
 	if err != nil {
 		return nil, fromStore(err)
 	}
-	return variableFromProto(res.Variables[0]), nil
+	return res.Variables[0], nil
 }
 
-// SetMany implements StateProvider.
-func (l *LocalState) SetMany(ctx context.Context, updates map[string]any, opts ...WriteOption) (map[string]*Variable, error) {
-	if err := l.check(ctx); err != nil {
-		return nil, err
-	}
-	o := newWriteOptions(opts)
-	vals := make(map[string]*pb.Value, len(updates))
-	for id, v := range updates {
-		val, err := ToProto("", v)
-		if err != nil {
-			return nil, err
-		}
-		vals[id] = val
-	}
-	writes, err := store.BatchWrites(vals, o.expectedVersions)
+func (l *LocalState) setMany(_ context.Context, req *pb.SetVariablesRequest) (map[string]*pb.Variable, error) {
+	writes, err := store.BatchWrites(req.GetUpdates(), req.GetExpectedVersions())
 	if err != nil {
 		return nil, fromStore(err)
 	}
-	res, err := l.st.Set(l.session, writes, o.metadata, o.source)
+	res, err := l.st.Set(l.session, writes, req.GetMetadata(), req.GetSource())
 	if err != nil {
 		return nil, fromStore(err)
 	}
-	out := make(map[string]*Variable, len(res.Variables))
+	out := make(map[string]*pb.Variable, len(res.Variables))
 	for i, w := range writes {
-		out[w.Identifier] = variableFromProto(res.Variables[i])
+		out[w.Identifier] = res.Variables[i]
 	}
 	return out, nil
 }
 
-// Delete implements StateProvider.
-func (l *LocalState) Delete(ctx context.Context, identifier string, opts ...WriteOption) error {
-	if err := l.check(ctx); err != nil {
-		return err
-	}
-	o := newWriteOptions(opts)
-	_, _, err := l.st.Delete(l.session, identifier, o.metadata, o.source)
+func (l *LocalState) delete(_ context.Context, req *pb.DeleteVariableRequest) error {
+	_, _, err := l.st.Delete(l.session, req.GetVariableIdentifier(), req.GetMetadata(), req.GetSource())
 	return fromStore(err)
 }
 
-// List implements StateProvider.
-func (l *LocalState) List(ctx context.Context, pattern string) ([]*Variable, error) {
-	vars, _, err := l.list(ctx, pattern)
-	return vars, err
-}
-
-func (l *LocalState) list(ctx context.Context, pattern string) ([]*Variable, int64, error) {
-	if err := l.check(ctx); err != nil {
-		return nil, 0, err
-	}
+func (l *LocalState) list(_ context.Context, pattern string) (*pb.ListVariablesResponse, error) {
 	vars, rev, err := l.st.List(l.session, pattern)
 	if err != nil {
-		return nil, 0, fromStore(err)
+		return nil, fromStore(err)
 	}
-	out := make([]*Variable, len(vars))
-	for i, v := range vars {
-		out[i] = variableFromProto(v)
-	}
-	return out, rev, nil
+	return &pb.ListVariablesResponse{Variables: vars, Revision: rev}, nil
 }
 
-// Export implements StateProvider.
-func (l *LocalState) Export(ctx context.Context) (*Snapshot, error) {
-	vars, rev, err := l.list(ctx, "")
+func (l *LocalState) heartbeat(context.Context) (*pb.Session, error) {
+	info, err := l.st.Heartbeat(l.session)
 	if err != nil {
-		return nil, err
+		return nil, fromStore(err)
 	}
-	return &Snapshot{SessionID: l.session, Revision: rev, Variables: vars}, nil
+	return info.Proto(), nil
 }
 
-// Import implements StateProvider.
-func (l *LocalState) Import(ctx context.Context, s *Snapshot) error { return importSnapshot(ctx, l, s) }
+// cleanup ends the session's watches in the store; those of other
+// LocalStates on the same store end with ErrSessionClosed.
+func (l *LocalState) cleanup(context.Context) error {
+	_, err := l.st.CleanupSession(l.session)
+	return fromStore(err)
+}
 
-// SupportsWatching implements StateProvider; it is true.
-func (l *LocalState) SupportsWatching() bool { return true }
+// release closes the store when the LocalState made its own.
+func (l *LocalState) release() {
+	if l.ownStore {
+		l.st.Close()
+	}
+}
 
-// WatchVariables implements StateProvider. The observer is registered, and
-// the initial values taken, before it returns: every later write reaches the
-// watcher.
-func (l *LocalState) WatchVariables(ctx context.Context, identifiers []string, fn Watcher, opts ...WatchOption) (WatchRef, error) {
-	if err := l.check(ctx); err != nil {
-		return WatchRef{}, err
-	}
-	if fn == nil {
-		return WatchRef{}, &kindError{kind: ErrInvalidArgument, msg: "WatchVariables: the watcher is nil"}
-	}
-	cfg := newWatchConfig(opts)
+// openWatch registers the watch's observer in the store, and takes its
+// initial values, through the very code the server's watches run
+// (feed.Open). The store's observer is gone when UnwatchVariables returns.
+func (l *LocalState) openWatch(ctx context.Context, identifiers []string, cfg watchConfig, build func(watchStart) *watch) (*watch, watchFeed, error) {
 	sw, err := feed.Open(l.st, &pb.WatchVariablesRequest{
 		SessionId: l.session, VariableIdentifiers: identifiers, IncludeInitialValues: cfg.initial,
 		StartRevision: cfg.startRevision, Incarnation: cfg.incarnation, Where: cfg.where,
 		Coalesce: cfg.coalesce, HeartbeatIntervalMs: heartbeatMs(cfg.heartbeat),
 	}, feed.Hooks{})
 	if err != nil {
-		return WatchRef{}, fromStore(err)
+		return nil, nil, fromStore(err)
 	}
 	wctx, cancel := watchContext(ctx)
-	w := newWatch(identifiers, fn, cfg, l.log, watchStart{
+	w := build(watchStart{
 		identOf: func(id string) (string, bool) {
 			s := sw.Identifier(id)
 			return s, s != ""
 		},
 		startsAfter: sw.StartsAfter(), incarnation: sw.Incarnation(),
-		cancel: func() { cancel(); sw.Close() }, // Close removes the observer at once
+		ctx: wctx, cancel: func() { cancel(); sw.Close() }, // Close removes the observer at once
 	})
-	return l.watches.start(wctx, w, localFeed{sw: sw, w: w})
+	return w, localFeed{sw: sw, w: w}, nil
 }
 
 // localFeed is LocalState's watchFeed: the store's own cursor, read in
@@ -246,52 +168,7 @@ func (f localFeed) run(ctx context.Context) error {
 	return fromStore(err)
 }
 
-// UnwatchVariables implements StateProvider. The store's observer is gone
-// when it returns.
-func (l *LocalState) UnwatchVariables(ref WatchRef) error { return l.watches.remove(ref) }
-
-// ListWatchers implements StateProvider.
-func (l *LocalState) ListWatchers() []WatchInfo { return l.watches.list() }
-
-// Close implements StateProvider: it stops every watch and, when the
-// LocalState made its own store, closes it.
-func (l *LocalState) Close() error {
-	if l.closed.Swap(true) {
-		return nil
-	}
-	l.watches.closeAll()
-	if l.ownStore {
-		l.st.Close()
-	}
-	return nil
-}
-
-// Heartbeat marks the session used, restarting its TTL, and describes it,
-// as BridgedState.Heartbeat does.
-func (l *LocalState) Heartbeat(ctx context.Context) (*SessionInfo, error) {
-	if err := l.check(ctx); err != nil {
-		return nil, err
-	}
-	info, err := l.st.Heartbeat(l.session)
-	if err != nil {
-		return nil, fromStore(err)
-	}
-	return sessionFromProto(info.Proto()), nil
-}
-
-// CleanupSession removes the session from its store, ending every watch on
-// it, and closes l, as BridgedState.CleanupSession does: l's own watches
-// stop as Close stops them; those of other LocalStates on the same store
-// end with ErrSessionClosed.
-func (l *LocalState) CleanupSession(ctx context.Context) error {
-	if err := l.check(ctx); err != nil {
-		return err
-	}
-	l.watches.closeAll() // l's own watches end as stopped, not failed
-	_, err := l.st.CleanupSession(l.session)
-	_ = l.Close()
-	return fromStore(err)
-}
+func (localFeed) discard() {} // the watch's cancel closes the store's watch
 
 // importSnapshot registers a snapshot's variables in p, setting the value
 // of those that exist already.

@@ -41,7 +41,8 @@ type watch struct {
 	// (set by the owning goroutine, read by ListWatchers too).
 	incarnation atomic.Pointer[string]
 
-	stopped atomic.Bool // set by unwatch: no new watcher call starts
+	stopped atomic.Bool     // set by unwatch: no new watcher call starts
+	ctx     context.Context // the watch's lifetime (watchContext), read by run
 	cancel  context.CancelFunc
 	done    chan struct{} // closed when the owning goroutine returns
 
@@ -64,8 +65,9 @@ type watchStart struct {
 	// incarnation is the session incarnation the watch reports until its
 	// feed says otherwise ("" when not known yet).
 	incarnation string
-	// cancel ends the watch's context and releases what its feed holds
-	// open; stop and run call it.
+	// ctx is the watch's lifetime (watchContext); cancel ends it and
+	// releases what its feed holds open. stop and run call cancel.
+	ctx    context.Context
 	cancel context.CancelFunc
 }
 
@@ -74,7 +76,10 @@ type watchStart struct {
 func newWatch(identifiers []string, fn Watcher, cfg watchConfig, log *slog.Logger, start watchStart) *watch {
 	w := &watch{
 		identifiers: slices.Clone(identifiers), cfg: cfg, fn: fn, log: log, identOf: start.identOf,
-		cancel: start.cancel, started: time.Now(), alive: true, done: make(chan struct{}),
+		ctx: start.ctx, cancel: start.cancel, started: time.Now(), alive: true, done: make(chan struct{}),
+	}
+	if w.ctx == nil {
+		w.ctx = context.Background()
 	}
 	if w.cancel == nil {
 		w.cancel = func() {}
@@ -95,14 +100,19 @@ func newWatch(identifiers []string, fn Watcher, cfg watchConfig, log *slog.Logge
 type watchFeed interface {
 	// run hands the watch's updates to w.deliver, records progress with
 	// w.complete, and returns why it stopped: an error when the feed failed
-	// for good, or anything once ctx ended.
+	// for good, or anything once ctx ended. It releases what the feed holds
+	// before it returns.
 	run(ctx context.Context) error
+	// discard releases what the feed holds when it will never run (the
+	// provider closed while the watch was being opened).
+	discard()
 }
 
 // run is a watch's owning goroutine: it reads f until it stops, then marks
 // the watch ended (on purpose) or failed, releases the feed and runs the
 // done handlers.
-func (w *watch) run(ctx context.Context, f watchFeed) {
+func (w *watch) run(f watchFeed) {
+	ctx := w.ctx
 	defer close(w.done)
 	defer w.exit()
 	defer w.cancel()
@@ -385,12 +395,13 @@ func (s *watchSet) add(w *watch) bool {
 
 // start registers w and runs its goroutine on f; ErrClosed (and w is
 // released) when the provider is closed.
-func (s *watchSet) start(ctx context.Context, w *watch, f watchFeed) (WatchRef, error) {
+func (s *watchSet) start(w *watch, f watchFeed) (WatchRef, error) {
 	if !s.add(w) {
 		w.cancel()
+		f.discard()
 		return WatchRef{}, ErrClosed
 	}
-	go w.run(ctx, f)
+	go w.run(f)
 	return w.ref, nil
 }
 

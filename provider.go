@@ -1,0 +1,273 @@
+package varbridge
+
+import (
+	"context"
+	"log/slog"
+	"sync/atomic"
+
+	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
+)
+
+// backend is the seam below the public Go API: one way to reach a session's
+// variables. LocalState (the in-process store) and BridgedState (a server
+// over gRPC) each implement it; provider turns it into the StateProvider
+// API once (options, value conversion, the closed check, the watch
+// registry and the watch rules), so a new way in (HTTP, etcd) is one more
+// backend. Its vocabulary is the wire's: requests and variables as
+// protobuf messages, errors already the package's (internal/verr's types
+// and sentinels).
+type backend interface {
+	// ready is checked after the provider's closed check, before anything
+	// else (LocalState: the context's error; BridgedState: nil, gRPC checks
+	// it).
+	ready(ctx context.Context) error
+	register(ctx context.Context, req *pb.RegisterVariableRequest) (*pb.Variable, error)
+	get(ctx context.Context, identifier string) (*pb.Variable, error)
+	getMany(ctx context.Context, identifiers []string) (*pb.GetVariablesResponse, error)
+	set(ctx context.Context, req *pb.SetVariableRequest) (*pb.Variable, error)
+	// setMany returns the variables written, keyed by identifier as passed.
+	setMany(ctx context.Context, req *pb.SetVariablesRequest) (map[string]*pb.Variable, error)
+	delete(ctx context.Context, req *pb.DeleteVariableRequest) error
+	list(ctx context.Context, pattern string) (*pb.ListVariablesResponse, error)
+	heartbeat(ctx context.Context) (*pb.Session, error)
+	cleanup(ctx context.Context) error
+	// openWatch opens a watch and returns it with its feed, not yet
+	// running: when it returns, every later write reaches the feed. build
+	// makes the watch from what the backend learnt while opening it.
+	openWatch(ctx context.Context, identifiers []string, cfg watchConfig, build func(watchStart) *watch) (*watch, watchFeed, error)
+	// release frees what the backend holds, once, when the provider closes.
+	release()
+}
+
+// provider is what LocalState and BridgedState share: the StateProvider
+// API on top of a backend.
+type provider struct {
+	be      backend
+	session string
+	log     *slog.Logger
+	watches watchSet
+	closed  atomic.Bool
+}
+
+func (p *provider) check(ctx context.Context) error {
+	if p.closed.Load() {
+		return ErrClosed
+	}
+	return p.be.ready(ctx)
+}
+
+// SessionID implements StateProvider.
+func (p *provider) SessionID() string { return p.session }
+
+// Register implements StateProvider.
+func (p *provider) Register(ctx context.Context, name string, t Type, initial any, opts ...WriteOption) (*Variable, error) {
+	if err := p.check(ctx); err != nil {
+		return nil, err
+	}
+	o := newWriteOptions(opts)
+	val, err := ToProto(t, initial)
+	if err != nil {
+		return nil, err
+	}
+	v, err := p.be.register(ctx, &pb.RegisterVariableRequest{
+		SessionId: p.session, Name: name, Type: t.Proto(), InitialValue: val,
+		Constraints: o.constraints.proto(), Metadata: o.metadata, Source: o.source,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return variableFromProto(v), nil
+}
+
+// Get implements StateProvider.
+func (p *provider) Get(ctx context.Context, identifier string) (*Variable, error) {
+	if err := p.check(ctx); err != nil {
+		return nil, err
+	}
+	v, err := p.be.get(ctx, identifier)
+	if err != nil {
+		return nil, err
+	}
+	return variableFromProto(v), nil
+}
+
+// GetMany implements StateProvider.
+func (p *provider) GetMany(ctx context.Context, identifiers []string) (map[string]*Variable, []string, error) {
+	if err := p.check(ctx); err != nil {
+		return nil, nil, err
+	}
+	resp, err := p.be.getMany(ctx, identifiers)
+	if err != nil {
+		return nil, nil, err
+	}
+	out := make(map[string]*Variable, len(resp.GetVariables()))
+	for id, v := range resp.GetVariables() {
+		out[id] = variableFromProto(v)
+	}
+	return out, resp.GetMissing(), nil
+}
+
+// Set implements StateProvider.
+func (p *provider) Set(ctx context.Context, identifier string, value any, opts ...WriteOption) (*Variable, error) {
+	if err := p.check(ctx); err != nil {
+		return nil, err
+	}
+	o := newWriteOptions(opts)
+	val, err := ToProto("", value)
+	if err != nil {
+		return nil, err
+	}
+	v, err := p.be.set(ctx, &pb.SetVariableRequest{
+		SessionId: p.session, VariableIdentifier: identifier, Value: val,
+		Metadata: o.metadata, ExpectedVersion: o.expectedVersion, Source: o.source,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return variableFromProto(v), nil
+}
+
+// SetMany implements StateProvider.
+func (p *provider) SetMany(ctx context.Context, updates map[string]any, opts ...WriteOption) (map[string]*Variable, error) {
+	if err := p.check(ctx); err != nil {
+		return nil, err
+	}
+	o := newWriteOptions(opts)
+	req := &pb.SetVariablesRequest{
+		SessionId: p.session, Updates: make(map[string]*pb.Value, len(updates)),
+		Metadata: o.metadata, ExpectedVersions: o.expectedVersions, Source: o.source,
+	}
+	for id, v := range updates {
+		val, err := ToProto("", v)
+		if err != nil {
+			return nil, err
+		}
+		req.Updates[id] = val
+	}
+	vars, err := p.be.setMany(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]*Variable, len(vars))
+	for id, v := range vars {
+		out[id] = variableFromProto(v)
+	}
+	return out, nil
+}
+
+// Delete implements StateProvider.
+func (p *provider) Delete(ctx context.Context, identifier string, opts ...WriteOption) error {
+	if err := p.check(ctx); err != nil {
+		return err
+	}
+	o := newWriteOptions(opts)
+	return p.be.delete(ctx, &pb.DeleteVariableRequest{
+		SessionId: p.session, VariableIdentifier: identifier, Metadata: o.metadata, Source: o.source,
+	})
+}
+
+// List implements StateProvider.
+func (p *provider) List(ctx context.Context, pattern string) ([]*Variable, error) {
+	vars, _, err := p.list(ctx, pattern)
+	return vars, err
+}
+
+func (p *provider) list(ctx context.Context, pattern string) ([]*Variable, int64, error) {
+	if err := p.check(ctx); err != nil {
+		return nil, 0, err
+	}
+	resp, err := p.be.list(ctx, pattern)
+	if err != nil {
+		return nil, 0, err
+	}
+	out := make([]*Variable, len(resp.GetVariables()))
+	for i, v := range resp.GetVariables() {
+		out[i] = variableFromProto(v)
+	}
+	return out, resp.GetRevision(), nil
+}
+
+// Export implements StateProvider.
+func (p *provider) Export(ctx context.Context) (*Snapshot, error) {
+	vars, rev, err := p.list(ctx, "")
+	if err != nil {
+		return nil, err
+	}
+	return &Snapshot{SessionID: p.session, Revision: rev, Variables: vars}, nil
+}
+
+// Import implements StateProvider. It is not atomic: variables registered
+// before a failure stay.
+func (p *provider) Import(ctx context.Context, s *Snapshot) error { return importSnapshot(ctx, p, s) }
+
+// SupportsWatching implements StateProvider; it is true.
+func (p *provider) SupportsWatching() bool { return true }
+
+// WatchVariables implements StateProvider. The observer is registered (on
+// the server, for a BridgedState), and the initial values taken, before it
+// returns: every later write reaches the watcher. The watch carries no
+// deadline; ctx ending cancels it.
+func (p *provider) WatchVariables(ctx context.Context, identifiers []string, fn Watcher, opts ...WatchOption) (WatchRef, error) {
+	if err := p.check(ctx); err != nil {
+		return WatchRef{}, err
+	}
+	if fn == nil {
+		return WatchRef{}, &kindError{kind: ErrInvalidArgument, msg: "WatchVariables: the watcher is nil"}
+	}
+	cfg := newWatchConfig(opts)
+	w, f, err := p.be.openWatch(ctx, identifiers, cfg, func(s watchStart) *watch {
+		return newWatch(identifiers, fn, cfg, p.log, s)
+	})
+	if err != nil {
+		return WatchRef{}, err
+	}
+	return p.watches.start(w, f)
+}
+
+// UnwatchVariables implements StateProvider. When it returns, the watch's
+// observer is gone (a BridgedState's stream is cancelled, and the server
+// removes its observer as soon as it sees the cancellation).
+func (p *provider) UnwatchVariables(ref WatchRef) error { return p.watches.remove(ref) }
+
+// ListWatchers implements StateProvider.
+func (p *provider) ListWatchers() []WatchInfo { return p.watches.list() }
+
+// Close implements StateProvider: it stops every watch and releases what
+// the provider holds (a LocalState's own store; a BridgedState's share of
+// the connection pool). The session stays.
+func (p *provider) Close() error {
+	if p.closed.Swap(true) {
+		return nil
+	}
+	p.watches.closeAll()
+	p.be.release()
+	return nil
+}
+
+// Heartbeat marks the session used, restarting its TTL, and returns the
+// session as its store describes it. A program that holds a session
+// without calling it otherwise (and without a watch open on it, which keeps
+// it alive by itself) calls Heartbeat within the TTL.
+func (p *provider) Heartbeat(ctx context.Context) (*SessionInfo, error) {
+	if err := p.check(ctx); err != nil {
+		return nil, err
+	}
+	s, err := p.be.heartbeat(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return sessionFromProto(s), nil
+}
+
+// CleanupSession removes the session, ending every watch on it, and closes
+// the provider: its own watches stop as Close stops them; those of other
+// providers on the session end with ErrSessionClosed.
+func (p *provider) CleanupSession(ctx context.Context) error {
+	if err := p.check(ctx); err != nil {
+		return err
+	}
+	p.watches.closeAll() // the provider's own watches end as stopped, not failed
+	err := p.be.cleanup(ctx)
+	_ = p.Close()
+	return err
+}
