@@ -250,16 +250,17 @@ func WithIncarnation(incarnation string) WatchOption {
 // closed. Unwatching and ending the context are not errors. Each
 // WithErrorHandler adds a handler; they run in the order given.
 func WithErrorHandler(f func(error)) WatchOption {
-	return func(c *watchConfig) {
-		prev := c.onError
-		if prev == nil {
-			c.onError = f
-			return
-		}
-		c.onError = func(err error) {
-			prev(err)
-			f(err)
-		}
+	return func(c *watchConfig) { c.onError = thenCall(c.onError, f) }
+}
+
+// thenCall returns a handler that calls prev (if any), then f.
+func thenCall(prev, f func(error)) func(error) {
+	if prev == nil {
+		return f
+	}
+	return func(err error) {
+		prev(err)
+		f(err)
 	}
 }
 
@@ -274,17 +275,7 @@ func WithErrorHandler(f func(error)) WatchOption {
 // never end. Each WithDoneHandler adds a handler; they run in the order
 // given.
 func WithDoneHandler(f func(err error)) WatchOption {
-	return func(c *watchConfig) {
-		prev := c.onDone
-		if prev == nil {
-			c.onDone = f
-			return
-		}
-		c.onDone = func(err error) {
-			prev(err)
-			f(err)
-		}
-	}
+	return func(c *watchConfig) { c.onDone = thenCall(c.onDone, f) }
 }
 
 // WithMaxFailures sets after how many consecutive failed connects or broken

@@ -206,7 +206,11 @@ func (p *provider) SupportsWatching() bool { return true }
 // WatchVariables implements StateProvider. The observer is registered (on
 // the server, for a BridgedState), and the initial values taken, before it
 // returns: every later write reaches the watcher. The watch carries no
-// deadline; ctx ending cancels it.
+// deadline; ctx ending cancels it. A BridgedState watch whose stream breaks
+// reconnects and resumes after the last revision it delivered whole,
+// sending the session incarnation it has seen, so a session created again
+// while the watch was away (a server that lost it) answers with Resync
+// updates, never silence.
 func (p *provider) WatchVariables(ctx context.Context, identifiers []string, fn Watcher, opts ...WatchOption) (WatchRef, error) {
 	if err := p.check(ctx); err != nil {
 		return WatchRef{}, err
