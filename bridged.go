@@ -79,8 +79,11 @@ func (b *BridgedState) Target() string { return b.target }
 
 func (b *BridgedState) ready(context.Context) error { return nil }
 
-func (b *BridgedState) register(ctx context.Context, req *pb.RegisterVariableRequest) (*pb.Variable, error) {
-	resp, err := b.api().RegisterVariable(b.ctx(ctx), req)
+func (b *BridgedState) register(ctx context.Context, name string, t pb.VariableType, val *pb.Value, o writeOptions) (*pb.Variable, error) {
+	resp, err := b.api().RegisterVariable(b.ctx(ctx), &pb.RegisterVariableRequest{
+		SessionId: b.session, Name: name, Type: t, InitialValue: val,
+		Constraints: o.constraints.proto(), Metadata: o.metadata, Source: o.source,
+	})
 	if err != nil {
 		return nil, fromStatus(err)
 	}
@@ -100,24 +103,31 @@ func (b *BridgedState) getMany(ctx context.Context, identifiers []string) (*pb.G
 	return resp, fromStatus(err)
 }
 
-func (b *BridgedState) set(ctx context.Context, req *pb.SetVariableRequest) (*pb.Variable, error) {
-	resp, err := b.api().SetVariable(b.ctx(ctx), req)
+func (b *BridgedState) set(ctx context.Context, identifier string, val *pb.Value, o writeOptions) (*pb.Variable, error) {
+	resp, err := b.api().SetVariable(b.ctx(ctx), &pb.SetVariableRequest{
+		SessionId: b.session, VariableIdentifier: identifier, Value: val,
+		Metadata: o.metadata, ExpectedVersion: o.expectedVersion, Source: o.source,
+	})
 	if err != nil {
 		return nil, fromStatus(err)
 	}
 	return resp.GetVariable(), nil
 }
 
-func (b *BridgedState) setMany(ctx context.Context, req *pb.SetVariablesRequest) (map[string]*pb.Variable, error) {
-	resp, err := b.api().SetVariables(b.ctx(ctx), req)
+func (b *BridgedState) setMany(ctx context.Context, updates map[string]*pb.Value, o writeOptions) (map[string]*pb.Variable, error) {
+	resp, err := b.api().SetVariables(b.ctx(ctx), &pb.SetVariablesRequest{
+		SessionId: b.session, Updates: updates, Metadata: o.metadata, ExpectedVersions: o.expectedVersions, Source: o.source,
+	})
 	if err != nil {
 		return nil, fromStatus(err)
 	}
 	return resp.GetVariables(), nil
 }
 
-func (b *BridgedState) delete(ctx context.Context, req *pb.DeleteVariableRequest) error {
-	_, err := b.api().DeleteVariable(b.ctx(ctx), req)
+func (b *BridgedState) delete(ctx context.Context, identifier string, o writeOptions) error {
+	_, err := b.api().DeleteVariable(b.ctx(ctx), &pb.DeleteVariableRequest{
+		SessionId: b.session, VariableIdentifier: identifier, Metadata: o.metadata, Source: o.source,
+	})
 	return fromStatus(err)
 }
 

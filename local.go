@@ -43,10 +43,9 @@ func NewLocalState(opts ...Option) (*LocalState, error) {
 
 func (l *LocalState) ready(ctx context.Context) error { return ctx.Err() }
 
-func (l *LocalState) register(_ context.Context, req *pb.RegisterVariableRequest) (*pb.Variable, error) {
+func (l *LocalState) register(_ context.Context, name string, t pb.VariableType, val *pb.Value, o writeOptions) (*pb.Variable, error) {
 	v, _, err := l.st.Register(l.session, store.Register{
-		Name: req.GetName(), Type: req.GetType(), Value: req.GetInitialValue(), Constraints: req.GetConstraints(),
-		Metadata: req.GetMetadata(), Source: req.GetSource(),
+		Name: name, Type: t, Value: val, Constraints: o.constraints.proto(), Metadata: o.metadata, Source: o.source,
 	})
 	return v, fromStore(err)
 }
@@ -64,21 +63,20 @@ func (l *LocalState) getMany(_ context.Context, identifiers []string) (*pb.GetVa
 	return &pb.GetVariablesResponse{Variables: found, Missing: missing, Revision: rev}, nil
 }
 
-func (l *LocalState) set(_ context.Context, req *pb.SetVariableRequest) (*pb.Variable, error) {
-	res, err := l.st.Set(l.session, []store.Write{{Identifier: req.GetVariableIdentifier(), Value: req.GetValue(),
-		ExpectedVersion: req.ExpectedVersion}}, req.GetMetadata(), req.GetSource())
+func (l *LocalState) set(_ context.Context, identifier string, val *pb.Value, o writeOptions) (*pb.Variable, error) {
+	res, err := l.st.Set(l.session, []store.Write{{Identifier: identifier, Value: val, ExpectedVersion: o.expectedVersion}}, o.metadata, o.source)
 	if err != nil {
 		return nil, fromStore(err)
 	}
 	return res.Variables[0], nil
 }
 
-func (l *LocalState) setMany(_ context.Context, req *pb.SetVariablesRequest) (map[string]*pb.Variable, error) {
-	writes, err := store.BatchWrites(req.GetUpdates(), req.GetExpectedVersions())
+func (l *LocalState) setMany(_ context.Context, updates map[string]*pb.Value, o writeOptions) (map[string]*pb.Variable, error) {
+	writes, err := store.BatchWrites(updates, o.expectedVersions)
 	if err != nil {
 		return nil, fromStore(err)
 	}
-	res, err := l.st.Set(l.session, writes, req.GetMetadata(), req.GetSource())
+	res, err := l.st.Set(l.session, writes, o.metadata, o.source)
 	if err != nil {
 		return nil, fromStore(err)
 	}
@@ -89,8 +87,8 @@ func (l *LocalState) setMany(_ context.Context, req *pb.SetVariablesRequest) (ma
 	return out, nil
 }
 
-func (l *LocalState) delete(_ context.Context, req *pb.DeleteVariableRequest) error {
-	_, _, err := l.st.Delete(l.session, req.GetVariableIdentifier(), req.GetMetadata(), req.GetSource())
+func (l *LocalState) delete(_ context.Context, identifier string, o writeOptions) error {
+	_, _, err := l.st.Delete(l.session, identifier, o.metadata, o.source)
 	return fromStore(err)
 }
 

@@ -13,21 +13,22 @@ import (
 // over gRPC) each implement it; provider turns it into the StateProvider
 // API once (options, value conversion, the closed check, the watch
 // registry and the watch rules), so a new way in (HTTP, etcd) is one more
-// backend. Its vocabulary is the wire's: requests and variables as
-// protobuf messages, errors already the package's (internal/verr's types
-// and sentinels).
+// backend. Its vocabulary is the wire's values and variables as protobuf
+// messages, the write options as given, and errors already the package's
+// (internal/verr's types and sentinels). Writes take arguments rather than
+// a request message: LocalState's Set then allocates nothing for it.
 type backend interface {
 	// ready is checked after the provider's closed check, before anything
 	// else (LocalState: the context's error; BridgedState: nil, gRPC checks
 	// it).
 	ready(ctx context.Context) error
-	register(ctx context.Context, req *pb.RegisterVariableRequest) (*pb.Variable, error)
+	register(ctx context.Context, name string, t pb.VariableType, val *pb.Value, o writeOptions) (*pb.Variable, error)
 	get(ctx context.Context, identifier string) (*pb.Variable, error)
 	getMany(ctx context.Context, identifiers []string) (*pb.GetVariablesResponse, error)
-	set(ctx context.Context, req *pb.SetVariableRequest) (*pb.Variable, error)
+	set(ctx context.Context, identifier string, val *pb.Value, o writeOptions) (*pb.Variable, error)
 	// setMany returns the variables written, keyed by identifier as passed.
-	setMany(ctx context.Context, req *pb.SetVariablesRequest) (map[string]*pb.Variable, error)
-	delete(ctx context.Context, req *pb.DeleteVariableRequest) error
+	setMany(ctx context.Context, updates map[string]*pb.Value, o writeOptions) (map[string]*pb.Variable, error)
+	delete(ctx context.Context, identifier string, o writeOptions) error
 	list(ctx context.Context, pattern string) (*pb.ListVariablesResponse, error)
 	heartbeat(ctx context.Context) (*pb.Session, error)
 	cleanup(ctx context.Context) error
@@ -69,10 +70,7 @@ func (p *provider) Register(ctx context.Context, name string, t Type, initial an
 	if err != nil {
 		return nil, err
 	}
-	v, err := p.be.register(ctx, &pb.RegisterVariableRequest{
-		SessionId: p.session, Name: name, Type: t.Proto(), InitialValue: val,
-		Constraints: o.constraints.proto(), Metadata: o.metadata, Source: o.source,
-	})
+	v, err := p.be.register(ctx, name, t.Proto(), val, o)
 	if err != nil {
 		return nil, err
 	}
@@ -117,10 +115,7 @@ func (p *provider) Set(ctx context.Context, identifier string, value any, opts .
 	if err != nil {
 		return nil, err
 	}
-	v, err := p.be.set(ctx, &pb.SetVariableRequest{
-		SessionId: p.session, VariableIdentifier: identifier, Value: val,
-		Metadata: o.metadata, ExpectedVersion: o.expectedVersion, Source: o.source,
-	})
+	v, err := p.be.set(ctx, identifier, val, o)
 	if err != nil {
 		return nil, err
 	}
@@ -133,18 +128,15 @@ func (p *provider) SetMany(ctx context.Context, updates map[string]any, opts ...
 		return nil, err
 	}
 	o := newWriteOptions(opts)
-	req := &pb.SetVariablesRequest{
-		SessionId: p.session, Updates: make(map[string]*pb.Value, len(updates)),
-		Metadata: o.metadata, ExpectedVersions: o.expectedVersions, Source: o.source,
-	}
+	vals := make(map[string]*pb.Value, len(updates))
 	for id, v := range updates {
 		val, err := ToProto("", v)
 		if err != nil {
 			return nil, err
 		}
-		req.Updates[id] = val
+		vals[id] = val
 	}
-	vars, err := p.be.setMany(ctx, req)
+	vars, err := p.be.setMany(ctx, vals, o)
 	if err != nil {
 		return nil, err
 	}
@@ -160,10 +152,7 @@ func (p *provider) Delete(ctx context.Context, identifier string, opts ...WriteO
 	if err := p.check(ctx); err != nil {
 		return err
 	}
-	o := newWriteOptions(opts)
-	return p.be.delete(ctx, &pb.DeleteVariableRequest{
-		SessionId: p.session, VariableIdentifier: identifier, Metadata: o.metadata, Source: o.source,
-	})
+	return p.be.delete(ctx, identifier, newWriteOptions(opts))
 }
 
 // List implements StateProvider.
