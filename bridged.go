@@ -215,10 +215,11 @@ func (b *BridgedState) openWatch(ctx context.Context, identifiers []string, cfg 
 	}
 	conn := streamConn{session: b.session, auth: bearer(b.token), pool: b.pool, lease: lease}
 	wctx, cancel := watchContext(ctx)
-	// The watch's incarnation stays unknown until its stream names one.
+	// The incarnation known so far (given, or read with the revision); the
+	// stream corrects it if the session was created again meanwhile.
 	w := build(watchStart{
 		identOf:     func(id string) (string, bool) { s, ok := ident[id]; return s, ok },
-		startsAfter: resume - 1, ctx: wctx, cancel: cancel,
+		startsAfter: resume - 1, incarnation: cfg.incarnation, ctx: wctx, cancel: cancel,
 	})
 	c := newStreamConsumer(conn, w, initial, initialRev, cfg.incarnation)
 	if err := c.openFirst(wctx); err != nil {

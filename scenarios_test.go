@@ -634,3 +634,37 @@ func TestWatchKeepsSessionAlive(t *testing.T) {
 		run(t, e)
 	})
 }
+
+// Every watch reports the session incarnation from the start, whichever way
+// it began (named variables or all of them, with or without initial values),
+// so a caller can resume it later with WithIncarnation.
+func TestWatchReportsIncarnation(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		make func(t *testing.T) env
+	}{
+		{"local", func(t *testing.T) env { return newLocalEnv(t) }},
+		{"bridged", func(t *testing.T) env { e, _ := newBridgedEnv(t, store.Options{}); return e }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := tc.make(t)
+			mustRegister(t, e.p, "v", TypeInteger, int64(0))
+			info, err := e.p.(interface {
+				Heartbeat(context.Context) (*SessionInfo, error)
+			}).Heartbeat(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, idents := range [][]string{{"v"}, nil} {
+				for _, initial := range []bool{false, true} {
+					mustWatch(t, e.p, context.Background(), idents, func(string, any, any, UpdateMeta) {}, WithInitialValues(initial))
+				}
+			}
+			for _, wi := range e.p.ListWatchers() {
+				if wi.Incarnation != info.Incarnation {
+					t.Errorf("watch %v of %v: incarnation %q, want %q", wi.Ref, wi.Identifiers, wi.Incarnation, info.Incarnation)
+				}
+			}
+		})
+	}
+}
