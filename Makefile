@@ -126,7 +126,7 @@ chaos: venv build
 SOAK ?= 3m
 soak:
 	@echo "==> soak ($(SOAK))"
-	VARBRIDGE_SOAK=$(SOAK) go test -count=1 -timeout 1h -v -run '^TestSoak$$' .
+	VARBRIDGE_SOAK=$(SOAK) go test -count=1 -timeout 1h -v -run '^TestSoak$$' ./systest
 
 demo: venv build
 	@echo "==> demo"

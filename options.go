@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/varbridge/varbridge/internal/store"
+	"github.com/varbridge/varbridge/internal/testhooks"
 )
 
 // Option configures NewLocalState and NewBridgedState. Each says which of
@@ -76,6 +77,8 @@ func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
 // withStore makes a LocalState use an existing store, such as the one an
 // in-process server serves, instead of a private one that Close closes.
 func withStore(s *store.Store) Option { return func(o *options) { o.store = s } }
+
+func init() { testhooks.WithStore = withStore }
 
 // WithTLS connects a BridgedState over TLS with the given configuration.
 func WithTLS(cfg *tls.Config) Option { return func(o *options) { o.tlsConfig = cfg } }

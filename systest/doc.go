@@ -39,7 +39,7 @@
 // VARBRIDGE_LEAK_BRIDGED_CYCLES, for the watch/unwatch cycles, 100,000 per
 // provider by default).
 //
-// The soak (make soak, VARBRIDGE_SOAK=3m) stays in the root package's
-// soak_test.go: it puts LocalState watches on the very store the
-// in-process server serves, which only the package itself can do.
+// The soak (make soak, or VARBRIDGE_SOAK=3m go test -run '^TestSoak$'
+// ./systest) puts LocalState watches on the very store the in-process
+// server serves, through varbridge's one test hook (internal/testhooks).
 package systest

@@ -1,15 +1,13 @@
-package varbridge
+package systest
 
 // The soak (issue 6, item 2): thousands of watches and continuous writes
 // for minutes, memory printed over time and required to stay flat. Not part
 // of `go test` or `make test`; `make soak` runs it (-soak=3m).
 //
-// It is the one system suite that stays in package varbridge rather than
-// the black-box systest package beside the fault, leak and slow-consumer
-// suites: its LocalState watches sit on the very store the in-process
-// server serves (the unexported withStore option), so that one set of
-// writes feeds both kinds of watch, and no exported API can build a
-// LocalState on a store it shares with a server.
+// Its LocalState watches sit on the very store the in-process server
+// serves, so that one set of writes feeds both kinds of watch; no exported
+// API builds such a LocalState, so the test takes varbridge's unexported
+// option through internal/testhooks.
 
 import (
 	"context"
@@ -19,8 +17,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"runtime"
-	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -28,14 +24,19 @@ import (
 	"testing"
 	"time"
 
-	dto "github.com/prometheus/client_model/go"
-
+	"github.com/varbridge/varbridge"
 	"github.com/varbridge/varbridge/internal/metrics"
 	"github.com/varbridge/varbridge/internal/server"
 	"github.com/varbridge/varbridge/internal/servertest"
 	"github.com/varbridge/varbridge/internal/store"
+	"github.com/varbridge/varbridge/internal/testhooks"
 	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
+
+// withStore is varbridge's unexported option, through its test hook.
+func withStore(st *store.Store) varbridge.Option {
+	return testhooks.WithStore.(func(*store.Store) varbridge.Option)(st)
+}
 
 var soakFor = flag.Duration("soak", envDuration("VARBRIDGE_SOAK", 0),
 	"run TestSoak for this long (make soak: 3m); 0 skips it")
@@ -70,11 +71,11 @@ type soakSample struct {
 }
 
 // TestSoak: one in-process server; 4 sessions of 32 variables; 2,000
-// BridgedState watches (500 per session: most name 1-3 variables, 10 watch
+// varbridge.BridgedState watches (500 per session: most name 1-3 variables, 10 watch
 // the whole session; half the sessions' clients go through a proxy that
 // cuts every connection every 15 s, so 1,000 watches reconnect at once)
-// and 400 LocalState watches on the same store; writers commit 250 single
-// sets and batches per second per session; 50 BridgedState watches are
+// and 400 varbridge.LocalState watches on the same store; writers commit 250 single
+// sets and batches per second per session; 50 varbridge.BridgedState watches are
 // unwatched and watched again every second. Every tenth of the run it
 // prints the live heap, heap in use, RSS, goroutines, observers and rates.
 // After a warm-up of a quarter of the run, the live heap of the last third
@@ -103,23 +104,23 @@ func TestSoak(t *testing.T) {
 	baseGoroutines := stableGoroutines() // the server and proxy, no client yet
 
 	var delivered, writes, resyncs, counter atomic.Int64
-	watcher := func(_ string, _, _ any, meta UpdateMeta) {
+	watcher := func(_ string, _, _ any, meta varbridge.UpdateMeta) {
 		delivered.Add(1)
 		if meta.Resync {
 			resyncs.Add(1)
 		}
 	}
 	type spec struct {
-		p      *BridgedState
+		p      *varbridge.BridgedState
 		idents []string
-		ref    WatchRef
+		ref    varbridge.WatchRef
 	}
 	var (
 		specsMu sync.Mutex
 		specs   []*spec
-		states  []*BridgedState // the watchers' states
-		writers []*BridgedState // direct, never cut
-		locals  []*LocalState
+		states  []*varbridge.BridgedState // the watchers' states
+		writers []*varbridge.BridgedState // direct, never cut
+		locals  []*varbridge.LocalState
 		names   [][]string
 	)
 	for s := range sessions {
@@ -127,13 +128,13 @@ func TestSoak(t *testing.T) {
 		if s%2 == 1 {
 			addr = proxy.Addr()
 		}
-		w := dialBridged(t, srv.Addr, WithSessionID(fmt.Sprintf("soak-%d", s)))
+		w := dialBridged(t, srv.Addr, varbridge.WithSessionID(fmt.Sprintf("soak-%d", s)))
 		writers = append(writers, w)
 		var ns []string
 		for v := range vars {
 			n := fmt.Sprintf("v%02d", v)
 			ns = append(ns, n)
-			mustRegister(t, w, n, TypeInteger, int64(0))
+			mustRegister(t, w, n, varbridge.TypeInteger, int64(0))
 		}
 		names = append(names, ns)
 		// Fill the history window now with writes like the writers' (a
@@ -152,7 +153,7 @@ func TestSoak(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		b := dialBridged(t, addr, WithSessionID(w.SessionID()))
+		b := dialBridged(t, addr, varbridge.WithSessionID(w.SessionID()))
 		states = append(states, b)
 		for i := range bridgedPerSess {
 			sp := &spec{p: b}
@@ -161,10 +162,10 @@ func TestSoak(t *testing.T) {
 					sp.idents = append(sp.idents, ns[k])
 				}
 			}
-			sp.ref = mustWatch(t, b, ctx, sp.idents, watcher, WithMaxFailures(1000))
+			sp.ref = mustWatch(t, b, ctx, sp.idents, watcher, varbridge.WithMaxFailures(1000))
 			specs = append(specs, sp)
 		}
-		l, err := NewLocalState(WithSessionID(b.SessionID()), withStore(srv.Store), WithLogger(quiet))
+		l, err := varbridge.NewLocalState(varbridge.WithSessionID(b.SessionID()), withStore(srv.Store), varbridge.WithLogger(quiet))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -222,10 +223,10 @@ func TestSoak(t *testing.T) {
 				t.Errorf("unwatch: %v", err)
 				return
 			}
-			sp.ref = WatchRef{}
+			sp.ref = varbridge.WatchRef{}
 		}
-		ref, err := sp.p.WatchVariables(ctx, sp.idents, watcher, WithMaxFailures(1000))
-		if errors.Is(err, ErrUnavailable) { // a cut hit the new watch's first calls: try again later
+		ref, err := sp.p.WatchVariables(ctx, sp.idents, watcher, varbridge.WithMaxFailures(1000))
+		if errors.Is(err, varbridge.ErrUnavailable) { // a cut hit the new watch's first calls: try again later
 			churnRetries.Add(1)
 			return
 		}
@@ -318,85 +319,4 @@ func TestSoak(t *testing.T) {
 	if g > baseGoroutines {
 		t.Errorf("%d goroutines after every client closed, %d before any started\n%s", g, baseGoroutines, goroutineDump())
 	}
-}
-
-// --- goroutines, memory and metrics ------------------------------------------
-
-// settleGoroutines waits until runtime.NumGoroutine() is at most want,
-// within limit, and returns the count it saw last.
-func settleGoroutines(want int, limit time.Duration) int {
-	deadline := time.Now().Add(limit)
-	n := runtime.NumGoroutine()
-	for n > want && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-		n = runtime.NumGoroutine()
-	}
-	return n
-}
-
-// stableGoroutines returns the goroutine count once it has not changed for
-// a while (grpc and the runtime start and stop a few in the background).
-func stableGoroutines() int {
-	last, same := -1, 0
-	for i := 0; i < 500 && same < 20; i++ {
-		n := runtime.NumGoroutine()
-		if n == last {
-			same++
-		} else {
-			last, same = n, 0
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	return last
-}
-
-// heapInUse returns the live heap after two collections.
-func heapInUse() uint64 {
-	runtime.GC()
-	runtime.GC()
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	return ms.HeapAlloc
-}
-
-func mib(b uint64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
-
-// goroutineDump lists the stacks of the goroutines running now, for a
-// failure message.
-func goroutineDump() string {
-	buf := make([]byte, 1<<20)
-	buf = buf[:runtime.Stack(buf, true)]
-	stacks := strings.Split(string(buf), "\n\n")
-	sort.Strings(stacks)
-	return strings.Join(slices.Compact(stacks), "\n\n")
-}
-
-// gatherValue sums the samples of a metric in m's registry (-1: absent).
-func gatherValue(t testing.TB, m *metrics.Metrics, name string) float64 {
-	t.Helper()
-	mfs, err := m.Registry().Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		var sum float64
-		for _, s := range mf.GetMetric() {
-			sum += sampleValue(s)
-		}
-		return sum
-	}
-	return -1
-}
-
-func sampleValue(s *dto.Metric) float64 {
-	switch {
-	case s.GetGauge() != nil:
-		return s.GetGauge().GetValue()
-	case s.GetCounter() != nil:
-		return s.GetCounter().GetValue()
-	}
-	return 0
 }
