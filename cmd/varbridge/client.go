@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"github.com/varbridge/varbridge/cmd/varbridge/internal/values"
 	"io"
 	"net"
 	"os"
@@ -357,12 +358,12 @@ func (c *client) printVariable(v *varbridgev1.Variable, resp proto.Message, suff
 func variableLine(v *varbridgev1.Variable) string {
 	var b strings.Builder
 	b.WriteString(quoteIfNeeded(v.GetName()))
-	value := FormatValue(v.GetValue())
+	value := values.FormatValue(v.GetValue())
 	if _, isString := v.GetValue().GetKind().(*varbridgev1.Value_StringValue); isString {
 		value = quoteIfNeeded(value)
 	} // other kinds print as one word: numbers, true/false, compact JSON
 	fmt.Fprintf(&b, " id=%s type=%s value=%s version=%d revision=%d",
-		quoteIfNeeded(v.GetId()), TypeName(v.GetType()), value, v.GetVersion(), v.GetRevision())
+		quoteIfNeeded(v.GetId()), values.TypeName(v.GetType()), value, v.GetVersion(), v.GetRevision())
 	fmt.Fprintf(&b, " source=%s", quoteIfNeeded(v.GetSource()))
 	return b.String()
 }

@@ -7,6 +7,7 @@ package main
 import (
 	"encoding/base64"
 	"encoding/json"
+	"github.com/varbridge/varbridge/cmd/varbridge/internal/values"
 	"io"
 	"maps"
 	"math"
@@ -31,7 +32,7 @@ type variableJSON struct {
 
 func variableJSONOf(v *varbridgev1.Variable) variableJSON {
 	l := variableJSON{
-		Name: v.GetName(), ID: v.GetId(), Type: TypeName(v.GetType()), Value: jsonValue(varbridge.FromProto(v.GetValue())),
+		Name: v.GetName(), ID: v.GetId(), Type: values.TypeName(v.GetType()), Value: jsonValue(varbridge.FromProto(v.GetValue())),
 		Version: v.GetVersion(), Revision: v.GetRevision(), Source: v.GetSource(), Metadata: v.GetMetadata(),
 	}
 	if v.GetUpdatedAt() != nil {

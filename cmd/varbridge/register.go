@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"github.com/varbridge/varbridge/cmd/varbridge/internal/values"
 	"strconv"
 
 	"github.com/spf13/cobra"
@@ -26,7 +27,7 @@ func newRegisterCmd(g *globalOptions) *cobra.Command {
 		Long: `Register a typed variable with an initial value, optionally constrained.
 The session is created first when it does not exist.
 
-TYPE is one of ` + typeList() + `.
+TYPE is one of ` + values.TypeList() + `.
 VALUE is parsed per TYPE: integers exactly as int64, floats as Go floats (nan
 and inf accepted), booleans as true/false, embeddings as a JSON array of
 numbers, tensors as JSON {"shape":[2,2],"dtype":"float32","data":[1,2,3,4]}
@@ -39,7 +40,7 @@ numbers, tensors as JSON {"shape":[2,2],"dtype":"float32","data":[1,2,3,4]}
 		Args: cobra.ExactArgs(3),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name, typeText, valueText := args[0], args[1], args[2]
-			t, err := ParseType(typeText)
+			t, err := values.ParseType(typeText)
 			if err != nil {
 				return err
 			}
@@ -70,9 +71,9 @@ numbers, tensors as JSON {"shape":[2,2],"dtype":"float32","data":[1,2,3,4]}
 			cons.Choices = choices
 			cons.AllowedModules = allowedModules
 			cons.Shape = shape
-			value, err := ParseValue(t, valueText, cons)
+			value, err := values.ParseValue(t, valueText, cons)
 			if err != nil {
-				return fmt.Errorf("value for %s %q: %w", TypeName(t), name, err)
+				return fmt.Errorf("value for %s %q: %w", values.TypeName(t), name, err)
 			}
 			md, err := parseMeta(meta)
 			if err != nil {
@@ -109,7 +110,7 @@ numbers, tensors as JSON {"shape":[2,2],"dtype":"float32","data":[1,2,3,4]}
 	f.StringSliceVar(&allowedModules, "allowed-modules", nil, "allowed values of a module (comma-separated or repeated)")
 	f.Int64Var(c.Dimensions, "dimensions", 0, "exact length of an embedding")
 	f.Int64SliceVar(&shape, "shape", nil, "exact shape of a tensor, e.g. 2,3 (-1: any size on that axis)")
-	f.StringVar(c.Dtype, "dtype", "", "exact dtype of a tensor ("+dtypeList+")")
+	f.StringVar(c.Dtype, "dtype", "", "exact dtype of a tensor ("+values.DtypeList+")")
 	f.StringArrayVar(&meta, "meta", nil, "metadata key=value (repeatable)")
 	f.StringVar(&source, "source", "cli", "who registers it")
 	return cmd

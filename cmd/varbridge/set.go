@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/varbridge/varbridge/cmd/varbridge/internal/values"
 	"strconv"
 	"strings"
 
@@ -70,9 +71,9 @@ to be registered).`,
 					return opError("set "+strconv.Quote(ident), err)
 				}
 				v := cur.GetVariable()
-				value, err := ParseValue(v.GetType(), text, v.GetConstraints())
+				value, err := values.ParseValue(v.GetType(), text, v.GetConstraints())
 				if err != nil {
-					return fmt.Errorf("value for %s %q: %w", TypeName(v.GetType()), v.GetName(), err)
+					return fmt.Errorf("value for %s %q: %w", values.TypeName(v.GetType()), v.GetName(), err)
 				}
 				req := &varbridgev1.SetVariableRequest{
 					SessionId:          c.session,
@@ -144,18 +145,18 @@ func setBatch(ctx context.Context, c *client, updates []batchUpdate, md map[stri
 		return opError("set --batch", status.Errorf(codes.NotFound,
 			"no variable named %s in session %q", strings.Join(missing, ", "), c.session))
 	}
-	values := make(map[string]*varbridgev1.Value, len(updates))
+	vals := make(map[string]*varbridgev1.Value, len(updates))
 	for _, u := range updates {
 		v := cur.GetVariables()[u.ident]
-		value, err := ParseValue(v.GetType(), u.text, v.GetConstraints())
+		value, err := values.ParseValue(v.GetType(), u.text, v.GetConstraints())
 		if err != nil {
-			return fmt.Errorf("value for %s %q: %w", TypeName(v.GetType()), v.GetName(), err)
+			return fmt.Errorf("value for %s %q: %w", values.TypeName(v.GetType()), v.GetName(), err)
 		}
-		values[u.ident] = value
+		vals[u.ident] = value
 	}
 	resp, err := c.api.SetVariables(c.ctx(ctx), &varbridgev1.SetVariablesRequest{
 		SessionId: c.session,
-		Updates:   values,
+		Updates:   vals,
 		Metadata:  md,
 		Source:    source,
 	})

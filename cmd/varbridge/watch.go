@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"github.com/varbridge/varbridge/cmd/varbridge/internal/values"
 	"io"
 	"log/slog"
 	"strings"
@@ -176,5 +177,5 @@ func readable(t varbridge.Type, v any) string {
 	if err != nil {
 		return fmt.Sprint(v)
 	}
-	return FormatValue(pv)
+	return values.FormatValue(pv)
 }

@@ -1,9 +1,9 @@
-package main
-
-// Parsing command-line text into typed varbridge values, and formatting values
-// back into text. FormatValue's output parses back with ParseValue into the
+// Package values parses command-line text into typed varbridge values and
+// formats values back into text, for the varbridge CLI. FormatValue's output parses back with ParseValue into the
 // same value (floats use the shortest round-tripping form, NaN and infinities
 // included), so what `varbridge get` prints can be fed to `varbridge set`.
+
+package values
 
 import (
 	"bytes"
@@ -49,7 +49,8 @@ var typeAliases = map[string]string{
 }
 
 // typeList is "integer|float|..." for help and error text.
-func typeList() string {
+// TypeList lists the CLI's type names, for help text.
+func TypeList() string {
 	names := make([]string, len(typeNames))
 	for i, tn := range typeNames {
 		names[i] = tn.name
@@ -69,7 +70,7 @@ func ParseType(s string) (varbridgev1.VariableType, error) {
 		return t, nil
 	}
 	return varbridgev1.VariableType_VARIABLE_TYPE_UNSPECIFIED,
-		fmt.Errorf("unknown type %q: want one of %s", s, typeList())
+		fmt.Errorf("unknown type %q: want one of %s", s, TypeList())
 }
 
 // TypeName is the CLI name of t ("float"), or the enum's name for unknown values.
@@ -221,7 +222,8 @@ var dtypeSize = map[string]int{
 	"int64": 8, "uint64": 8, "float64": 8,
 }
 
-const dtypeList = "bool, int8, int16, int32, int64, uint8, uint16, uint32, uint64, float16, float32, float64"
+// DtypeList lists the tensor dtypes, for help text.
+const DtypeList = "bool, int8, int16, int32, int64, uint8, uint16, uint32, uint64, float16, float32, float64"
 
 func parseTensor(s string, c *varbridgev1.Constraints) (*varbridgev1.Tensor, error) {
 	const usage = `tensor must be JSON like {"shape":[2,2],"dtype":"float32","data":[1,2,3,4]}`
@@ -242,11 +244,11 @@ func parseTensor(s string, c *varbridgev1.Constraints) (*varbridgev1.Tensor, err
 		dtype = c.GetDtype()
 	}
 	if dtype == "" {
-		return nil, fmt.Errorf("%s: dtype is missing (one of %s)", usage, dtypeList)
+		return nil, fmt.Errorf("%s: dtype is missing (one of %s)", usage, DtypeList)
 	}
 	size, ok := dtypeSize[dtype]
 	if !ok {
-		return nil, fmt.Errorf("unknown tensor dtype %q: want one of %s", dtype, dtypeList)
+		return nil, fmt.Errorf("unknown tensor dtype %q: want one of %s", dtype, DtypeList)
 	}
 	if len(tj.Data) == 0 {
 		return nil, fmt.Errorf("%s: data is missing", usage)
