@@ -1,8 +1,8 @@
 // Package values parses command-line text into typed varbridge values and
-// formats values back into text, for the varbridge CLI. FormatValue's output parses back with ParseValue into the
-// same value (floats use the shortest round-tripping form, NaN and infinities
-// included), so what `varbridge get` prints can be fed to `varbridge set`.
-
+// formats values back into text, for the varbridge CLI. FormatValue's output
+// parses back with ParseValue into the same value (floats use the shortest
+// round-tripping form, NaN and infinities included), so what `varbridge get`
+// prints can be fed to `varbridge set`.
 package values
 
 import (
