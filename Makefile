@@ -100,8 +100,8 @@ fuzz:
 	done
 
 # --- Faults, leaks and load (issue 6) -----------------------------------------
-# The system suites live in the black-box package ./systest (see its doc.go);
-# the soak stays in the root package (soak_test.go says why).
+# The system suites (faults, leaks, slow consumers, restarts, soak) live in
+# the black-box package ./systest (see its doc.go).
 # `make test` runs these tests at short sizes: 10,000+ updates through cuts,
 # stalls and one blackhole (Go and Python), and writer throughput next to
 # stalled watchers, logged (timing is not asserted there); 100,000 watch/unwatch cycles per provider and the
