@@ -152,6 +152,10 @@ left (open watches, which reconnect elsewhere or when it is back).`,
 					srv.LogSessionsExpired(ids)
 				}
 			}
+			// A where filter is judged against the sizes this server accepts.
+			so.Filter.Compile.MaxMetadataEntries = uint64(limits.MaxMetadataEntries)
+			so.Filter.Compile.MaxMetadataKeyBytes = uint64(limits.MaxMetadataKeyBytes)
+			so.Filter.Compile.MaxMetadataValueBytes = uint64(limits.MaxMetadataValueBytes)
 			st := store.New(so)
 			defer st.Close()
 			srv := server.New(st, sopts...)
@@ -219,6 +223,8 @@ left (open watches, which reconnect elsewhere or when it is back).`,
 	f.IntVar(&so.MaxWatches, "max-watches", store.DefaultMaxWatches, "watches per session")
 	f.IntVar(&so.MaxWatchIdentifiers, "max-watch-identifiers", store.DefaultMaxWatchIdentifiers, "variables named by one watch")
 	f.IntVar(&so.MaxValueBytes, "max-value-bytes", store.DefaultMaxValueBytes, "encoded size of one value")
+	f.Int64Var(&so.Filter.CostPerSecond, "filter-cost-per-second", store.DefaultFilterCostPerSecond,
+		"CEL cost units the where filters of one session's watches may spend per second (negative: unlimited)")
 	f.IntVar(&limits.MaxRecvMsgBytes, "max-recv-msg-bytes", server.DefaultMaxRecvMsgBytes, "largest request message accepted")
 	f.IntVar(&limits.MaxMetadataEntries, "max-metadata-entries", server.DefaultMaxMetadataEntries, "entries in one request metadata map")
 	f.IntVar(&limits.MaxMetadataKeyBytes, "max-metadata-key-bytes", server.DefaultMaxMetadataKeyBytes, "bytes in one metadata key")

@@ -29,7 +29,7 @@ func Open(st *store.Store, req *pb.WatchVariablesRequest, hooks Hooks) (*Watch, 
 	}
 	o := Options{Coalesce: req.GetCoalesce(), Compact: req.GetCompact(), Heartbeat: time.Duration(hb) * time.Millisecond, Hooks: hooks}
 	if req.GetWhere() != "" {
-		f, err := where.Compile(req.GetWhere())
+		f, err := where.CompileWith(req.GetWhere(), st.CompileLimits())
 		if err != nil {
 			return nil, err
 		}

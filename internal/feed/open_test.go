@@ -51,3 +51,27 @@ func TestOpen(t *testing.T) {
 		t.Fatalf("Close left %d watches", st.WatchCount())
 	}
 }
+
+// A filter is judged against the sizes the store accepts: a comprehension
+// over a value, refused where values may be 4 MiB, is fine where they are
+// at most 1 KiB.
+func TestOpenCompilesWithTheStoresLimits(t *testing.T) {
+	const comprehension = `new.exists(x, x > 0.5)`
+	for _, tc := range []struct {
+		maxValue int
+		ok       bool
+	}{{0, false}, {1 << 10, true}} {
+		st := store.New(store.Options{MaxValueBytes: tc.maxValue})
+		if _, _, err := st.CreateSession("s", 0, nil); err != nil {
+			t.Fatal(err)
+		}
+		w, err := feed.Open(st, &pb.WatchVariablesRequest{SessionId: "s", Where: comprehension}, feed.Hooks{})
+		if (err == nil) != tc.ok {
+			t.Errorf("max value bytes %d: Open = %v; want ok=%v", tc.maxValue, err, tc.ok)
+		}
+		if w != nil {
+			w.Close()
+		}
+		st.Close()
+	}
+}

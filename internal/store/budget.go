@@ -4,6 +4,8 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"github.com/varbridge/varbridge/internal/where"
 )
 
 // This file is the per-session filter budget. Where filters run in each
@@ -38,7 +40,14 @@ type FilterLimits struct {
 	// LimitHits is how many of a watch's last 16 evaluations may stop at
 	// the per-evaluation cost limit before the watch ends (at most 16).
 	LimitHits int
+	// Compile bounds what a filter may cost, judged when its watch opens.
+	// Zero fields take where.DefaultLimits, except that the value size is
+	// the store's MaxValueBytes.
+	Compile where.Limits
 }
+
+// CompileLimits are the limits a watch's where filter compiles with.
+func (st *Store) CompileLimits() where.Limits { return st.opts.Filter.Compile }
 
 // Budget is a session's filter budget, a token bucket shared by all its
 // watches. A nil Budget is unlimited.

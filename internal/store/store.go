@@ -81,6 +81,9 @@ func (o *Options) withDefaults() {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.Filter.Compile.MaxValueBytes == 0 {
+		o.Filter.Compile.MaxValueBytes = uint64(o.MaxValueBytes)
+	}
 }
 
 // Store is the SessionStore: an in-memory set of sessions. It is safe for
