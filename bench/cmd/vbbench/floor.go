@@ -6,19 +6,27 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/varbridge/varbridge/internal/codec"
+	"github.com/varbridge/varbridge/internal/server"
 	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
 
 // floorServer is the least a gRPC server can do to carry a write to a
 // watcher: SetVariable stamps the value and hands it over a channel to each
 // WatchVariables handler, which sends it. No store, no history, no
-// interceptors, grpc-go's default codec. Its latency is the floor of the
-// transport on this machine, measured by the same client as varbridge's.
+// interceptors. It runs with varbridge's own server options (floorOptions:
+// stream workers, codec, keepalive, receive limit), so the gap between the
+// two is varbridge's work, not a different transport set-up. Its latency is
+// the floor of the transport on this machine, measured by the same client as
+// varbridge's.
 type floorServer struct {
 	pb.UnimplementedBridgeServiceServer
 	mu      sync.Mutex
@@ -84,7 +92,7 @@ func floorServe() error {
 	if err != nil {
 		return err
 	}
-	g := grpc.NewServer()
+	g := grpc.NewServer(floorOptions()...)
 	pb.RegisterBridgeServiceServer(g, &floorServer{watches: map[chan *pb.VariableUpdate]struct{}{}})
 	go func() { _ = g.Serve(lis) }()
 	fmt.Printf("listening on %s\n", lis.Addr())
@@ -92,6 +100,23 @@ func floorServe() error {
 	g.Stop()
 	return nil
 }
+
+// floorOptions are the server options internal/server.GRPCServer gives
+// varbridge, less its interceptors (metrics, logging, recovery, auth,
+// limits: the varbridge work the floor leaves out). The keepalive
+// parameters are that server's defaults (unexported there).
+func floorOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: server.ClientPingInterval, PermitWithoutStream: true}),
+		grpc.MaxRecvMsgSize(server.DefaultMaxRecvMsgBytes),
+		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
+		grpc.ForceServerCodecV2(codec.Server),
+	}
+}
+
+// floorServerDesc says in params how the floor server runs.
+const floorServerDesc = "bench's floor server (vbbench floor-serve): SetVariable hands the value over a channel to each WatchVariables handler, which sends it; no store, no interceptors; varbridge's server options: grpc.NumStreamWorkers(GOMAXPROCS), internal/codec's Server codec, the same keepalive and receive limit"
 
 func startFloor(self string) (*proc, error) {
 	return startListener("grpc floor server", self, "floor-serve")

@@ -114,7 +114,7 @@ func benchLatency(ctx context.Context, c *config, col *collector, self string) e
 		if err != nil {
 			return fmt.Errorf("grpc floor run %d: %w", r, err)
 		}
-		record("floor_grpc_set_to_go_watcher", ls, map[string]any{"client": "as rawgrpc_*", "server": "bench's floor server: SetVariable hands the value over a channel to each WatchVariables handler, which sends it; no store", "time_from": "writer's SetVariable start, CLOCK_MONOTONIC"})
+		record("floor_grpc_set_to_go_watcher", ls, map[string]any{"client": "as rawgrpc_*", "server": floorServerDesc, "time_from": "writer's SetVariable start, CLOCK_MONOTONIC"})
 
 		var np50, np99 float64
 		if nsrv != nil {
@@ -157,7 +157,7 @@ func benchLatency(ctx context.Context, c *config, col *collector, self string) e
 		if err != nil {
 			return fmt.Errorf("grpc py floor run %d: %w", r, err)
 		}
-		record("floor_grpc_set_to_py_watcher", ls, map[string]any{"client": "as rawgrpc_*_py", "server": "bench's floor server (no store)", "time_from": "Go writer's SetVariable start, CLOCK_MONOTONIC"})
+		record("floor_grpc_set_to_py_watcher", ls, map[string]any{"client": "as rawgrpc_*_py", "server": floorServerDesc, "time_from": "Go writer's SetVariable start, CLOCK_MONOTONIC"})
 
 		if nsrv != nil {
 			bucket := fmt.Sprintf("latpy%d", r)
