@@ -73,15 +73,16 @@ func localLatency(ctx context.Context, n, rate int) (latSamples, error) {
 }
 
 // localThroughput: one LocalState watch, a writer setting as fast as it
-// can for n writes; updates delivered per second.
-func localThroughput(ctx context.Context, n int) (float64, error) {
+// can for n writes; updates delivered per second, and how many RESYNCs the
+// watch got (the writer outran it past the history window).
+func localThroughput(ctx context.Context, n int) (float64, int64, error) {
 	l, err := varbridge.NewLocalState(varbridge.WithLogger(quietLog))
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	defer l.Close()
 	if _, err := l.Register(ctx, "x", varbridge.TypeInteger, int64(0)); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	// A writer this fast can outrun the watcher past the history window:
 	// the watch then gets a RESYNC (by design) instead of every value, so
@@ -98,24 +99,21 @@ func localThroughput(ctx context.Context, n int) (float64, error) {
 		}
 	})
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	defer func() { _ = l.UnwatchVariables(ref) }()
 	t0 := time.Now()
 	for i := 1; i <= n; i++ {
 		if _, err := l.Set(ctx, "x", int64(i)); err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 	}
 	select {
 	case <-done:
 	case <-time.After(60 * time.Second):
-		return 0, fmt.Errorf("the last value never arrived: delivered %d of %d", got.Load(), n)
+		return 0, 0, fmt.Errorf("the last value never arrived: delivered %d of %d", got.Load(), n)
 	}
-	if r := resyncs.Load(); r > 0 {
-		fmt.Printf("   local stream: the writer outran the watch past the history window: %d resyncs, %d of %d values delivered\n", r, got.Load(), n)
-	}
-	return float64(got.Load()) / time.Since(t0).Seconds(), nil
+	return float64(got.Load()) / time.Since(t0).Seconds(), resyncs.Load(), nil
 }
 
 // bridgedLatency: a BridgedState watcher and another BridgedState writer
