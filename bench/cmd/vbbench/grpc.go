@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -66,6 +65,11 @@ func pacedWriter(ctx context.Context, n, rate int, write func(v int64) error) er
 	}
 	return write(-1)
 }
+
+// latTimeout is a latency run's timeout: how long the harness waits for a
+// watcher's stop value (and a Python watcher's samples) after the last
+// write. A value a watcher never saw counts as this in the percentiles.
+const latTimeout = 10 * time.Second
 
 // latSamples are one latency run's samples, in nanoseconds.
 type latSamples struct {
@@ -137,8 +141,8 @@ func grpcLatencyRaw(ctx context.Context, addr, session string, n, rate int) (lat
 		if err != nil {
 			return ls, err
 		}
-	case <-time.After(10 * time.Second):
-		return ls, errors.New("watcher did not see the stop value within 10s")
+	case <-time.After(latTimeout):
+		return ls, fmt.Errorf("watcher did not see the stop value within %s", latTimeout)
 	}
 	ls.missed = n - len(ls.send)
 	_, _ = wc.CleanupSession(ctx, &pb.CleanupSessionRequest{SessionId: session})

@@ -40,8 +40,21 @@ func startNATS(self, dir string) (*proc, error) {
 	return startListener("nats-server", self, "nats-serve", "-dir", dir)
 }
 
+// natsStorage names the two ways the bench runs a NATS KV bucket: memory
+// (like-for-like with varbridge's in-memory store) and file (JetStream's
+// default sync: written to the file at once, fsynced every
+// natsFileSync, not per write).
+type natsStorage struct {
+	name    string // "mem" or "file": the figures are nats_<name>_*
+	storage jetstream.StorageType
+	desc    string // for params
+}
+
+var natsMem = natsStorage{"mem", jetstream.MemoryStorage, "history 1, memory storage (like-for-like with varbridge's in-memory store)"}
+var natsFile = natsStorage{"file", jetstream.FileStorage, "history 1, file storage in a temp dir, JetStream's default sync (fsync every 2 min, not per write)"}
+
 // natsKV creates (or resets) bucket with key set to "0" and returns it.
-func natsKV(ctx context.Context, url, bucket, key string) (*nats.Conn, jetstream.KeyValue, error) {
+func natsKV(ctx context.Context, url, bucket, key string, st natsStorage) (*nats.Conn, jetstream.KeyValue, error) {
 	nc, err := nats.Connect(url)
 	if err != nil {
 		return nil, nil, err
@@ -52,7 +65,7 @@ func natsKV(ctx context.Context, url, bucket, key string) (*nats.Conn, jetstream
 		return nil, nil, err
 	}
 	_ = js.DeleteKeyValue(ctx, bucket)
-	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucket, History: 1, Storage: jetstream.FileStorage})
+	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucket, History: 1, Storage: st.storage})
 	if err != nil {
 		nc.Close()
 		return nil, nil, err
@@ -75,9 +88,9 @@ func natsWriter(ctx context.Context, kv jetstream.KeyValue, key string) func(int
 
 // natsLatencyGo measures kv.Put -> a nats.go KV watcher on another
 // connection, the same workload as grpcLatencyRaw.
-func natsLatencyGo(ctx context.Context, url, bucket string, n, rate int) (latSamples, error) {
+func natsLatencyGo(ctx context.Context, url, bucket string, st natsStorage, n, rate int) (latSamples, error) {
 	var ls latSamples
-	wnc, kv, err := natsKV(ctx, url, bucket, "x")
+	wnc, kv, err := natsKV(ctx, url, bucket, "x", st)
 	if err != nil {
 		return ls, err
 	}
@@ -139,8 +152,8 @@ func natsLatencyGo(ctx context.Context, url, bucket string, n, rate int) (latSam
 		if err != nil {
 			return ls, err
 		}
-	case <-time.After(10 * time.Second):
-		return ls, errors.New("nats watcher did not see the stop value within 10s")
+	case <-time.After(latTimeout):
+		return ls, fmt.Errorf("nats watcher did not see the stop value within %s", latTimeout)
 	}
 	ls.missed = n - len(ls.send)
 	return ls, nil

@@ -28,7 +28,7 @@ func pyLatency(ctx context.Context, python string, args []string, n, rate int, w
 	if err := pacedWriter(ctx, n, rate, write); err != nil {
 		return ls, err
 	}
-	l, err := p.waitLine(60 * time.Second)
+	l, err := p.waitLine(latTimeout)
 	if err != nil {
 		return ls, err
 	}

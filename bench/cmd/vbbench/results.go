@@ -28,10 +28,11 @@ type collector struct {
 	runs   map[string][]float64
 	params map[string]map[string]any
 	skip   map[string]string
+	ratios map[string][2]string // figure -> numerator and denominator figures
 }
 
 func newCollector() *collector {
-	return &collector{units: map[string]string{}, runs: map[string][]float64{}, params: map[string]map[string]any{}, skip: map[string]string{}}
+	return &collector{units: map[string]string{}, runs: map[string][]float64{}, params: map[string]map[string]any{}, skip: map[string]string{}, ratios: map[string][2]string{}}
 }
 
 func (c *collector) declare(name, unit string, params map[string]any) {
@@ -57,6 +58,14 @@ func (c *collector) skipped(name, unit, why string) {
 	c.skip[name] = why
 }
 
+// ratio declares a figure computed when results are taken: the median of
+// figure num over the median of figure den (a ratio of medians, not a
+// median of per-run ratios).
+func (c *collector) ratio(name, num, den string, params map[string]any) {
+	c.declare(name, "ratio", withKV(params, "how", fmt.Sprintf("ratio of medians: median %s / median %s", num, den)))
+	c.ratios[name] = [2]string{num, den}
+}
+
 func (c *collector) results() []Result {
 	var out []Result
 	for _, name := range c.order {
@@ -64,7 +73,11 @@ func (c *collector) results() []Result {
 		for k, v := range c.params[name] {
 			r.Params[k] = v
 		}
-		if vs := c.runs[name]; len(vs) > 0 {
+		if nd, ok := c.ratios[name]; ok && len(c.runs[nd[0]]) > 0 && len(c.runs[nd[1]]) > 0 {
+			m := round3(median(c.runs[nd[0]]) / median(c.runs[nd[1]]))
+			r.Value = &m
+			r.Params["numerator"], r.Params["denominator"] = nd[0], nd[1]
+		} else if vs := c.runs[name]; len(vs) > 0 {
 			m := round3(median(vs))
 			r.Value = &m
 			rs := make([]float64, len(vs))
@@ -80,6 +93,9 @@ func (c *collector) results() []Result {
 			}
 			r.Params["skipped"] = why
 		}
+		if slices.Contains(headline, name) {
+			r.Params["headline"] = true
+		}
 		out = append(out, r)
 	}
 	return out
@@ -93,7 +109,7 @@ func writeJSON(path string, f File) error {
 	return os.WriteFile(path, append(b, '\n'), 0o644)
 }
 
-// target is an issue-5 target: value must be <= max (or >= min).
+// target is an issue's target: value must be <= max (or >= min).
 type target struct {
 	op    string // "<=" or ">="
 	bound float64
@@ -113,9 +129,46 @@ var targets = map[string]target{
 	"grpc_vs_nats_py_watcher_p50_ratio": {"<=", 0.7},
 	"grpc_vs_nats_go_watcher_p99_ratio": {"<=", 0.5},
 	"grpc_vs_nats_py_watcher_p99_ratio": {"<=", 0.7},
+	// issue 15: from the writer's call, against NATS on memory storage
+	// (like-for-like with the in-memory server), ratios of medians.
+	"grpc_vs_nats_mem_go_watcher_from_send_p50_ratio": {"<=", 0.8},
+	"grpc_vs_nats_mem_py_watcher_from_send_p50_ratio": {"<=", 0.9},
+}
+
+// headline lists the figures printed first: latency from the writer's call
+// (what a user feels), NATS beside it, and the ratios; the from-commit
+// figures stay in the full table beside their from-send ones.
+var headline = []string{
+	"grpc_set_to_go_watcher_from_send_p50_us", "grpc_set_to_go_watcher_from_send_p99_us",
+	"nats_mem_set_to_go_watcher_from_send_p50_us", "nats_mem_set_to_go_watcher_from_send_p99_us", "nats_mem_set_to_go_watcher_missed",
+	"nats_file_set_to_go_watcher_from_send_p50_us", "nats_file_set_to_go_watcher_from_send_p99_us", "nats_file_set_to_go_watcher_missed",
+	"grpc_vs_nats_mem_go_watcher_from_send_p50_ratio", "grpc_vs_nats_mem_go_watcher_from_send_p99_ratio",
+	"grpc_set_to_py_watcher_from_send_p50_us", "grpc_set_to_py_watcher_from_send_p99_us",
+	"nats_mem_set_to_py_watcher_from_send_p50_us", "nats_mem_set_to_py_watcher_from_send_p99_us", "nats_mem_set_to_py_watcher_missed",
+	"nats_file_set_to_py_watcher_from_send_p50_us", "nats_file_set_to_py_watcher_from_send_p99_us", "nats_file_set_to_py_watcher_missed",
+	"grpc_vs_nats_mem_py_watcher_from_send_p50_ratio", "grpc_vs_nats_mem_py_watcher_from_send_p99_ratio",
 }
 
 func printTable(w io.Writer, rs []Result) {
+	byName := map[string]Result{}
+	for _, r := range rs {
+		byName[r.Name] = r
+	}
+	var head []Result
+	for _, n := range headline {
+		if r, ok := byName[n]; ok {
+			head = append(head, r)
+		}
+	}
+	if len(head) > 0 {
+		fmt.Fprintln(w, "headline: latency from the writer's call (what a user feels); NATS beside it; every figure again below")
+		printRows(w, head)
+		fmt.Fprintln(w, "\nall figures")
+	}
+	printRows(w, rs)
+}
+
+func printRows(w io.Writer, rs []Result) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "name\tmedian\tunit\truns (min .. max)\ttarget\t")
 	fmt.Fprintln(tw, "----\t------\t----\t-----------------\t------\t")
@@ -125,6 +178,8 @@ func printTable(w io.Writer, rs []Result) {
 			val = fmtNum(*r.Value)
 			if vs, ok := r.Params["run_values"].([]float64); ok && len(vs) > 1 {
 				spread = fmt.Sprintf("%d (%s .. %s)", len(vs), fmtNum(slices.Min(vs)), fmtNum(slices.Max(vs)))
+			} else if _, ok := r.Params["numerator"]; ok {
+				spread = "of medians"
 			} else {
 				spread = "1"
 			}

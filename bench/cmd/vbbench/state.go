@@ -51,8 +51,8 @@ func stateLatency(ctx context.Context, w, wr varbridge.StateProvider, n, rate in
 	}
 	select {
 	case <-done:
-	case <-time.After(10 * time.Second):
-		return ls, errors.New("watcher did not see the stop value within 10s")
+	case <-time.After(latTimeout):
+		return ls, fmt.Errorf("watcher did not see the stop value within %s", latTimeout)
 	}
 	ls.missed = n - len(ls.send)
 	return ls, nil
