@@ -71,7 +71,7 @@ func benchLatency(ctx context.Context, c *config, col *collector, self string) e
 	params := map[string]any{
 		"rate_per_s": c.rate, "samples_per_run": c.latN, "warmup": c.latWarm,
 		"missed_count_as_us": float64(latTimeout.Microseconds()),
-		"missed": fmt.Sprintf("a value the watcher never saw (NATS KV with history 1 drops a value superseded before delivery) counts in the percentiles as the run's timeout, %s (how long the harness waits for the watcher after the last write); *_missed counts them", latTimeout),
+		"missed":             fmt.Sprintf("a value the watcher never saw (NATS KV with history 1 drops a value superseded before delivery) counts in the percentiles as the run's timeout, %s (how long the harness waits for the watcher after the last write); *_missed counts them", latTimeout),
 	}
 	// Two figures per client: _from_send_ (the headline, issue 15: from the
 	// writer's call start, what a user feels) and, beside it, the figure
