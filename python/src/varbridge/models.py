@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import operator
+import textwrap
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -86,7 +87,9 @@ T = TypeVar("T")
 
 _Lazy: TypeAlias = "str | Callable[[Any], Any]"
 """How a field is converted on first read: an expression over ``m`` (the
-message), or a function of the view."""
+message) and ``self`` (the view); statements (more than one line) that set
+``v`` from them; or a function of the view. Code is inlined in the property
+(no call: a watch loop reads ``value`` of every update)."""
 
 
 @dataclass(frozen=True)
@@ -110,33 +113,40 @@ def _lazy(lazy: _Lazy, *, doc: str | None = None) -> Any:
     return {_READ: _Read(None, lazy, doc)}
 
 
-_MAKERS: dict[type, Callable[..., Any]] = {}
+_MAKERS: dict[tuple[type, str | None], Callable[..., Any]] = {}
 
 
-def _maker(cls: type[T]) -> Callable[..., T]:
-    """The view-maker :func:`_view` built for ``cls``."""
-    return _MAKERS[cls]
+def _maker(cls: type[T], variant: str | None = None) -> Callable[..., T]:
+    """The view-maker :func:`_view` built for ``cls`` (or its ``variant``)."""
+    return _MAKERS[cls, variant]
 
 
-def _view(args: str, *, name: str, **extra: tuple[str, str]) -> Callable[[type[T]], type[T]]:
+def _view(
+    args: str,
+    *,
+    name: str,
+    variants: dict[str, tuple[str, dict[str, Any]]] | None = None,
+    **extra: tuple[str, str],
+) -> Callable[[type[T]], type[T]]:
     """Build a lazy view class from the frozen dataclass it decorates, and
     its view-maker ``name(args)`` (see :func:`_maker`), whose first argument
     is the wire message. ``extra``: more slots, as (value in a view, value in
-    an instance built by hand)."""
+    an instance built by hand). ``variants``: more view-makers, by name, as
+    (their arguments, the constants the others of ``args`` stand for); what
+    a field gets from those constants is computed once, here."""
 
     def build(spec: type[T]) -> type[T]:
         fields = dataclasses.fields(spec)  # type: ignore[arg-type]
         names = tuple(f.name for f in fields)
         env: dict[str, Any] = dict(globals())  # the generated code's globals
         props: dict[str, property] = {}
-        init_params, init, make = (
-            [],
-            ["self._pb = None"],
-            ["o = _new(_cls)", "o._pb = " + args.split(",")[0]],
-        )
+        init_params: list[str] = []
+        init = ["self._pb = None"]
+        # The view-maker's stores: (slot, expression over its arguments).
+        make = [("_pb", args.split(",")[0])]
         for slot, (given, by_hand) in extra.items():
             init.append(f"self.{slot} = {by_hand}")
-            make.append(f"o.{slot} = {given}")
+            make.append((slot, given))
         for f in fields:
             r: _Read = f.metadata[_READ]
             slot = "_" + f.name
@@ -144,7 +154,10 @@ def _view(args: str, *, name: str, **extra: tuple[str, str]) -> Callable[[type[T
             if r.lazy is None:
                 props[f.name] = property(operator.attrgetter(slot), doc=r.doc)
             else:
-                if isinstance(r.lazy, str):
+                if isinstance(r.lazy, str) and "\n" in r.lazy:
+                    block = textwrap.indent(textwrap.dedent(r.lazy).strip(), " " * 8)
+                    convert = f"m = self._pb\n{block}\n        self.{slot} = v"
+                elif isinstance(r.lazy, str):
                     convert = f"m = self._pb\n        v = self.{slot} = {r.lazy}"
                 else:
                     env[f"_convert_{f.name}"] = r.lazy
@@ -171,14 +184,21 @@ def _view(args: str, *, name: str, **extra: tuple[str, str]) -> Callable[[type[T
                 init_params.append(f.name)
             init.append(f"self.{slot} = {value}")
             # The view-maker: the field given, or _UNSET until first read.
-            make.append(f"o.{slot} = {r.given if r.given is not None else '_UNSET'}")
-        make.append("return o")
+            make.append((slot, r.given if r.given is not None else "_UNSET"))
         code = (
             f"def __init__(self, {', '.join(init_params)}):\n"
             + "".join(f"    {line}\n" for line in init)
-            + f"def {name}({args}):\n"
-            + "".join(f"    {line}\n" for line in make)
+            + _maker_code(name, args, make)
         )
+        for variant, (vargs, consts) in (variants or {}).items():
+            stores = []
+            for slot, expr in make:
+                if set(compile(expr, "<view>", "eval").co_names) & consts.keys():
+                    key = f"_{variant}{slot}"
+                    env[key] = eval(expr, env, consts)  # NameError: mixes in an argument
+                    expr = key
+                stores.append((slot, expr))
+            code += _maker_code(variant, vargs, stores)
         made = _compile(code, env)
 
         def __repr__(self: Any) -> str:
@@ -213,10 +233,21 @@ def _view(args: str, *, name: str, **extra: tuple[str, str]) -> Callable[[type[T
             },
         )
         env["_cls"] = cls
-        _MAKERS[cls] = made[name]
+        _MAKERS[cls, None] = made[name]
+        for variant in variants or {}:
+            _MAKERS[cls, variant] = made[variant]
         return cast("type[T]", cls)
 
     return build
+
+
+def _maker_code(name: str, args: str, stores: list[tuple[str, str]]) -> str:
+    return (
+        f"def {name}({args}):\n"
+        "    o = _new(_cls)\n"
+        + "".join(f"    o.{slot} = {expr}\n" for slot, expr in stores)
+        + "    return o\n"
+    )
 
 
 def _compile(code: str, env: dict[str, Any]) -> dict[str, Any]:
@@ -287,16 +318,17 @@ _UPDATE_TYPES: dict[int, str] = {
 # How a VariableUpdate view converts its less simple fields.
 
 
-def _update_value(u: Any) -> Any:
-    if u._ut == _DELETED:
-        return None
-    var = u._variable
-    if var is _UNSET:
-        # The variable's value, shared with .variable if read later.
-        wire = u._pb.variable.value
-        kind = wire.WhichOneof("kind")
-        return getattr(wire, kind) if kind in _SCALAR_KINDS else cv.from_value(wire)
-    return var.value if var is not None else None
+_UPDATE_VALUE = """
+    if self._ut == _DELETED:
+        v = None
+    elif self._variable is _UNSET:
+        # The variable's value, shared with .variable if read later. A scalar
+        # that is not its zero takes a few plain reads (as in cv.from_value).
+        w = m.variable.value
+        v = w.int_value or w.float_value or w.string_value or w.bool_value or cv.from_value(w)
+    else:
+        v = self._variable.value if self._variable is not None else None
+"""
 
 
 def _update_old_value(u: Any) -> Any:
@@ -322,7 +354,19 @@ def _update_variable(u: Any) -> Variable | None:
     return _wrap_variable(m.variable, shared)
 
 
-@_view("u, ut, rev, vid=_UNSET, last=_UNSET", name="_wrap_update", _ut=("ut", "-1"))
+@_view(
+    "u, ut, rev, vid=_UNSET, last=_UNSET",
+    name="_wrap_update",
+    # A value change whose revision and last_in_revision are read from the
+    # message if asked for (a watch's fast path).
+    variants={
+        "_wrap_change": (
+            "u, vid",
+            {"ut": pb.UPDATE_TYPE_VALUE_CHANGE, "rev": _UNSET, "last": _UNSET},
+        )
+    },
+    _ut=("ut", "-1"),
+)
 @dataclass(frozen=True, eq=False)
 class VariableUpdate:
     """One change delivered by a watch.
@@ -347,7 +391,7 @@ class VariableUpdate:
         metadata=_lazy("m.variable_name or m.variable.name")
     )
     value: Any = field(
-        metadata=_lazy(_update_value, doc='The value after the change (None for "deleted").')
+        metadata=_lazy(_UPDATE_VALUE, doc='The value after the change (None for "deleted").')
     )
     old_value: Any = field(
         metadata=_lazy(_update_old_value, doc="The value before the change (see the class doc).")
@@ -358,7 +402,7 @@ class VariableUpdate:
             doc='One of "initial_value", "value_change", "deleted", "resync".',
         )
     )
-    revision: int = field(metadata=_given("rev"))
+    revision: int = field(metadata=_given("rev", lazy="m.revision"))
     source: str = field(metadata=_lazy("m.update_source"))
     metadata: dict[str, str] = field(metadata=_lazy("dict(m.update_metadata)"))
     timestamp: datetime | None = field(metadata=_lazy("cv.timestamp_to_datetime(m.timestamp)"))
@@ -387,6 +431,10 @@ _wrap_update = _maker(VariableUpdate)
 """``_wrap_update(u, ut, rev, vid=_UNSET, last=_UNSET)``: a lazy view of
 ``u``, whose update_type and revision are ``ut`` and ``rev`` (and variable_id
 and last_in_revision ``vid`` and ``last``, when the caller has read them)."""
+
+_wrap_change = _maker(VariableUpdate, "_wrap_change")
+"""``_wrap_change(u, vid)``: a lazy view of ``u``, a value change of the
+variable with id ``vid``."""
 
 
 def _with_old_value(u: VariableUpdate, old_value: Any) -> VariableUpdate:
