@@ -15,7 +15,16 @@ class TypeCache(dict[str, TypeInfo]):
     variable's :data:`TypeInfo`. A session keeps one and shares it with its
     watches, which file the variables they see and forget the deleted ones.
     A variable's type and constraints never change, so one tuple is filed
-    under each of its identifiers."""
+    under each of its identifiers.
+
+    ``filed``: variable ids whose tuple is filed under both the id and the
+    name, as :meth:`remember` left them; emptied by every change, so a watch
+    that finds an id in it knows, with one lookup, that there is nothing to
+    file."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.filed: set[str] = set()
 
     def remember(self, v: pb.Variable, *also: str) -> None:
         info: TypeInfo = (v.type, v.constraints.dtype if v.constraints.HasField("dtype") else None)
@@ -23,7 +32,15 @@ class TypeCache(dict[str, TypeInfo]):
         self[v.name] = info
         for ident in also:
             self[ident] = info
+        filed = self.filed
+        filed.clear()
+        filed.add(v.id)
 
     def forget(self, *idents: str) -> None:
         for ident in idents:
             self.pop(ident, None)
+        self.filed.clear()
+
+    def clear(self) -> None:
+        super().clear()
+        self.filed.clear()

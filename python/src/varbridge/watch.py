@@ -47,7 +47,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -57,7 +57,13 @@ import grpc.aio
 from varbridge._options import UpdateFilter, WatchOptions
 from varbridge._typecache import TypeCache
 from varbridge.errors import GaveUp, Unavailable, VarbridgeError, from_rpc_error
-from varbridge.models import SessionInfo, VariableUpdate, _with_old_value, _wrap_update
+from varbridge.models import (
+    SessionInfo,
+    VariableUpdate,
+    _with_old_value,
+    _wrap_change,
+    _wrap_update,
+)
 from varbridge.v1 import varbridge_pb2 as pb
 
 __all__ = [
@@ -181,8 +187,21 @@ class Watch(AsyncIterator[VariableUpdate]):
         # The open call's read(): one coroutine per message, lighter than
         # the call's async iterator (never both on one call).
         self._read: Callable[[], Awaitable[Any]] | None = None
-        # Updates received in one batch message and not processed yet.
-        self._buffer: deque[pb.VariableUpdate] = deque()
+        # The updates of the last message received (one batch, or a
+        # WatchVariables update alone), the index of the first not processed
+        # yet, and of the first whose resume bookkeeping is not done yet:
+        # batch[settled:pos] are value changes the fast path of __anext__
+        # yielded, accounted for by _settle (at the end of the batch, before
+        # any other update, or when the resume point is asked for).
+        self._batch: Sequence[pb.VariableUpdate] = ()
+        self._pos = 0
+        self._settled = 0
+        # Whether the next update may take the fast path (see _is_plain; and
+        # never the first update of a stream, which carries the incarnation).
+        self._fast = False
+        # Ids of variables whose types the session's cache holds (shared by
+        # its watches; emptied when the cache changes).
+        self._filed = self._types.filed
         self._closed = False
         self._failures = 0  # consecutive failed attempts
         self._failing_since = 0.0  # monotonic time of the first of them
@@ -196,7 +215,12 @@ class Watch(AsyncIterator[VariableUpdate]):
         # Resume state.
         self._last_complete = 0  # every update with revision <= this was received
         self._group_rev: int | None = None  # a revision whose updates are arriving
-        self._group_ids: set[str] = set()  # ... and the variable ids received at it
+        # ... the variable ids received at it (a list reused from group to
+        # group: only a cut inside the group needs lookups) ...
+        self._group_ids: list[str] = []
+        # ... and, when the stream broke inside that group, the ones to skip
+        # when the server sends the group again (built as the watch resumes).
+        self._skip: set[str] | None = None
         # Initial values: still to be received completely?
         start_revision = options.start_revision
         self._initial_pending = options.include_initial and start_revision is None
@@ -209,7 +233,7 @@ class Watch(AsyncIterator[VariableUpdate]):
             self._last_complete = start_revision - 1
 
         self.received = 0
-        self.yielded = 0
+        self._yielded = 0  # not counting batch[settled:pos]
         self.filtered = 0
         self.filter_errors = 0
         self.reconnects = 0
@@ -221,13 +245,20 @@ class Watch(AsyncIterator[VariableUpdate]):
     # -- public -----------------------------------------------------------
 
     @property
+    def yielded(self) -> int:
+        """Updates the watch has yielded."""
+        return self._yielded + self._pos - self._settled
+
+    @property
     def last_revision(self) -> int:
         """The last revision received completely (0: none yet)."""
+        self._settle()
         return self._last_complete
 
     @property
     def resume_revision(self) -> int:
         """The ``start_revision`` a reconnect would ask for now."""
+        self._settle()
         return self._group_rev if self._group_rev is not None else self._last_complete + 1
 
     @property
@@ -281,6 +312,7 @@ class Watch(AsyncIterator[VariableUpdate]):
     def close(self) -> None:
         """Cancel the RPC now (synchronous; safe to call more than once)."""
         self._closed = True
+        self._fast = False
         self._drop_call()
 
     def __del__(self) -> None:
@@ -292,21 +324,53 @@ class Watch(AsyncIterator[VariableUpdate]):
                 call.cancel()
 
     async def __anext__(self) -> VariableUpdate:
+        update = self._take_fast()
+        return update if update is not None else await self._next()
+
+    def _take_fast(self) -> VariableUpdate | None:
+        """The fast path: the next update of the batch, if it is a value
+        change, the watch has nothing pending and the change is in order
+        (revisions never go down within a stream, so only the first of a
+        run is compared with the resume point). It reads two fields and
+        leaves the resume bookkeeping to :meth:`_settle`."""
+        pos = self._pos
+        batch = self._batch
+        if pos < len(batch) and self._fast:
+            msg = batch[pos]
+            if msg.update_type == _VALUE_CHANGE and (pos > self._settled or self._starts_run(msg)):
+                self._pos = pos + 1
+                vid = msg.variable_id
+                if vid not in self._filed:
+                    self._file_type(msg, vid)
+                return _wrap_change(msg, vid)
+        return None
+
+    async def _next(self) -> VariableUpdate:
+        """The next update, by the way that handles every case."""
         if self._closed:
             raise StopAsyncIteration
         try:
             # The loop body runs in the same step as the read that brought its
             # update: no task, queue or callback in between.
-            buf = self._buffer
-            process = self._process
             while True:
-                while buf:
-                    update = process(buf.popleft())
+                self._settle()
+                batch = self._batch
+                pos = self._pos
+                while pos < len(batch):
+                    msg = batch[pos]
+                    pos += 1
+                    self._pos = self._settled = pos
+                    update = self._process(msg)
+                    self._fast = self._is_plain()
                     if update is not None:
-                        self.yielded += 1
+                        self._yielded += 1
                         return update
-                # Only an empty buffer reads on: the resume point then covers
-                # everything received, so a reconnect repeats and loses nothing.
+                    update = self._take_fast()
+                    if update is not None:
+                        return update
+                # Only a batch processed whole reads on: the resume point then
+                # covers everything received, so a reconnect repeats and loses
+                # nothing.
                 if self._closed:  # closed by another task, e.g. during a backoff
                     raise StopAsyncIteration
                 read = self._read
@@ -355,21 +419,13 @@ class Watch(AsyncIterator[VariableUpdate]):
                     )
                     continue
                 self._failures = 0
-                if self.batched:
-                    updates = msg.updates
-                    if len(updates) == 1:
-                        # Keeping up: one update per message; no buffering.
-                        self.received += 1
-                        update = process(updates[0])
-                    else:
-                        self.received += len(updates)
-                        buf.extend(updates)
-                        continue
-                else:
-                    self.received += 1
-                    update = process(msg)
+                # A batch is kept as it came (a repeated field), processed in place.
+                batch = msg.updates if self.batched else (msg,)
+                self.received += len(batch)
+                self._batch = batch
+                self._pos = self._settled = 0
+                update = self._take_fast()
                 if update is not None:
-                    self.yielded += 1
                     return update
         except BaseException:
             # VarbridgeError, CancelledError, KeyboardInterrupt...: the watch ends.
@@ -407,11 +463,15 @@ class Watch(AsyncIterator[VariableUpdate]):
         else:
             req.start_revision = self.resume_revision
             if self._group_rev is not None:
+                # Broken inside a group: the server sends it again from its
+                # first member; the ones delivered are skipped.
                 self.mid_group_resumes += 1
+                self._skip = set(self._group_ids)
         self.attempts += 1
         if self.attempts > 1:
             self.reconnects += 1
             log.debug("watch %s: reconnecting at revision %d", s.session_id, req.start_revision)
+        self._fast = False  # the stream's first update carries the incarnation
         self._call = s._open_watch_stream(req, batched=self.batched)
         self._read = self._call.read
 
@@ -483,6 +543,7 @@ class Watch(AsyncIterator[VariableUpdate]):
         self._last_complete = 0
         self._group_rev = None
         self._group_ids.clear()
+        self._skip = None
         self._initial_seen.clear()  # variable ids and revisions of the old one
         if ut == _RESYNC:
             # Adopted when the RESYNC is complete: a cut before that resumes
@@ -498,6 +559,7 @@ class Watch(AsyncIterator[VariableUpdate]):
         if self._group_rev is not None and self._group_rev <= rev:
             self._group_rev = None
             self._group_ids.clear()
+            self._skip = None
 
     def _process(self, msg: pb.VariableUpdate) -> VariableUpdate | None:
         """Advance the resume state; return the update to yield, if any."""
@@ -534,7 +596,8 @@ class Watch(AsyncIterator[VariableUpdate]):
         last = msg.last_in_revision
         group = self._group_rev
         if group == rev:
-            if vid in self._group_ids:
+            skip = self._skip
+            if skip is not None and vid in skip:
                 self.duplicates_skipped += 1
                 if last:
                     self._complete(rev)
@@ -545,6 +608,7 @@ class Watch(AsyncIterator[VariableUpdate]):
                 self._complete(group)
             else:
                 self._group_ids.clear()
+                self._skip = None
             self._group_rev = group = None
         if last:
             # The revision is complete with this update (alone in it, when
@@ -554,13 +618,14 @@ class Watch(AsyncIterator[VariableUpdate]):
             if group is not None:
                 self._group_rev = None
                 self._group_ids.clear()
+                self._skip = None
             if self._next_incarnation:  # a RESYNC complete: its incarnation holds
                 self._incarnation = self._next_incarnation
                 self._next_incarnation = ""
         else:
             if group is None:
                 self._group_rev = rev
-            self._group_ids.add(vid)
+            self._group_ids.append(vid)
 
         types = self._types
         if ut == _DELETED:
@@ -570,11 +635,8 @@ class Watch(AsyncIterator[VariableUpdate]):
             # cache already knows this one (a variable's type and
             # constraints never change; remember() files one tuple under
             # both its id and its name).
-            info = types.get(vid)
-            if (info is None or types.get(msg.variable_name) is not info) and msg.HasField(
-                "variable"
-            ):
-                types.remember(msg.variable)
+            if vid not in self._filed:
+                self._file_type(msg, vid)
 
         if ut == _VALUE_CHANGE and self._filter is not None:
             update = _wrap_update(msg, ut, rev, vid, last)
@@ -595,6 +657,77 @@ class Watch(AsyncIterator[VariableUpdate]):
                 return None
             return update
         return _wrap_update(msg, ut, rev, vid, last)
+
+    def _file_type(self, msg: pb.VariableUpdate, vid: str) -> None:
+        """File the type of the variable ``msg`` is about, for later writes,
+        unless the session already has it under its id and its name (it
+        never changes for an id)."""
+        types = self._types
+        info = types.get(vid)
+        if info is None or types.get(msg.variable_name) is not info:
+            if msg.HasField("variable"):
+                types.remember(msg.variable)
+        else:
+            self._filed.add(vid)
+
+    def _starts_run(self, msg: pb.VariableUpdate) -> bool:
+        """Whether a value change may start a run of the fast path: it is not
+        older than the resume point and continues the open group, if any."""
+        rev = msg.revision
+        group = self._group_rev
+        return rev > self._last_complete and (group is None or group == rev)
+
+    def _settle(self) -> None:
+        """Do the resume bookkeeping of batch[settled:pos], value changes
+        the fast path yielded: what :meth:`_process` does update by update,
+        in a few reads. Revisions do not go down within the run, so
+        everything before the last revision in it is complete; that one is
+        complete if its last update says so, else its group is open with the
+        run's updates at it as members."""
+        a, b = self._settled, self._pos
+        if a == b:
+            return
+        self._settled = b
+        self._yielded += b - a
+        batch = self._batch
+        end = batch[b - 1]
+        rev = end.revision
+        ids = self._group_ids
+        if not end.last_in_revision:
+            # The run's last updates, from i on, are members of rev's group.
+            i = b - 1
+            while i > a:
+                prev = batch[i - 1]
+                if prev.revision != rev or prev.last_in_revision:
+                    break
+                i -= 1
+            if i == a or batch[i - 1].revision != rev:
+                if i > a:
+                    # Complete before it, and so is a group open before the run.
+                    self._last_complete = batch[i - 1].revision
+                    ids.clear()
+                # (else the run is all in one group: its first update started
+                # it or continued the open one)
+                self._group_rev = rev
+                ids.extend(batch[j].variable_id for j in range(i, b))
+                return
+            # (else a server's error, more of rev after its last: as in
+            # _process, rev is complete and those were not members)
+        self._last_complete = rev
+        self._group_rev = None
+        ids.clear()
+
+    def _is_plain(self) -> bool:
+        """Whether an update in order may take the fast path of
+        :meth:`__anext__`: no filter, no initial values or RESYNC arriving, no
+        members of a group to skip."""
+        return (
+            self._filter is None
+            and not self._initial_pending
+            and not self._initial_seen
+            and not self._next_incarnation
+            and self._skip is None
+        )
 
     def _initial_done(self) -> None:
         if self._initial_pending:
