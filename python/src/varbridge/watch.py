@@ -324,8 +324,18 @@ class Watch(AsyncIterator[VariableUpdate]):
                 call.cancel()
 
     async def __anext__(self) -> VariableUpdate:
-        update = self._take_fast()
-        return update if update is not None else await self._next()
+        # _take_fast, inline (a call less per update).
+        pos = self._pos
+        batch = self._batch
+        if pos < len(batch) and self._fast:
+            msg = batch[pos]
+            if msg.update_type == _VALUE_CHANGE and (pos > self._settled or self._starts_run(msg)):
+                self._pos = pos + 1
+                vid = msg.variable_id
+                if vid not in self._filed:
+                    self._file_type(msg, vid)
+                return _wrap_change(msg, vid)
+        return await self._next()
 
     def _take_fast(self) -> VariableUpdate | None:
         """The fast path: the next update of the batch, if it is a value
