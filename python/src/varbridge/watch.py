@@ -194,6 +194,7 @@ class Watch(AsyncIterator[VariableUpdate]):
         # yielded, accounted for by _settle (at the end of the batch, before
         # any other update, or when the resume point is asked for).
         self._batch: Sequence[pb.VariableUpdate] = ()
+        self._end = 0  # len(batch)
         self._pos = 0
         self._settled = 0
         # Whether the next update may take the fast path (see _is_plain; and
@@ -326,9 +327,8 @@ class Watch(AsyncIterator[VariableUpdate]):
     async def __anext__(self) -> VariableUpdate:
         # _take_fast, inline (a call less per update).
         pos = self._pos
-        batch = self._batch
-        if pos < len(batch) and self._fast:
-            msg = batch[pos]
+        if pos < self._end and self._fast:
+            msg = self._batch[pos]
             if msg.update_type == _VALUE_CHANGE and (pos > self._settled or self._starts_run(msg)):
                 self._pos = pos + 1
                 vid = msg.variable_id
@@ -344,9 +344,8 @@ class Watch(AsyncIterator[VariableUpdate]):
         run is compared with the resume point). It reads two fields and
         leaves the resume bookkeeping to :meth:`_settle`."""
         pos = self._pos
-        batch = self._batch
-        if pos < len(batch) and self._fast:
-            msg = batch[pos]
+        if pos < self._end and self._fast:
+            msg = self._batch[pos]
             if msg.update_type == _VALUE_CHANGE and (pos > self._settled or self._starts_run(msg)):
                 self._pos = pos + 1
                 vid = msg.variable_id
@@ -431,7 +430,8 @@ class Watch(AsyncIterator[VariableUpdate]):
                 self._failures = 0
                 # A batch is kept as it came (a repeated field), processed in place.
                 batch = msg.updates if self.batched else (msg,)
-                self.received += len(batch)
+                self._end = n = len(batch)
+                self.received += n
                 self._batch = batch
                 self._pos = self._settled = 0
                 update = self._take_fast()
