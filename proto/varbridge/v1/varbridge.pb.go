@@ -70,6 +70,16 @@ const (
 	ErrorReason_ERROR_REASON_TOKEN_REQUIRED ErrorReason = 11
 	// PERMISSION_DENIED. metadata: session_id.
 	ErrorReason_ERROR_REASON_TOKEN_INVALID ErrorReason = 12
+	// RESOURCE_EXHAUSTED: the server's data directory is (nearly) out of disk
+	// space, so it refuses writes until space is freed; nothing was written.
+	// Reads and watches go on. metadata: data_dir, available_bytes,
+	// reserve_bytes.
+	ErrorReason_ERROR_REASON_STORAGE_FULL ErrorReason = 13
+	// UNAVAILABLE: the server's storage failed (an fsync or write error); the
+	// write may not be on disk, so it is not acknowledged and the server
+	// refuses further writes until it is restarted, when it recovers what
+	// is on disk. metadata: data_dir.
+	ErrorReason_ERROR_REASON_STORAGE_FAILED ErrorReason = 14
 )
 
 // Enum value maps for ErrorReason.
@@ -88,6 +98,8 @@ var (
 		10: "ERROR_REASON_FILTER_TOO_COSTLY",
 		11: "ERROR_REASON_TOKEN_REQUIRED",
 		12: "ERROR_REASON_TOKEN_INVALID",
+		13: "ERROR_REASON_STORAGE_FULL",
+		14: "ERROR_REASON_STORAGE_FAILED",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":           0,
@@ -103,6 +115,8 @@ var (
 		"ERROR_REASON_FILTER_TOO_COSTLY":     10,
 		"ERROR_REASON_TOKEN_REQUIRED":        11,
 		"ERROR_REASON_TOKEN_INVALID":         12,
+		"ERROR_REASON_STORAGE_FULL":          13,
+		"ERROR_REASON_STORAGE_FAILED":        14,
 	}
 )
 
@@ -2807,7 +2821,7 @@ const file_varbridge_v1_varbridge_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"M\n" +
 	"\x13VariableUpdateBatch\x126\n" +
-	"\aupdates\x18\x01 \x03(\v2\x1c.varbridge.v1.VariableUpdateR\aupdates*\xd2\x03\n" +
+	"\aupdates\x18\x01 \x03(\v2\x1c.varbridge.v1.VariableUpdateR\aupdates*\x92\x04\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\"\n" +
 	"\x1eERROR_REASON_SESSION_NOT_FOUND\x10\x01\x12\x1f\n" +
@@ -2822,7 +2836,9 @@ const file_varbridge_v1_varbridge_proto_rawDesc = "" +
 	"\x1eERROR_REASON_FILTER_TOO_COSTLY\x10\n" +
 	"\x12\x1f\n" +
 	"\x1bERROR_REASON_TOKEN_REQUIRED\x10\v\x12\x1e\n" +
-	"\x1aERROR_REASON_TOKEN_INVALID\x10\f*\x81\x02\n" +
+	"\x1aERROR_REASON_TOKEN_INVALID\x10\f\x12\x1d\n" +
+	"\x19ERROR_REASON_STORAGE_FULL\x10\r\x12\x1f\n" +
+	"\x1bERROR_REASON_STORAGE_FAILED\x10\x0e*\x81\x02\n" +
 	"\fVariableType\x12\x1d\n" +
 	"\x19VARIABLE_TYPE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15VARIABLE_TYPE_INTEGER\x10\x01\x12\x17\n" +

@@ -26,6 +26,8 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_REASON_FILTER_TOO_COSTLY: _ClassVar[ErrorReason]
     ERROR_REASON_TOKEN_REQUIRED: _ClassVar[ErrorReason]
     ERROR_REASON_TOKEN_INVALID: _ClassVar[ErrorReason]
+    ERROR_REASON_STORAGE_FULL: _ClassVar[ErrorReason]
+    ERROR_REASON_STORAGE_FAILED: _ClassVar[ErrorReason]
 
 class VariableType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -60,6 +62,8 @@ ERROR_REASON_REVISION_OUT_OF_RANGE: ErrorReason
 ERROR_REASON_FILTER_TOO_COSTLY: ErrorReason
 ERROR_REASON_TOKEN_REQUIRED: ErrorReason
 ERROR_REASON_TOKEN_INVALID: ErrorReason
+ERROR_REASON_STORAGE_FULL: ErrorReason
+ERROR_REASON_STORAGE_FAILED: ErrorReason
 VARIABLE_TYPE_UNSPECIFIED: VariableType
 VARIABLE_TYPE_INTEGER: VariableType
 VARIABLE_TYPE_FLOAT: VariableType
