@@ -108,12 +108,8 @@ func (s *Server) GRPCServer() *grpc.Server {
 		u, st := s.opts.metrics.ServerOptions()
 		unary, stream = append(unary, u), append(stream, st)
 	}
-	unary, stream = append(unary, s.logUnary), append(stream, s.logStream) // logging.go
-	unary, stream = append(unary, s.recoverUnary), append(stream, s.recoverStream)
-	if s.opts.auth {
-		unary, stream = append(unary, s.authUnary), append(stream, s.authStream)
-	}
-	unary, stream = append(unary, s.limitsUnary), append(stream, s.limitsStream)
+	// The rest is shared with the other transports (adapter.go).
+	unary, stream = append(unary, s.unaryInterceptors()...), append(stream, s.streamInterceptors()...)
 	opts := append([]grpc.ServerOption{
 		grpc.KeepaliveParams(s.opts.keepalive),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: ClientPingInterval, PermitWithoutStream: true}),
