@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/varbridge/varbridge"
+	"github.com/varbridge/varbridge/internal/jsonview"
 	varbridgev1 "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
 
@@ -138,23 +139,11 @@ func checkSession(ctx context.Context, cc *clientConfig, cmd *cobra.Command) err
 	return c.hint(opError("watch", err))
 }
 
-func updateKind(m varbridge.UpdateMeta) string {
-	switch {
-	case m.Initial:
-		return "initial"
-	case m.Resync:
-		return "resync"
-	case m.Deleted:
-		return "deleted"
-	}
-	return "change"
-}
-
 // updateLine is the readable one-line form of an update.
 func updateLine(u varbridge.Update) string {
 	m := u.Meta
 	var b strings.Builder
-	fmt.Fprintf(&b, "revision=%d update=%s name=%s", m.Revision, updateKind(m), quoteIfNeeded(m.Name))
+	fmt.Fprintf(&b, "revision=%d update=%s name=%s", m.Revision, jsonview.Kind(m), quoteIfNeeded(m.Name))
 	if u.Identifier != m.Name {
 		fmt.Fprintf(&b, " identifier=%s", quoteIfNeeded(u.Identifier))
 	}
