@@ -10,6 +10,7 @@
 #   make chaos        fault suite, leaks and slow consumers at full size (short runs are in make test)
 #   make soak         minutes of thousands of watches and writes, memory printed over time (SOAK=3m)
 #   make fmt / lint   format / check Go, proto and Python sources
+#   make dashboard-assets  refresh the dashboard's vendored uPlot from npm
 
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -25,7 +26,7 @@ GO_TEST_TIMEOUT ?= 15m
 # buf is pinned in its own module (tools/buf); paths given to it are relative to tools/buf.
 BUF := cd tools/buf && go tool buf
 
-.PHONY: venv proto proto-check build test demo fmt lint buf-lint fuzz chaos soak
+.PHONY: venv proto proto-check build test demo fmt lint buf-lint fuzz chaos soak dashboard-assets
 
 # --- Python environment ------------------------------------------------------
 # The stamp is rebuilt when this Makefile or python/pyproject.toml changes.
@@ -127,6 +128,14 @@ SOAK ?= 3m
 soak:
 	@echo "==> soak ($(SOAK))"
 	VARBRIDGE_SOAK=$(SOAK) go test -count=1 -timeout 1h -v -run '^TestSoak$$' ./systest
+
+# The dashboard's uPlot is vendored in internal/dashboard/static/vendor/uplot
+# (so `go install` needs no npm); this refreshes it from npm at the version
+# internal/dashboard/package-lock.json pins. internal/dashboard's tests (in
+# make test, no network) fail when the copy is stale or edited by hand.
+dashboard-assets:
+	@echo "==> dashboard-assets"
+	internal/dashboard/vendor-assets.sh
 
 demo: venv build
 	@echo "==> demo"
