@@ -162,6 +162,12 @@ func (f *feeder) drain() error {
 		if err != nil {
 			return err
 		}
+		if b.Settle {
+			if err := f.w.Settle(); err != nil {
+				return err
+			}
+			continue
+		}
 		if b.Resync != nil {
 			f.resync(b.Resync)
 		} else if err := f.changes(b.Changes); err != nil {

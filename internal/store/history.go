@@ -56,14 +56,48 @@ type history struct {
 	bytes int64
 }
 
+// sizeOf sets and returns c's size as the history counts it.
+func sizeOf(c *Change) int64 {
+	if c.size == 0 {
+		c.size = int64(MapBytes(c.Metadata)) + 64
+		for _, it := range c.Items {
+			c.size += int64(ApproxVariableBytes(it.Var) + ApproxValueBytes(it.Old))
+		}
+	}
+	return c.size
+}
+
+// keptFrom returns the oldest revision the history will hold once c is
+// appended, without appending it: an engine drops what is older in the same
+// write that adds c.
+func (h *history) keptFrom(c *Change) int64 {
+	if h.limit <= 0 {
+		return 0
+	}
+	n, bytes, head := h.n, h.bytes, 0 // head counts evictions from h.head
+	at := func(i int) *Change { return h.buf[(h.head+i)%len(h.buf)] }
+	if n == h.limit {
+		bytes -= at(0).size
+		head, n = 1, n-1
+	}
+	n++
+	bytes += sizeOf(c)
+	for n > 1 && head < h.n && (bytes > h.maxBytes || c.Time.Sub(at(head).Time) > h.maxAge) {
+		bytes -= at(head).size
+		head++
+		n--
+	}
+	if head < h.n {
+		return at(head).Revision
+	}
+	return c.Revision
+}
+
 func (h *history) append(c *Change) {
 	if h.limit <= 0 {
 		return // closed session
 	}
-	c.size = int64(MapBytes(c.Metadata)) + 64
-	for _, it := range c.Items {
-		c.size += int64(ApproxVariableBytes(it.Var) + ApproxValueBytes(it.Old))
-	}
+	sizeOf(c)
 	if h.n == h.limit {
 		h.evict()
 	}

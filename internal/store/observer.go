@@ -69,9 +69,26 @@ func (st *Store) Watch(sessionID string, identifiers []string, opts WatchOptions
 		return nil, fieldErr("start_revision", "must not be negative, got %d", opts.StartRevision)
 	}
 	sess.mu.Lock()
-	defer sess.mu.Unlock()
+	w, err := st.watch(sess, identifiers, opts)
+	sess.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	if w.snapRev > 0 {
+		// The snapshot (or, resuming, the revision the watch starts after)
+		// must be durable before anyone sees it.
+		if err := sess.settleRead(w.snapRev); err != nil {
+			w.Close()
+			return nil, err
+		}
+	}
+	return w, nil
+}
+
+// watch is Watch's part under sess.mu.
+func (st *Store) watch(sess *session, identifiers []string, opts WatchOptions) (*Watch, error) {
 	if sess.closed {
-		return nil, sessionNotFound(sessionID)
+		return nil, sessionNotFound(sess.id)
 	}
 	if len(sess.watches) >= st.opts.MaxWatches {
 		return nil, &LimitError{Limit: "max_watches_per_session", Max: int64(st.opts.MaxWatches), What: fmt.Sprintf("session %q has %d watches", sess.id, len(sess.watches))}
@@ -114,7 +131,9 @@ func (st *Store) Watch(sessionID string, identifiers []string, opts WatchOptions
 		}
 	}
 	sess.watches[w] = struct{}{}
-	sess.watched.Add(1)
+	if sess.watched.Add(1) == 1 {
+		sess.saveExpiry(true) // its deadline stops counting until the watches end
+	}
 	if w.all {
 		sess.watchAll[w] = struct{}{}
 	}
@@ -199,6 +218,7 @@ func (w *Watch) Close() {
 	delete(s.watches, w)
 	if s.watched.Add(-1) == 0 {
 		s.touch(s.opts.Now()) // the TTL counts from the last watch's end
+		s.saveExpiry(true)
 	}
 	delete(s.watchAll, w)
 	for id := range w.idents {
@@ -254,6 +274,17 @@ func (s *session) notify(c *Change) {
 	}
 }
 
+// notifyAll marks every watch as having work at rev; sess.mu is held for
+// writing. It stands in for notify when the change itself is gone.
+func (s *session) notifyAll(rev int64) {
+	for w := range s.watches {
+		if w.pending == 0 {
+			w.pending = rev
+			s.toWake = append(s.toWake, w)
+		}
+	}
+}
+
 // Batch is what one Poll returns.
 type Batch struct {
 	// Changes that concern the watch, in revision order. Items of a change
@@ -267,6 +298,19 @@ type Batch struct {
 	Covered int64
 	// More is true when max was reached and Poll should be called again.
 	More bool
+	// Settle asks the owner to call Watch.Settle and then Poll again: what
+	// the watch needs (a resync's current values) is not all on disk yet.
+	Settle bool
+}
+
+// Settle waits until every change committed so far is durable. The owner
+// calls it when a Batch asks it to.
+func (w *Watch) Settle() error {
+	s := w.sess
+	s.mu.RLock()
+	rev := s.revision
+	s.mu.RUnlock()
+	return s.settleRead(rev)
 }
 
 // Resync is the current state of the watched variables at Revision.
@@ -292,11 +336,17 @@ func (w *Watch) Poll(max int) (Batch, error) {
 	p := w.pending
 	w.pending = 0
 	if p == 0 {
-		w.next = maxInt64(w.next, s.revision+1)
+		w.next = maxInt64(w.next, s.durable+1)
 		return Batch{Covered: w.next - 1}, nil
 	}
 	from := maxInt64(w.next, p)
-	if w.resync || from <= s.revision && (s.history.n == 0 || from < s.history.first()) {
+	if w.resync || from <= s.durable && (s.history.n == 0 || from < s.history.first()) {
+		if s.revision > s.durable {
+			// The current values include changes not yet on disk: the
+			// owner waits for them (Settle) and polls again.
+			w.pending = p
+			return Batch{Covered: w.next - 1, Settle: true}, nil
+		}
 		w.resync = false
 		rs := &Resync{Revision: s.revision, Vars: w.current()}
 		for id := range w.idents {
@@ -310,14 +360,14 @@ func (w *Watch) Poll(max int) (Batch, error) {
 	}
 	var b Batch
 	r := from
-	for ; r <= s.revision && r-from < int64(max); r++ {
+	for ; r <= s.durable && r-from < int64(max); r++ {
 		c := s.history.at(r)
 		if w.all || w.concernsAny(c) {
 			b.Changes = append(b.Changes, c)
 		}
 	}
 	w.next = maxInt64(w.next, r)
-	if r <= s.revision {
+	if r <= s.durable {
 		w.pending = r
 		b.More = true
 	}

@@ -45,9 +45,21 @@ type session struct {
 	// watches so the sweeper reads it without the session lock.
 	watched atomic.Int32
 
+	// tokenHash is the SHA-256 of the session's auth token (nil without
+	// auth); set at creation, never changed.
+	tokenHash []byte
+	// savedDeadline is the expiry deadline last given to the engine (unix
+	// nanoseconds); touches save a new one only when it moved on by more
+	// than expirySlack, so reads do not each cost a write.
+	savedDeadline atomic.Int64
+
 	mu       sync.RWMutex
 	closed   bool
 	revision int64
+	// durable is the last revision on disk. Watches read history up to it
+	// and no further, so a watcher is never shown a change that a crash
+	// could still take back. Without an engine it moves with revision.
+	durable int64
 	byID     map[string]*variable
 	byName   map[string]*variable
 	history  history
@@ -88,6 +100,31 @@ func (s *session) unlockAndWake() {
 }
 
 func (s *session) touch(now time.Time) { s.expiresAt.Store(now.Add(s.ttl).UnixNano()) }
+
+// maxExpirySlack bounds how far a kept deadline may lag the session's: a
+// session used only by reads, restarted just before it would expire, can
+// expire this much early.
+const maxExpirySlack = 5 * time.Second
+
+// saveExpiry gives the engine the session's deadline when it moved on by
+// more than the slack (always, when force), and whether it is watched. It
+// does not wait: a deadline lost in a crash only makes the session expire
+// up to the slack early.
+func (s *session) saveExpiry(force bool) {
+	eng := s.opts.Engine
+	if eng == nil {
+		return
+	}
+	d := s.expiresAt.Load()
+	if !force && d-s.savedDeadline.Load() < int64(min(s.ttl/10, maxExpirySlack)) {
+		return
+	}
+	s.savedDeadline.Store(d)
+	_, _ = eng.Save(&Mutation{ // a failed engine refuses the next write, which says so
+		Session: &SessionRecord{ID: s.id, Incarnation: s.incarnation},
+		Expiry:  &Expiry{Deadline: time.Unix(0, d), Watched: s.watched.Load() > 0},
+	})
+}
 
 // expired reports whether the session's TTL ran out; an open watch is use
 // for as long as it is open.
@@ -160,18 +197,101 @@ func (s *session) resolve(idents []string) ([]*variable, error) {
 	return vars, nil
 }
 
-// commit takes the next revision for items, records them and marks the
-// watches they concern, which unlockAndWake then wakes. The caller holds s.mu
-// for writing.
-func (s *session) commit(now time.Time, ts *timestamppb.Timestamp, source string, md map[string]string, items []Item) int64 {
-	s.revision++
+// commit takes the next revision for items and records them: first with
+// the engine, if any (a refusal leaves everything as it was, so the caller
+// applies its change to the variables only after commit succeeds), then in
+// the history. Without an engine it marks the watches the change concerns,
+// which unlockAndWake then wakes; with one, publish does that once the
+// returned Pending is durable. The caller holds s.mu for writing.
+func (s *session) commit(now time.Time, ts *timestamppb.Timestamp, source string, md map[string]string, items []Item) (int64, Pending, error) {
 	if ts == nil {
 		ts = timestamppb.New(now)
 	}
-	c := &Change{Revision: s.revision, Time: now, Timestamp: ts, Source: source, Metadata: md, Items: items}
+	c := &Change{Revision: s.revision + 1, Time: now, Timestamp: ts, Source: source, Metadata: md, Items: items}
+	var p Pending
+	if eng := s.opts.Engine; eng != nil {
+		m := &Mutation{Session: s.record(c.Revision), Change: c, TrimBelow: s.history.keptFrom(c)}
+		for _, it := range items {
+			if it.Kind == Deleted {
+				m.Delete = append(m.Delete, it.Var.Id)
+			} else {
+				m.Put = append(m.Put, it.Var)
+			}
+		}
+		var err error
+		if p, err = eng.Save(m); err != nil {
+			return 0, nil, err
+		}
+	}
+	s.revision = c.Revision
 	s.history.append(c)
-	s.notify(c)
-	return s.revision
+	if s.opts.Engine == nil {
+		s.durable = s.revision
+		s.notify(c)
+	}
+	return s.revision, p, nil
+}
+
+// record is the session's header for the engine at revision rev.
+func (s *session) record(rev int64) *SessionRecord {
+	return &SessionRecord{
+		ID: s.id, Incarnation: s.incarnation, TTL: s.ttl, CreatedAt: s.createdAt,
+		Metadata: s.metadata, TokenHash: s.tokenHash, Revision: rev,
+	}
+}
+
+// settle waits for a commit's Pending and then shows the commit to the
+// watches. Called without s.mu.
+func (s *session) settle(p Pending, rev int64) error {
+	if p == nil {
+		return nil
+	}
+	if err := p.Wait(); err != nil {
+		return err
+	}
+	s.publish(rev)
+	return nil
+}
+
+// settleRead makes sure that what a reader saw at rev is durable before it
+// is shown: it waits for the engine's log up to now, which covers rev.
+// Called without s.mu.
+func (s *session) settleRead(rev int64) error {
+	eng := s.opts.Engine
+	if eng == nil {
+		return nil
+	}
+	s.mu.RLock()
+	done := s.durable >= rev
+	s.mu.RUnlock()
+	if done {
+		return nil
+	}
+	if err := eng.Barrier(); err != nil {
+		return err
+	}
+	s.publish(rev)
+	return nil
+}
+
+// publish marks every revision through rev durable and wakes the watches
+// the newly durable changes concern. Syncs may complete out of order; the
+// log is sequential, so a sync that covers rev covers every revision
+// before it.
+func (s *session) publish(rev int64) {
+	s.mu.Lock()
+	if !s.closed && rev > s.durable {
+		first := s.history.first()
+		for r := s.durable + 1; r <= rev; r++ {
+			if s.history.n > 0 && r >= first {
+				s.notify(s.history.at(r))
+			} else {
+				s.notifyAll(r) // trimmed before it was shown: whoever still needs it will resync
+			}
+		}
+		s.durable = rev
+	}
+	s.unlockAndWake()
 }
 
 // Register is a RegisterVariable request.
@@ -210,31 +330,44 @@ func (st *Store) Register(sessionID string, r Register) (*pb.Variable, int64, er
 	if err := rl.check(r.Name, r.Value); err != nil {
 		return nil, 0, err
 	}
-	c := proto.Clone(rl.c).(*pb.Constraints)
-	source := sourceOf(r.Source, r.Metadata)
-
 	sess.mu.Lock()
-	defer sess.unlockAndWake()
+	pv, rev, p, err := st.register(sess, r, rl)
+	sess.unlockAndWake()
+	if err == nil {
+		err = sess.settle(p, rev)
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	return pv, rev, nil
+}
+
+// register is Register's part under sess.mu.
+func (st *Store) register(sess *session, r Register, rl *rules) (*pb.Variable, int64, Pending, error) {
 	if sess.closed {
-		return nil, 0, sessionNotFound(sessionID)
+		return nil, 0, nil, sessionNotFound(sess.id)
 	}
 	if _, ok := sess.byName[r.Name]; ok {
-		return nil, 0, &ExistsError{Session: sess.id, Name: r.Name}
+		return nil, 0, nil, &ExistsError{Session: sess.id, Name: r.Name}
 	}
 	if len(sess.byID) >= st.opts.MaxVariables {
-		return nil, 0, &LimitError{Limit: "max_variables_per_session", Max: int64(st.opts.MaxVariables), What: fmt.Sprintf("cannot register %q in session %q", r.Name, sess.id)}
+		return nil, 0, nil, &LimitError{Limit: "max_variables_per_session", Max: int64(st.opts.MaxVariables), What: fmt.Sprintf("cannot register %q in session %q", r.Name, sess.id)}
 	}
+	source := sourceOf(r.Source, r.Metadata)
 	now := st.opts.Now()
 	ts := timestamppb.New(now)
 	pv := &pb.Variable{
 		Id: "var_" + randomHex(8), Name: r.Name, Type: r.Type, Value: proto.CloneOf(r.Value),
-		Constraints: c, Metadata: cloneMap(r.Metadata), Version: 1, UpdatedAt: ts, CreatedAt: ts,
+		Constraints: proto.Clone(rl.c).(*pb.Constraints), Metadata: cloneMap(r.Metadata), Version: 1, UpdatedAt: ts, CreatedAt: ts,
 		Source: source, Revision: sess.revision + 1,
+	}
+	rev, p, err := sess.commit(now, ts, source, cloneMap(r.Metadata), []Item{{Kind: Registered, Var: pv}})
+	if err != nil {
+		return nil, 0, nil, err
 	}
 	v := &variable{rules: rl, cur: pv}
 	sess.byID[pv.Id], sess.byName[pv.Name] = v, v
-	rev := sess.commit(now, ts, source, cloneMap(r.Metadata), []Item{{Kind: Registered, Var: pv}})
-	return pv, rev, nil
+	return pv, rev, p, nil
 }
 
 // Get reads one variable and the revision it was read at.
@@ -247,15 +380,21 @@ func (st *Store) Get(sessionID, ident string) (*pb.Variable, int64, error) {
 		return nil, 0, fieldErr("variable_identifier", "is required")
 	}
 	sess.mu.RLock()
-	defer sess.mu.RUnlock()
 	if sess.closed {
+		sess.mu.RUnlock()
 		return nil, 0, sessionNotFound(sessionID)
 	}
 	v := sess.lookup(ident)
 	if v == nil {
+		sess.mu.RUnlock()
 		return nil, 0, &NotFoundError{Session: sess.id, Identifiers: []string{ident}}
 	}
-	return v.cur, sess.revision, nil
+	cur, rev := v.cur, sess.revision
+	sess.mu.RUnlock()
+	if err := sess.settleRead(rev); err != nil {
+		return nil, 0, err
+	}
+	return cur, rev, nil
 }
 
 // GetMany reads variables at one revision; found is keyed by the identifier
@@ -269,8 +408,8 @@ func (st *Store) GetMany(sessionID string, idents []string) (found map[string]*p
 		return nil, nil, 0, fieldErr("variable_identifiers", "is empty")
 	}
 	sess.mu.RLock()
-	defer sess.mu.RUnlock()
 	if sess.closed {
+		sess.mu.RUnlock()
 		return nil, nil, 0, sessionNotFound(sessionID)
 	}
 	found = make(map[string]*pb.Variable, len(idents))
@@ -281,7 +420,12 @@ func (st *Store) GetMany(sessionID string, idents []string) (found map[string]*p
 			missing = append(missing, id)
 		}
 	}
-	return found, missing, sess.revision, nil
+	rev = sess.revision
+	sess.mu.RUnlock()
+	if err := sess.settleRead(rev); err != nil {
+		return nil, nil, 0, err
+	}
+	return found, missing, rev, nil
 }
 
 // Write is one variable write.
@@ -349,9 +493,21 @@ func (st *Store) Set(sessionID string, writes []Write, md map[string]string, sou
 	source = sourceOf(source, md)
 
 	sess.mu.Lock()
-	defer sess.unlockAndWake()
+	res, p, err := st.set(sess, writes, md, source)
+	sess.unlockAndWake()
+	if err == nil {
+		err = sess.settle(p, res.Revision)
+	}
+	if err != nil {
+		return WriteResult{}, err
+	}
+	return res, nil
+}
+
+// set is Set's part under sess.mu.
+func (st *Store) set(sess *session, writes []Write, md map[string]string, source string) (WriteResult, Pending, error) {
 	if sess.closed {
-		return WriteResult{}, sessionNotFound(sessionID)
+		return WriteResult{}, nil, sessionNotFound(sess.id)
 	}
 	idents := make([]string, len(writes))
 	for i, w := range writes {
@@ -359,7 +515,7 @@ func (st *Store) Set(sessionID string, writes []Write, md map[string]string, sou
 	}
 	vars, err := sess.resolve(idents)
 	if err != nil {
-		return WriteResult{}, err
+		return WriteResult{}, nil, err
 	}
 	var seen map[*variable]string // a batch naming one variable twice
 	if len(vars) > 1 {
@@ -369,15 +525,15 @@ func (st *Store) Set(sessionID string, writes []Write, md map[string]string, sou
 		w := writes[i]
 		if seen != nil {
 			if prev, dup := seen[v]; dup {
-				return WriteResult{}, fieldErr("updates", "%q and %q name the same variable", prev, w.Identifier)
+				return WriteResult{}, nil, fieldErr("updates", "%q and %q name the same variable", prev, w.Identifier)
 			}
 			seen[v] = w.Identifier
 		}
 		if w.ExpectedVersion != nil && *w.ExpectedVersion != v.cur.Version {
-			return WriteResult{}, &VersionConflictError{Variable: v.cur.Name, Expected: *w.ExpectedVersion, Actual: v.cur.Version}
+			return WriteResult{}, nil, &VersionConflictError{Variable: v.cur.Name, Expected: *w.ExpectedVersion, Actual: v.cur.Version}
 		}
 		if err := v.rules.check(v.cur.Name, w.Value); err != nil {
-			return WriteResult{}, err
+			return WriteResult{}, nil, err
 		}
 	}
 
@@ -401,7 +557,6 @@ func (st *Store) Set(sessionID string, writes []Write, md map[string]string, sou
 			Revision: sess.revision + 1, CreatedAt: c.CreatedAt,
 		}
 		items = append(items, Item{Kind: Updated, Var: next, Old: v.cur.Value})
-		v.cur = next
 		res.Variables[i] = next
 		res.Changed = append(res.Changed, w.Identifier)
 	}
@@ -411,10 +566,31 @@ func (st *Store) Set(sessionID string, writes []Write, md map[string]string, sou
 		if len(items) > 1 {
 			slices.SortFunc(items, func(a, b Item) int { return strings.Compare(a.Var.Name, b.Var.Name) })
 		}
-		res.Revision = sess.commit(now, ts, source, cloneMap(md), items)
+		rev, p, err := sess.commit(now, ts, source, cloneMap(md), items)
+		if err != nil {
+			return WriteResult{}, nil, err
+		}
+		for i, v := range vars {
+			v.cur = res.Variables[i]
+		}
+		res.Revision = rev
+		return res, p, nil
 	}
-	return res, nil
+	// A write that changed nothing answers with the state it found, which
+	// must be durable before anyone is told of it.
+	if st.opts.Engine == nil {
+		return res, nil, nil
+	}
+	return res, readPending{sess, res.Revision}, nil
 }
+
+// readPending waits until what a reader saw at rev is durable.
+type readPending struct {
+	sess *session
+	rev  int64
+}
+
+func (r readPending) Wait() error { return r.sess.settleRead(r.rev) }
 
 // List returns the variables whose names match a glob pattern (all when
 // empty), sorted by name.
@@ -435,6 +611,9 @@ func (st *Store) List(sessionID, pattern string) ([]*pb.Variable, int64, error) 
 	}
 	rev := sess.revision
 	sess.mu.RUnlock()
+	if err := sess.settleRead(rev); err != nil {
+		return nil, 0, err
+	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, rev, nil
 }
@@ -449,19 +628,34 @@ func (st *Store) Delete(sessionID, ident string, md map[string]string, source st
 		return nil, 0, fieldErr("variable_identifier", "is required")
 	}
 	sess.mu.Lock()
-	defer sess.unlockAndWake()
+	old, rev, p, err := st.delete(sess, ident, md, source)
+	sess.unlockAndWake()
+	if err == nil {
+		err = sess.settle(p, rev)
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	return old, rev, nil
+}
+
+// delete is Delete's part under sess.mu.
+func (st *Store) delete(sess *session, ident string, md map[string]string, source string) (*pb.Variable, int64, Pending, error) {
 	if sess.closed {
-		return nil, 0, sessionNotFound(sessionID)
+		return nil, 0, nil, sessionNotFound(sess.id)
 	}
 	v := sess.lookup(ident)
 	if v == nil {
-		return nil, 0, &NotFoundError{Session: sess.id, Identifiers: []string{ident}}
+		return nil, 0, nil, &NotFoundError{Session: sess.id, Identifiers: []string{ident}}
+	}
+	source = sourceOf(source, md)
+	rev, p, err := sess.commit(st.opts.Now(), nil, source, cloneMap(md), []Item{{Kind: Deleted, Var: v.cur, Old: v.cur.Value}})
+	if err != nil {
+		return nil, 0, nil, err
 	}
 	delete(sess.byID, v.cur.Id)
 	delete(sess.byName, v.cur.Name)
-	source = sourceOf(source, md)
-	rev := sess.commit(st.opts.Now(), nil, source, cloneMap(md), []Item{{Kind: Deleted, Var: v.cur, Old: v.cur.Value}})
-	return v.cur, rev, nil
+	return v.cur, rev, p, nil
 }
 
 func (st *Store) checkSize(name string, v *pb.Value) error {

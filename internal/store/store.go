@@ -52,6 +52,10 @@ type Options struct {
 
 	// Filter bounds what where filters cost, per session and per watch.
 	Filter FilterLimits
+
+	// Engine, when set, keeps the store's state across restarts (see
+	// Engine); Open loads what it holds. Nil keeps everything in memory.
+	Engine Engine
 }
 
 func (o *Options) withDefaults() {
@@ -100,16 +104,45 @@ type Store struct {
 	swept    sync.WaitGroup
 }
 
-// New returns a Store and starts its expiry sweeper; Close stops it.
+// New returns a memory-only Store and starts its expiry sweeper; Close
+// stops it. A Store with an Engine is made by Open.
 func New(opts Options) *Store {
-	opts.withDefaults()
-	s := &Store{opts: opts, sessions: map[string]*session{}, stop: make(chan struct{})}
-	s.swept.Add(1)
-	go s.sweepLoop()
+	if opts.Engine != nil {
+		panic("store.New: a Store with an Engine is made by store.Open")
+	}
+	s, _, _ := Open(opts)
 	return s
 }
 
-// Close stops the sweeper and closes every session, ending their watches.
+// Recovered counts what Open loaded from its engine.
+type Recovered struct {
+	Sessions  int
+	Variables int
+	Changes   int // history records, the revisions a watch can resume from
+	Expired   int // sessions whose TTL ran out while the server was down
+}
+
+// Open returns a Store holding what opts.Engine kept (nothing without an
+// engine) and starts its expiry sweeper; Close stops it and closes the
+// engine. Sessions that expired while no server ran are removed at once.
+func Open(opts Options) (*Store, Recovered, error) {
+	opts.withDefaults()
+	s := &Store{opts: opts, sessions: map[string]*session{}, stop: make(chan struct{})}
+	var rec Recovered
+	if opts.Engine != nil {
+		var err error
+		if rec, err = s.load(); err != nil {
+			return nil, rec, err
+		}
+		rec.Expired = len(s.Sweep())
+	}
+	s.swept.Add(1)
+	go s.sweepLoop()
+	return s, rec, nil
+}
+
+// Close stops the sweeper, closes every session, ending their watches, and
+// closes the engine.
 func (s *Store) Close() {
 	s.stopOnce.Do(func() {
 		close(s.stop)
@@ -120,6 +153,9 @@ func (s *Store) Close() {
 		s.mu.Unlock()
 		for _, sess := range all {
 			sess.close(ClosedShutdown)
+		}
+		if s.opts.Engine != nil {
+			_ = s.opts.Engine.Close()
 		}
 	})
 }
@@ -143,14 +179,21 @@ func (s *Store) sweepLoop() {
 func (s *Store) Sweep() []string {
 	now := s.opts.Now()
 	var expired []*session
+	var saved []Pending
 	s.mu.Lock()
 	for id, sess := range s.sessions {
 		if sess.expired(now) {
 			delete(s.sessions, id)
 			expired = append(expired, sess)
+			saved = append(saved, s.drop(id))
 		}
 	}
 	s.mu.Unlock()
+	for _, p := range saved {
+		if p != nil {
+			_ = p.Wait() // a failed engine refuses the next write, which says so
+		}
+	}
 	ids := make([]string, len(expired))
 	for i, sess := range expired {
 		sess.close(ClosedExpired)
@@ -179,6 +222,12 @@ type SessionInfo struct {
 // (created is false). An empty id gets a generated one; ttl <= 0 means the
 // store's default.
 func (s *Store) CreateSession(id string, ttl time.Duration, metadata map[string]string) (info SessionInfo, created bool, err error) {
+	return s.CreateSessionWithToken(id, ttl, metadata, nil)
+}
+
+// CreateSessionWithToken is CreateSession for a server that requires auth:
+// a session it creates keeps tokenHash (see TokenHash), on disk too.
+func (s *Store) CreateSessionWithToken(id string, ttl time.Duration, metadata map[string]string, tokenHash []byte) (info SessionInfo, created bool, err error) {
 	if id == "" {
 		id = "s_" + randomHex(8)
 	} else if err := checkName("session_id", id); err != nil {
@@ -194,6 +243,7 @@ func (s *Store) CreateSession(id string, ttl time.Duration, metadata map[string]
 	if sess, ok := s.sessions[id]; ok {
 		s.mu.Unlock()
 		sess.touch(s.opts.Now())
+		sess.saveExpiry(false)
 		return sess.info(), false, nil
 	}
 	if len(s.sessions) >= s.opts.MaxSessions {
@@ -201,9 +251,48 @@ func (s *Store) CreateSession(id string, ttl time.Duration, metadata map[string]
 		return SessionInfo{}, false, &LimitError{Limit: "max_sessions", Max: int64(s.opts.MaxSessions), What: "cannot create session " + id}
 	}
 	sess := newSession(id, ttl, cloneMap(metadata), &s.opts)
+	sess.tokenHash = slices.Clone(tokenHash)
+	var p Pending
+	if eng := s.opts.Engine; eng != nil {
+		// Ordered under s.mu after the Drop of any earlier session with
+		// this id, and before anything saved for this one.
+		d := sess.expiresAt.Load()
+		sess.savedDeadline.Store(d)
+		if p, err = eng.Save(&Mutation{Session: sess.record(0), Create: true, Expiry: &Expiry{Deadline: time.Unix(0, d)}}); err != nil {
+			s.mu.Unlock()
+			return SessionInfo{}, false, err
+		}
+	}
 	s.sessions[id] = sess
 	s.mu.Unlock()
+	if p != nil {
+		if err := p.Wait(); err != nil {
+			return SessionInfo{}, false, err
+		}
+	}
 	return sess.info(), true, nil
+}
+
+// TokenHash returns the token hash a session was created with (nil when
+// none), and whether the session exists.
+func (s *Store) TokenHash(id string) ([]byte, bool) {
+	s.mu.RLock()
+	sess, ok := s.sessions[id]
+	s.mu.RUnlock()
+	if !ok {
+		return nil, false
+	}
+	return sess.tokenHash, true
+}
+
+// drop records with the engine that a session is gone; s.mu is held, so
+// that the drop is ordered before any later creation with the same id.
+func (s *Store) drop(id string) Pending {
+	if s.opts.Engine == nil {
+		return nil
+	}
+	p, _ := s.opts.Engine.Save(&Mutation{Drop: id}) // a failed engine refuses the next write, which says so
+	return p
 }
 
 // session returns a live session and marks it used.
@@ -218,6 +307,7 @@ func (s *Store) session(id string) (*session, error) {
 		return nil, sessionNotFound(id)
 	}
 	sess.touch(s.opts.Now())
+	sess.saveExpiry(false)
 	return sess, nil
 }
 
@@ -252,12 +342,20 @@ func (s *Store) CleanupSession(id string) (int, error) {
 	}
 	s.mu.Lock()
 	sess, ok := s.sessions[id]
-	delete(s.sessions, id)
-	s.mu.Unlock()
 	if !ok {
+		s.mu.Unlock()
 		return 0, sessionNotFound(id)
 	}
-	return sess.close(ClosedCleanedUp), nil
+	delete(s.sessions, id)
+	p := s.drop(id)
+	s.mu.Unlock()
+	n := sess.close(ClosedCleanedUp)
+	if p != nil {
+		if err := p.Wait(); err != nil {
+			return 0, err
+		}
+	}
+	return n, nil
 }
 
 // ListSessions describes the sessions whose ids match a glob pattern (all
