@@ -59,7 +59,7 @@ type session struct {
 	// durable is the last revision on disk. Watches read history up to it
 	// and no further, so a watcher is never shown a change that a crash
 	// could still take back. Without an engine it moves with revision.
-	durable int64
+	durable  int64
 	byID     map[string]*variable
 	byName   map[string]*variable
 	history  history
