@@ -135,6 +135,11 @@ func (a *adapterStream) SendMsg(any) error {
 	return errors.New("adapter stream: updates go through the watch's send")
 }
 
+// StatusOf is the status error the server answers err with: a store error
+// (store.FieldError, say) becomes its code with the ErrorInfo and the
+// standard detail it carries on every transport.
+func StatusOf(err error) error { return toStatus(err) }
+
 // MaxRequestBytes is the largest request message the server accepts
 // (RequestLimits.MaxRecvMsgBytes), for transports that read the body
 // themselves.

@@ -276,26 +276,31 @@ const maxBatchBytes = 1 << 20
 // WatchVariableBatches implements BridgeService: WatchVariables, with every
 // update that is ready sent as one message.
 func (s *Server) WatchVariableBatches(req *pb.WatchVariablesRequest, stream grpc.ServerStreamingServer[pb.VariableUpdateBatch]) error {
-	return s.watch(req, stream, func(us []*pb.VariableUpdate) error {
-		for len(us) > 0 {
-			n, size := 0, 0
-			for n < len(us) {
-				u := us[n]
-				sz := 64 + store.ApproxVariableBytes(u.Variable) + store.ApproxValueBytes(u.OldValue) + store.MapBytes(u.UpdateMetadata)
-				if n > 0 && size+sz > maxBatchBytes {
-					break
-				}
-				size += sz
-				n++
+	return s.watch(req, stream, func(us []*pb.VariableUpdate) error { return SendBatches(us, stream.Send) })
+}
+
+// SendBatches sends us as VariableUpdateBatch messages of about
+// maxBatchBytes at most, in order: WatchVariableBatches' send, whatever the
+// transport.
+func SendBatches(us []*pb.VariableUpdate, send func(*pb.VariableUpdateBatch) error) error {
+	for len(us) > 0 {
+		n, size := 0, 0
+		for n < len(us) {
+			u := us[n]
+			sz := 64 + store.ApproxVariableBytes(u.Variable) + store.ApproxValueBytes(u.OldValue) + store.MapBytes(u.UpdateMetadata)
+			if n > 0 && size+sz > maxBatchBytes {
+				break
 			}
-			// A fresh message per Send: grpc-go may read it after Send returns.
-			if err := stream.Send(&pb.VariableUpdateBatch{Updates: slices.Clone(us[:n])}); err != nil {
-				return err
-			}
-			us = us[n:]
+			size += sz
+			n++
 		}
-		return nil
-	})
+		// A fresh message per Send: grpc-go may read it after Send returns.
+		if err := send(&pb.VariableUpdateBatch{Updates: slices.Clone(us[:n])}); err != nil {
+			return err
+		}
+		us = us[n:]
+	}
+	return nil
 }
 
 // watch serves a watch stream: feed.Open turns the request into a watch,
