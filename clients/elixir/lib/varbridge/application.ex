@@ -1,0 +1,35 @@
+defmodule VarBridge.Application do
+  @moduledoc false
+  use Application
+
+  # The :httpc profile of unary calls. Watches each have their own
+  # (stand-alone, linked to the watch), so a long-lived event stream never
+  # holds up a unary call queued behind it on a kept-alive connection.
+  @profile :varbridge
+
+  def profile, do: @profile
+
+  @impl true
+  def start(_type, _args) do
+    case :inets.start(:httpc, profile: @profile) do
+      {:ok, _} -> :ok
+      {:error, {:already_started, _}} -> :ok
+    end
+
+    :ok = :httpc.set_options([max_sessions: 8, keep_alive_timeout: 30_000], @profile)
+
+    children = [
+      VarBridge.TypeCache,
+      {Registry, keys: :unique, name: VarBridge.Watches},
+      {DynamicSupervisor, strategy: :one_for_one, name: VarBridge.WatchSupervisor}
+    ]
+
+    Supervisor.start_link(children, strategy: :one_for_one, name: VarBridge.Supervisor)
+  end
+
+  @impl true
+  def stop(_state) do
+    :inets.stop(:httpc, @profile)
+    :ok
+  end
+end
