@@ -7,19 +7,27 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/varbridge/varbridge/internal/backend"
 	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
 
 // BridgedState is a StateProvider on a varbridge server, over gRPC. It
 // shares one pool of client connections per target with every other
 // BridgedState of the process; each watch is a StreamConsumer that resumes
-// exactly where it stopped when its stream breaks. It is the gRPC backend
-// of the provider both states share.
+// exactly where it stopped when its stream breaks. It is the provider both
+// states share on the gRPC backend.
 type BridgedState struct {
 	provider
-	target string
-	token  string
-	pool   *connPool
+	rb *remote
+}
+
+// remote is BridgedState's backend.Backend: a session on a server, reached
+// over the shared connection pool.
+type remote struct {
+	target  string
+	session string
+	token   string
+	pool    *connPool
 }
 
 var _ StateProvider = (*BridgedState)(nil)
@@ -36,27 +44,27 @@ func NewBridgedState(ctx context.Context, target string, opts ...Option) (*Bridg
 	if err != nil {
 		return nil, err
 	}
-	b := &BridgedState{target: target, token: o.token, pool: pool}
+	r := &remote{target: target, token: o.token, pool: pool}
 	req := &pb.InitializeSessionRequest{SessionId: o.sessionID, Metadata: o.sessionMeta}
 	if o.ttl > 0 {
 		req.Ttl = durationpb.New(o.ttl)
 	}
-	resp, err := b.api().InitializeSession(b.ctx(ctx), req)
+	resp, err := r.api().InitializeSession(r.ctx(ctx), req)
 	if err != nil {
 		releasePool(pool)
 		return nil, fromStatus(err)
 	}
-	b.provider = provider{be: b, session: resp.GetSession().GetSessionId(), log: o.log}
-	if b.token == "" {
-		b.token = resp.GetSessionToken()
+	r.session = resp.GetSession().GetSessionId()
+	if r.token == "" {
+		r.token = resp.GetSessionToken()
 	}
-	return b, nil
+	return &BridgedState{provider: provider{be: r, session: r.session, log: o.log}, rb: r}, nil
 }
 
-func (b *BridgedState) api() pb.BridgeServiceClient { return pb.NewBridgeServiceClient(b.pool.unary()) }
+func (r *remote) api() pb.BridgeServiceClient { return pb.NewBridgeServiceClient(r.pool.unary()) }
 
 // ctx adds the bearer token, if any, to an outgoing call.
-func (b *BridgedState) ctx(ctx context.Context) context.Context { return bearer(b.token).attach(ctx) }
+func (r *remote) ctx(ctx context.Context) context.Context { return bearer(r.token).attach(ctx) }
 
 // bearer is a session token that calls carry; "" carries none.
 type bearer string
@@ -72,17 +80,20 @@ func (t bearer) attach(ctx context.Context) context.Context {
 // Token returns the session token the state sends (WithToken, or the one
 // the server issued when this state created the session); "" without auth.
 // Hand it to other clients, Go or Python, that join the session.
-func (b *BridgedState) Token() string { return b.token }
+func (b *BridgedState) Token() string { return b.rb.token }
 
 // Target returns the server address the state was created with.
-func (b *BridgedState) Target() string { return b.target }
+func (b *BridgedState) Target() string { return b.rb.target }
 
-func (b *BridgedState) ready(context.Context) error { return nil }
+var _ backend.Backend = (*remote)(nil)
 
-func (b *BridgedState) register(ctx context.Context, name string, t pb.VariableType, val *pb.Value, o writeOptions) (*pb.Variable, error) {
-	resp, err := b.api().RegisterVariable(b.ctx(ctx), &pb.RegisterVariableRequest{
-		SessionId: b.session, Name: name, Type: t, InitialValue: val,
-		Constraints: o.constraints.proto(), Metadata: o.metadata, Source: o.source,
+// Ready is nil: gRPC checks the context.
+func (r *remote) Ready(context.Context) error { return nil }
+
+func (r *remote) Register(ctx context.Context, name string, t pb.VariableType, val *pb.Value, o backend.WriteOptions) (*pb.Variable, error) {
+	resp, err := r.api().RegisterVariable(r.ctx(ctx), &pb.RegisterVariableRequest{
+		SessionId: r.session, Name: name, Type: t, InitialValue: val,
+		Constraints: o.Constraints, Metadata: o.Metadata, Source: o.Source,
 	})
 	if err != nil {
 		return nil, fromStatus(err)
@@ -90,23 +101,23 @@ func (b *BridgedState) register(ctx context.Context, name string, t pb.VariableT
 	return resp.GetVariable(), nil
 }
 
-func (b *BridgedState) get(ctx context.Context, identifier string) (*pb.Variable, error) {
-	resp, err := b.api().GetVariable(b.ctx(ctx), &pb.GetVariableRequest{SessionId: b.session, VariableIdentifier: identifier})
+func (r *remote) Get(ctx context.Context, identifier string) (*pb.Variable, error) {
+	resp, err := r.api().GetVariable(r.ctx(ctx), &pb.GetVariableRequest{SessionId: r.session, VariableIdentifier: identifier})
 	if err != nil {
 		return nil, fromStatus(err)
 	}
 	return resp.GetVariable(), nil
 }
 
-func (b *BridgedState) getMany(ctx context.Context, identifiers []string) (*pb.GetVariablesResponse, error) {
-	resp, err := b.api().GetVariables(b.ctx(ctx), &pb.GetVariablesRequest{SessionId: b.session, VariableIdentifiers: identifiers})
+func (r *remote) GetMany(ctx context.Context, identifiers []string) (*pb.GetVariablesResponse, error) {
+	resp, err := r.api().GetVariables(r.ctx(ctx), &pb.GetVariablesRequest{SessionId: r.session, VariableIdentifiers: identifiers})
 	return resp, fromStatus(err)
 }
 
-func (b *BridgedState) set(ctx context.Context, identifier string, val *pb.Value, o writeOptions) (*pb.Variable, error) {
-	resp, err := b.api().SetVariable(b.ctx(ctx), &pb.SetVariableRequest{
-		SessionId: b.session, VariableIdentifier: identifier, Value: val,
-		Metadata: o.metadata, ExpectedVersion: o.expectedVersion, Source: o.source,
+func (r *remote) Set(ctx context.Context, identifier string, val *pb.Value, o backend.WriteOptions) (*pb.Variable, error) {
+	resp, err := r.api().SetVariable(r.ctx(ctx), &pb.SetVariableRequest{
+		SessionId: r.session, VariableIdentifier: identifier, Value: val,
+		Metadata: o.Metadata, ExpectedVersion: o.ExpectedVersion, Source: o.Source,
 	})
 	if err != nil {
 		return nil, fromStatus(err)
@@ -114,9 +125,9 @@ func (b *BridgedState) set(ctx context.Context, identifier string, val *pb.Value
 	return resp.GetVariable(), nil
 }
 
-func (b *BridgedState) setMany(ctx context.Context, updates map[string]*pb.Value, o writeOptions) (map[string]*pb.Variable, error) {
-	resp, err := b.api().SetVariables(b.ctx(ctx), &pb.SetVariablesRequest{
-		SessionId: b.session, Updates: updates, Metadata: o.metadata, ExpectedVersions: o.expectedVersions, Source: o.source,
+func (r *remote) SetMany(ctx context.Context, updates map[string]*pb.Value, o backend.WriteOptions) (map[string]*pb.Variable, error) {
+	resp, err := r.api().SetVariables(r.ctx(ctx), &pb.SetVariablesRequest{
+		SessionId: r.session, Updates: updates, Metadata: o.Metadata, ExpectedVersions: o.ExpectedVersions, Source: o.Source,
 	})
 	if err != nil {
 		return nil, fromStatus(err)
@@ -124,37 +135,37 @@ func (b *BridgedState) setMany(ctx context.Context, updates map[string]*pb.Value
 	return resp.GetVariables(), nil
 }
 
-func (b *BridgedState) delete(ctx context.Context, identifier string, o writeOptions) error {
-	_, err := b.api().DeleteVariable(b.ctx(ctx), &pb.DeleteVariableRequest{
-		SessionId: b.session, VariableIdentifier: identifier, Metadata: o.metadata, Source: o.source,
+func (r *remote) Delete(ctx context.Context, identifier string, o backend.WriteOptions) error {
+	_, err := r.api().DeleteVariable(r.ctx(ctx), &pb.DeleteVariableRequest{
+		SessionId: r.session, VariableIdentifier: identifier, Metadata: o.Metadata, Source: o.Source,
 	})
 	return fromStatus(err)
 }
 
-func (b *BridgedState) list(ctx context.Context, pattern string) (*pb.ListVariablesResponse, error) {
-	resp, err := b.api().ListVariables(b.ctx(ctx), &pb.ListVariablesRequest{SessionId: b.session, Pattern: pattern})
+func (r *remote) List(ctx context.Context, pattern string) (*pb.ListVariablesResponse, error) {
+	resp, err := r.api().ListVariables(r.ctx(ctx), &pb.ListVariablesRequest{SessionId: r.session, Pattern: pattern})
 	return resp, fromStatus(err)
 }
 
-func (b *BridgedState) heartbeat(ctx context.Context) (*pb.Session, error) {
-	resp, err := b.api().Heartbeat(b.ctx(ctx), &pb.HeartbeatRequest{SessionId: b.session})
+func (r *remote) Heartbeat(ctx context.Context) (*pb.Session, error) {
+	resp, err := r.api().Heartbeat(r.ctx(ctx), &pb.HeartbeatRequest{SessionId: r.session})
 	if err != nil {
 		return nil, fromStatus(err)
 	}
 	return resp.GetSession(), nil
 }
 
-// cleanup removes the session from the server, ending every watch on it
+// Cleanup removes the session from the server, ending every watch on it
 // (other clients' too).
-func (b *BridgedState) cleanup(ctx context.Context) error {
-	_, err := b.api().CleanupSession(b.ctx(ctx), &pb.CleanupSessionRequest{SessionId: b.session})
+func (r *remote) Cleanup(ctx context.Context) error {
+	_, err := r.api().CleanupSession(r.ctx(ctx), &pb.CleanupSessionRequest{SessionId: r.session})
 	return fromStatus(err)
 }
 
-// release gives back the state's share of the connection pool.
-func (b *BridgedState) release() { releasePool(b.pool) }
+// Release gives back the state's share of the connection pool.
+func (r *remote) Release() { releasePool(r.pool) }
 
-// openWatch validates the identifiers and reads the revision R the watch
+// OpenWatch validates the identifiers and reads the revision R the watch
 // starts after (and, with WithInitialValues, the values at R: see
 // streamConsumer for why the client takes them itself), then opens the
 // stream at R+1 and waits until the server has registered it: when it
@@ -162,19 +173,23 @@ func (b *BridgedState) release() { releasePool(b.pool) }
 // session incarnation the watch has seen, so a session created again while
 // the watch was away (a server that lost it) answers with Resync updates,
 // never silence.
-func (b *BridgedState) openWatch(ctx context.Context, identifiers []string, cfg watchConfig, build func(watchStart) *watch) (*watch, watchFeed, error) {
+//
+// build is always the provider's: the sink it makes is the provider's
+// watch, which the stream consumer drives (resume point, incarnation,
+// statistics).
+func (r *remote) OpenWatch(ctx context.Context, identifiers []string, cfg backend.WatchConfig, build func(backend.Start) backend.Sink) (backend.Feed, error) {
 	ident := map[string]string{}
 	var (
 		initial []*pb.Variable
 		rev     int64
 	)
 	if len(identifiers) > 0 {
-		resp, err := b.getMany(ctx, identifiers)
+		resp, err := r.GetMany(ctx, identifiers)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		if len(resp.GetMissing()) > 0 {
-			return nil, nil, &NotFoundError{Session: b.session, Identifiers: resp.GetMissing()}
+			return nil, &NotFoundError{Session: r.session, Identifiers: resp.GetMissing()}
 		}
 		rev = resp.GetRevision()
 		for _, id := range identifiers { // the first identifier of a variable wins, as on the server
@@ -184,53 +199,53 @@ func (b *BridgedState) openWatch(ctx context.Context, identifiers []string, cfg 
 				initial = append(initial, v)
 			}
 		}
-	} else if cfg.initial && cfg.startRevision == 0 {
-		resp, err := b.list(ctx, "")
+	} else if cfg.Initial && cfg.StartRevision == 0 {
+		resp, err := r.List(ctx, "")
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		rev, initial = resp.GetRevision(), resp.GetVariables()
 	} else {
-		resp, err := b.api().GetSession(b.ctx(ctx), &pb.GetSessionRequest{SessionId: b.session})
+		resp, err := r.api().GetSession(r.ctx(ctx), &pb.GetSessionRequest{SessionId: r.session})
 		if err != nil {
-			return nil, nil, fromStatus(err)
+			return nil, fromStatus(err)
 		}
 		rev = resp.GetSession().GetRevision()
-		if cfg.incarnation == "" {
-			cfg.incarnation = resp.GetSession().GetIncarnation()
+		if cfg.Incarnation == "" {
+			cfg.Incarnation = resp.GetSession().GetIncarnation()
 		}
 	}
 	resume, initialRev := rev+1, rev
-	if cfg.startRevision > 0 {
-		resume, initial = cfg.startRevision, nil
-	} else if cfg.initial {
+	if cfg.StartRevision > 0 {
+		resume, initial = cfg.StartRevision, nil
+	} else if cfg.Initial {
 		sort.Slice(initial, func(i, j int) bool { return initial[i].GetName() < initial[j].GetName() })
 	} else {
 		initial = nil
 	}
 
-	lease, err := b.pool.lease()
+	lease, err := r.pool.lease()
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	conn := streamConn{session: b.session, auth: bearer(b.token), pool: b.pool, lease: lease}
-	wctx, cancel := watchContext(ctx)
+	conn := streamConn{session: r.session, auth: bearer(r.token), pool: r.pool, lease: lease}
+	wctx, cancel := backend.WatchContext(ctx)
 	// The incarnation known so far (given, or read with the revision); the
 	// stream corrects it if the session was created again meanwhile.
-	w := build(watchStart{
-		identOf:     func(id string) (string, bool) { s, ok := ident[id]; return s, ok },
-		startsAfter: resume - 1, incarnation: cfg.incarnation, ctx: wctx, cancel: cancel,
-	})
-	c := newStreamConsumer(conn, w, initial, initialRev, cfg.incarnation)
+	w := build(backend.Start{
+		IdentOf:     func(id string) (string, bool) { s, ok := ident[id]; return s, ok },
+		StartsAfter: resume - 1, Incarnation: cfg.Incarnation, Ctx: wctx, Cancel: cancel,
+	}).(*watch)
+	c := newStreamConsumer(conn, w, initial, initialRev, cfg.Incarnation)
 	if err := c.openFirst(wctx); err != nil {
 		cancel()
 		conn.release()
 		if ctx.Err() != nil {
-			return nil, nil, ctx.Err()
+			return nil, ctx.Err()
 		}
-		return nil, nil, fromStatus(err)
+		return nil, fromStatus(err)
 	}
-	return w, c, nil
+	return c, nil
 }
 
 func sessionFromProto(s *pb.Session) *SessionInfo {

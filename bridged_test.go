@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/varbridge/varbridge/internal/backend"
 	"github.com/varbridge/varbridge/internal/cutproxy"
 	"github.com/varbridge/varbridge/internal/server"
 	"github.com/varbridge/varbridge/internal/servertest"
@@ -59,19 +60,19 @@ func TestBridgedCutConnectionsExactlyOnce(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			srv := servertest.Start(t, store.Options{HistoryLimit: 100_000})
 			proxy := newProxy(t, srv.Addr)
-			b := dialBridged(t, proxy.Addr(), fastRedial)
+			b := DialBridged(t, proxy.Addr(), fastRedial)
 			ids := map[string]string{}
 			var names []string
 			var ref WatchRef
 			for i := range 8 {
 				n := fmt.Sprintf("x%d", i)
 				names = append(names, n)
-				ids[n] = mustRegister(t, b, n, TypeInteger, 0).ID
+				ids[n] = MustRegister(t, b, n, TypeInteger, 0).ID
 			}
 
 			var got []change // only the watch goroutine appends until the end
 			var resyncs atomic.Int64
-			ref = mustWatch(t, b, context.Background(), names, func(ident string, _, _ any, m UpdateMeta) {
+			ref = MustWatch(t, b, context.Background(), names, func(ident string, _, _ any, m UpdateMeta) {
 				if m.Resync {
 					resyncs.Add(1)
 				}
@@ -115,15 +116,15 @@ func TestBridgedCutConnectionsExactlyOnce(t *testing.T) {
 			}
 			last := want[len(want)-1].rev
 			deadline := time.Now().Add(20 * time.Second)
-			for watchInfo(t, b, ref).LastRevision < last {
+			for WatchInfoOf(t, b, ref).LastRevision < last {
 				if time.Now().After(deadline) {
-					t.Fatalf("the watch reached revision %d of %d: %+v; %d cuts", watchInfo(t, b, ref).LastRevision, last, watchInfo(t, b, ref), proxy.Cuts())
+					t.Fatalf("the watch reached revision %d of %d: %+v; %d cuts", WatchInfoOf(t, b, ref).LastRevision, last, WatchInfoOf(t, b, ref), proxy.Cuts())
 				}
 				time.Sleep(5 * time.Millisecond)
 			}
 			close(stopCuts)
 			<-cutterDone
-			wi := watchInfo(t, b, ref)
+			wi := WatchInfoOf(t, b, ref)
 			if err := b.UnwatchVariables(ref); err != nil {
 				t.Fatal(err)
 			}
@@ -143,7 +144,7 @@ func TestBridgedCutConnectionsExactlyOnce(t *testing.T) {
 			}
 			t.Logf("%d changes, %d cuts, %d reconnects, %d errors, %d duplicates skipped",
 				len(got), proxy.Cuts(), wi.Reconnects, wi.Errors, wi.DuplicatesSkipped)
-			eventually(t, "the server's observers to go", func() bool { return srv.Store.WatchCount() == 0 })
+			Eventually(t, "the server's observers to go", func() bool { return srv.Store.WatchCount() == 0 })
 		})
 	}
 }
@@ -153,17 +154,17 @@ func TestBridgedCutConnectionsExactlyOnce(t *testing.T) {
 func TestBridgedGivesUpAfterMaxFailures(t *testing.T) {
 	srv := servertest.Start(t, store.Options{})
 	proxy := newProxy(t, srv.Addr)
-	b := dialBridged(t, proxy.Addr(), fastRedial)
-	mustRegister(t, b, "v", TypeInteger, 0)
+	b := DialBridged(t, proxy.Addr(), fastRedial)
+	MustRegister(t, b, "v", TypeInteger, 0)
 	errc := make(chan error, 1)
-	ref := mustWatch(t, b, context.Background(), []string{"v"}, func(string, any, any, UpdateMeta) {},
+	ref := MustWatch(t, b, context.Background(), []string{"v"}, func(string, any, any, UpdateMeta) {},
 		WithMaxFailures(3), WithBackoff(time.Millisecond, 5*time.Millisecond), WithErrorHandler(func(err error) { errc <- err }))
 	proxy.SetRefuse(true)
 	proxy.Cut()
 	var err error
 	select {
 	case err = <-errc:
-	case <-time.After(waitTimeout):
+	case <-time.After(WaitTimeout):
 		t.Fatal("the consumer did not give up")
 	}
 	var gu *GaveUpError
@@ -171,11 +172,11 @@ func TestBridgedGivesUpAfterMaxFailures(t *testing.T) {
 		!regexp.MustCompile(`^gave up after 3 attempts over \d+\.\ds: last error: unavailable: `).MatchString(err.Error()) {
 		t.Fatalf("error = %v", err)
 	}
-	wi := watchInfo(t, b, ref)
+	wi := WatchInfoOf(t, b, ref)
 	if wi.Alive || !strings.Contains(wi.Reason, "gave up") || wi.Errors != 3 || !errors.Is(wi.LastError, ErrGaveUp) {
 		t.Fatalf("watch info %+v", wi)
 	}
-	eventually(t, "the server's observer to go", func() bool { return srv.Store.WatchCount() == 0 })
+	Eventually(t, "the server's observer to go", func() bool { return srv.Store.WatchCount() == 0 })
 }
 
 // A watch that loses its connection for a while resumes without loss once
@@ -183,33 +184,39 @@ func TestBridgedGivesUpAfterMaxFailures(t *testing.T) {
 func TestBridgedResumesAfterOutage(t *testing.T) {
 	srv := servertest.Start(t, store.Options{})
 	proxy := newProxy(t, srv.Addr)
-	b := dialBridged(t, proxy.Addr(), fastRedial)
-	mustRegister(t, b, "v", TypeInteger, 0)
-	e := env{p: b, st: srv.Store}
-	rec := newRecorder()
-	ref := mustWatch(t, b, context.Background(), []string{"v"}, rec.watch,
+	b := DialBridged(t, proxy.Addr(), fastRedial)
+	MustRegister(t, b, "v", TypeInteger, 0)
+	set := func(v int64) { // through the server's store, while the watch may be cut off
+		t.Helper()
+		w := store.Write{Identifier: "v", Value: &pb.Value{Kind: &pb.Value_IntValue{IntValue: v}}}
+		if _, err := srv.Store.Set(b.SessionID(), []store.Write{w}, nil, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rec := NewRecorder()
+	ref := MustWatch(t, b, context.Background(), []string{"v"}, rec.Watch,
 		WithMaxFailures(1000), WithBackoff(time.Millisecond, 5*time.Millisecond))
 	for round := range 3 {
 		proxy.SetRefuse(true)
 		proxy.Cut()
-		before := watchInfo(t, b, ref).Errors
-		eventually(t, "failed reconnects", func() bool { return watchInfo(t, b, ref).Errors >= before+2 })
+		before := WatchInfoOf(t, b, ref).Errors
+		Eventually(t, "failed reconnects", func() bool { return WatchInfoOf(t, b, ref).Errors >= before+2 })
 		base := int64(round * 10)
 		for i := int64(1); i <= 5; i++ { // written while the watch is cut off
-			e.set(t, "v", base+i, nil)
+			set(base + i)
 		}
 		proxy.SetRefuse(false)
 		for i := int64(1); i <= 5; i++ {
-			if u := rec.next(t); u.New != base+i || u.Old != base+i-1 {
+			if u := rec.Next(t); u.New != base+i || u.Old != base+i-1 {
 				t.Fatalf("round %d: got %+v, want %d", round, u, base+i)
 			}
 		}
-		e.set(t, "v", base+10, nil)
-		if u := rec.next(t); u.New != base+10 {
+		set(base + 10)
+		if u := rec.Next(t); u.New != base+10 {
 			t.Fatalf("round %d: after resume %+v", round, u)
 		}
 	}
-	if wi := watchInfo(t, b, ref); !wi.Alive || wi.Reconnects < 3 {
+	if wi := WatchInfoOf(t, b, ref); !wi.Alive || wi.Reconnects < 3 {
 		t.Fatalf("after outages %+v", wi)
 	}
 }
@@ -220,7 +227,7 @@ func TestConsumerResumesMidBatch(t *testing.T) {
 	var got []string
 	w := newWatch([]string{"a", "b", "c"}, func(id string, _, _ any, m UpdateMeta) {
 		got = append(got, fmt.Sprintf("%d%s", m.Revision, id))
-	}, newWatchConfig(nil), quiet, watchStart{identOf: func(id string) (string, bool) { return id, true }, startsAfter: 4})
+	}, newWatchConfig(nil), Quiet, backend.Start{IdentOf: func(id string) (string, bool) { return id, true }, StartsAfter: 4})
 	c := newStreamConsumer(streamConn{session: "s"}, w, nil, 0, "")
 	up := func(rev int64, id string, last bool) *pb.VariableUpdate {
 		return &pb.VariableUpdate{VariableId: id, UpdateType: pb.UpdateType_UPDATE_TYPE_VALUE_CHANGE,
@@ -275,22 +282,22 @@ func TestBackoff(t *testing.T) {
 // streams-per-connection limit and drops it when its streams end.
 func TestBridgedConnectionPool(t *testing.T) {
 	srv := servertest.Start(t, store.Options{})
-	b := dialBridged(t, srv.Addr, WithStreamsPerConn(2))
-	b2 := dialBridged(t, srv.Addr, WithSessionID(b.SessionID()))
-	if b.pool != b2.pool {
+	b := DialBridged(t, srv.Addr, WithStreamsPerConn(2))
+	b2 := DialBridged(t, srv.Addr, WithSessionID(b.SessionID()))
+	if b.rb.pool != b2.rb.pool {
 		t.Fatal("two states on one target do not share the pool")
 	}
-	mustRegister(t, b, "v", TypeInteger, 0)
+	MustRegister(t, b, "v", TypeInteger, 0)
 	var refs []WatchRef
 	var n atomic.Int64
 	got := make(chan struct{}, 10)
 	for range 5 {
-		refs = append(refs, mustWatch(t, b, context.Background(), []string{"v"}, func(string, any, any, UpdateMeta) {
+		refs = append(refs, MustWatch(t, b, context.Background(), []string{"v"}, func(string, any, any, UpdateMeta) {
 			n.Add(1)
 			got <- struct{}{}
 		}))
 	}
-	if c := b.pool.connCount(); c != 3 {
+	if c := b.rb.pool.connCount(); c != 3 {
 		t.Fatalf("%d connections for 5 watches at 2 per connection, want 3", c)
 	}
 	if _, err := b2.Set(context.Background(), "v", 1); err != nil {
@@ -299,7 +306,7 @@ func TestBridgedConnectionPool(t *testing.T) {
 	for range 5 {
 		select {
 		case <-got:
-		case <-time.After(waitTimeout):
+		case <-time.After(WaitTimeout):
 			t.Fatalf("only %d of 5 watches got the update", n.Load())
 		}
 	}
@@ -308,10 +315,10 @@ func TestBridgedConnectionPool(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if c := b.pool.connCount(); c != 1 {
+	if c := b.rb.pool.connCount(); c != 1 {
 		t.Fatalf("%d connections after unwatching, want 1", c)
 	}
-	key := b.pool.key
+	key := b.rb.pool.key
 	_ = b.Close()
 	if _, err := b2.Get(context.Background(), "v"); err != nil {
 		t.Fatalf("the other state lost its connection: %v", err)
@@ -332,8 +339,8 @@ func TestBridgedConnectionPool(t *testing.T) {
 // closing the state leaves no observer on the server.
 func TestBridgedThousandWatches(t *testing.T) {
 	srv := servertest.Start(t, store.Options{})
-	b := dialBridged(t, srv.Addr)
-	mustRegister(t, b, "v", TypeInteger, 0)
+	b := DialBridged(t, srv.Addr)
+	MustRegister(t, b, "v", TypeInteger, 0)
 	const n = 1000
 	var wg sync.WaitGroup
 	wg.Add(n)
@@ -346,7 +353,7 @@ func TestBridgedThousandWatches(t *testing.T) {
 		go func() {
 			defer setup.Done()
 			defer func() { <-sem }()
-			mustWatch(t, b, context.Background(), []string{"v"}, func(_ string, _, new any, _ UpdateMeta) {
+			MustWatch(t, b, context.Background(), []string{"v"}, func(_ string, _, new any, _ UpdateMeta) {
 				if new == int64(1) {
 					got.Add(1)
 					wg.Done()
@@ -358,7 +365,7 @@ func TestBridgedThousandWatches(t *testing.T) {
 	if c := srv.Store.WatchCount(); c != n {
 		t.Fatalf("server has %d watches, want %d", c, n)
 	}
-	if c := b.pool.connCount(); c != n/DefaultStreamsPerConn {
+	if c := b.rb.pool.connCount(); c != n/DefaultStreamsPerConn {
 		t.Fatalf("%d connections, want %d", c, n/DefaultStreamsPerConn)
 	}
 	if _, err := b.Set(context.Background(), "v", 1); err != nil {
@@ -368,42 +375,42 @@ func TestBridgedThousandWatches(t *testing.T) {
 	go func() { wg.Wait(); close(done) }()
 	select {
 	case <-done:
-	case <-time.After(waitTimeout):
+	case <-time.After(WaitTimeout):
 		t.Fatalf("%d of %d watches got the update", got.Load(), n)
 	}
 	_ = b.Close()
-	eventually(t, "the server's observers to go", func() bool { return srv.Store.WatchCount() == 0 })
+	Eventually(t, "the server's observers to go", func() bool { return srv.Store.WatchCount() == 0 })
 }
 
 // With auth on, the creator's state carries the issued token on every call,
 // watches included; another client joins with it and is refused without it.
 func TestBridgedAuth(t *testing.T) {
 	srv := servertest.Start(t, store.Options{}, server.WithAuth())
-	owner := dialBridged(t, srv.Addr)
+	owner := DialBridged(t, srv.Addr)
 	if owner.Token() == "" {
 		t.Fatal("no session token from a server with auth")
 	}
-	mustRegister(t, owner, "v", TypeInteger, 0)
+	MustRegister(t, owner, "v", TypeInteger, 0)
 	if _, err := NewBridgedState(context.Background(), srv.Addr, WithSessionID(owner.SessionID())); !errors.Is(err, ErrAlreadyExists) ||
 		!errors.Is(err, ErrUnauthenticated) {
 		t.Fatalf("joining without the token: %v", err)
 	}
-	other := dialBridged(t, srv.Addr, WithSessionID(owner.SessionID()), WithToken(owner.Token()))
-	rec := newRecorder()
-	mustWatch(t, other, context.Background(), []string{"v"}, rec.watch)
+	other := DialBridged(t, srv.Addr, WithSessionID(owner.SessionID()), WithToken(owner.Token()))
+	rec := NewRecorder()
+	MustWatch(t, other, context.Background(), []string{"v"}, rec.Watch)
 	if _, err := owner.Set(context.Background(), "v", 1); err != nil {
 		t.Fatal(err)
 	}
-	if u := rec.next(t); u.New != int64(1) {
+	if u := rec.Next(t); u.New != int64(1) {
 		t.Fatalf("update %+v", u)
 	}
 	// A state that sends a wrong token for the session is refused, watches too.
-	bad := &BridgedState{token: "forged", pool: owner.pool}
-	bad.provider = provider{be: bad, session: owner.SessionID(), log: quiet}
+	forged := &remote{session: owner.SessionID(), token: "forged", pool: owner.rb.pool}
+	bad := &BridgedState{provider: provider{be: forged, session: owner.SessionID(), log: Quiet}, rb: forged}
 	if _, err := bad.Get(context.Background(), "v"); !errors.Is(err, ErrPermissionDenied) && !errors.Is(err, ErrUnauthenticated) {
 		t.Fatalf("forged token: %v", err)
 	}
-	if _, err := bad.WatchVariables(context.Background(), []string{"v"}, rec.watch); !errors.Is(err, ErrPermissionDenied) && !errors.Is(err, ErrUnauthenticated) {
+	if _, err := bad.WatchVariables(context.Background(), []string{"v"}, rec.Watch); !errors.Is(err, ErrPermissionDenied) && !errors.Is(err, ErrUnauthenticated) {
 		t.Fatalf("watch with a forged token: %v", err)
 	}
 }

@@ -12,16 +12,17 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/varbridge/varbridge/internal/backend"
 	"github.com/varbridge/varbridge/internal/verr"
 	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
 
 // streamConsumer is the StreamConsumer of one BridgedState watch, its
-// watchFeed. One goroutine (run) owns all of its state: it reads the stream,
+// backend.Feed. One goroutine (Run) owns all of its state: it reads the stream,
 // hands each update to the watch, and on a broken stream reconnects with
 // exponential backoff and jitter, resuming exactly after what it delivered.
 //
-// The resume point is the watch's progress (watch.complete, what
+// The resume point is the watch's progress (watch.Complete, what
 // ListWatchers reports as LastRevision): updates of one revision share it,
 // and the server flags the last one it sends for a revision
 // (last_in_revision). After a flagged update or a heartbeat at revision r,
@@ -110,8 +111,8 @@ func (c *streamConsumer) request() *pb.WatchVariablesRequest {
 	}
 	return &pb.WatchVariablesRequest{
 		SessionId: c.conn.session, VariableIdentifiers: idents, StartRevision: start, Incarnation: c.incarnation,
-		Where: cfg.where, Coalesce: cfg.coalesce, HeartbeatIntervalMs: heartbeatMs(cfg.heartbeat),
-		// watch.deliver reads only type, value and version of a change's
+		Where: cfg.Where, Coalesce: cfg.Coalesce, HeartbeatIntervalMs: backend.HeartbeatMs(cfg.Heartbeat),
+		// watch.Deliver reads only type, value and version of a change's
 		// variable; the rest is in the update itself.
 		Compact: true,
 	}
@@ -184,12 +185,12 @@ func (c *streamConsumer) open(ctx context.Context) (updateStream, error) {
 	return singleStream{s}, nil
 }
 
-// discard implements watchFeed: a consumer that will never run gives its
+// Discard implements backend.Feed: a consumer that will never run gives its
 // connection back.
-func (c *streamConsumer) discard() { c.conn.release() }
+func (c *streamConsumer) Discard() { c.conn.release() }
 
 // openFirst opens the stream while the watch is set up, so that
-// WatchVariables returns once the server registered it; run reads it first.
+// WatchVariables returns once the server registered it; Run reads it first.
 func (c *streamConsumer) openFirst(ctx context.Context) error {
 	s, err := c.open(ctx)
 	c.stream = s
@@ -241,9 +242,9 @@ func (c *streamConsumer) noteIncarnation(inc string) {
 	c.w.setIncarnation(inc)
 }
 
-// run implements watchFeed: it reads the stream opened at setup, then
+// Run implements backend.Feed: it reads the stream opened at setup, then
 // reopens and resumes until the watch ends or fails for good.
-func (c *streamConsumer) run(ctx context.Context) error {
+func (c *streamConsumer) Run(ctx context.Context) error {
 	w := c.w
 	defer c.conn.release()
 	stream := c.stream
@@ -274,7 +275,7 @@ func (c *streamConsumer) run(ctx context.Context) error {
 
 func (c *streamConsumer) deliverInitial() {
 	for i, v := range c.initial {
-		c.w.deliver(&pb.VariableUpdate{
+		c.w.Deliver(&pb.VariableUpdate{
 			VariableId: v.GetId(), Variable: v, UpdateType: pb.UpdateType_UPDATE_TYPE_INITIAL_VALUE,
 			Revision: c.initialRev, UpdateSource: v.GetSource(), Timestamp: v.GetUpdatedAt(),
 			VariableName: v.GetName(), LastInRevision: i == len(c.initial)-1,
@@ -308,7 +309,7 @@ func (c *streamConsumer) process(u *pb.VariableUpdate) {
 		if rev >= c.w.resumeAt() {
 			c.complete(rev)
 		}
-		c.w.deliver(u)
+		c.w.Deliver(u)
 		return
 	}
 	switch {
@@ -328,7 +329,7 @@ func (c *streamConsumer) process(u *pb.VariableUpdate) {
 		// complete: the server sent all of it that this watch gets.
 		c.complete(c.partialRev)
 	}
-	c.w.deliver(u)
+	c.w.Deliver(u)
 	if u.GetUpdateType() == pb.UpdateType_UPDATE_TYPE_DELETED {
 		if id, ok := c.w.identOf(u.GetVariableId()); ok {
 			if c.gone == nil {
@@ -365,7 +366,7 @@ func (c *streamConsumer) armSkip() {
 
 // complete records that everything through rev was delivered.
 func (c *streamConsumer) complete(rev int64) {
-	c.w.complete(rev)
+	c.w.Complete(rev)
 	c.partialRev, c.partialIDs, c.skip = 0, c.partialIDs[:0], nil
 	if c.nextIncarnation != "" {
 		c.incarnation, c.nextIncarnation = c.nextIncarnation, ""

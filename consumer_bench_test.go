@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/varbridge/varbridge/internal/backend"
 	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
 
@@ -12,7 +13,7 @@ import (
 // whose every revision is a batch of 100; building the updates is included
 // (4 allocations per update).
 func BenchmarkConsumerProcessBatches(b *testing.B) {
-	w := newWatch(nil, func(string, any, any, UpdateMeta) {}, newWatchConfig(nil), quiet, watchStart{})
+	w := newWatch(nil, func(string, any, any, UpdateMeta) {}, newWatchConfig(nil), Quiet, backend.Start{})
 	c := newStreamConsumer(streamConn{session: "s"}, w, nil, 0, "")
 	ids := make([]string, 100)
 	for i := range ids {

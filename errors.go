@@ -13,12 +13,11 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/varbridge/varbridge/internal/verr"
-	"github.com/varbridge/varbridge/internal/where"
 	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
 
-// Sentinel errors. LocalState and BridgedState return the same ones for the
-// same failures, so callers test them with errors.Is either way. Those a
+// Sentinel errors. BridgedState and local.State return the same ones for
+// the same failures, so callers test them with errors.Is either way. Those a
 // store can return are internal/verr's, the very values the store uses.
 var (
 	// ErrNotFound: a variable identifier named nothing (see NotFoundError).
@@ -57,7 +56,7 @@ var (
 )
 
 // The typed errors are defined once, in internal/verr: the store returns
-// them, LocalState hands them on unchanged, and BridgedState builds them
+// them, local.State hands them on unchanged, and BridgedState builds them
 // from the status details (ErrorInfo reason and metadata) the server sends.
 
 // NotFoundError lists every identifier that named no variable in a session
@@ -66,13 +65,13 @@ type NotFoundError = verr.NotFoundError
 
 // ConstraintError reports a value that breaks one of its variable's
 // constraints: Variable (its name) and Constraint (the constraint's wire
-// name: "min", "pattern", ...); from LocalState also Value (abbreviated)
+// name: "min", "pattern", ...); from local.State also Value (abbreviated)
 // and Reason. Its message names the variable, the constraint and the
 // value. It matches ErrConstraint and ErrInvalidArgument.
 type ConstraintError = verr.ConstraintError
 
 // LimitError names the configured limit a request would exceed in Limit
-// (e.g. "max_watches_per_session"); from LocalState also Max and What. It
+// (e.g. "max_watches_per_session"); from local.State also Max and What. It
 // matches ErrLimit.
 type LimitError = verr.LimitError
 
@@ -117,7 +116,7 @@ func (e *GaveUpError) Is(target error) bool { return target == ErrGaveUp }
 func (e *GaveUpError) Unwrap() error { return e.Last }
 
 // kindError is an error of one sentinel kind with its own message; Unwrap
-// gives the cause (a gRPC status error for BridgedState).
+// gives the cause (a gRPC status error).
 type kindError struct {
 	kind  error
 	msg   string
@@ -127,22 +126,6 @@ type kindError struct {
 func (e *kindError) Error() string        { return e.msg }
 func (e *kindError) Is(target error) bool { return target == e.kind }
 func (e *kindError) Unwrap() error        { return e.cause }
-
-// fromStore gives LocalState's errors: the store's own (internal/verr's
-// types and sentinels, as they are), and the watch filter's two, which a
-// BridgedState hears as a limit and an invalid argument.
-func fromStore(err error) error {
-	var fc *where.CostError
-	switch {
-	case err == nil:
-		return nil
-	case errors.As(err, &fc): // as BridgedState hears it: FILTER_TOO_COSTLY is a limit
-		return verr.Limit(fc.Limit, err.Error())
-	case errors.Is(err, where.ErrInvalid):
-		return &kindError{ErrInvalidArgument, err.Error(), err}
-	}
-	return err
-}
 
 // errorDomain is the google.rpc.ErrorInfo domain of varbridge's errors.
 const errorDomain = "varbridge.dev"

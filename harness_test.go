@@ -1,5 +1,11 @@
 package varbridge
 
+// The harness of the package's tests. Its helpers are exported (to the
+// tests only) for the tests of package varbridge_test, which run every
+// scenario on both providers and so cannot be in this package: package
+// local, which holds the other provider, imports it. Those tests keep the
+// scenarios' parity; the tests here look inside BridgedState.
+
 import (
 	"context"
 	"fmt"
@@ -12,82 +18,26 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/varbridge/varbridge/internal/servertest"
-	"github.com/varbridge/varbridge/internal/store"
 	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// waitTimeout bounds every wait on a channel or a condition in these tests.
-const waitTimeout = 10 * time.Second
+// WaitTimeout bounds every wait on a channel or a condition in these tests.
+const WaitTimeout = 10 * time.Second
 
-var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+// Quiet is a logger that drops everything.
+var Quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
-var sessionSeq atomic.Int64
+// SessionSeq numbers the sessions the tests create.
+var SessionSeq atomic.Int64
 
-// env is a provider under test plus direct access to the store behind it:
-// LocalState's own store, or the store of the server BridgedState talks to.
-type env struct {
-	name string
-	p    StateProvider
-	st   *store.Store
-}
-
-// set writes through the store, not through the provider.
-func (e env) set(t testing.TB, ident string, v any, md map[string]string) int64 {
+// DialBridged is a BridgedState on addr in a new session, closed when the
+// test ends.
+func DialBridged(t testing.TB, addr string, opts ...Option) *BridgedState {
 	t.Helper()
-	val, err := ToProto("", v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := e.st.Set(e.p.SessionID(), []store.Write{{Identifier: ident, Value: val}}, md, "")
-	if err != nil {
-		t.Fatalf("store set %s=%v: %v", ident, v, err)
-	}
-	return res.Revision
-}
-
-// setMany writes a batch through the store.
-func (e env) setMany(t testing.TB, vals map[string]any) int64 {
-	t.Helper()
-	var ws []store.Write
-	for id, v := range vals {
-		val, err := ToProto("", v)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ws = append(ws, store.Write{Identifier: id, Value: val})
-	}
-	res, err := e.st.Set(e.p.SessionID(), ws, nil, "batch")
-	if err != nil {
-		t.Fatalf("store set many: %v", err)
-	}
-	return res.Revision
-}
-
-func newLocalEnv(t testing.TB, opts ...Option) env {
-	t.Helper()
-	opts = append([]Option{WithSessionID(fmt.Sprintf("local-%d", sessionSeq.Add(1))), WithLogger(quiet)}, opts...)
-	l, err := NewLocalState(opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = l.Close() })
-	return env{name: "local", p: l, st: l.st}
-}
-
-func newBridgedEnv(t testing.TB, storeOpts store.Options, opts ...Option) (env, *servertest.Server) {
-	t.Helper()
-	srv := servertest.Start(t, storeOpts)
-	b := dialBridged(t, srv.Addr, opts...)
-	return env{name: "bridged", p: b, st: srv.Store}, srv
-}
-
-func dialBridged(t testing.TB, addr string, opts ...Option) *BridgedState {
-	t.Helper()
-	opts = append([]Option{WithSessionID(fmt.Sprintf("bridged-%d", sessionSeq.Add(1))), WithLogger(quiet)}, opts...)
-	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	opts = append([]Option{WithSessionID(fmt.Sprintf("bridged-%d", SessionSeq.Add(1))), WithLogger(Quiet)}, opts...)
+	ctx, cancel := context.WithTimeout(context.Background(), WaitTimeout)
 	defer cancel()
 	b, err := NewBridgedState(ctx, addr, opts...)
 	if err != nil {
@@ -97,25 +47,18 @@ func dialBridged(t testing.TB, addr string, opts ...Option) *BridgedState {
 	return b
 }
 
-// both runs f against a LocalState and a BridgedState.
-func both(t *testing.T, f func(t *testing.T, e env)) {
-	t.Run("local", func(t *testing.T) { f(t, newLocalEnv(t)) })
-	t.Run("bridged", func(t *testing.T) {
-		e, _ := newBridgedEnv(t, store.Options{})
-		f(t, e)
-	})
-}
-
-// recorder is a Watcher that records updates and signals each on a channel.
-type recorder struct {
+// Recorder is a Watcher that records updates and signals each on a channel.
+type Recorder struct {
 	mu  sync.Mutex
 	all []Update
 	ch  chan Update
 }
 
-func newRecorder() *recorder { return &recorder{ch: make(chan Update, 100_000)} }
+// NewRecorder returns an empty Recorder.
+func NewRecorder() *Recorder { return &Recorder{ch: make(chan Update, 100_000)} }
 
-func (r *recorder) watch(id string, old, new any, meta UpdateMeta) {
+// Watch is the Watcher.
+func (r *Recorder) Watch(id string, old, new any, meta UpdateMeta) {
 	u := Update{Identifier: id, Old: old, New: new, Meta: meta}
 	r.mu.Lock()
 	r.all = append(r.all, u)
@@ -123,22 +66,33 @@ func (r *recorder) watch(id string, old, new any, meta UpdateMeta) {
 	r.ch <- u
 }
 
-// next waits for the next update.
-func (r *recorder) next(t testing.TB) Update {
+// Next waits for the next update.
+func (r *Recorder) Next(t testing.TB) Update {
 	t.Helper()
 	select {
 	case u := <-r.ch:
 		return u
-	case <-time.After(waitTimeout):
-		t.Fatalf("no update within %v", waitTimeout)
+	case <-time.After(WaitTimeout):
+		t.Fatalf("no update within %v", WaitTimeout)
 		return Update{}
 	}
 }
 
-// eventually polls cond until it holds or waitTimeout passes.
-func eventually(t testing.TB, what string, cond func() bool) {
+// Poll returns an update not yet taken with Next, if there is one, without
+// waiting.
+func (r *Recorder) Poll() (Update, bool) {
+	select {
+	case u := <-r.ch:
+		return u, true
+	default:
+		return Update{}, false
+	}
+}
+
+// Eventually polls cond until it holds or WaitTimeout passes.
+func Eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
+	deadline := time.Now().Add(WaitTimeout)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
@@ -147,7 +101,8 @@ func eventually(t testing.TB, what string, cond func() bool) {
 	}
 }
 
-func mustRegister(t testing.TB, p StateProvider, name string, typ Type, v any, opts ...WriteOption) *Variable {
+// MustRegister registers a variable or fails the test.
+func MustRegister(t testing.TB, p StateProvider, name string, typ Type, v any, opts ...WriteOption) *Variable {
 	t.Helper()
 	vr, err := p.Register(context.Background(), name, typ, v, opts...)
 	if err != nil {
@@ -156,7 +111,8 @@ func mustRegister(t testing.TB, p StateProvider, name string, typ Type, v any, o
 	return vr
 }
 
-func mustWatch(t testing.TB, p StateProvider, ctx context.Context, idents []string, w Watcher, opts ...WatchOption) WatchRef {
+// MustWatch starts a watch or fails the test.
+func MustWatch(t testing.TB, p StateProvider, ctx context.Context, idents []string, w Watcher, opts ...WatchOption) WatchRef {
 	t.Helper()
 	ref, err := p.WatchVariables(ctx, idents, w, opts...)
 	if err != nil {
@@ -165,7 +121,8 @@ func mustWatch(t testing.TB, p StateProvider, ctx context.Context, idents []stri
 	return ref
 }
 
-func watchInfo(t testing.TB, p StateProvider, ref WatchRef) WatchInfo {
+// WatchInfoOf is ref's entry in p.ListWatchers.
+func WatchInfoOf(t testing.TB, p StateProvider, ref WatchRef) WatchInfo {
 	t.Helper()
 	for _, wi := range p.ListWatchers() {
 		if wi.Ref == ref {

@@ -12,7 +12,7 @@ import (
 // its goroutine ends with it. When the watch stopped with an error, the last
 // value on the channel carries it in Err. The watch is removed from p when
 // the channel closes. A reader that falls behind holds up only this watch
-// (BridgedState: its stream; LocalState: its cursor), never a writer.
+// (BridgedState: its stream; local.State: its cursor), never a writer.
 func Watch(ctx context.Context, p StateProvider, identifiers []string, opts ...WatchOption) (<-chan Update, error) {
 	ch := make(chan Update, 64)
 	var (

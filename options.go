@@ -7,12 +7,11 @@ import (
 
 	"google.golang.org/grpc"
 
-	"github.com/varbridge/varbridge/internal/store"
-	"github.com/varbridge/varbridge/internal/testhooks"
+	"github.com/varbridge/varbridge/internal/backend"
 )
 
-// Option configures NewLocalState and NewBridgedState. Each says which of
-// the two it applies to; the other ignores it.
+// Option configures NewBridgedState and local.New. Each says which of the
+// two it applies to; the other ignores it.
 type Option func(*options)
 
 type options struct {
@@ -20,7 +19,6 @@ type options struct {
 	ttl            time.Duration
 	sessionMeta    map[string]string
 	log            *slog.Logger
-	store          *store.Store
 	tlsConfig      *tls.Config
 	token          string
 	streamsPerConn int
@@ -74,12 +72,6 @@ func WithSessionMetadata(md map[string]string) Option {
 // default slog.Default()).
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
 
-// withStore makes a LocalState use an existing store, such as the one an
-// in-process server serves, instead of a private one that Close closes.
-func withStore(s *store.Store) Option { return func(o *options) { o.store = s } }
-
-func init() { testhooks.WithStore = withStore }
-
 // WithTLS connects a BridgedState over TLS with the given configuration.
 func WithTLS(cfg *tls.Config) Option { return func(o *options) { o.tlsConfig = cfg } }
 
@@ -109,13 +101,8 @@ func WithDialOptions(opts ...grpc.DialOption) Option {
 // WriteOption configures Register, Set, SetMany and Delete.
 type WriteOption func(*writeOptions)
 
-type writeOptions struct {
-	metadata         map[string]string
-	source           string
-	expectedVersion  *int64
-	expectedVersions map[string]int64
-	constraints      *Constraints
-}
+// writeOptions are what the backends take as they are.
+type writeOptions = backend.WriteOptions
 
 func newWriteOptions(opts []WriteOption) writeOptions {
 	var o writeOptions
@@ -130,26 +117,26 @@ func newWriteOptions(opts []WriteOption) writeOptions {
 // UpdateMeta.Metadata. Its "source" key is the source when WithSource is not
 // given.
 func WithMetadata(md map[string]string) WriteOption {
-	return func(o *writeOptions) { o.metadata = md }
+	return func(o *writeOptions) { o.Metadata = md }
 }
 
 // WithSource names the writer (UpdateMeta.Source, Variable.Source).
-func WithSource(source string) WriteOption { return func(o *writeOptions) { o.source = source } }
+func WithSource(source string) WriteOption { return func(o *writeOptions) { o.Source = source } }
 
 // WithExpectedVersion makes Set a compare-and-set: it applies only if the
 // variable is at version v, else fails with ErrVersionConflict.
 func WithExpectedVersion(v int64) WriteOption {
-	return func(o *writeOptions) { o.expectedVersion = &v }
+	return func(o *writeOptions) { o.ExpectedVersion = &v }
 }
 
 // WithExpectedVersions makes SetMany a compare-and-set per identifier.
 func WithExpectedVersions(versions map[string]int64) WriteOption {
-	return func(o *writeOptions) { o.expectedVersions = versions }
+	return func(o *writeOptions) { o.ExpectedVersions = versions }
 }
 
 // WithConstraints sets a variable's constraints at Register.
 func WithConstraints(c Constraints) WriteOption {
-	return func(o *writeOptions) { o.constraints = &c }
+	return func(o *writeOptions) { o.Constraints = c.proto() }
 }
 
 // Defaults for watches.
@@ -164,20 +151,18 @@ const (
 // WatchOption configures WatchVariables.
 type WatchOption func(*watchConfig)
 
+// watchConfig is a watch's options: what its backend needs (initial
+// values, where, coalesce, heartbeat, start revision, incarnation), and
+// what the provider's watch and the gRPC stream consumer keep.
 type watchConfig struct {
-	initial       bool
-	filter        func(old, new any) bool
-	where         string
-	coalesce      bool
-	heartbeat     time.Duration
-	startRevision int64
-	onError       func(error)
-	maxFailures   int
-	backoffBase   time.Duration
-	backoffCap    time.Duration
-	batched       bool
-	incarnation   string
-	onDone        func(error)
+	backend.WatchConfig
+	filter      func(old, new any) bool
+	onError     func(error)
+	maxFailures int
+	backoffBase time.Duration
+	backoffCap  time.Duration
+	batched     bool
+	onDone      func(error)
 	// onStop, when set, runs when UnwatchVariables or Close stops the
 	// watch, before they wait for it (Watch's channel form uses it to
 	// release a watcher blocked on a full channel).
@@ -209,7 +194,7 @@ func newWatchConfig(opts []WatchOption) watchConfig {
 // (variables.Watch turns it on by default). Ignored with WithStartRevision.
 func WithInitialValues(on ...bool) WatchOption {
 	v := len(on) == 0 || on[0]
-	return func(c *watchConfig) { c.initial = v }
+	return func(c *watchConfig) { c.Initial = v }
 }
 
 // WithFilter drops value changes for which f(old, new) is false; initial
@@ -219,22 +204,22 @@ func WithFilter(f func(old, new any) bool) WatchOption { return func(c *watchCon
 
 // WithWhere filters on the server side with a CEL expression over old, new,
 // name and metadata, e.g. `new > 0.5 && metadata.source != "me"`.
-func WithWhere(expr string) WatchOption { return func(c *watchConfig) { c.where = expr } }
+func WithWhere(expr string) WatchOption { return func(c *watchConfig) { c.Where = expr } }
 
 // WithCoalesce delivers only the latest value per variable when the watch
 // is behind (intermediate values are skipped, not delayed).
-func WithCoalesce(on bool) WatchOption { return func(c *watchConfig) { c.coalesce = on } }
+func WithCoalesce(on bool) WatchOption { return func(c *watchConfig) { c.Coalesce = on } }
 
 // WithHeartbeat sets how often the server reports the revision a quiet watch
 // has covered (default 5 s), which keeps resumes exact in a busy session.
-func WithHeartbeat(d time.Duration) WatchOption { return func(c *watchConfig) { c.heartbeat = d } }
+func WithHeartbeat(d time.Duration) WatchOption { return func(c *watchConfig) { c.Heartbeat = d } }
 
 // WithStartRevision resumes: every change with revision >= rev is delivered
 // (a Resync update when the server's history no longer holds them). A rev
 // beyond the session's revision + 1 fails with a RevisionOutOfRangeError
 // unless WithIncarnation names another incarnation of the session.
 func WithStartRevision(rev int64) WatchOption {
-	return func(c *watchConfig) { c.startRevision = rev }
+	return func(c *watchConfig) { c.StartRevision = rev }
 }
 
 // WithIncarnation names the session incarnation a WithStartRevision
@@ -244,7 +229,7 @@ func WithStartRevision(rev int64) WatchOption {
 // starts with Resync updates of the current values instead of resuming
 // silently at a revision that means something else.
 func WithIncarnation(incarnation string) WatchOption {
-	return func(c *watchConfig) { c.incarnation = incarnation }
+	return func(c *watchConfig) { c.Incarnation = incarnation }
 }
 
 // WithErrorHandler adds f to the functions called once, from the watch's

@@ -2,48 +2,21 @@ package varbridge
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"sync/atomic"
 
+	"github.com/varbridge/varbridge/internal/backend"
 	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
 
-// backend is the seam below the public Go API: one way to reach a session's
-// variables. LocalState (the in-process store) and BridgedState (a server
-// over gRPC) each implement it; provider turns it into the StateProvider
-// API once (options, value conversion, the closed check, the watch
-// registry and the watch rules), so a new way in (HTTP, etcd) is one more
-// backend. Its vocabulary is the wire's values and variables as protobuf
-// messages, the write options as given, and errors already the package's
-// (internal/verr's types and sentinels). Writes take arguments rather than
-// a request message: LocalState's Set then allocates nothing for it.
-type backend interface {
-	// ready is checked after the provider's closed check, before anything
-	// else (LocalState: the context's error; BridgedState: nil, gRPC checks
-	// it).
-	ready(ctx context.Context) error
-	register(ctx context.Context, name string, t pb.VariableType, val *pb.Value, o writeOptions) (*pb.Variable, error)
-	get(ctx context.Context, identifier string) (*pb.Variable, error)
-	getMany(ctx context.Context, identifiers []string) (*pb.GetVariablesResponse, error)
-	set(ctx context.Context, identifier string, val *pb.Value, o writeOptions) (*pb.Variable, error)
-	// setMany returns the variables written, keyed by identifier as passed.
-	setMany(ctx context.Context, updates map[string]*pb.Value, o writeOptions) (map[string]*pb.Variable, error)
-	delete(ctx context.Context, identifier string, o writeOptions) error
-	list(ctx context.Context, pattern string) (*pb.ListVariablesResponse, error)
-	heartbeat(ctx context.Context) (*pb.Session, error)
-	cleanup(ctx context.Context) error
-	// openWatch opens a watch and returns it with its feed, not yet
-	// running: when it returns, every later write reaches the feed. build
-	// makes the watch from what the backend learnt while opening it.
-	openWatch(ctx context.Context, identifiers []string, cfg watchConfig, build func(watchStart) *watch) (*watch, watchFeed, error)
-	// release frees what the backend holds, once, when the provider closes.
-	release()
-}
-
-// provider is what LocalState and BridgedState share: the StateProvider
-// API on top of a backend.
+// provider is what BridgedState and local.State share: the StateProvider
+// API on top of a backend.Backend, the seam below the public API (a
+// server over gRPC, or the in-process store), so that a new way in (HTTP,
+// etcd) is one more backend. It holds the options, value conversion, the
+// closed check, the watch registry and the watch rules, once.
 type provider struct {
-	be      backend
+	be      backend.Backend
 	session string
 	log     *slog.Logger
 	watches watchSet
@@ -54,7 +27,20 @@ func (p *provider) check(ctx context.Context) error {
 	if p.closed.Load() {
 		return ErrClosed
 	}
-	return p.be.ready(ctx)
+	return p.be.Ready(ctx)
+}
+
+func init() { backend.NewProvider = openProvider }
+
+// openProvider is backend.NewProvider: the provider of package local's
+// State, which reaches it only through that seam. opts is a []Option.
+func openProvider(opts any, open func(backend.Session) (backend.Backend, string, error)) (any, error) {
+	o := newOptions(opts.([]Option))
+	be, session, err := open(backend.Session{ID: o.sessionID, TTL: o.ttl, Metadata: o.sessionMeta})
+	if err != nil {
+		return nil, err
+	}
+	return &provider{be: be, session: session, log: o.log}, nil
 }
 
 // SessionID implements StateProvider.
@@ -70,7 +56,7 @@ func (p *provider) Register(ctx context.Context, name string, t Type, initial an
 	if err != nil {
 		return nil, err
 	}
-	v, err := p.be.register(ctx, name, t.Proto(), val, o)
+	v, err := p.be.Register(ctx, name, t.Proto(), val, o)
 	if err != nil {
 		return nil, err
 	}
@@ -82,7 +68,7 @@ func (p *provider) Get(ctx context.Context, identifier string) (*Variable, error
 	if err := p.check(ctx); err != nil {
 		return nil, err
 	}
-	v, err := p.be.get(ctx, identifier)
+	v, err := p.be.Get(ctx, identifier)
 	if err != nil {
 		return nil, err
 	}
@@ -94,7 +80,7 @@ func (p *provider) GetMany(ctx context.Context, identifiers []string) (map[strin
 	if err := p.check(ctx); err != nil {
 		return nil, nil, err
 	}
-	resp, err := p.be.getMany(ctx, identifiers)
+	resp, err := p.be.GetMany(ctx, identifiers)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -115,7 +101,7 @@ func (p *provider) Set(ctx context.Context, identifier string, value any, opts .
 	if err != nil {
 		return nil, err
 	}
-	v, err := p.be.set(ctx, identifier, val, o)
+	v, err := p.be.Set(ctx, identifier, val, o)
 	if err != nil {
 		return nil, err
 	}
@@ -136,7 +122,7 @@ func (p *provider) SetMany(ctx context.Context, updates map[string]any, opts ...
 		}
 		vals[id] = val
 	}
-	vars, err := p.be.setMany(ctx, vals, o)
+	vars, err := p.be.SetMany(ctx, vals, o)
 	if err != nil {
 		return nil, err
 	}
@@ -152,7 +138,7 @@ func (p *provider) Delete(ctx context.Context, identifier string, opts ...WriteO
 	if err := p.check(ctx); err != nil {
 		return err
 	}
-	return p.be.delete(ctx, identifier, newWriteOptions(opts))
+	return p.be.Delete(ctx, identifier, newWriteOptions(opts))
 }
 
 // List implements StateProvider.
@@ -165,7 +151,7 @@ func (p *provider) list(ctx context.Context, pattern string) ([]*Variable, int64
 	if err := p.check(ctx); err != nil {
 		return nil, 0, err
 	}
-	resp, err := p.be.list(ctx, pattern)
+	resp, err := p.be.List(ctx, pattern)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -208,8 +194,10 @@ func (p *provider) WatchVariables(ctx context.Context, identifiers []string, fn 
 		return WatchRef{}, &kindError{kind: ErrInvalidArgument, msg: "WatchVariables: the watcher is nil"}
 	}
 	cfg := newWatchConfig(opts)
-	w, f, err := p.be.openWatch(ctx, identifiers, cfg, func(s watchStart) *watch {
-		return newWatch(identifiers, fn, cfg, p.log, s)
+	var w *watch
+	f, err := p.be.OpenWatch(ctx, identifiers, cfg.WatchConfig, func(s backend.Start) backend.Sink {
+		w = newWatch(identifiers, fn, cfg, p.log, s)
+		return w
 	})
 	if err != nil {
 		return WatchRef{}, err
@@ -226,14 +214,14 @@ func (p *provider) UnwatchVariables(ref WatchRef) error { return p.watches.remov
 func (p *provider) ListWatchers() []WatchInfo { return p.watches.list() }
 
 // Close implements StateProvider: it stops every watch and releases what
-// the provider holds (a LocalState's own store; a BridgedState's share of
-// the connection pool). The session stays.
+// the provider holds (a BridgedState's share of the connection pool; a
+// local.State's own store). The session stays.
 func (p *provider) Close() error {
 	if p.closed.Swap(true) {
 		return nil
 	}
 	p.watches.closeAll()
-	p.be.release()
+	p.be.Release()
 	return nil
 }
 
@@ -245,7 +233,7 @@ func (p *provider) Heartbeat(ctx context.Context) (*SessionInfo, error) {
 	if err := p.check(ctx); err != nil {
 		return nil, err
 	}
-	s, err := p.be.heartbeat(ctx)
+	s, err := p.be.Heartbeat(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -260,7 +248,35 @@ func (p *provider) CleanupSession(ctx context.Context) error {
 		return err
 	}
 	p.watches.closeAll() // the provider's own watches end as stopped, not failed
-	err := p.be.cleanup(ctx)
+	err := p.be.Cleanup(ctx)
 	_ = p.Close()
 	return err
+}
+
+// importSnapshot registers a snapshot's variables in p, setting the value
+// of those that exist already.
+func importSnapshot(ctx context.Context, p StateProvider, s *Snapshot) error {
+	if s == nil {
+		return nil
+	}
+	for _, v := range s.Variables {
+		var opts []WriteOption
+		if v.Constraints != nil {
+			opts = append(opts, WithConstraints(*v.Constraints))
+		}
+		if len(v.Metadata) > 0 {
+			opts = append(opts, WithMetadata(v.Metadata))
+		}
+		if v.Source != "" {
+			opts = append(opts, WithSource(v.Source))
+		}
+		_, err := p.Register(ctx, v.Name, v.Type, v.Value, opts...)
+		if errors.Is(err, ErrAlreadyExists) {
+			_, err = p.Set(ctx, v.Name, v.Value, WithSource(v.Source))
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -1,4 +1,4 @@
-package varbridge
+package varbridge_test
 
 import (
 	"context"
@@ -6,6 +6,7 @@ import (
 	"slices"
 	"testing"
 
+	. "github.com/varbridge/varbridge"
 	"github.com/varbridge/varbridge/internal/store"
 )
 
@@ -13,7 +14,7 @@ import (
 func TestErrorsMatchAcrossProviders(t *testing.T) {
 	both(t, func(t *testing.T, e env) {
 		ctx := context.Background()
-		mustRegister(t, e.p, "n", TypeInteger, 5, WithConstraints(Constraints{Min: Ptr(0.0), Max: Ptr(10.0)}))
+		MustRegister(t, e.p, "n", TypeInteger, 5, WithConstraints(Constraints{Min: Ptr(0.0), Max: Ptr(10.0)}))
 		if _, err := e.p.Register(ctx, "n", TypeInteger, 1); !errors.Is(err, ErrAlreadyExists) {
 			t.Errorf("duplicate register: %v", err)
 		}
@@ -70,7 +71,7 @@ func TestValuesRoundTrip(t *testing.T) {
 			{"t", TypeTensor, tensor, []WriteOption{WithConstraints(Constraints{Shape: []int64{2, -1}, DType: Ptr("float32")})}, tensor},
 		}
 		for _, c := range cases {
-			v := mustRegister(t, e.p, c.name, c.typ, c.in, c.opts...)
+			v := MustRegister(t, e.p, c.name, c.typ, c.in, c.opts...)
 			got, err := e.p.Get(ctx, c.name)
 			if err != nil {
 				t.Fatal(err)
@@ -105,19 +106,19 @@ func equalValue(a, b any) bool {
 	return a == b
 }
 
-// Export from a LocalState, import into a BridgedState: the session moves.
+// Export from a local.State, import into a BridgedState: the session moves.
 func TestExportLocalImportBridged(t *testing.T) {
 	ctx := context.Background()
 	l := newLocalEnv(t)
-	mustRegister(t, l.p, "temperature", TypeFloat, 0.7, WithConstraints(Constraints{Min: Ptr(0.0), Max: Ptr(2.0)}),
+	MustRegister(t, l.p, "temperature", TypeFloat, 0.7, WithConstraints(Constraints{Min: Ptr(0.0), Max: Ptr(2.0)}),
 		WithMetadata(map[string]string{"owner": "go"}))
-	mustRegister(t, l.p, "model", TypeChoice, "a", WithConstraints(Constraints{Choices: []string{"a", "b"}}))
+	MustRegister(t, l.p, "model", TypeChoice, "a", WithConstraints(Constraints{Choices: []string{"a", "b"}}))
 	snap, err := l.p.Export(ctx)
 	if err != nil || len(snap.Variables) != 2 || snap.Revision != 2 {
 		t.Fatalf("export %+v %v", snap, err)
 	}
 	b, _ := newBridgedEnv(t, store.Options{})
-	mustRegister(t, b.p, "model", TypeChoice, "b", WithConstraints(Constraints{Choices: []string{"a", "b"}}))
+	MustRegister(t, b.p, "model", TypeChoice, "b", WithConstraints(Constraints{Choices: []string{"a", "b"}}))
 	if err := b.p.Import(ctx, snap); err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package varbridge
+package varbridge_test
 
 import (
 	"context"
@@ -10,7 +10,9 @@ import (
 	"testing"
 	"time"
 
+	. "github.com/varbridge/varbridge"
 	"github.com/varbridge/varbridge/internal/store"
+	"github.com/varbridge/varbridge/local"
 )
 
 // Seed scenario 1: a watched integer set 1 -> 2 through the store with
@@ -18,17 +20,17 @@ import (
 // meta with that source).
 func TestSeedIntegerChangeReachesWatcher(t *testing.T) {
 	both(t, func(t *testing.T, e env) {
-		v := mustRegister(t, e.p, "streamed", TypeInteger, 1)
+		v := MustRegister(t, e.p, "streamed", TypeInteger, 1)
 		for _, ident := range []string{"streamed", v.ID} {
-			rec := newRecorder()
+			rec := NewRecorder()
 			ctx, cancel := context.WithCancel(context.Background())
-			ref := mustWatch(t, e.p, ctx, []string{ident}, rec.watch)
+			ref := MustWatch(t, e.p, ctx, []string{ident}, rec.Watch)
 			want := int64(2)
 			if ident == v.ID {
 				want = 3
 			}
 			rev := e.set(t, "streamed", want, map[string]string{"source": "test"})
-			u := rec.next(t)
+			u := rec.Next(t)
 			if u.Identifier != ident || u.Old != want-1 || u.New != want {
 				t.Fatalf("got (%q, %v, %v), want (%q, %d, %d)", u.Identifier, u.Old, u.New, ident, want-1, want)
 			}
@@ -49,19 +51,19 @@ func TestSeedIntegerChangeReachesWatcher(t *testing.T) {
 // kills one by cutting its connection for good.
 func TestSeedKilledConsumerNotAlive(t *testing.T) {
 	both(t, func(t *testing.T, e env) {
-		mustRegister(t, e.p, "test", TypeString, "initial")
+		MustRegister(t, e.p, "test", TypeString, "initial")
 		ctx, cancel := context.WithCancel(context.Background())
-		ref := mustWatch(t, e.p, ctx, []string{"test"}, func(string, any, any, UpdateMeta) {})
-		if wi := watchInfo(t, e.p, ref); !wi.Alive || wi.Identifiers[0] != "test" {
+		ref := MustWatch(t, e.p, ctx, []string{"test"}, func(string, any, any, UpdateMeta) {})
+		if wi := WatchInfoOf(t, e.p, ref); !wi.Alive || wi.Identifiers[0] != "test" {
 			t.Fatalf("before: %+v", wi)
 		}
 		cancel()
-		eventually(t, "the watch to die", func() bool { return !watchInfo(t, e.p, ref).Alive })
-		wi := watchInfo(t, e.p, ref)
+		Eventually(t, "the watch to die", func() bool { return !WatchInfoOf(t, e.p, ref).Alive })
+		wi := WatchInfoOf(t, e.p, ref)
 		if wi.Reason == "" || wi.LastError != nil {
 			t.Fatalf("after cancel: %+v", wi)
 		}
-		eventually(t, "the observer to go", func() bool { return e.st.WatchCount() == 0 })
+		Eventually(t, "the observer to go", func() bool { return e.st.WatchCount() == 0 })
 		if err := e.p.UnwatchVariables(ref); err != nil {
 			t.Fatalf("unwatch a dead watch: %v", err)
 		}
@@ -75,21 +77,21 @@ func TestSeedKilledConsumerNotAlive(t *testing.T) {
 // and delivers 22.0.
 func TestSeedFloatFilter(t *testing.T) {
 	both(t, func(t *testing.T, e env) {
-		mustRegister(t, e.p, "temp", TypeFloat, 20.0)
-		rec := newRecorder()
-		ref := mustWatch(t, e.p, context.Background(), []string{"temp"}, rec.watch,
+		MustRegister(t, e.p, "temp", TypeFloat, 20.0)
+		rec := NewRecorder()
+		ref := MustWatch(t, e.p, context.Background(), []string{"temp"}, rec.Watch,
 			WithFilter(func(old, new any) bool { return math.Abs(new.(float64)-old.(float64)) > 1.0 }))
 		e.set(t, "temp", 20.5, nil)
 		rev := e.set(t, "temp", 22.0, nil)
 		// Delivery is in order, so 22.0 arriving first shows 20.5 was dropped.
-		if u := rec.next(t); u.New != 22.0 || u.Old != 20.5 || u.Meta.Revision != rev {
+		if u := rec.Next(t); u.New != 22.0 || u.Old != 20.5 || u.Meta.Revision != rev {
 			t.Fatalf("first delivered update = %+v, want 20.5 -> 22.0", u)
 		}
 		// The watch records the revision once the watcher call has returned,
 		// which can be just after the recorder handed the update over.
 		var wi WatchInfo
-		eventually(t, "the watch's last revision to reach the write's", func() bool {
-			wi = watchInfo(t, e.p, ref)
+		Eventually(t, "the watch's last revision to reach the write's", func() bool {
+			wi = WatchInfoOf(t, e.p, ref)
 			return wi.LastRevision == rev
 		})
 		if wi.UpdatesFiltered != 1 || wi.UpdatesReceived != 2 {
@@ -100,17 +102,17 @@ func TestSeedFloatFilter(t *testing.T) {
 
 func TestInitialValuesThenChanges(t *testing.T) {
 	both(t, func(t *testing.T, e env) {
-		mustRegister(t, e.p, "b", TypeString, "x")
-		mustRegister(t, e.p, "a", TypeFloat, 1.5)
-		rec := newRecorder()
-		mustWatch(t, e.p, context.Background(), []string{"b", "a"}, rec.watch, WithInitialValues(true))
-		u1, u2 := rec.next(t), rec.next(t)
+		MustRegister(t, e.p, "b", TypeString, "x")
+		MustRegister(t, e.p, "a", TypeFloat, 1.5)
+		rec := NewRecorder()
+		MustWatch(t, e.p, context.Background(), []string{"b", "a"}, rec.Watch, WithInitialValues(true))
+		u1, u2 := rec.Next(t), rec.Next(t)
 		if u1.Identifier != "a" || u1.New != 1.5 || u1.Old != nil || !u1.Meta.Initial ||
 			u2.Identifier != "b" || u2.New != "x" || !u2.Meta.Initial || u1.Meta.Revision != 2 || u2.Meta.Revision != 2 {
 			t.Fatalf("initial values: %+v, %+v", u1, u2)
 		}
 		e.set(t, "b", "y", nil)
-		if u := rec.next(t); u.Identifier != "b" || u.Old != "x" || u.New != "y" || u.Meta.Initial {
+		if u := rec.Next(t); u.Identifier != "b" || u.Old != "x" || u.New != "y" || u.Meta.Initial {
 			t.Fatalf("change: %+v", u)
 		}
 	})
@@ -120,10 +122,10 @@ func TestInitialValuesThenChanges(t *testing.T) {
 func TestBatchDeliveredTogether(t *testing.T) {
 	both(t, func(t *testing.T, e env) {
 		for _, n := range []string{"x", "y", "z"} {
-			mustRegister(t, e.p, n, TypeInteger, 0)
+			MustRegister(t, e.p, n, TypeInteger, 0)
 		}
-		rec := newRecorder()
-		mustWatch(t, e.p, context.Background(), nil, rec.watch)
+		rec := NewRecorder()
+		MustWatch(t, e.p, context.Background(), nil, rec.Watch)
 		res, err := e.p.SetMany(context.Background(), map[string]any{"x": 1, "y": 2, "z": 3},
 			WithSource("go"), WithMetadata(map[string]string{"k": "v"}))
 		if err != nil {
@@ -132,7 +134,7 @@ func TestBatchDeliveredTogether(t *testing.T) {
 		rev := res["x"].Revision
 		var got []string
 		for range 3 {
-			u := rec.next(t)
+			u := rec.Next(t)
 			if u.Meta.Revision != rev || u.Meta.Source != "go" || u.Meta.Metadata["k"] != "v" {
 				t.Fatalf("batch member %+v", u)
 			}
@@ -147,19 +149,19 @@ func TestBatchDeliveredTogether(t *testing.T) {
 
 func TestDeleteDelivered(t *testing.T) {
 	both(t, func(t *testing.T, e env) {
-		mustRegister(t, e.p, "gone", TypeBoolean, true)
-		mustRegister(t, e.p, "stays", TypeBoolean, true)
-		rec := newRecorder()
-		mustWatch(t, e.p, context.Background(), []string{"gone", "stays"}, rec.watch)
+		MustRegister(t, e.p, "gone", TypeBoolean, true)
+		MustRegister(t, e.p, "stays", TypeBoolean, true)
+		rec := NewRecorder()
+		MustWatch(t, e.p, context.Background(), []string{"gone", "stays"}, rec.Watch)
 		if err := e.p.Delete(context.Background(), "gone", WithSource("deleter")); err != nil {
 			t.Fatal(err)
 		}
-		u := rec.next(t)
+		u := rec.Next(t)
 		if u.Identifier != "gone" || !u.Meta.Deleted || u.Old != true || u.New != nil || u.Meta.Source != "deleter" {
 			t.Fatalf("delete update %+v", u)
 		}
 		e.set(t, "stays", false, nil)
-		if u := rec.next(t); u.Identifier != "stays" || u.New != false {
+		if u := rec.Next(t); u.Identifier != "stays" || u.New != false {
 			t.Fatalf("after delete %+v", u)
 		}
 	})
@@ -167,13 +169,13 @@ func TestDeleteDelivered(t *testing.T) {
 
 func TestUnwatchAndCancelLeaveNoObserver(t *testing.T) {
 	both(t, func(t *testing.T, e env) {
-		mustRegister(t, e.p, "v", TypeInteger, 0)
+		MustRegister(t, e.p, "v", TypeInteger, 0)
 		refs := make([]WatchRef, 3)
 		for i := range refs {
-			refs[i] = mustWatch(t, e.p, context.Background(), []string{"v"}, func(string, any, any, UpdateMeta) {})
+			refs[i] = MustWatch(t, e.p, context.Background(), []string{"v"}, func(string, any, any, UpdateMeta) {})
 		}
 		ctx, cancel := context.WithCancel(context.Background())
-		mustWatch(t, e.p, ctx, []string{"v"}, func(string, any, any, UpdateMeta) {})
+		MustWatch(t, e.p, ctx, []string{"v"}, func(string, any, any, UpdateMeta) {})
 		// WatchVariables returns once the observer is registered, on both.
 		if n := e.st.WatchCount(); n != 4 {
 			t.Fatalf("server-side watch count %d, want 4", n)
@@ -183,13 +185,13 @@ func TestUnwatchAndCancelLeaveNoObserver(t *testing.T) {
 			t.Fatalf("session watch_count %d, want 4", info.WatchCount)
 		}
 		cancel()
-		eventually(t, "cancel to remove the observer", func() bool { return e.st.WatchCount() == 3 })
+		Eventually(t, "cancel to remove the observer", func() bool { return e.st.WatchCount() == 3 })
 		for i, ref := range refs {
 			if err := e.p.UnwatchVariables(ref); err != nil {
 				t.Fatal(err)
 			}
 			want := len(refs) - 1 - i
-			eventually(t, "unwatch to remove the observer", func() bool { return e.st.WatchCount() == want })
+			Eventually(t, "unwatch to remove the observer", func() bool { return e.st.WatchCount() == want })
 		}
 		if err := e.p.UnwatchVariables(refs[0]); !errors.Is(err, ErrUnknownWatch) {
 			t.Fatalf("unwatch twice: %v, want ErrUnknownWatch", err)
@@ -202,7 +204,7 @@ func TestUnwatchAndCancelLeaveNoObserver(t *testing.T) {
 
 func TestMissingIdentifiersListed(t *testing.T) {
 	both(t, func(t *testing.T, e env) {
-		mustRegister(t, e.p, "here", TypeInteger, 0)
+		MustRegister(t, e.p, "here", TypeInteger, 0)
 		_, err := e.p.WatchVariables(context.Background(), []string{"nope1", "here", "nope2"}, func(string, any, any, UpdateMeta) {})
 		var nf *NotFoundError
 		if !errors.Is(err, ErrNotFound) || !errors.As(err, &nf) || !slices.Equal(nf.Identifiers, []string{"nope1", "nope2"}) {
@@ -216,13 +218,13 @@ func TestMissingIdentifiersListed(t *testing.T) {
 
 func TestPanickingWatcherCountedWatchGoesOn(t *testing.T) {
 	both(t, func(t *testing.T, e env) {
-		mustRegister(t, e.p, "p", TypeInteger, 0)
-		rec := newRecorder()
-		ref := mustWatch(t, e.p, context.Background(), []string{"p"}, func(id string, old, new any, m UpdateMeta) {
+		MustRegister(t, e.p, "p", TypeInteger, 0)
+		rec := NewRecorder()
+		ref := MustWatch(t, e.p, context.Background(), []string{"p"}, func(id string, old, new any, m UpdateMeta) {
 			if new == int64(1) {
 				panic("boom")
 			}
-			rec.watch(id, old, new, m)
+			rec.Watch(id, old, new, m)
 		}, WithFilter(func(old, new any) bool {
 			if new == int64(2) {
 				panic("filter boom") // counts as "notify"
@@ -231,10 +233,10 @@ func TestPanickingWatcherCountedWatchGoesOn(t *testing.T) {
 		}))
 		e.set(t, "p", 1, nil)
 		e.set(t, "p", 2, nil)
-		if u := rec.next(t); u.New != int64(2) || u.Old != int64(1) {
+		if u := rec.Next(t); u.New != int64(2) || u.Old != int64(1) {
 			t.Fatalf("after the panic: %+v", u)
 		}
-		if wi := watchInfo(t, e.p, ref); !wi.Alive || wi.Panics != 2 || wi.UpdatesReceived != 2 {
+		if wi := WatchInfoOf(t, e.p, ref); !wi.Alive || wi.Panics != 2 || wi.UpdatesReceived != 2 {
 			t.Fatalf("stats %+v", wi)
 		}
 	})
@@ -247,7 +249,7 @@ func TestConcurrentWritersNoGapNoDuplicate(t *testing.T) {
 	both(t, func(t *testing.T, e env) {
 		names := []string{"w0", "w1", "w2", "w3"}
 		for _, n := range names {
-			mustRegister(t, e.p, n, TypeInteger, 0)
+			MustRegister(t, e.p, n, TypeInteger, 0)
 		}
 		const perWriter = 300
 		var (
@@ -276,12 +278,12 @@ func TestConcurrentWritersNoGapNoDuplicate(t *testing.T) {
 			}()
 		}
 		<-started
-		rec := newRecorder()
-		mustWatch(t, e.p, context.Background(), names, rec.watch, WithInitialValues(true))
+		rec := NewRecorder()
+		MustWatch(t, e.p, context.Background(), names, rec.Watch, WithInitialValues(true))
 		wg.Wait()
 		var initial []Update
 		for range names {
-			initial = append(initial, rec.next(t))
+			initial = append(initial, rec.Next(t))
 		}
 		snap := initial[0].Meta.Revision
 		for _, u := range initial {
@@ -298,24 +300,22 @@ func TestConcurrentWritersNoGapNoDuplicate(t *testing.T) {
 		slices.Sort(want)
 		got := make([]int64, 0, len(want))
 		for len(got) < len(want) {
-			got = append(got, rec.next(t).Meta.Revision)
+			got = append(got, rec.Next(t).Meta.Revision)
 		}
 		if !slices.Equal(got, want) {
 			t.Fatalf("revisions after the snapshot differ: got %d, want %d", len(got), len(want))
 		}
-		select {
-		case u := <-rec.ch:
+		if u, ok := rec.Poll(); ok {
 			t.Fatalf("an extra update: %+v", u)
-		default:
 		}
 	})
 }
 
 func TestSessionCleanupEndsWatch(t *testing.T) {
 	both(t, func(t *testing.T, e env) {
-		mustRegister(t, e.p, "v", TypeInteger, 0)
+		MustRegister(t, e.p, "v", TypeInteger, 0)
 		errc := make(chan error, 1)
-		ref := mustWatch(t, e.p, context.Background(), []string{"v"}, func(string, any, any, UpdateMeta) {},
+		ref := MustWatch(t, e.p, context.Background(), []string{"v"}, func(string, any, any, UpdateMeta) {},
 			WithErrorHandler(func(err error) { errc <- err }), WithBackoff(time.Millisecond, time.Millisecond))
 		if _, err := e.st.CleanupSession(e.p.SessionID()); err != nil {
 			t.Fatal(err)
@@ -325,10 +325,10 @@ func TestSessionCleanupEndsWatch(t *testing.T) {
 			if !errors.Is(err, ErrSessionClosed) {
 				t.Fatalf("error handler got %v, want ErrSessionClosed", err)
 			}
-		case <-time.After(waitTimeout):
+		case <-time.After(WaitTimeout):
 			t.Fatal("the error handler was not called")
 		}
-		if wi := watchInfo(t, e.p, ref); wi.Alive || !errors.Is(wi.LastError, ErrSessionClosed) {
+		if wi := WatchInfoOf(t, e.p, ref); wi.Alive || !errors.Is(wi.LastError, ErrSessionClosed) {
 			t.Fatalf("after cleanup: %+v", wi)
 		}
 		if _, err := e.p.Get(context.Background(), "v"); !errors.Is(err, ErrSessionNotFound) {
@@ -340,7 +340,7 @@ func TestSessionCleanupEndsWatch(t *testing.T) {
 // The channel and iterator forms.
 func TestWatchChannelAndIterator(t *testing.T) {
 	both(t, func(t *testing.T, e env) {
-		mustRegister(t, e.p, "c", TypeInteger, 0)
+		MustRegister(t, e.p, "c", TypeInteger, 0)
 		ctx, cancel := context.WithCancel(context.Background())
 		ch, err := Watch(ctx, e.p, []string{"c"}, WithInitialValues(true))
 		if err != nil {
@@ -375,7 +375,7 @@ func TestWatchChannelAndIterator(t *testing.T) {
 			}
 			done <- got
 		}()
-		eventually(t, "the iterator's watch", func() bool { return len(e.p.ListWatchers()) == 1 })
+		Eventually(t, "the iterator's watch", func() bool { return len(e.p.ListWatchers()) == 1 })
 		for i := int64(2); i <= 4; i++ {
 			e.set(t, "c", i, nil)
 		}
@@ -398,28 +398,28 @@ func TestWatchChannelAndIterator(t *testing.T) {
 func TestResyncSurfaced(t *testing.T) {
 	opts := store.Options{HistoryLimit: 4}
 	run := func(t *testing.T, e env) {
-		mustRegister(t, e.p, "r", TypeInteger, 0)
+		MustRegister(t, e.p, "r", TypeInteger, 0)
 		for i := int64(1); i <= 10; i++ {
 			e.set(t, "r", i, nil)
 		}
-		rec := newRecorder()
-		ref := mustWatch(t, e.p, context.Background(), []string{"r"}, rec.watch, WithStartRevision(2))
-		if u := rec.next(t); !u.Meta.Resync || u.New != int64(10) || u.Old != nil || u.Meta.Revision != 11 {
+		rec := NewRecorder()
+		ref := MustWatch(t, e.p, context.Background(), []string{"r"}, rec.Watch, WithStartRevision(2))
+		if u := rec.Next(t); !u.Meta.Resync || u.New != int64(10) || u.Old != nil || u.Meta.Revision != 11 {
 			t.Fatalf("resync update %+v", u)
 		}
 		rev := e.set(t, "r", 11, nil)
-		if u := rec.next(t); u.Meta.Resync || u.New != int64(11) || u.Meta.Revision != rev {
+		if u := rec.Next(t); u.Meta.Resync || u.New != int64(11) || u.Meta.Revision != rev {
 			t.Fatalf("after resync %+v", u)
 		}
 		// Recorded once the watcher call has returned (see TestSeedFloatFilter).
-		eventually(t, "the watch's last revision to reach the write's", func() bool {
-			return watchInfo(t, e.p, ref).LastRevision == rev
+		Eventually(t, "the watch's last revision to reach the write's", func() bool {
+			return WatchInfoOf(t, e.p, ref).LastRevision == rev
 		})
 	}
 	t.Run("local", func(t *testing.T) {
 		st := store.New(opts)
 		defer st.Close()
-		run(t, newLocalEnv(t, withStore(st)))
+		run(t, newLocalEnvOn(t, st))
 	})
 	t.Run("bridged", func(t *testing.T) {
 		e, _ := newBridgedEnv(t, opts)
@@ -433,7 +433,7 @@ func TestResyncSurfaced(t *testing.T) {
 func TestVersionConflictError(t *testing.T) {
 	both(t, func(t *testing.T, e env) {
 		ctx := context.Background()
-		mustRegister(t, e.p, "v", TypeInteger, int64(0))
+		MustRegister(t, e.p, "v", TypeInteger, int64(0))
 		if _, err := e.p.Set(ctx, "v", int64(1)); err != nil {
 			t.Fatal(err)
 		}
@@ -460,10 +460,10 @@ func TestSetManyDeliveredByName(t *testing.T) {
 		ctx := context.Background()
 		names := []string{"zeta", "alpha", "mu", "beta", "omega", "kappa", "delta", "chi"}
 		for _, n := range names {
-			mustRegister(t, e.p, n, TypeInteger, int64(0))
+			MustRegister(t, e.p, n, TypeInteger, int64(0))
 		}
-		rec := newRecorder()
-		mustWatch(t, e.p, ctx, nil, rec.watch)
+		rec := NewRecorder()
+		MustWatch(t, e.p, ctx, nil, rec.Watch)
 		want := slices.Clone(names)
 		sort.Strings(want)
 		for round := int64(1); round <= 20; round++ {
@@ -476,7 +476,7 @@ func TestSetManyDeliveredByName(t *testing.T) {
 			}
 			var got []string
 			for range names {
-				got = append(got, rec.next(t).Identifier)
+				got = append(got, rec.Next(t).Identifier)
 			}
 			if !slices.Equal(got, want) {
 				t.Fatalf("round %d delivered %v, want %v", round, got, want)
@@ -489,21 +489,21 @@ func TestSetManyDeliveredByName(t *testing.T) {
 // include_initial: false, as Python's watch_variables and the CLI).
 func TestWatchVariablesNoInitialByDefault(t *testing.T) {
 	both(t, func(t *testing.T, e env) {
-		mustRegister(t, e.p, "q", TypeInteger, int64(1))
-		rec := newRecorder()
-		mustWatch(t, e.p, context.Background(), []string{"q"}, rec.watch)
+		MustRegister(t, e.p, "q", TypeInteger, int64(1))
+		rec := NewRecorder()
+		MustWatch(t, e.p, context.Background(), []string{"q"}, rec.Watch)
 		rev := e.set(t, "q", int64(2), nil)
-		if u := rec.next(t); u.Meta.Initial || u.New != int64(2) || u.Meta.Revision != rev {
+		if u := rec.Next(t); u.Meta.Initial || u.New != int64(2) || u.Meta.Revision != rev {
 			t.Fatalf("first update %+v, want the change to 2", u)
 		}
-		mustWatch(t, e.p, context.Background(), []string{"q"}, rec.watch, WithInitialValues())
-		if u := rec.next(t); !u.Meta.Initial || u.New != int64(2) {
+		MustWatch(t, e.p, context.Background(), []string{"q"}, rec.Watch, WithInitialValues())
+		if u := rec.Next(t); !u.Meta.Initial || u.New != int64(2) {
 			t.Fatalf("with WithInitialValues(): %+v", u)
 		}
-		mustWatch(t, e.p, context.Background(), []string{"q"}, rec.watch, WithInitialValues(false))
+		MustWatch(t, e.p, context.Background(), []string{"q"}, rec.Watch, WithInitialValues(false))
 		rev = e.set(t, "q", int64(3), nil)
 		for range 3 { // the change, to each of the three watches, and no initial value
-			if u := rec.next(t); u.Meta.Initial || u.New != int64(3) || u.Meta.Revision != rev {
+			if u := rec.Next(t); u.Meta.Initial || u.New != int64(3) || u.Meta.Revision != rev {
 				t.Fatalf("after WithInitialValues(false): %+v", u)
 			}
 		}
@@ -534,12 +534,12 @@ func TestHeartbeat(t *testing.T) {
 	}
 	t.Run("local", func(t *testing.T) {
 		e := newLocalEnv(t, WithSessionTTL(ttl))
-		mustRegister(t, e.p, "h", TypeInteger, int64(0))
-		check(t, e.p.(*LocalState).Heartbeat, e.p.SessionID())
+		MustRegister(t, e.p, "h", TypeInteger, int64(0))
+		check(t, e.p.(*local.State).Heartbeat, e.p.SessionID())
 	})
 	t.Run("bridged", func(t *testing.T) {
 		e, _ := newBridgedEnv(t, store.Options{}, WithSessionTTL(ttl))
-		mustRegister(t, e.p, "h", TypeInteger, int64(0))
+		MustRegister(t, e.p, "h", TypeInteger, int64(0))
 		check(t, e.p.(*BridgedState).Heartbeat, e.p.SessionID())
 	})
 }
@@ -552,9 +552,9 @@ func TestCleanupSessionBothProviders(t *testing.T) {
 		StateProvider
 		CleanupSession(context.Context) error
 	}, other StateProvider, st *store.Store) {
-		mustRegister(t, cleaner, "c", TypeInteger, int64(0))
+		MustRegister(t, cleaner, "c", TypeInteger, int64(0))
 		errc := make(chan error, 1)
-		mustWatch(t, other, context.Background(), []string{"c"}, func(string, any, any, UpdateMeta) {},
+		MustWatch(t, other, context.Background(), []string{"c"}, func(string, any, any, UpdateMeta) {},
 			WithErrorHandler(func(err error) { errc <- err }))
 		if err := cleaner.CleanupSession(context.Background()); err != nil {
 			t.Fatal(err)
@@ -564,7 +564,7 @@ func TestCleanupSessionBothProviders(t *testing.T) {
 			if !errors.Is(err, ErrSessionClosed) {
 				t.Fatalf("the other provider's watch ended with %v, want ErrSessionClosed", err)
 			}
-		case <-time.After(waitTimeout):
+		case <-time.After(WaitTimeout):
 			t.Fatal("the other provider's watch went on after CleanupSession")
 		}
 		if _, err := st.GetSession(cleaner.SessionID()); !errors.Is(err, store.ErrSessionNotFound) {
@@ -577,19 +577,19 @@ func TestCleanupSessionBothProviders(t *testing.T) {
 	t.Run("local", func(t *testing.T) {
 		st := store.New(store.Options{})
 		defer st.Close()
-		a := newLocalEnv(t, withStore(st), WithSessionID("cleanup-local"))
-		b := newLocalEnv(t, withStore(st), WithSessionID("cleanup-local"))
-		run(t, a.p.(*LocalState), b.p, st)
+		a := newLocalEnvOn(t, st, WithSessionID("cleanup-local"))
+		b := newLocalEnvOn(t, st, WithSessionID("cleanup-local"))
+		run(t, a.p.(*local.State), b.p, st)
 	})
 	t.Run("bridged", func(t *testing.T) {
 		a, srv := newBridgedEnv(t, store.Options{}, WithSessionID("cleanup-bridged"))
-		b := dialBridged(t, srv.Addr, WithSessionID("cleanup-bridged"))
+		b := DialBridged(t, srv.Addr, WithSessionID("cleanup-bridged"))
 		run(t, a.p.(*BridgedState), b, srv.Store)
 	})
 }
 
 // Issue 10 item 4: a session that is only watched does not expire, however
-// long it stays quiet; its TTL starts again when the last watch closes.
+// long it stays Quiet; its TTL starts again when the last watch closes.
 // The store's clock is a fake one, moved by the test.
 func TestWatchKeepsSessionAlive(t *testing.T) {
 	var mu sync.Mutex
@@ -598,23 +598,23 @@ func TestWatchKeepsSessionAlive(t *testing.T) {
 	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
 	opts := store.Options{TTL: time.Minute, Now: clock, SweepInterval: time.Hour}
 	run := func(t *testing.T, e env) {
-		mustRegister(t, e.p, "w", TypeInteger, int64(0))
-		rec := newRecorder()
-		ref := mustWatch(t, e.p, context.Background(), []string{"w"}, rec.watch)
-		eventually(t, "the watch to be registered", func() bool { return e.st.WatchCount() == 1 })
+		MustRegister(t, e.p, "w", TypeInteger, int64(0))
+		rec := NewRecorder()
+		ref := MustWatch(t, e.p, context.Background(), []string{"w"}, rec.Watch)
+		Eventually(t, "the watch to be registered", func() bool { return e.st.WatchCount() == 1 })
 		advance(10 * time.Minute)
 		if gone := e.st.Sweep(); len(gone) != 0 {
 			t.Fatalf("a watched session expired: %v", gone)
 		}
 		rev := e.set(t, "w", int64(1), nil)
-		if u := rec.next(t); u.New != int64(1) || u.Meta.Revision != rev {
-			t.Fatalf("after ten quiet TTLs: %+v", u)
+		if u := rec.Next(t); u.New != int64(1) || u.Meta.Revision != rev {
+			t.Fatalf("after ten Quiet TTLs: %+v", u)
 		}
 		advance(10 * time.Minute)
 		if err := e.p.UnwatchVariables(ref); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, "the watch to go", func() bool { return e.st.WatchCount() == 0 })
+		Eventually(t, "the watch to go", func() bool { return e.st.WatchCount() == 0 })
 		advance(30 * time.Second)
 		if gone := e.st.Sweep(); len(gone) != 0 {
 			t.Fatalf("the session expired %v after its last watch closed, within its TTL: %v", 30*time.Second, gone)
@@ -627,7 +627,7 @@ func TestWatchKeepsSessionAlive(t *testing.T) {
 	t.Run("local", func(t *testing.T) {
 		st := store.New(opts)
 		defer st.Close()
-		run(t, newLocalEnv(t, withStore(st)))
+		run(t, newLocalEnvOn(t, st))
 	})
 	t.Run("bridged", func(t *testing.T) {
 		e, _ := newBridgedEnv(t, opts)
@@ -648,7 +648,7 @@ func TestWatchReportsIncarnation(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := tc.make(t)
-			mustRegister(t, e.p, "v", TypeInteger, int64(0))
+			MustRegister(t, e.p, "v", TypeInteger, int64(0))
 			info, err := e.p.(interface {
 				Heartbeat(context.Context) (*SessionInfo, error)
 			}).Heartbeat(context.Background())
@@ -657,7 +657,7 @@ func TestWatchReportsIncarnation(t *testing.T) {
 			}
 			for _, idents := range [][]string{{"v"}, nil} {
 				for _, initial := range []bool{false, true} {
-					mustWatch(t, e.p, context.Background(), idents, func(string, any, any, UpdateMeta) {}, WithInitialValues(initial))
+					MustWatch(t, e.p, context.Background(), idents, func(string, any, any, UpdateMeta) {}, WithInitialValues(initial))
 				}
 			}
 			for _, wi := range e.p.ListWatchers() {

@@ -1,12 +1,14 @@
 // Package varbridge shares typed, session-scoped variables between Go and
 // Python in real time.
 //
-// A StateProvider is one session's variables. LocalState keeps them in
-// process (the same SessionStore and watch machinery the server runs, no
-// network); BridgedState reaches a varbridge server over gRPC. Both have the
-// same API and the same semantics, down to revisions and error values, so a
-// program can start local and move its session to a server with Export and
-// Import.
+// A StateProvider is one session's variables. BridgedState reaches a
+// varbridge server over gRPC; package local's State (the seed's LocalState)
+// keeps them in process (the same SessionStore and watch machinery the
+// server runs, no network). Both have the same API and the same semantics,
+// down to revisions and error values, so a program can start local and move
+// its session to a server with Export and Import. A program that only talks
+// to a server imports this package alone, and links neither the store nor
+// the CEL interpreter of where filters.
 //
 // Watches are ordered, gapless and unique: WatchVariables registers the
 // observer before it reads the initial values, every change after them

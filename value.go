@@ -6,11 +6,11 @@ import (
 	"maps"
 	"math"
 	"slices"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/varbridge/varbridge/internal/store"
 	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
 
@@ -42,12 +42,27 @@ var typeToProto = map[Type]pb.VariableType{
 // not a known type.
 func (t Type) Proto() pb.VariableType { return typeToProto[t] }
 
-// TypeFromProto returns the Type of a wire enum ("" for UNSPECIFIED).
+// protoToType inverts typeToProto: every update a Go watcher receives
+// names its type, so the known ones are looked up, not formatted.
+var protoToType = func() map[pb.VariableType]Type {
+	m := make(map[pb.VariableType]Type, len(typeToProto))
+	for t, p := range typeToProto {
+		m[p] = t
+	}
+	return m
+}()
+
+// TypeFromProto returns the Type of a wire enum ("" for UNSPECIFIED). A
+// type this client does not know (a newer server's) gets its wire name in
+// lower case without the prefix, as the store names it.
 func TypeFromProto(t pb.VariableType) Type {
 	if t == pb.VariableType_VARIABLE_TYPE_UNSPECIFIED {
 		return ""
 	}
-	return Type(store.TypeName(t))
+	if n, ok := protoToType[t]; ok {
+		return n
+	}
+	return Type(strings.ToLower(strings.TrimPrefix(t.String(), "VARIABLE_TYPE_")))
 }
 
 // Tensor is an n-dimensional array in row-major order: Data holds

@@ -12,13 +12,15 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/varbridge/varbridge/internal/backend"
 	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
 
-// watch is the state both providers keep per watch, and the one place that
-// turns a *pb.VariableUpdate into a Watcher call: identifier mapping,
-// filter, panic recovery and statistics. Exactly one goroutine (run, reading
-// the watch's feed) calls deliver and complete.
+// watch is the state the provider keeps per watch, whatever its backend,
+// and the one place that turns a *pb.VariableUpdate into a Watcher call:
+// identifier mapping, filter, panic recovery and statistics. It is the
+// backend.Sink its feed delivers into: exactly one goroutine (run, reading
+// the watch's feed) calls Deliver and Complete.
 type watch struct {
 	ref         WatchRef
 	identifiers []string
@@ -32,7 +34,7 @@ type watch struct {
 
 	received, filtered, errors, panics, reconnects, duplicates atomic.Int64
 	// lastRev is the watch's progress, recorded in this one place
-	// (complete): the last revision whose updates were all delivered. It is
+	// (Complete): the last revision whose updates were all delivered. It is
 	// what ListWatchers reports and what a BridgedState stream resumes after
 	// (lastRev+1). -1 only while a BridgedState watch waits for the first
 	// revision of a new session incarnation (reported as 0).
@@ -42,7 +44,7 @@ type watch struct {
 	incarnation atomic.Pointer[string]
 
 	stopped atomic.Bool     // set by unwatch: no new watcher call starts
-	ctx     context.Context // the watch's lifetime (watchContext), read by run
+	ctx     context.Context // the watch's lifetime (backend.WatchContext), read by run
 	cancel  context.CancelFunc
 	done    chan struct{} // closed when the owning goroutine returns
 
@@ -54,29 +56,15 @@ type watch struct {
 	failErr error // the error that ended the watch, for the done handlers
 }
 
-// watchStart is what a provider knows about a watch when it opens it.
-type watchStart struct {
-	// identOf maps a variable id to the identifier the caller passed; nil
-	// for a watch of every variable.
-	identOf func(varID string) (string, bool)
-	// startsAfter is the revision the watch starts after: updates with a
-	// later revision follow.
-	startsAfter int64
-	// incarnation is the session incarnation the watch reports until its
-	// feed says otherwise ("" when not known yet).
-	incarnation string
-	// ctx is the watch's lifetime (watchContext); cancel ends it and
-	// releases what its feed holds open. stop and run call cancel.
-	ctx    context.Context
-	cancel context.CancelFunc
-}
+var _ backend.Sink = (*watch)(nil)
 
-// newWatch builds a watch with everything it needs; nothing is set on it
-// afterwards but what its owning goroutine records as it goes.
-func newWatch(identifiers []string, fn Watcher, cfg watchConfig, log *slog.Logger, start watchStart) *watch {
+// newWatch builds a watch with everything it needs, start being what its
+// backend learnt while opening it (stop and run call its Cancel); nothing
+// is set on it afterwards but what its owning goroutine records as it goes.
+func newWatch(identifiers []string, fn Watcher, cfg watchConfig, log *slog.Logger, start backend.Start) *watch {
 	w := &watch{
-		identifiers: slices.Clone(identifiers), cfg: cfg, fn: fn, log: log, identOf: start.identOf,
-		ctx: start.ctx, cancel: start.cancel, started: time.Now(), alive: true, done: make(chan struct{}),
+		identifiers: slices.Clone(identifiers), cfg: cfg, fn: fn, log: log, identOf: start.IdentOf,
+		ctx: start.Ctx, cancel: start.Cancel, started: time.Now(), alive: true, done: make(chan struct{}),
 	}
 	if w.ctx == nil {
 		w.ctx = context.Background()
@@ -84,53 +72,30 @@ func newWatch(identifiers []string, fn Watcher, cfg watchConfig, log *slog.Logge
 	if w.cancel == nil {
 		w.cancel = func() {}
 	}
-	if start.incarnation != "" {
-		w.setIncarnation(start.incarnation)
+	if start.Incarnation != "" {
+		w.setIncarnation(start.Incarnation)
 	}
-	w.lastRev.Store(start.startsAfter)
+	w.lastRev.Store(start.StartsAfter)
 	return w
 }
 
-// A watchFeed is where a watch's updates come from: the in-process store
-// (LocalState: localFeed) or a gRPC stream that reconnects and resumes by
-// itself (BridgedState: streamConsumer). It is the seam below the public
-// API for watching: a new way in (HTTP, etcd) is one more watchFeed, and
-// the watch rules (identifiers, filter, panics, progress, statistics,
-// lifecycle) stay here.
-type watchFeed interface {
-	// run hands the watch's updates to w.deliver, records progress with
-	// w.complete, and returns why it stopped: an error when the feed failed
-	// for good, or anything once ctx ended. It releases what the feed holds
-	// before it returns.
-	run(ctx context.Context) error
-	// discard releases what the feed holds when it will never run (the
-	// provider closed while the watch was being opened).
-	discard()
-}
-
-// run is a watch's owning goroutine: it reads f until it stops, then marks
-// the watch ended (on purpose) or failed, releases the feed and runs the
-// done handlers.
-func (w *watch) run(f watchFeed) {
+// run is a watch's owning goroutine: it reads f (the in-process store's
+// cursor, or BridgedState's streamConsumer) until it stops, then marks the
+// watch ended (on purpose) or failed, releases the feed and runs the done
+// handlers. A new way in (HTTP, etcd) is one more backend.Feed; the watch
+// rules (identifiers, filter, panics, progress, statistics, lifecycle)
+// stay here.
+func (w *watch) run(f backend.Feed) {
 	ctx := w.ctx
 	defer close(w.done)
 	defer w.exit()
 	defer w.cancel()
-	err := f.run(ctx)
+	err := f.Run(ctx)
 	if ctx.Err() != nil || w.stopped.Load() {
 		w.end(ctx.Err())
 	} else {
 		w.fail(err)
 	}
-}
-
-// watchContext derives the watch's lifetime from the caller's context
-// without its deadline: a deadline on a gRPC stream would become a
-// grpc-timeout that kills the watch later. Ending ctx still ends the watch.
-func watchContext(ctx context.Context) (context.Context, context.CancelFunc) {
-	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	stop := context.AfterFunc(ctx, cancel)
-	return wctx, func() { stop(); cancel() }
 }
 
 // identifier returns the identifier the caller passed for an update.
@@ -146,10 +111,10 @@ func (w *watch) identifier(u *pb.VariableUpdate) string {
 	return u.GetVariableName()
 }
 
-// deliver hands one update to the watcher; heartbeats, and a resync of a
+// Deliver hands one update to the watcher; heartbeats, and a resync of a
 // watch whose variables are all gone, call nothing. It records no progress:
-// the feed calls complete once a revision's updates were all delivered.
-func (w *watch) deliver(u *pb.VariableUpdate) {
+// the feed calls Complete once a revision's updates were all delivered.
+func (w *watch) Deliver(u *pb.VariableUpdate) {
 	ut := u.GetUpdateType()
 	if ut == pb.UpdateType_UPDATE_TYPE_HEARTBEAT || u.GetVariableId() == "" {
 		return
@@ -211,9 +176,9 @@ func (w *watch) exit() {
 	w.cfg.onDone(err)
 }
 
-// complete records that every update through rev was delivered (filtered
+// Complete records that every update through rev was delivered (filtered
 // ones count as delivered): the watch's progress, in this one place.
-func (w *watch) complete(rev int64) {
+func (w *watch) Complete(rev int64) {
 	if rev > w.lastRev.Load() {
 		w.lastRev.Store(rev)
 	}
@@ -395,10 +360,10 @@ func (s *watchSet) add(w *watch) bool {
 
 // start registers w and runs its goroutine on f; ErrClosed (and w is
 // released) when the provider is closed.
-func (s *watchSet) start(w *watch, f watchFeed) (WatchRef, error) {
+func (s *watchSet) start(w *watch, f backend.Feed) (WatchRef, error) {
 	if !s.add(w) {
 		w.cancel()
-		f.discard()
+		f.Discard()
 		return WatchRef{}, ErrClosed
 	}
 	go w.run(f)

@@ -1,14 +1,18 @@
-package varbridge
+package local
 
 import (
 	"context"
+	"io"
+	"log/slog"
 	"testing"
+
+	"github.com/varbridge/varbridge"
 )
 
-// benchState is a LocalState holding one variable, closed when b ends.
-func benchState(b *testing.B, name string, typ Type, v any) *LocalState {
+// benchState is a State holding one variable, closed when b ends.
+func benchState(b *testing.B, name string, typ varbridge.Type, v any) *State {
 	b.Helper()
-	l, err := NewLocalState(WithLogger(quiet))
+	l, err := New(varbridge.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -19,10 +23,10 @@ func benchState(b *testing.B, name string, typ Type, v any) *LocalState {
 	return l
 }
 
-// BenchmarkLocalSet is one LocalState write of an integer, no watcher.
+// BenchmarkLocalSet is one State write of an integer, no watcher.
 func BenchmarkLocalSet(b *testing.B) {
 	ctx := context.Background()
-	l := benchState(b, "x", TypeInteger, int64(0))
+	l := benchState(b, "x", varbridge.TypeInteger, int64(0))
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
 		if _, err := l.Set(ctx, "x", int64(i+1)); err != nil {
@@ -31,13 +35,13 @@ func BenchmarkLocalSet(b *testing.B) {
 	}
 }
 
-// BenchmarkLocalSetToWatcher is a LocalState write and its watcher call,
+// BenchmarkLocalSetToWatcher is a State write and its watcher call,
 // back to back (the next write waits for the call).
 func BenchmarkLocalSetToWatcher(b *testing.B) {
 	ctx := context.Background()
-	l := benchState(b, "x", TypeInteger, int64(0))
+	l := benchState(b, "x", varbridge.TypeInteger, int64(0))
 	called := make(chan struct{}, 1)
-	ref, err := l.WatchVariables(ctx, []string{"x"}, func(_ string, _, _ any, meta UpdateMeta) {
+	ref, err := l.WatchVariables(ctx, []string{"x"}, func(_ string, _, _ any, meta varbridge.UpdateMeta) {
 		if !meta.Initial {
 			called <- struct{}{}
 		}
@@ -58,8 +62,8 @@ func BenchmarkLocalSetToWatcher(b *testing.B) {
 // BenchmarkLocalSetTensor1MiB writes a 1 MiB float32 tensor, no watcher.
 func BenchmarkLocalSetTensor1MiB(b *testing.B) {
 	ctx := context.Background()
-	t := Tensor{Shape: []int64{512, 512}, DType: "float32", Data: make([]byte, 512*512*4)}
-	l := benchState(b, "t", TypeTensor, t)
+	t := varbridge.Tensor{Shape: []int64{512, 512}, DType: "float32", Data: make([]byte, 512*512*4)}
+	l := benchState(b, "t", varbridge.TypeTensor, t)
 	b.SetBytes(int64(len(t.Data)))
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {

@@ -1,0 +1,97 @@
+package varbridge_test
+
+// The tests of this package run each scenario on both providers, a
+// BridgedState and a local.State, and so live outside package varbridge
+// (package local imports it). The dot import is the one Go allows tests
+// that cannot be part of the package they test; the helpers they share
+// with the package's own tests (MustRegister, Recorder, ...) are in
+// harness_test.go.
+
+import (
+	"fmt"
+	"testing"
+
+	. "github.com/varbridge/varbridge"
+	"github.com/varbridge/varbridge/internal/servertest"
+	"github.com/varbridge/varbridge/internal/store"
+	"github.com/varbridge/varbridge/internal/testhooks"
+	"github.com/varbridge/varbridge/local"
+)
+
+// env is a provider under test plus direct access to the store behind it:
+// the local.State's, or the store of the server the BridgedState talks to.
+type env struct {
+	name string
+	p    StateProvider
+	st   *store.Store
+}
+
+// set writes through the store, not through the provider.
+func (e env) set(t testing.TB, ident string, v any, md map[string]string) int64 {
+	t.Helper()
+	val, err := ToProto("", v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := e.st.Set(e.p.SessionID(), []store.Write{{Identifier: ident, Value: val}}, md, "")
+	if err != nil {
+		t.Fatalf("store set %s=%v: %v", ident, v, err)
+	}
+	return res.Revision
+}
+
+// setMany writes a batch through the store.
+func (e env) setMany(t testing.TB, vals map[string]any) int64 {
+	t.Helper()
+	var ws []store.Write
+	for id, v := range vals {
+		val, err := ToProto("", v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ws = append(ws, store.Write{Identifier: id, Value: val})
+	}
+	res, err := e.st.Set(e.p.SessionID(), ws, nil, "batch")
+	if err != nil {
+		t.Fatalf("store set many: %v", err)
+	}
+	return res.Revision
+}
+
+// newLocalEnv is a local.State on a store of its own, both closed when the
+// test ends.
+func newLocalEnv(t testing.TB, opts ...Option) env {
+	t.Helper()
+	st := store.New(store.Options{})
+	t.Cleanup(st.Close)
+	return newLocalEnvOn(t, st, opts...)
+}
+
+// newLocalEnvOn is a local.State on st (testhooks.LocalOnStore), closed
+// when the test ends; st stays open.
+func newLocalEnvOn(t testing.TB, st *store.Store, opts ...Option) env {
+	t.Helper()
+	opts = append([]Option{WithSessionID(fmt.Sprintf("local-%d", SessionSeq.Add(1))), WithLogger(Quiet)}, opts...)
+	l, err := testhooks.LocalOnStore.(func(*store.Store, ...Option) (*local.State, error))(st, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Close() })
+	return env{name: "local", p: l, st: st}
+}
+
+func newBridgedEnv(t testing.TB, storeOpts store.Options, opts ...Option) (env, *servertest.Server) {
+	t.Helper()
+	srv := servertest.Start(t, storeOpts)
+	b := DialBridged(t, srv.Addr, opts...)
+	return env{name: "bridged", p: b, st: srv.Store}, srv
+}
+
+// both runs f against a local.State and a BridgedState.
+func both(t *testing.T, f func(t *testing.T, e env)) {
+	t.Run("local", func(t *testing.T) { f(t, newLocalEnv(t)) })
+	t.Run("bridged", func(t *testing.T) {
+		e, _ := newBridgedEnv(t, store.Options{})
+		f(t, e)
+	})
+}
