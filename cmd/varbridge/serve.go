@@ -63,6 +63,7 @@ func newServeCmd() *cobra.Command {
 		requireAuth     bool
 		metricsListen   string
 		limits          server.RequestLimits
+		httpf           httpFlags // serve_http.go
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -180,6 +181,11 @@ left (open watches, which reconnect elsewhere or when it is back).`,
 
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			stopHTTP, err := httpf.serve(ctx, cmd, log, srv, drain, tlsCert, tlsKey) // serve_http.go
+			if err != nil {
+				return err
+			}
+			defer stopHTTP()
 			served := make(chan error, 1)
 			go func() { served <- g.Serve(lis) }()
 			log.Info("varbridge serving", "addr", lis.Addr().String(), "tls", tlsCert != "", "auth", requireAuth)
@@ -235,5 +241,6 @@ left (open watches, which reconnect elsewhere or when it is back).`,
 	f.StringVar(&metricsListen, "metrics-listen", "", "serve Prometheus /metrics on this address (empty: off)")
 	f.DurationVar(&kaTime, "keepalive-time", 30*time.Second, "ping an idle client after this long")
 	f.DurationVar(&kaTimeout, "keepalive-timeout", 10*time.Second, "drop a client that does not answer a ping within this")
+	httpf.register(f)
 	return cmd
 }
