@@ -1,0 +1,183 @@
+defmodule VarBridge.Test.Server do
+  @moduledoc false
+  # The real varbridge server binary, started on free loopback ports for a
+  # test module: `varbridge serve --listen 127.0.0.1:0 --http-listen
+  # 127.0.0.1:0` (and --memory when this build has it), reading both
+  # addresses from the lines it prints. The process owns the port, drains
+  # its output, and kills the server when it stops.
+  use GenServer
+
+  def child_spec(args), do: %{id: __MODULE__, start: {__MODULE__, :start_link, [args]}, restart: :temporary}
+
+  def start_link(args \\ []), do: GenServer.start_link(__MODULE__, args)
+
+  @doc "The server's %{http: url, grpc: addr, bin: path}."
+  def addrs(pid), do: GenServer.call(pid, :addrs)
+
+  def bin do
+    System.get_env("VARBRIDGE_BIN") || Path.expand("../../.bin/varbridge", File.cwd!())
+  end
+
+  @impl true
+  def init(args) do
+    bin = bin()
+
+    unless File.exists?(bin) do
+      raise "no varbridge binary at #{bin}: run `make build` in the repository root or set VARBRIDGE_BIN"
+    end
+
+    {help, 0} = System.cmd(bin, ["serve", "--help"], stderr_to_stdout: true)
+
+    unless help =~ "--http-listen" do
+      raise "#{bin} serve has no --http-listen: this client needs a server with the HTTP face"
+    end
+
+    memory = if help =~ "--memory", do: ["--memory"], else: []
+
+    argv =
+      ["serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"] ++
+        memory ++ Keyword.get(args, :extra, [])
+
+    port =
+      Port.open({:spawn_executable, bin}, [:binary, :exit_status, :stderr_to_stdout, {:line, 65_536}, args: argv])
+
+    {:os_pid, os_pid} = Port.info(port, :os_pid)
+    addrs = await_addrs(port, %{bin: bin}, System.monotonic_time(:millisecond) + 20_000)
+    {:ok, %{port: port, os_pid: os_pid, addrs: addrs}}
+  end
+
+  defp await_addrs(_port, %{http: _, grpc: _} = a, _deadline), do: a
+
+  defp await_addrs(port, a, deadline) do
+    left = max(deadline - System.monotonic_time(:millisecond), 0)
+
+    receive do
+      {^port, {:data, {:eol, "http on " <> url}}} ->
+        await_addrs(port, Map.put(a, :http, String.trim(url)), deadline)
+
+      {^port, {:data, {:eol, "listening on " <> addr}}} ->
+        await_addrs(port, Map.put(a, :grpc, String.trim(addr)), deadline)
+
+      {^port, {:data, _}} ->
+        await_addrs(port, a, deadline)
+
+      {^port, {:exit_status, st}} ->
+        raise "varbridge serve exited with status #{st} before it listened"
+    after
+      left -> raise "varbridge serve printed no 'listening on' and 'http on' lines in 20 s"
+    end
+  end
+
+  @impl true
+  def handle_call(:addrs, _from, state), do: {:reply, state.addrs, state}
+
+  @impl true
+  def handle_info({port, {:data, _}}, %{port: port} = state), do: {:noreply, state}
+  def handle_info({port, {:exit_status, st}}, %{port: port} = state), do: {:stop, {:server_exited, st}, state}
+
+  @impl true
+  def terminate(_reason, state) do
+    System.cmd("kill", ["-KILL", Integer.to_string(state.os_pid)], stderr_to_stdout: true)
+    :ok
+  end
+end
+
+defmodule VarBridge.Test.CutProxy do
+  @moduledoc false
+  # A TCP proxy on 127.0.0.1 that can cut every connection it carries at
+  # once (both sides closed), as a network failure would, and goes on
+  # accepting new ones.
+  use GenServer
+
+  def child_spec(upstream),
+    do: %{id: __MODULE__, start: {__MODULE__, :start_link, [upstream]}, restart: :temporary}
+
+  def start_link(upstream), do: GenServer.start_link(__MODULE__, upstream)
+
+  def port(pid), do: GenServer.call(pid, :port)
+
+  @doc "Closes every open connection; returns how many there were."
+  def cut(pid), do: GenServer.call(pid, :cut)
+
+  @impl true
+  def init({host, port}) do
+    {:ok, lsock} = :gen_tcp.listen(0, [:binary, ip: {127, 0, 0, 1}, active: false, reuseaddr: true])
+    {:ok, lport} = :inet.port(lsock)
+    me = self()
+    acceptor = spawn_link(fn -> accept(lsock, me) end)
+    {:ok, %{lsock: lsock, port: lport, upstream: {host, port}, acceptor: acceptor, conns: %{}}}
+  end
+
+  defp accept(lsock, proxy) do
+    case :gen_tcp.accept(lsock) do
+      {:ok, sock} ->
+        :ok = :gen_tcp.controlling_process(sock, proxy)
+        send(proxy, {:accepted, sock})
+        accept(lsock, proxy)
+
+      {:error, _} ->
+        :ok
+    end
+  end
+
+  @impl true
+  def handle_call(:port, _from, state), do: {:reply, state.port, state}
+
+  def handle_call(:cut, _from, state) do
+    for {down, up} <- state.conns do
+      :gen_tcp.close(down)
+      :gen_tcp.close(up)
+    end
+
+    {:reply, map_size(state.conns), %{state | conns: %{}}}
+  end
+
+  @impl true
+  def handle_info({:accepted, down}, state) do
+    {host, port} = state.upstream
+
+    case :gen_tcp.connect(to_charlist(host), port, [:binary, active: true, nodelay: true]) do
+      {:ok, up} ->
+        :ok = :inet.setopts(down, active: true, nodelay: true)
+        {:noreply, %{state | conns: Map.put(state.conns, down, up)}}
+
+      {:error, _} ->
+        :gen_tcp.close(down)
+        {:noreply, state}
+    end
+  end
+
+  def handle_info({:tcp, sock, data}, state) do
+    case peer(state, sock) do
+      nil -> :ok
+      other -> :gen_tcp.send(other, data)
+    end
+
+    {:noreply, state}
+  end
+
+  def handle_info({closed, sock}, state) when closed in [:tcp_closed, :tcp_error] do
+    {:noreply, drop(state, sock)}
+  end
+
+  def handle_info({:tcp_error, sock, _}, state), do: {:noreply, drop(state, sock)}
+
+  defp peer(state, sock) do
+    case Map.fetch(state.conns, sock) do
+      {:ok, up} -> up
+      :error -> Enum.find_value(state.conns, fn {d, u} -> if u == sock, do: d end)
+    end
+  end
+
+  defp drop(state, sock) do
+    case Enum.find(state.conns, fn {d, u} -> d == sock or u == sock end) do
+      {d, u} ->
+        :gen_tcp.close(d)
+        :gen_tcp.close(u)
+        %{state | conns: Map.delete(state.conns, d)}
+
+      nil ->
+        state
+    end
+  end
+end
