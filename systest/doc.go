@@ -40,6 +40,6 @@
 // provider by default).
 //
 // The soak (make soak, or VARBRIDGE_SOAK=3m go test -run '^TestSoak$'
-// ./systest) puts LocalState watches on the very store the in-process
-// server serves, through varbridge's one test hook (internal/testhooks).
+// ./systest) puts local.State watches on the very store the in-process
+// server serves, through package local's test hook (internal/testhooks).
 package systest

@@ -31,6 +31,7 @@ import (
 	"github.com/varbridge/varbridge/internal/metrics"
 	"github.com/varbridge/varbridge/internal/servertest"
 	"github.com/varbridge/varbridge/internal/store"
+	"github.com/varbridge/varbridge/local"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -52,16 +53,16 @@ func envInt(name string, def int) int {
 
 // env is a provider under test plus a way to write to its session from
 // outside the provider where there is one: the store of the server a
-// BridgedState talks to. A LocalState's store is its own, so for it the
-// writes go through the LocalState, which runs the same store.Set.
+// BridgedState talks to. A local.State's store is its own, so for it the
+// writes go through the local.State, which runs the same store.Set.
 type env struct {
 	name string
 	p    varbridge.StateProvider
-	srv  *servertest.Server // nil for a LocalState
+	srv  *servertest.Server // nil for a local.State
 }
 
 // set writes one variable: through the server's store (BridgedState), or
-// through the LocalState.
+// through the local.State.
 func (e env) set(t testing.TB, ident string, v any, md map[string]string) int64 {
 	t.Helper()
 	if e.srv == nil {
@@ -88,11 +89,11 @@ func newLocalEnv(t testing.TB, opts ...varbridge.Option) env {
 	return env{name: "local", p: l}
 }
 
-// newLocal is a LocalState on a private store, closed when the test ends.
-func newLocal(t testing.TB, opts ...varbridge.Option) *varbridge.LocalState {
+// newLocal is a local.State on a private store, closed when the test ends.
+func newLocal(t testing.TB, opts ...varbridge.Option) *local.State {
 	t.Helper()
 	opts = append([]varbridge.Option{varbridge.WithSessionID(fmt.Sprintf("local-%d", sessionSeq.Add(1))), varbridge.WithLogger(quiet)}, opts...)
-	l, err := varbridge.NewLocalState(opts...)
+	l, err := local.New(opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,9 +101,9 @@ func newLocal(t testing.TB, opts ...varbridge.Option) *varbridge.LocalState {
 	return l
 }
 
-// localObservers is the number of observers in a LocalState's session (its
+// localObservers is the number of observers in a local.State's session (its
 // private store holds no other session), from Heartbeat.
-func localObservers(t testing.TB, l *varbridge.LocalState) int {
+func localObservers(t testing.TB, l *local.State) int {
 	t.Helper()
 	info, err := l.Heartbeat(context.Background())
 	if err != nil {
@@ -131,7 +132,7 @@ func dialBridged(t testing.TB, addr string, opts ...varbridge.Option) *varbridge
 	return b
 }
 
-// both runs f against a LocalState and a BridgedState.
+// both runs f against a local.State and a BridgedState.
 func both(t *testing.T, f func(t *testing.T, e env)) {
 	t.Run("local", func(t *testing.T) { f(t, newLocalEnv(t)) })
 	t.Run("bridged", func(t *testing.T) {

@@ -30,7 +30,7 @@ import (
 
 var (
 	leakLocalCycles = flag.Int("leak.local", envInt("VARBRIDGE_LEAK_LOCAL_CYCLES", 100_000),
-		"LocalState watch/unwatch cycles")
+		"local.State watch/unwatch cycles")
 	leakBridgedCycles = flag.Int("leak.bridged", envInt("VARBRIDGE_LEAK_BRIDGED_CYCLES", 100_000),
 		"BridgedState watch/unwatch cycles")
 )
@@ -70,14 +70,14 @@ func (b baseline) check(t *testing.T, what string) {
 }
 
 // TestLeakWatchUnwatchCycles runs many watch/unwatch cycles, four at a
-// time, on a LocalState and on a BridgedState, while a writer changes the
+// time, on a local.State and on a BridgedState, while a writer changes the
 // watched variable every millisecond (so watches end with deliveries in
 // flight); every 50th watch takes initial values and waits for its first
 // update before it goes. Afterwards the store has no observer, the provider
 // lists no watch, and goroutines and heap are back at their baseline.
 func TestLeakWatchUnwatchCycles(t *testing.T) {
 	t.Run("local", func(t *testing.T) {
-		// A LocalState has its own store with the default history
+		// A local.State has its own store with the default history
 		// (store.DefaultHistoryLimit records), not the 64 the server below
 		// keeps: churn fills it before the baseline, so that the history
 		// reaching its limit during the run is not taken for a leak.

@@ -4,10 +4,10 @@ package systest
 // for minutes, memory printed over time and required to stay flat. Not part
 // of `go test` or `make test`; `make soak` runs it (-soak=3m).
 //
-// Its LocalState watches sit on the very store the in-process server
+// Its local.State watches sit on the very store the in-process server
 // serves, so that one set of writes feeds both kinds of watch; no exported
-// API builds such a LocalState, so the test takes varbridge's unexported
-// option through internal/testhooks.
+// API builds such a local.State, so the test takes package local's
+// unexported constructor through internal/testhooks.
 
 import (
 	"context"
@@ -30,12 +30,14 @@ import (
 	"github.com/varbridge/varbridge/internal/servertest"
 	"github.com/varbridge/varbridge/internal/store"
 	"github.com/varbridge/varbridge/internal/testhooks"
+	"github.com/varbridge/varbridge/local"
 	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
 
-// withStore is varbridge's unexported option, through its test hook.
-func withStore(st *store.Store) varbridge.Option {
-	return testhooks.WithStore.(func(*store.Store) varbridge.Option)(st)
+// localOnStore is a local.State on st, which its Close leaves open: package
+// local's unexported constructor, through its test hook.
+func localOnStore(st *store.Store, opts ...varbridge.Option) (*local.State, error) {
+	return testhooks.LocalOnStore.(func(*store.Store, ...varbridge.Option) (*local.State, error))(st, opts...)
 }
 
 var soakFor = flag.Duration("soak", envDuration("VARBRIDGE_SOAK", 0),
@@ -74,7 +76,7 @@ type soakSample struct {
 // varbridge.BridgedState watches (500 per session: most name 1-3 variables, 10 watch
 // the whole session; half the sessions' clients go through a proxy that
 // cuts every connection every 15 s, so 1,000 watches reconnect at once)
-// and 400 varbridge.LocalState watches on the same store; writers commit 250 single
+// and 400 local.State watches on the same store; writers commit 250 single
 // sets and batches per second per session; 50 varbridge.BridgedState watches are
 // unwatched and watched again every second. Every tenth of the run it
 // prints the live heap, heap in use, RSS, goroutines, observers and rates.
@@ -120,7 +122,7 @@ func TestSoak(t *testing.T) {
 		specs   []*spec
 		states  []*varbridge.BridgedState // the watchers' states
 		writers []*varbridge.BridgedState // direct, never cut
-		locals  []*varbridge.LocalState
+		locals  []*local.State
 		names   [][]string
 	)
 	for s := range sessions {
@@ -165,7 +167,7 @@ func TestSoak(t *testing.T) {
 			sp.ref = mustWatch(t, b, ctx, sp.idents, watcher, varbridge.WithMaxFailures(1000))
 			specs = append(specs, sp)
 		}
-		l, err := varbridge.NewLocalState(varbridge.WithSessionID(b.SessionID()), withStore(srv.Store), varbridge.WithLogger(quiet))
+		l, err := localOnStore(srv.Store, varbridge.WithSessionID(b.SessionID()), varbridge.WithLogger(quiet))
 		if err != nil {
 			t.Fatal(err)
 		}

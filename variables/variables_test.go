@@ -16,6 +16,7 @@ import (
 	"github.com/varbridge/varbridge"
 	"github.com/varbridge/varbridge/internal/servertest"
 	"github.com/varbridge/varbridge/internal/store"
+	"github.com/varbridge/varbridge/local"
 	"github.com/varbridge/varbridge/variables"
 )
 
@@ -27,9 +28,9 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 var seq atomic.Int64
 
-func local(t *testing.T) varbridge.StateProvider {
+func newLocal(t *testing.T) varbridge.StateProvider {
 	t.Helper()
-	l, err := varbridge.NewLocalState(varbridge.WithLogger(quiet))
+	l, err := local.New(varbridge.WithLogger(quiet))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,7 +51,7 @@ func bridged(t *testing.T) varbridge.StateProvider {
 }
 
 func both(t *testing.T, f func(t *testing.T, p varbridge.StateProvider)) {
-	t.Run("local", func(t *testing.T) { f(t, local(t)) })
+	t.Run("local", func(t *testing.T) { f(t, newLocal(t)) })
 	t.Run("bridged", func(t *testing.T) { f(t, bridged(t)) })
 }
 
@@ -127,7 +128,7 @@ func TestInitialValuesOnByDefault(t *testing.T) {
 }
 
 func TestFilter(t *testing.T) {
-	p := local(t)
+	p := newLocal(t)
 	register(t, p, "temp", 20.0)
 	ch, fn := updates()
 	sub, err := variables.Watch(context.Background(), p, []string{"temp"}, fn, variables.WithInitial(false),
@@ -182,7 +183,7 @@ func TestDebounceDeliversLastValue(t *testing.T) {
 
 // Stopping a watch delivers what debounce still held.
 func TestDebounceStopDeliversHeldValue(t *testing.T) {
-	p := local(t)
+	p := newLocal(t)
 	register(t, p, "x", 0)
 	ch, fn := updates()
 	sub, err := variables.Watch(context.Background(), p, []string{"x"}, fn, variables.WithDebounce(time.Hour))
@@ -216,7 +217,7 @@ func TestDebounceEndsWithProvider(t *testing.T) {
 		t.Run(kind, func(t *testing.T) {
 			ignore := goleak.IgnoreCurrent()
 			t.Run("close", func(t *testing.T) {
-				p := local(t)
+				p := newLocal(t)
 				if kind == "bridged" {
 					p = bridged(t)
 				}
@@ -276,7 +277,7 @@ func TestBatchWindow(t *testing.T) {
 }
 
 func TestBatchStopDeliversCollected(t *testing.T) {
-	p := local(t)
+	p := newLocal(t)
 	register(t, p, "n", 0)
 	var mu sync.Mutex
 	var got [][]varbridge.Update
@@ -297,7 +298,7 @@ func TestBatchStopDeliversCollected(t *testing.T) {
 }
 
 func TestStopFromCallbackAndContextEnd(t *testing.T) {
-	p := local(t)
+	p := newLocal(t)
 	register(t, p, "x", 0)
 	stopped := make(chan error, 1)
 	var sub *variables.Subscription
@@ -337,7 +338,7 @@ func TestStopFromCallbackAndContextEnd(t *testing.T) {
 }
 
 func TestBadArguments(t *testing.T) {
-	p := local(t)
+	p := newLocal(t)
 	register(t, p, "x", 0)
 	fn := func(string, any, any, varbridge.UpdateMeta) {}
 	if _, err := variables.Watch(context.Background(), p, []string{"x"}, nil); !errors.Is(err, varbridge.ErrInvalidArgument) {
@@ -354,7 +355,7 @@ func TestBadArguments(t *testing.T) {
 
 func ExampleWatch() {
 	ctx := context.Background()
-	state, err := varbridge.NewLocalState()
+	state, err := local.New()
 	if err != nil {
 		panic(err)
 	}

@@ -10,7 +10,7 @@ import (
 	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
 
-// benchLocal measures LocalState (in process, no network): set -> watcher
+// benchLocal measures local.State (in process, no network): set -> watcher
 // callback at the latency workload's rate, and a saturated single watch.
 func benchLocal(ctx context.Context, c *config, col *collector) error {
 	n := c.latN + c.latWarm
@@ -21,7 +21,7 @@ func benchLocal(ctx context.Context, c *config, col *collector) error {
 		}
 		send := ls.send[min(c.latWarm, len(ls.send)):]
 		p50, p99, pmax := latencyStats(send)
-		pr := map[string]any{"rate_per_s": c.rate, "samples_per_run": c.latN, "client": "varbridge.LocalState Set -> Watcher callback"}
+		pr := map[string]any{"rate_per_s": c.rate, "samples_per_run": c.latN, "client": "varbridge local.State Set -> Watcher callback"}
 		col.add("local_set_to_watcher_p50_us", "us", p50, pr)
 		col.add("local_set_to_watcher_p99_us", "us", p99, pr)
 		fmt.Fprintf(os.Stderr, "   %-28s p50 %7.1f us  p99 %7.1f us  max %8.1f us  missed %d\n", "local_set_to_watcher", p50, p99, pmax, ls.missed)

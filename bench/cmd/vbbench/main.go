@@ -78,7 +78,7 @@ func main() {
 	flag.IntVar(&c.goTputRevs, "tput-revs", 10000, "stream replay: revisions of SetVariables in history")
 	flag.IntVar(&c.goTputVars, "tput-vars", 100, "stream replay: variables per SetVariables")
 	flag.IntVar(&c.pyTputN, "py-tput-n", 100000, "Python stream replay: updates read per run")
-	flag.IntVar(&c.localN, "local-n", 200000, "LocalState saturated stream: updates per run")
+	flag.IntVar(&c.localN, "local-n", 200000, "local.State saturated stream: updates per run")
 	flag.IntVar(&c.fanN, "fanout", 10000, "fan-out: watches")
 	flag.IntVar(&c.fanConns, "fanout-conns", 10, "fan-out: connections the watches are spread over")
 	flag.IntVar(&c.idleN, "idle", 100000, "idle: watches to open")

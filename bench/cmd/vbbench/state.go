@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/varbridge/varbridge"
+	"github.com/varbridge/varbridge/local"
 	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
 
@@ -17,7 +18,7 @@ var quietLog = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 // stateLatency measures Set -> Watcher callback through the public
 // StateProvider API: the watcher on w, the writer on wr (the same provider
-// for LocalState, another BridgedState for the remote case). Values are
+// for local.State, another BridgedState for the remote case). Values are
 // CLOCK_MONOTONIC send timestamps; -1 stops.
 func stateLatency(ctx context.Context, w, wr varbridge.StateProvider, n, rate int) (latSamples, error) {
 	var ls latSamples
@@ -58,10 +59,10 @@ func stateLatency(ctx context.Context, w, wr varbridge.StateProvider, n, rate in
 	return ls, nil
 }
 
-// localLatency runs stateLatency on a LocalState (writer and watcher in
+// localLatency runs stateLatency on a local.State (writer and watcher in
 // process, no network).
 func localLatency(ctx context.Context, n, rate int) (latSamples, error) {
-	l, err := varbridge.NewLocalState(varbridge.WithLogger(quietLog))
+	l, err := local.New(varbridge.WithLogger(quietLog))
 	if err != nil {
 		return latSamples{}, err
 	}
@@ -72,11 +73,11 @@ func localLatency(ctx context.Context, n, rate int) (latSamples, error) {
 	return stateLatency(ctx, l, l, n, rate)
 }
 
-// localThroughput: one LocalState watch, a writer setting as fast as it
+// localThroughput: one local.State watch, a writer setting as fast as it
 // can for n writes; updates delivered per second, and how many RESYNCs the
 // watch got (the writer outran it past the history window).
 func localThroughput(ctx context.Context, n int) (float64, int64, error) {
-	l, err := varbridge.NewLocalState(varbridge.WithLogger(quietLog))
+	l, err := local.New(varbridge.WithLogger(quietLog))
 	if err != nil {
 		return 0, 0, err
 	}
@@ -215,7 +216,7 @@ func goStreamReplayBatches(ctx context.Context, addr, session string, startRev i
 // localPingPong: Set, wait for the callback, Set again: both goroutines stay
 // hot, so this is the in-process path without the OS waking an idle thread.
 func localPingPong(ctx context.Context, n int) ([]int64, error) {
-	l, err := varbridge.NewLocalState(varbridge.WithLogger(quietLog))
+	l, err := local.New(varbridge.WithLogger(quietLog))
 	if err != nil {
 		return nil, err
 	}
