@@ -62,7 +62,7 @@ type Expiry struct {
 //   - Create: a new session (Session and Expiry);
 //   - Change: a committed Change of Session (its header, with the new
 //     revision), the variables it put or deleted, and the history records
-//     it trimmed (every revision below TrimBelow);
+//     it trimmed (revisions TrimFrom to TrimBelow, TrimBelow excluded);
 //   - Expiry alone: a session's deadline moved (never waited for);
 //   - Drop: the session and everything of it is gone.
 type Mutation struct {
@@ -71,6 +71,7 @@ type Mutation struct {
 	Change    *Change
 	Put       []*pb.Variable
 	Delete    []string // variable ids
+	TrimFrom  int64
 	TrimBelow int64
 	Expiry    *Expiry
 	Drop      string // session id

@@ -74,7 +74,7 @@ type session struct {
 func newSession(id string, ttl time.Duration, md map[string]string, opts *Options) *session {
 	now := opts.Now()
 	s := &session{
-		id: id, incarnation: randomHex(8), ttl: ttl, createdAt: now, metadata: md, opts: opts,
+		id: id, incarnation: NewIncarnation(), ttl: ttl, createdAt: now, metadata: md, opts: opts,
 		byID: map[string]*variable{}, byName: map[string]*variable{},
 		history:  history{limit: opts.HistoryLimit, maxAge: opts.HistoryAge, maxBytes: opts.HistoryBytes},
 		watches:  map[*Watch]struct{}{},
@@ -210,7 +210,7 @@ func (s *session) commit(now time.Time, ts *timestamppb.Timestamp, source string
 	c := &Change{Revision: s.revision + 1, Time: now, Timestamp: ts, Source: source, Metadata: md, Items: items}
 	var p Pending
 	if eng := s.opts.Engine; eng != nil {
-		m := &Mutation{Session: s.record(c.Revision), Change: c, TrimBelow: s.history.keptFrom(c)}
+		m := &Mutation{Session: s.record(c.Revision), Change: c, TrimFrom: s.history.first(), TrimBelow: s.history.keptFrom(c)}
 		for _, it := range items {
 			if it.Kind == Deleted {
 				m.Delete = append(m.Delete, it.Var.Id)

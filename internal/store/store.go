@@ -404,6 +404,9 @@ func (s *Store) WatchCount() int {
 	return n
 }
 
+// NewIncarnation returns a new session incarnation: 16 random hex digits.
+func NewIncarnation() string { return randomHex(8) }
+
 func randomHex(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b) // crypto/rand.Read never fails on supported platforms.

@@ -1,0 +1,307 @@
+package disk
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/varbridge/varbridge/internal/store"
+	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
+)
+
+// Keys. Everything of one session sits together, under
+//
+//	's' session-id 0x00 kind [suffix]
+//
+// (ids hold no control characters, so 0x00 ends the id and one session's
+// keys sort before any longer id's), which lets Load read the whole store
+// in one scan and Drop remove a session with one range deletion. Kinds sort
+// header, expiry, history (by revision), variables (by id).
+const (
+	kindHeader  = 'a'
+	kindExpiry  = 'b'
+	kindHistory = 'h'
+	kindVar     = 'v'
+)
+
+func sessionPrefix(id string) []byte {
+	k := make([]byte, 0, len(id)+2)
+	k = append(k, 's')
+	k = append(k, id...)
+	return append(k, 0)
+}
+
+// sessionEnd is the first key after every key of session id.
+func sessionEnd(id string) []byte {
+	k := sessionPrefix(id)
+	k[len(k)-1] = 1
+	return k
+}
+
+func sessionKey(id string, kind byte) []byte { return append(sessionPrefix(id), kind) }
+
+func historyKey(id string, rev int64) []byte {
+	return binary.BigEndian.AppendUint64(sessionKey(id, kindHistory), uint64(rev))
+}
+
+func varKey(id, varID string) []byte { return append(sessionKey(id, kindVar), varID...) }
+
+// splitKey returns the session id, kind and suffix of a key.
+func splitKey(k []byte) (id string, kind byte, suffix []byte, err error) {
+	if len(k) < 3 || k[0] != 's' {
+		return "", 0, nil, fmt.Errorf("unknown key %q", k)
+	}
+	for i := 1; i < len(k)-1; i++ {
+		if k[i] == 0 {
+			return string(k[1:i]), k[i+1], k[i+2:], nil
+		}
+	}
+	return "", 0, nil, fmt.Errorf("key %q has no kind", k)
+}
+
+// Values are protobuf wire encoding (protowire), field numbers as below, so
+// that fields can be added later and old data still reads.
+
+// Header fields.
+const (
+	hIncarnation = 1
+	hTTL         = 2 // nanoseconds
+	hCreated     = 3 // unix nanoseconds
+	hMetadata    = 4 // repeated entry{1 key, 2 value}
+	hTokenHash   = 5
+	hRevision    = 6
+)
+
+func encodeHeader(r *store.SessionRecord) []byte {
+	var b []byte
+	b = protowire.AppendTag(b, hIncarnation, protowire.BytesType)
+	b = protowire.AppendString(b, r.Incarnation)
+	b = protowire.AppendTag(b, hTTL, protowire.VarintType)
+	b = protowire.AppendVarint(b, uint64(r.TTL))
+	b = protowire.AppendTag(b, hCreated, protowire.VarintType)
+	b = protowire.AppendVarint(b, uint64(r.CreatedAt.UnixNano()))
+	b = appendMetadata(b, hMetadata, r.Metadata)
+	if len(r.TokenHash) > 0 {
+		b = protowire.AppendTag(b, hTokenHash, protowire.BytesType)
+		b = protowire.AppendBytes(b, r.TokenHash)
+	}
+	b = protowire.AppendTag(b, hRevision, protowire.VarintType)
+	return protowire.AppendVarint(b, uint64(r.Revision))
+}
+
+func decodeHeader(id string, b []byte) (store.SessionRecord, error) {
+	r := store.SessionRecord{ID: id}
+	err := fields(b, func(num protowire.Number, v uint64, raw []byte) error {
+		switch num {
+		case hIncarnation:
+			r.Incarnation = string(raw)
+		case hTTL:
+			r.TTL = time.Duration(v)
+		case hCreated:
+			r.CreatedAt = time.Unix(0, int64(v))
+		case hMetadata:
+			return addEntry(&r.Metadata, raw)
+		case hTokenHash:
+			r.TokenHash = append([]byte(nil), raw...)
+		case hRevision:
+			r.Revision = int64(v)
+		}
+		return nil
+	})
+	return r, err
+}
+
+// Expiry fields.
+const (
+	eIncarnation = 1
+	eDeadline    = 2 // unix nanoseconds
+	eWatched     = 3
+)
+
+func encodeExpiry(incarnation string, e *store.Expiry) []byte {
+	var b []byte
+	b = protowire.AppendTag(b, eIncarnation, protowire.BytesType)
+	b = protowire.AppendString(b, incarnation)
+	b = protowire.AppendTag(b, eDeadline, protowire.VarintType)
+	b = protowire.AppendVarint(b, uint64(e.Deadline.UnixNano()))
+	b = protowire.AppendTag(b, eWatched, protowire.VarintType)
+	return protowire.AppendVarint(b, protowire.EncodeBool(e.Watched))
+}
+
+func decodeExpiry(b []byte) (incarnation string, e store.Expiry, err error) {
+	err = fields(b, func(num protowire.Number, v uint64, raw []byte) error {
+		switch num {
+		case eIncarnation:
+			incarnation = string(raw)
+		case eDeadline:
+			e.Deadline = time.Unix(0, int64(v))
+		case eWatched:
+			e.Watched = v != 0
+		}
+		return nil
+	})
+	return incarnation, e, err
+}
+
+// Change fields.
+const (
+	cRevision = 1
+	cTime     = 2 // unix nanoseconds
+	cSource   = 3
+	cMetadata = 4 // repeated entry{1 key, 2 value}
+	cItem     = 5 // repeated item{1 kind, 2 variable, 3 old value}
+
+	iKind = 1
+	iVar  = 2
+	iOld  = 3
+)
+
+func encodeChange(c *store.Change) ([]byte, error) {
+	var b []byte
+	b = protowire.AppendTag(b, cRevision, protowire.VarintType)
+	b = protowire.AppendVarint(b, uint64(c.Revision))
+	b = protowire.AppendTag(b, cTime, protowire.VarintType)
+	b = protowire.AppendVarint(b, uint64(c.Time.UnixNano()))
+	if c.Source != "" {
+		b = protowire.AppendTag(b, cSource, protowire.BytesType)
+		b = protowire.AppendString(b, c.Source)
+	}
+	b = appendMetadata(b, cMetadata, c.Metadata)
+	for _, it := range c.Items {
+		v, err := it.Var.MarshalVT()
+		if err != nil {
+			return nil, err
+		}
+		item := protowire.AppendTag(nil, iKind, protowire.VarintType)
+		item = protowire.AppendVarint(item, uint64(it.Kind))
+		item = protowire.AppendTag(item, iVar, protowire.BytesType)
+		item = protowire.AppendBytes(item, v)
+		if it.Old != nil {
+			old, err := it.Old.MarshalVT()
+			if err != nil {
+				return nil, err
+			}
+			item = protowire.AppendTag(item, iOld, protowire.BytesType)
+			item = protowire.AppendBytes(item, old)
+		}
+		b = protowire.AppendTag(b, cItem, protowire.BytesType)
+		b = protowire.AppendBytes(b, item)
+	}
+	return b, nil
+}
+
+func decodeChange(b []byte) (*store.Change, error) {
+	c := &store.Change{}
+	err := fields(b, func(num protowire.Number, v uint64, raw []byte) error {
+		switch num {
+		case cRevision:
+			c.Revision = int64(v)
+		case cTime:
+			c.Time = time.Unix(0, int64(v))
+		case cSource:
+			c.Source = string(raw)
+		case cMetadata:
+			return addEntry(&c.Metadata, raw)
+		case cItem:
+			var it store.Item
+			err := fields(raw, func(num protowire.Number, v uint64, raw []byte) error {
+				switch num {
+				case iKind:
+					it.Kind = store.ItemKind(v)
+				case iVar:
+					it.Var = &pb.Variable{}
+					return it.Var.UnmarshalVT(raw)
+				case iOld:
+					it.Old = &pb.Value{}
+					return it.Old.UnmarshalVT(raw)
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			if it.Var == nil || it.Kind < store.Registered || it.Kind > store.Deleted {
+				return errors.New("history item without a variable or a known kind")
+			}
+			c.Items = append(c.Items, it)
+		}
+		return nil
+	})
+	return c, err
+}
+
+func appendMetadata(b []byte, num protowire.Number, md map[string]string) []byte {
+	for k, v := range md {
+		e := protowire.AppendTag(nil, 1, protowire.BytesType)
+		e = protowire.AppendString(e, k)
+		e = protowire.AppendTag(e, 2, protowire.BytesType)
+		e = protowire.AppendString(e, v)
+		b = protowire.AppendTag(b, num, protowire.BytesType)
+		b = protowire.AppendBytes(b, e)
+	}
+	return b
+}
+
+func addEntry(md *map[string]string, raw []byte) error {
+	var k, v string
+	err := fields(raw, func(num protowire.Number, _ uint64, raw []byte) error {
+		switch num {
+		case 1:
+			k = string(raw)
+		case 2:
+			v = string(raw)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if *md == nil {
+		*md = map[string]string{}
+	}
+	(*md)[k] = v
+	return nil
+}
+
+// fields calls fn for each field of a protowire message: v for varints,
+// raw for length-delimited ones. Unknown fields of other types are skipped,
+// so a newer writer's additions do not stop an older reader.
+func fields(b []byte, fn func(num protowire.Number, v uint64, raw []byte) error) error {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return protowire.ParseError(n)
+		}
+		b = b[n:]
+		switch typ {
+		case protowire.VarintType:
+			v, n := protowire.ConsumeVarint(b)
+			if n < 0 {
+				return protowire.ParseError(n)
+			}
+			b = b[n:]
+			if err := fn(num, v, nil); err != nil {
+				return err
+			}
+		case protowire.BytesType:
+			raw, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return protowire.ParseError(n)
+			}
+			b = b[n:]
+			if err := fn(num, 0, raw); err != nil {
+				return err
+			}
+		default:
+			n := protowire.ConsumeFieldValue(num, typ, b)
+			if n < 0 {
+				return protowire.ParseError(n)
+			}
+			b = b[n:]
+		}
+	}
+	return nil
+}
