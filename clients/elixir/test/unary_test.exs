@@ -17,6 +17,7 @@ defmodule VarBridge.UnaryTest do
 
     for {name, type, first, second} <- values do
       opts = if type == :choice, do: [constraints: [choices: ["a", "b"]]], else: []
+
       assert {:ok, %Variable{name: ^name, type: ^type, value: ^first, version: 1}} =
                VarBridge.register_variable(s, name, type, first, opts)
 
@@ -58,7 +59,8 @@ defmodule VarBridge.UnaryTest do
   end
 
   test "errors carry the server's code, reason and details", %{session: s, conn: conn} do
-    {:ok, v} = VarBridge.register_variable(s, "temperature", :float, 0.7, constraints: [min: 0.0, max: 2.0])
+    {:ok, v} =
+      VarBridge.register_variable(s, "temperature", :float, 0.7, constraints: [min: 0.0, max: 2.0])
 
     assert {:error, %Error{code: :not_found, reason: :variable_not_found}} =
              VarBridge.get_variable(s, "nothing")
@@ -72,7 +74,9 @@ defmodule VarBridge.UnaryTest do
              VarBridge.set_variable(s, "temperature", 0.9, expected_version: v.version + 1)
 
     assert %{"expected_version" => "2", "actual_version" => "1"} = d
-    assert {:ok, %Variable{version: 2}} = VarBridge.set_variable(s, "temperature", 0.9, expected_version: 1)
+
+    assert {:ok, %Variable{version: 2}} =
+             VarBridge.set_variable(s, "temperature", 0.9, expected_version: 1)
 
     assert {:error, %Error{code: :already_exists, reason: :variable_exists}} =
              VarBridge.register_variable(s, "temperature", :float, 1.0)
@@ -81,13 +85,17 @@ defmodule VarBridge.UnaryTest do
              VarBridge.set_variable(s, "temperature", "hot")
 
     gone = %{s | id: "no-such-session-#{System.unique_integer([:positive])}"}
-    assert {:error, %Error{code: :not_found, reason: :session_not_found}} = VarBridge.get_variable(gone, "x")
+
+    assert {:error, %Error{code: :not_found, reason: :session_not_found}} =
+             VarBridge.get_variable(gone, "x")
 
     # Refused before it reaches the server.
     assert {:error, %Error{code: :invalid_argument, details: %{"field" => "value"}}} =
              VarBridge.set_variable(s, "temperature", %{not: :a_value})
 
-    assert {:error, %Error{reason: :invalid_argument}} = VarBridge.register_variable(s, "z", :complex, 1)
+    assert {:error, %Error{reason: :invalid_argument}} =
+             VarBridge.register_variable(s, "z", :complex, 1)
+
     assert {:error, %Error{}} = VarBridge.connect(url: "ftp://x")
     assert %Error{} = e = elem(VarBridge.get_variable(s, "nothing"), 1)
     assert Exception.message(e) =~ "variable_not_found"
@@ -111,6 +119,8 @@ defmodule VarBridge.UnaryTest do
     {:ok, port} = :inet.port(lsock)
     :gen_tcp.close(lsock)
     {:ok, conn} = VarBridge.connect(url: "http://127.0.0.1:#{port}")
-    assert {:error, %Error{code: :unavailable, reason: nil}} = VarBridge.initialize_session(conn, "x")
+
+    assert {:error, %Error{code: :unavailable, reason: nil}} =
+             VarBridge.initialize_session(conn, "x")
   end
 end

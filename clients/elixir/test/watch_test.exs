@@ -9,24 +9,39 @@ defmodule VarBridge.WatchTest do
     {:ok, _} = VarBridge.register_variable(s, "temperature", :float, 0.7)
     {:ok, _} = VarBridge.register_variable(s, "model", :string, "small")
 
-    {:ok, ref} = VarBridge.watch_variables(s, [:temperature, "model"], to_me(), include_initial: true)
+    {:ok, ref} =
+      VarBridge.watch_variables(s, [:temperature, "model"], to_me(), include_initial: true)
 
-    assert_receive {:update, :temperature, nil, 0.7, %{initial: true, type: :float, version: 1} = m0}, 5_000
+    assert_receive {:update, :temperature, nil, 0.7,
+                    %{initial: true, type: :float, version: 1} = m0},
+                   5_000
+
     assert_receive {:update, "model", nil, "small", %{initial: true}}, 5_000
 
-    for i <- 1..20, do: {:ok, _} = VarBridge.set_variable(s, "temperature", i / 10, metadata: %{"i" => "#{i}"})
+    for i <- 1..20,
+        do:
+          {:ok, _} = VarBridge.set_variable(s, "temperature", i / 10, metadata: %{"i" => "#{i}"})
+
     {:ok, _} = VarBridge.set_variable(s, "model", "large", source: "tuner")
 
     revs =
       for i <- 1..20 do
         want = i / 10
-        assert_receive {:update, :temperature, _old, ^want, %{initial: false, revision: rev, metadata: md}}, 5_000
+
+        assert_receive {:update, :temperature, _old, ^want,
+                        %{initial: false, revision: rev, metadata: md}},
+                       5_000
+
         assert md == %{"i" => "#{i}"}
         rev
       end
 
     assert revs == Enum.sort(revs) and hd(revs) > m0.revision
-    assert_receive {:update, "model", "small", "large", %{source: "tuner", timestamp: %DateTime{}}}, 5_000
+
+    assert_receive {:update, "model", "small", "large",
+                    %{source: "tuner", timestamp: %DateTime{}}},
+                   5_000
+
     assert :ok = VarBridge.unwatch_variables(ref)
   end
 
@@ -45,7 +60,9 @@ defmodule VarBridge.WatchTest do
     {:ok, _} = VarBridge.register_variable(s, "temperature", :float, 20.0)
     {:ok, ref} = VarBridge.watch_variables(s, ["temperature"], to_me(), filter: "new - old > 1.0")
 
-    for v <- [20.5, 22.0, 22.5, 25.0, 24.0], do: {:ok, _} = VarBridge.set_variable(s, "temperature", v)
+    for v <- [20.5, 22.0, 22.5, 25.0, 24.0],
+        do: {:ok, _} = VarBridge.set_variable(s, "temperature", v)
+
     {:ok, _} = VarBridge.set_variable(s, "temperature", 30.0, metadata: %{"last" => "yes"})
 
     assert_receive {:update, "temperature", 20.5, 22.0, _}, 5_000
@@ -81,14 +98,20 @@ defmodule VarBridge.WatchTest do
   test "unwatch stops the stream on the server and the callbacks here", %{session: s} do
     {:ok, _} = VarBridge.register_variable(s, "a", :integer, 0)
     {:ok, ref} = VarBridge.watch_variables(s, ["a"], to_me())
-    assert [%{ref: ^ref, pid: pid, identifiers: ["a"]}] = Enum.filter(VarBridge.list_watchers(), &(&1.ref == ref))
+
+    assert [%{ref: ^ref, pid: pid, identifiers: ["a"]}] =
+             Enum.filter(VarBridge.list_watchers(), &(&1.ref == ref))
+
     assert {:ok, %{watch_count: 1}} = VarBridge.get_session(s)
     {:ok, _} = VarBridge.set_variable(s, "a", 1)
     assert_receive {:update, "a", 0, 1, _}, 5_000
 
     assert :ok = VarBridge.unwatch_variables(ref)
     refute Process.alive?(pid)
-    assert {:error, %Error{code: :not_found, reason: :unknown_watch}} = VarBridge.unwatch_variables(ref)
+
+    assert {:error, %Error{code: :not_found, reason: :unknown_watch}} =
+             VarBridge.unwatch_variables(ref)
+
     assert eventually(fn -> match?({:ok, %{watch_count: 0}}, VarBridge.get_session(s)) end)
     {:ok, _} = VarBridge.set_variable(s, "a", 2)
     refute_receive {:update, "a", _, _, _}, 200
@@ -107,7 +130,10 @@ defmodule VarBridge.WatchTest do
     {:ok, _} = VarBridge.set_variable(s, "a", 1)
     {:ok, _} = VarBridge.set_variable(s, "a", 2)
     assert_receive {:got, 2}, 5_000
-    assert [%{errors: 1, updates_received: 2}] = Enum.filter(VarBridge.list_watchers(), &(&1.ref == ref))
+
+    assert [%{errors: 1, updates_received: 2}] =
+             Enum.filter(VarBridge.list_watchers(), &(&1.ref == ref))
+
     :ok = VarBridge.unwatch_variables(ref)
   end
 
@@ -116,7 +142,15 @@ defmodule VarBridge.WatchTest do
     me = self()
     {:ok, ref} = VarBridge.watch_variables(s, ["a"], to_me(), on_error: &send(me, {:ended, &1}))
     {:ok, 1} = VarBridge.cleanup_session(s)
-    assert_receive {:ended, %Error{code: :not_found, reason: :session_closed, details: %{"cause" => "cleaned_up"}}}, 5_000
+
+    assert_receive {:ended,
+                    %Error{
+                      code: :not_found,
+                      reason: :session_closed,
+                      details: %{"cause" => "cleaned_up"}
+                    }},
+                   5_000
+
     assert eventually(fn -> VarBridge.unwatch_variables(ref) != :ok end)
   end
 

@@ -2,9 +2,9 @@ defmodule VarBridge.Application do
   @moduledoc false
   use Application
 
-  # The :httpc profile of unary calls. Watches each have their own
-  # (stand-alone, linked to the watch), so a long-lived event stream never
-  # holds up a unary call queued behind it on a kept-alive connection.
+  # The :httpc profile of unary calls. Watches read their event streams from
+  # sockets of their own (VarBridge.HTTPStream), so a long-lived stream
+  # never holds up a unary call queued behind it on a kept-alive connection.
   @profile :varbridge
 
   def profile, do: @profile

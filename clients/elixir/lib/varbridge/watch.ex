@@ -12,17 +12,19 @@ defmodule VarBridge.Watch do
   # in the middle come again, and the ones already delivered (by variable id)
   # are skipped. A RESYNC starts a new history: the bookkeeping starts over.
   #
-  # The stream is read with :httpc's {self, once} mode: the next body part
-  # is asked for only once the previous one was handled, so a slow callback
-  # holds the TCP window closed instead of growing a buffer here.
+  # The stream is read from its own socket in {active, once} mode (see
+  # VarBridge.HTTPStream for why not :httpc): the next bytes are read only
+  # once the previous ones were handled, so a slow callback holds the TCP
+  # window closed instead of growing a buffer here.
 
   use GenServer, restart: :temporary
   require Logger
 
-  alias VarBridge.{Error, JSON, SSE, Value, Variable}
+  alias VarBridge.{Error, HTTPStream, JSON, SSE, Value, Variable}
 
   @retryable [:unavailable, :internal, :unknown, :aborted, :canceled, :deadline_exceeded]
   @jitter 0.1
+  @connect_timeout 5_000
 
   def start_link(args), do: GenServer.start_link(__MODULE__, args)
 
@@ -43,9 +45,6 @@ defmodule VarBridge.Watch do
   def init(%{session: s, identifiers: idents, callback: cb, opts: opts, ref: ref}) do
     Process.flag(:trap_exit, true)
     {:ok, _} = Registry.register(VarBridge.Watches, ref, nil)
-
-    {:ok, profile} =
-      :inets.start(:httpc, [profile: :"varbridge_watch_#{inspect(ref)}"], :stand_alone)
 
     owner =
       case Keyword.get(opts, :owner) do
@@ -71,14 +70,17 @@ defmodule VarBridge.Watch do
       heartbeat: Keyword.get(opts, :heartbeat),
       idle_timeout: Keyword.get(opts, :idle_timeout, 4 * Keyword.get(opts, :heartbeat, 5_000)),
       owner: owner,
-      profile: profile,
-      # The request and its reader.
-      req: nil,
-      handler: nil,
-      # This connection starts from now: no resume point, no initial values.
-      fresh: false,
+      # The connection: its socket, transport module, response reader,
+      # status (nil until the head came) and error body.
+      sock: nil,
+      transport: nil,
+      http: nil,
+      status: nil,
+      err_body: "",
       parser: SSE.new(),
       idle_timer: nil,
+      # This connection starts from now: no resume point, no initial values.
+      fresh: false,
       # Resume point: the last complete revision of this incarnation.
       incarnation: nil,
       last_rev: nil,
@@ -93,6 +95,7 @@ defmodule VarBridge.Watch do
         updates_received: 0,
         errors: 0,
         reconnects: 0,
+        resent_skipped: 0,
         started_at: System.monotonic_time(:millisecond)
       }
     }
@@ -101,7 +104,7 @@ defmodule VarBridge.Watch do
   end
 
   @impl true
-  def handle_continue(:connect, state), do: {:noreply, open(state)}
+  def handle_continue(:connect, state), do: open(state)
 
   @impl true
   def handle_call(:await_started, from, %{started: false} = state),
@@ -116,10 +119,11 @@ defmodule VarBridge.Watch do
       session_id: state.session.id,
       identifiers: state.identifiers,
       alive: true,
-      streaming: state.handler != nil,
+      streaming: state.status == 200,
       updates_received: state.stats.updates_received,
       errors: state.stats.errors,
       reconnects: state.stats.reconnects,
+      resent_skipped: state.stats.resent_skipped,
       last_revision: state.last_rev,
       uptime_ms: System.monotonic_time(:millisecond) - state.stats.started_at
     }
@@ -128,68 +132,44 @@ defmodule VarBridge.Watch do
   end
 
   @impl true
-  def handle_info({:http, {req, :stream_start, headers, handler}}, %{req: req} = state) do
-    state = note_incarnation(state, header(headers, ~c"varbridge-watch-incarnation"))
-    :ok = :httpc.stream_next(handler)
-    state = %{state | handler: handler, parser: SSE.new(), got_event: false}
-    {:noreply, state |> started(:ok) |> arm_idle()}
+  def handle_info({tag, sock, bytes}, %{sock: sock} = state) when tag in [:tcp, :ssl] do
+    {items, http} = HTTPStream.feed(state.http, bytes)
+    response(items, %{state | http: http})
   end
 
-  def handle_info({:http, {req, :stream, part}}, %{req: req} = state) do
-    {events, parser} = SSE.feed(state.parser, part)
-
-    case handle_events(events, %{state | parser: parser}) do
-      {:ok, state} ->
-        :ok = :httpc.stream_next(state.handler)
-        {:noreply, arm_idle(state)}
-
-      {:error, %Error{} = e, state} ->
-        broken(cancel(state), e)
-    end
+  def handle_info({tag, sock}, %{sock: sock} = state) when tag in [:tcp_closed, :ssl_closed] do
+    response(HTTPStream.closed(state.http), state)
   end
 
-  def handle_info({:http, {req, :stream_end, _headers}}, %{req: req} = state) do
-    broken(
-      %{state | req: nil, handler: nil},
-      Error.local(:unavailable, nil, "the server ended the watch stream")
-    )
+  def handle_info({tag, sock, reason}, %{sock: sock} = state)
+      when tag in [:tcp_error, :ssl_error] do
+    broken(close(state), Error.transport(reason))
   end
 
-  # A refusal before the stream began: a Connect error object in the body.
-  def handle_info({:http, {req, {{_, status, _}, _headers, body}}}, %{req: req} = state) do
-    broken(%{state | req: nil, handler: nil}, Error.from_connect(status, body))
-  end
+  # Messages of a connection given up on.
+  def handle_info({tag, _, _}, state) when tag in [:tcp, :ssl, :tcp_error, :ssl_error],
+    do: {:noreply, state}
 
-  def handle_info({:http, {req, {:error, reason}}}, %{req: req} = state) do
-    broken(%{state | req: nil, handler: nil}, Error.transport(reason))
-  end
+  def handle_info({tag, _}, state) when tag in [:tcp_closed, :ssl_closed], do: {:noreply, state}
 
-  # Messages of a request given up on.
-  def handle_info({:http, _}, state), do: {:noreply, state}
-
-  def handle_info({:idle, req}, %{req: req} = state) do
-    broken(cancel(state), Error.local(:unavailable, nil, "no data for #{state.idle_timeout} ms"))
+  def handle_info({:idle, sock}, %{sock: sock} = state) when sock != nil do
+    broken(close(state), Error.local(:unavailable, nil, "no data for #{state.idle_timeout} ms"))
   end
 
   def handle_info({:idle, _}, state), do: {:noreply, state}
 
   def handle_info(:reconnect, state) do
-    {:noreply, open(%{state | stats: %{state.stats | reconnects: state.stats.reconnects + 1}})}
+    open(%{state | stats: %{state.stats | reconnects: state.stats.reconnects + 1}})
   end
 
   def handle_info({:DOWN, owner, :process, _, _}, %{owner: owner} = state),
     do: {:stop, :normal, state}
 
-  def handle_info({:EXIT, profile, reason}, %{profile: profile} = state) do
-    {:stop, {:httpc_profile_down, reason}, %{state | profile: nil, req: nil}}
-  end
-
   def handle_info({:EXIT, _, _}, state), do: {:noreply, state}
 
   @impl true
   def terminate(_reason, state) do
-    state = cancel(state)
-    if state.profile, do: :inets.stop(:stand_alone, state.profile)
+    close(state)
     :ok
   end
 
@@ -197,6 +177,7 @@ defmodule VarBridge.Watch do
 
   defp open(state) do
     s = state.session
+    uri = URI.parse(s.url)
     query = Enum.map(state.identifiers, &{"var", to_string(&1)})
 
     # Initial values are asked for until a revision was complete: after
@@ -209,44 +190,134 @@ defmodule VarBridge.Watch do
         if(state.heartbeat, do: [{"heartbeat", "#{state.heartbeat}ms"}], else: []) ++
         if(initial, do: [{"initial", "true"}], else: [])
 
-    url =
-      "#{s.url}/v1/sessions/#{URI.encode(s.id, &URI.char_unreserved?/1)}/watch?#{URI.encode_query(query)}"
+    path =
+      "#{String.trim_trailing(uri.path || "", "/")}/v1/sessions/" <>
+        "#{URI.encode(s.id, &URI.char_unreserved?/1)}/watch?#{URI.encode_query(query)}"
 
     headers =
-      [{~c"accept", ~c"text/event-stream"}] ++
-        VarBridge.HTTP.auth(s.token) ++
+      [
+        {"host", "#{uri.host}:#{uri.port}"},
+        {"accept", "text/event-stream"},
+        {"cache-control", "no-store"}
+      ] ++
+        if(s.token in [nil, ""], do: [], else: [{"authorization", "Bearer " <> s.token}]) ++
         case resume_id(state) do
           nil -> []
-          id -> [{~c"last-event-id", to_charlist(id)}]
+          id -> [{"last-event-id", id}]
         end
 
-    {:ok, req} =
-      :httpc.request(
-        :get,
-        {to_charlist(url), headers},
-        [connect_timeout: 5_000, autoredirect: false],
-        [sync: false, stream: {:self, :once}, body_format: :binary],
-        state.profile
-      )
+    request = [
+      "GET ",
+      path,
+      " HTTP/1.1\r\n",
+      Enum.map(headers, fn {k, v} -> [k, ": ", v, "\r\n"] end),
+      "\r\n"
+    ]
 
-    arm_idle(%{state | req: req, handler: nil, fresh: resume_id(state) == nil and not initial})
+    {transport, opts} = transport(uri)
+    base = [:binary, active: false, packet: :raw, nodelay: true]
+
+    with {:ok, sock} <-
+           transport.connect(to_charlist(uri.host), uri.port, base ++ opts, @connect_timeout),
+         :ok <- transport.send(sock, request),
+         :ok <- setopts(transport, sock) do
+      state = %{
+        state
+        | sock: sock,
+          transport: transport,
+          http: HTTPStream.new(),
+          status: nil,
+          err_body: "",
+          parser: SSE.new(),
+          fresh: resume_id(state) == nil and not initial
+      }
+
+      {:noreply, arm_idle(state)}
+    else
+      {:error, reason} -> broken(state, Error.transport(reason))
+    end
   end
+
+  defp transport(%URI{scheme: "https", host: host}) do
+    {:ssl,
+     [
+       verify: :verify_peer,
+       cacerts: :public_key.cacerts_get(),
+       server_name_indication: to_charlist(host),
+       customize_hostname_check: [match_fun: :public_key.pkix_verify_hostname_match_fun(:https)]
+     ]}
+  end
+
+  defp transport(_), do: {:gen_tcp, []}
+
+  defp setopts(:gen_tcp, sock), do: :inet.setopts(sock, active: :once)
+  defp setopts(:ssl, sock), do: :ssl.setopts(sock, active: :once)
+
+  # What the bytes of the response completed.
+  defp response([], state) do
+    case setopts(state.transport, state.sock) do
+      :ok -> {:noreply, arm_idle(state)}
+      {:error, reason} -> broken(close(state), Error.transport(reason))
+    end
+  end
+
+  defp response([{:head, status, headers} | rest], state) do
+    state = %{state | status: status}
+
+    state =
+      if status == 200 do
+        state
+        |> note_incarnation(HTTPStream.header(headers, "varbridge-watch-incarnation"))
+        |> started(:ok)
+      else
+        state
+      end
+
+    response(rest, state)
+  end
+
+  defp response([{:data, bytes} | rest], %{status: 200} = state) do
+    {events, parser} = SSE.feed(state.parser, bytes)
+
+    case handle_events(events, %{state | parser: parser}) do
+      {:ok, state} -> response(rest, state)
+      {:error, %Error{} = e, state} -> broken(close(state), e)
+    end
+  end
+
+  defp response([{:data, bytes} | rest], state) do
+    # An error body is small; past 64 KiB it is not one.
+    if byte_size(state.err_body) > 65_536,
+      do:
+        broken(close(state), Error.local(:unknown, nil, "HTTP #{state.status}: a body too large")),
+      else: response(rest, %{state | err_body: state.err_body <> bytes})
+  end
+
+  defp response([:done | _], %{status: 200} = state) do
+    broken(close(state), Error.local(:unavailable, nil, "the server ended the watch stream"))
+  end
+
+  # A refusal before the stream began: a Connect error object in the body.
+  defp response([:done | _], state),
+    do: broken(close(state), Error.from_connect(state.status, state.err_body))
+
+  defp response([{:error, reason} | _], state), do: broken(close(state), Error.transport(reason))
 
   defp resume_id(%{incarnation: inc, last_rev: rev}) when is_binary(inc) and is_integer(rev),
     do: "#{inc}:#{rev}"
 
   defp resume_id(_), do: nil
 
-  defp cancel(%{req: nil} = state), do: state
+  defp close(%{sock: nil} = state), do: state
 
-  defp cancel(state) do
-    :httpc.cancel_request(state.req, state.profile)
-    %{state | req: nil, handler: nil}
+  defp close(state) do
+    state.transport.close(state.sock)
+    %{state | sock: nil, status: nil}
   end
 
   defp arm_idle(state) do
     if state.idle_timer, do: Process.cancel_timer(state.idle_timer)
-    %{state | idle_timer: Process.send_after(self(), {:idle, state.req}, state.idle_timeout)}
+    %{state | idle_timer: Process.send_after(self(), {:idle, state.sock}, state.idle_timeout)}
   end
 
   # The stream broke or was refused: try again later, or end the watch.
@@ -306,13 +377,6 @@ defmodule VarBridge.Watch do
   defp backoff(base, max, failures) do
     d = min(base * Integer.pow(2, min(failures - 2, 30)), max)
     round(d + d * @jitter * (2 * :rand.uniform() - 1))
-  end
-
-  defp header(headers, name) do
-    case List.keyfind(headers, name, 0) do
-      {_, v} -> to_string(v)
-      nil -> nil
-    end
   end
 
   # --- events --------------------------------------------------------------
@@ -431,7 +495,7 @@ defmodule VarBridge.Watch do
         state
 
       rev == state.partial_rev and MapSet.member?(state.partial_ids, id) ->
-        state
+        %{state | stats: %{state.stats | resent_skipped: state.stats.resent_skipped + 1}}
 
       true ->
         state = deliver(u, kind, state)

@@ -17,7 +17,12 @@ defmodule VarBridge.Test.ServerCase do
   end
 
   setup %{conn: conn} = ctx do
-    {:ok, session} = VarBridge.initialize_session(conn, "ex-#{ctx.test |> Atom.to_string() |> :erlang.phash2()}-#{System.unique_integer([:positive])}")
+    {:ok, session} =
+      VarBridge.initialize_session(
+        conn,
+        "ex-#{ctx.test |> Atom.to_string() |> :erlang.phash2()}-#{System.unique_integer([:positive])}"
+      )
+
     on_exit(fn -> VarBridge.cleanup_session(session) end)
     %{session: session}
   end

@@ -7,7 +7,8 @@ defmodule VarBridge.Test.Server do
   # its output, and kills the server when it stops.
   use GenServer
 
-  def child_spec(args), do: %{id: __MODULE__, start: {__MODULE__, :start_link, [args]}, restart: :temporary}
+  def child_spec(args),
+    do: %{id: __MODULE__, start: {__MODULE__, :start_link, [args]}, restart: :temporary}
 
   def start_link(args \\ []), do: GenServer.start_link(__MODULE__, args)
 
@@ -39,7 +40,13 @@ defmodule VarBridge.Test.Server do
         memory ++ Keyword.get(args, :extra, [])
 
     port =
-      Port.open({:spawn_executable, bin}, [:binary, :exit_status, :stderr_to_stdout, {:line, 65_536}, args: argv])
+      Port.open({:spawn_executable, bin}, [
+        :binary,
+        :exit_status,
+        :stderr_to_stdout,
+        {:line, 65_536},
+        args: argv
+      ])
 
     {:os_pid, os_pid} = Port.info(port, :os_pid)
     addrs = await_addrs(port, %{bin: bin}, System.monotonic_time(:millisecond) + 20_000)
@@ -73,7 +80,9 @@ defmodule VarBridge.Test.Server do
 
   @impl true
   def handle_info({port, {:data, _}}, %{port: port} = state), do: {:noreply, state}
-  def handle_info({port, {:exit_status, st}}, %{port: port} = state), do: {:stop, {:server_exited, st}, state}
+
+  def handle_info({port, {:exit_status, st}}, %{port: port} = state),
+    do: {:stop, {:server_exited, st}, state}
 
   @impl true
   def terminate(_reason, state) do
@@ -99,13 +108,35 @@ defmodule VarBridge.Test.CutProxy do
   @doc "Closes every open connection; returns how many there were."
   def cut(pid), do: GenServer.call(pid, :cut)
 
+  @doc """
+  Arms a cut inside a revision: the next time the server sends an update
+  event without an SSE id (one that does not complete its revision), the
+  proxy passes that event on and then cuts every connection.
+  """
+  def cut_mid_revision(pid), do: GenServer.call(pid, :arm)
+
+  @doc "How many armed cuts happened."
+  def mid_revision_cuts(pid), do: GenServer.call(pid, :mid_cuts)
+
   @impl true
   def init({host, port}) do
-    {:ok, lsock} = :gen_tcp.listen(0, [:binary, ip: {127, 0, 0, 1}, active: false, reuseaddr: true])
+    {:ok, lsock} =
+      :gen_tcp.listen(0, [:binary, ip: {127, 0, 0, 1}, active: false, reuseaddr: true])
+
     {:ok, lport} = :inet.port(lsock)
     me = self()
     acceptor = spawn_link(fn -> accept(lsock, me) end)
-    {:ok, %{lsock: lsock, port: lport, upstream: {host, port}, acceptor: acceptor, conns: %{}}}
+
+    {:ok,
+     %{
+       lsock: lsock,
+       port: lport,
+       upstream: {host, port},
+       acceptor: acceptor,
+       conns: %{},
+       armed: false,
+       mid_cuts: 0
+     }}
   end
 
   defp accept(lsock, proxy) do
@@ -123,13 +154,17 @@ defmodule VarBridge.Test.CutProxy do
   @impl true
   def handle_call(:port, _from, state), do: {:reply, state.port, state}
 
-  def handle_call(:cut, _from, state) do
+  def handle_call(:cut, _from, state), do: {:reply, map_size(state.conns), cut_all(state)}
+  def handle_call(:arm, _from, state), do: {:reply, :ok, %{state | armed: true}}
+  def handle_call(:mid_cuts, _from, state), do: {:reply, state.mid_cuts, state}
+
+  defp cut_all(state) do
     for {down, up} <- state.conns do
       :gen_tcp.close(down)
       :gen_tcp.close(up)
     end
 
-    {:reply, map_size(state.conns), %{state | conns: %{}}}
+    %{state | conns: %{}}
   end
 
   @impl true
@@ -148,12 +183,20 @@ defmodule VarBridge.Test.CutProxy do
   end
 
   def handle_info({:tcp, sock, data}, state) do
-    case peer(state, sock) do
-      nil -> :ok
-      other -> :gen_tcp.send(other, data)
-    end
+    downstream? = not Map.has_key?(state.conns, sock)
 
-    {:noreply, state}
+    case {peer(state, sock), state.armed and downstream? and idless_event_end(data)} do
+      {nil, _} ->
+        {:noreply, state}
+
+      {other, false} ->
+        :gen_tcp.send(other, data)
+        {:noreply, state}
+
+      {other, stop} ->
+        :gen_tcp.send(other, binary_part(data, 0, stop))
+        {:noreply, %{cut_all(state) | armed: false, mid_cuts: state.mid_cuts + 1}}
+    end
   end
 
   def handle_info({closed, sock}, state) when closed in [:tcp_closed, :tcp_error] do
@@ -161,6 +204,23 @@ defmodule VarBridge.Test.CutProxy do
   end
 
   def handle_info({:tcp_error, sock, _}, state), do: {:noreply, drop(state, sock)}
+
+  # The end of the first event in data that is an update without an id:
+  # the server writes "id:" before "data:", so such an event starts with
+  # its data line. false when data holds none whole.
+  @update ~s(data: {"revision":)
+  defp idless_event_end(data) do
+    starts =
+      if(String.starts_with?(data, @update), do: [0], else: []) ++
+        for({pos, _} <- :binary.matches(data, "\n\n" <> @update), do: pos + 2)
+
+    Enum.find_value(starts, false, fn start ->
+      case :binary.match(data, "\n\n", scope: {start, byte_size(data) - start}) do
+        {pos, 2} -> pos + 2
+        :nomatch -> nil
+      end
+    end)
+  end
 
   defp peer(state, sock) do
     case Map.fetch(state.conns, sock) do
