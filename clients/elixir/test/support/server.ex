@@ -241,3 +241,24 @@ defmodule VarBridge.Test.CutProxy do
     end
   end
 end
+
+defmodule VarBridge.Test.Python do
+  @moduledoc false
+  # The Python with the varbridge package for the cross-language test:
+  # VARBRIDGE_PYTHON, else the repository's .venv.
+
+  def path do
+    System.get_env("VARBRIDGE_PYTHON") || Path.expand("../../.venv/bin/python", File.cwd!())
+  end
+
+  @doc "nil when it can run the scenario, else why not."
+  def missing do
+    py = path()
+
+    cond do
+      not File.exists?(py) -> "no Python at #{py}"
+      match?({_, 0}, System.cmd(py, ["-c", "import varbridge"], stderr_to_stdout: true)) -> nil
+      true -> "#{py} cannot import varbridge"
+    end
+  end
+end
