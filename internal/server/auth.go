@@ -8,7 +8,6 @@ import (
 	"encoding/base64"
 	"fmt"
 	"strings"
-	"sync"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -52,48 +51,15 @@ func WithAuth() Option { return func(o *options) { o.auth = true } }
 // sessionScoped is what every session-scoped request message implements.
 type sessionScoped interface{ GetSessionId() string }
 
-type tokenHash = [sha256.Size]byte
-
-type authState struct {
-	// create serializes InitializeSession, so a session's token is in place
-	// before anyone else can try to join it, and pruning never races a
-	// creation.
-	create sync.Mutex
-
-	mu     sync.RWMutex
-	tokens map[string]tokenHash // session id -> SHA-256 of its token
-}
+// newTokenKey carries the hash of the token InitializeSession gives a
+// session it creates, from the auth interceptor to the handler, which
+// creates the session with it (the store keeps it, on disk too).
+type newTokenKey struct{}
 
 func newToken() string {
 	b := make([]byte, tokenBytes)
 	_, _ = rand.Read(b) // crypto/rand.Read never fails (it aborts the program instead)
 	return "vbt_" + base64.RawURLEncoding.EncodeToString(b)
-}
-
-func (a *authState) lookup(id string) (tokenHash, bool) {
-	a.mu.RLock()
-	defer a.mu.RUnlock()
-	h, ok := a.tokens[id]
-	return h, ok
-}
-
-func (a *authState) set(id string, h tokenHash) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.tokens == nil {
-		a.tokens = map[string]tokenHash{}
-	}
-	a.tokens[id] = h
-}
-
-// forget drops id's token if it is still h (a session re-created meanwhile
-// keeps its new token).
-func (a *authState) forget(id string, h tokenHash) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if cur, ok := a.tokens[id]; ok && cur == h {
-		delete(a.tokens, id)
-	}
 }
 
 // bearer returns the token in the call's authorization metadata.
@@ -120,32 +86,27 @@ func isBridge(fullMethod string) bool {
 	return strings.HasPrefix(fullMethod, "/"+pb.BridgeService_ServiceDesc.ServiceName+"/")
 }
 
-// authorize checks the call's token against the session's. It returns the
-// verified token's hash (zero when the check was skipped).
-func (s *Server) authorize(ctx context.Context, sessionID string) (tokenHash, error) {
+// authorize checks the call's token against the session's.
+func (s *Server) authorize(ctx context.Context, sessionID string) error {
 	if sessionID == "" {
-		return tokenHash{}, nil // the handler reports the missing session_id
+		return nil // the handler reports the missing session_id
 	}
 	tok, err := bearer(ctx)
 	if err != nil {
 		s.opts.metrics.AuthFailure(codes.Unauthenticated.String())
-		return tokenHash{}, err
+		return err
+	}
+	want, ok := s.st.TokenHash(sessionID)
+	if !ok { // gone or never was: the handler says NOT_FOUND
+		return nil
 	}
 	got := sha256.Sum256([]byte(tok))
-	want, ok := s.auth.lookup(sessionID)
-	_, serr := s.st.GetSession(sessionID)
-	if serr != nil { // gone or never was: the handler says NOT_FOUND
-		if ok {
-			s.auth.forget(sessionID, want)
-		}
-		return tokenHash{}, nil
-	}
-	if !ok || subtle.ConstantTimeCompare(got[:], want[:]) != 1 {
+	if len(want) != len(got) || subtle.ConstantTimeCompare(got[:], want) != 1 {
 		s.opts.metrics.AuthFailure(codes.PermissionDenied.String())
-		return tokenHash{}, statusError(codes.PermissionDenied, pb.ErrorReason_ERROR_REASON_TOKEN_INVALID,
+		return statusError(codes.PermissionDenied, pb.ErrorReason_ERROR_REASON_TOKEN_INVALID,
 			fmt.Sprintf("the authorization token does not grant access to session %q", sessionID), map[string]string{"session_id": sessionID})
 	}
-	return got, nil
+	return nil
 }
 
 func (s *Server) authUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
@@ -159,22 +120,15 @@ func (s *Server) authUnary(ctx context.Context, req any, info *grpc.UnaryServerI
 	if !ok {
 		return handler(ctx, req)
 	}
-	h, err := s.authorize(ctx, sr.GetSessionId())
-	if err != nil {
+	if err := s.authorize(ctx, sr.GetSessionId()); err != nil {
 		return nil, err
 	}
-	resp, err := handler(ctx, req)
-	if _, cleanup := req.(*pb.CleanupSessionRequest); cleanup && err == nil {
-		s.auth.forget(sr.GetSessionId(), h)
-	}
-	return resp, err
+	return handler(ctx, req)
 }
 
 // authInitialize creates a session and hands out its token, or lets a caller
 // holding the token join an existing one.
 func (s *Server) authInitialize(ctx context.Context, req *pb.InitializeSessionRequest, handler grpc.UnaryHandler) (any, error) {
-	s.auth.create.Lock()
-	defer s.auth.create.Unlock()
 	id := req.GetSessionId()
 	if id != "" {
 		if _, err := s.st.GetSession(id); err == nil {
@@ -184,7 +138,9 @@ func (s *Server) authInitialize(ctx context.Context, req *pb.InitializeSessionRe
 			return handler(ctx, req)
 		}
 	}
-	resp, err := handler(ctx, req)
+	tok := newToken()
+	h := sha256.Sum256([]byte(tok))
+	resp, err := handler(context.WithValue(ctx, newTokenKey{}, h[:]), req)
 	if err != nil {
 		return nil, err
 	}
@@ -192,16 +148,13 @@ func (s *Server) authInitialize(ctx context.Context, req *pb.InitializeSessionRe
 	if !ok {
 		return nil, status.Error(codes.Internal, "InitializeSession returned an unexpected message")
 	}
-	if !r.GetCreated() { // created outside this server between the two looks
+	if !r.GetCreated() { // created by someone else between the two looks
 		if err := s.joinExisting(ctx, r.GetSession().GetSessionId()); err != nil {
 			return nil, err
 		}
 		return r, nil
 	}
-	tok := newToken()
-	s.auth.set(r.GetSession().GetSessionId(), sha256.Sum256([]byte(tok)))
 	r.SessionToken = tok
-	s.pruneTokens()
 	return r, nil
 }
 
@@ -213,32 +166,7 @@ func (s *Server) joinExisting(ctx context.Context, id string) error {
 			fmt.Sprintf(`session %q already exists and this server requires auth: to join it, send its session_token as "authorization: Bearer <session_token>" metadata`, id),
 			map[string]string{"session_id": id})
 	}
-	_, err := s.authorize(ctx, id)
-	return err
-}
-
-// pruneTokens drops the tokens of sessions that no longer exist (expired
-// ones) once they outnumber the live sessions. The caller holds auth.create.
-func (s *Server) pruneTokens() {
-	s.auth.mu.RLock()
-	n := len(s.auth.tokens)
-	s.auth.mu.RUnlock()
-	if n < 1024 || n < 2*s.st.SessionCount() {
-		return
-	}
-	s.auth.mu.Lock()
-	ids := make([]string, 0, n)
-	for id := range s.auth.tokens {
-		ids = append(ids, id)
-	}
-	s.auth.mu.Unlock()
-	for _, id := range ids {
-		if _, err := s.st.GetSession(id); err != nil {
-			if h, ok := s.auth.lookup(id); ok {
-				s.auth.forget(id, h)
-			}
-		}
-	}
+	return s.authorize(ctx, id)
 }
 
 // authStream checks the session of a stream's first request message.
@@ -257,7 +185,7 @@ func (a *authStream) RecvMsg(m any) error {
 	}
 	a.checked = true
 	if sr, ok := m.(sessionScoped); ok {
-		if _, err := a.s.authorize(a.Context(), sr.GetSessionId()); err != nil {
+		if err := a.s.authorize(a.Context(), sr.GetSessionId()); err != nil {
 			return err
 		}
 	}

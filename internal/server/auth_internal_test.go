@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"log/slog"
 	"sync"
@@ -12,6 +11,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/varbridge/varbridge/internal/store"
@@ -58,29 +58,37 @@ func TestAuthConcurrentInitializeOneToken(t *testing.T) {
 	}
 }
 
-// Tokens of expired sessions are dropped once they outnumber live sessions.
-func TestAuthPrunesExpiredTokens(t *testing.T) {
+// A session's token lives and dies with it (the store keeps it): the
+// token of an expired session opens nothing, not even a session re-created
+// with the same id, which gets its own.
+func TestAuthTokenGoesWithItsSession(t *testing.T) {
 	var now atomic.Int64
 	now.Store(time.Now().UnixNano())
 	st := store.New(store.Options{TTL: time.Minute, SweepInterval: time.Hour, Now: func() time.Time { return time.Unix(0, now.Load()) }})
 	defer st.Close()
 	s := New(st, WithAuth(), WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
-	for i := 0; i < 1100; i++ {
-		if _, err := initUnary(s, context.Background(), fmt.Sprintf("s%d", i)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	now.Add(int64(2 * time.Minute))
-	if n := len(st.Sweep()); n != 1100 {
-		t.Fatalf("swept %d sessions", n)
-	}
-	if _, err := initUnary(s, context.Background(), "fresh"); err != nil {
+	first, err := initUnary(s, context.Background(), "x")
+	if err != nil {
 		t.Fatal(err)
 	}
-	s.auth.mu.RLock()
-	n := len(s.auth.tokens)
-	s.auth.mu.RUnlock()
-	if n != 1 {
-		t.Fatalf("%d tokens kept after 1100 sessions expired; want only the live one", n)
+	now.Add(int64(2 * time.Minute))
+	if n := len(st.Sweep()); n != 1 {
+		t.Fatalf("swept %d sessions", n)
+	}
+	if _, ok := st.TokenHash("x"); ok {
+		t.Fatal("an expired session's token is still kept")
+	}
+	second, err := initUnary(s, context.Background(), "x")
+	if err != nil || !second.Created || second.SessionToken == first.SessionToken {
+		t.Fatalf("re-created session: %v, %v", second, err)
+	}
+	bearerCtx := func(tok string) context.Context {
+		return metadata.NewIncomingContext(context.Background(), metadata.Pairs(AuthHeader, "Bearer "+tok))
+	}
+	if err := s.authorize(bearerCtx(first.SessionToken), "x"); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("the expired session's token on the new one: %v, want PERMISSION_DENIED", err)
+	}
+	if err := s.authorize(bearerCtx(second.SessionToken), "x"); err != nil {
+		t.Errorf("the new session's own token: %v", err)
 	}
 }

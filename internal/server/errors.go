@@ -46,6 +46,9 @@ func toStatus(err error) error {
 		ex  *store.ExistsError
 		oor *store.OutOfRangeError
 		fc  *where.CostError
+
+		full   *store.StorageFullError
+		failed *store.StorageFailedError
 	)
 	msg := err.Error()
 	switch {
@@ -90,6 +93,12 @@ func toStatus(err error) error {
 		return statusError(codes.ResourceExhausted, pb.ErrorReason_ERROR_REASON_FILTER_TOO_COSTLY, msg,
 			map[string]string{"limit": fc.Limit, "max": strconv.FormatInt(fc.Max, 10)},
 			&errdetails.QuotaFailure{Violations: []*errdetails.QuotaFailure_Violation{{Subject: fc.Limit, Description: msg}}})
+	case errors.As(err, &full):
+		return statusError(codes.ResourceExhausted, pb.ErrorReason_ERROR_REASON_STORAGE_FULL, msg,
+			map[string]string{"data_dir": full.Dir, "available_bytes": strconv.FormatUint(full.Available, 10), "reserve_bytes": strconv.FormatUint(full.Reserve, 10)},
+			&errdetails.QuotaFailure{Violations: []*errdetails.QuotaFailure_Violation{{Subject: "disk", Description: msg}}})
+	case errors.As(err, &failed):
+		return statusError(codes.Unavailable, pb.ErrorReason_ERROR_REASON_STORAGE_FAILED, msg, map[string]string{"data_dir": failed.Dir})
 	case errors.Is(err, store.ErrSessionNotFound):
 		var snf *store.SessionNotFoundError
 		id := ""

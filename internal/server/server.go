@@ -42,7 +42,6 @@ type Server struct {
 	pb.UnimplementedBridgeServiceServer
 	st     *store.Store
 	opts   options
-	auth   authState
 	logs   logState       // rate-limited log lines, see logging.go
 	health *health.Server // set by GRPCServer; Drain marks it NOT_SERVING
 }
@@ -137,8 +136,9 @@ func (s *Server) GRPCServer() *grpc.Server {
 }
 
 // InitializeSession implements BridgeService.
-func (s *Server) InitializeSession(_ context.Context, req *pb.InitializeSessionRequest) (*pb.InitializeSessionResponse, error) {
-	info, created, err := s.st.CreateSession(req.GetSessionId(), req.GetTtl().AsDuration(), req.GetMetadata())
+func (s *Server) InitializeSession(ctx context.Context, req *pb.InitializeSessionRequest) (*pb.InitializeSessionResponse, error) {
+	tokenHash, _ := ctx.Value(newTokenKey{}).([]byte) // set by the auth interceptor
+	info, created, err := s.st.CreateSessionWithToken(req.GetSessionId(), req.GetTtl().AsDuration(), req.GetMetadata(), tokenHash)
 	if err != nil {
 		return nil, toStatus(err)
 	}
