@@ -13,8 +13,8 @@ import (
 // provider is what BridgedState and local.State share: the StateProvider
 // API on top of a backend.Backend, the seam below the public API (a
 // server over gRPC, or the in-process store), so that a new way in (HTTP,
-// etcd) is one more backend. It holds the options, value conversion, the
-// closed check, the watch registry and the watch rules, once.
+// etcd) is one more backend. Option handling, value conversion, the
+// closed check, the watch registry and the watch rules live here, once.
 type provider struct {
 	be      backend.Backend
 	session string
