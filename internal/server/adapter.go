@@ -32,9 +32,9 @@ type Credentials struct {
 	Peer net.Addr
 }
 
-// incoming returns ctx as a gRPC handler sees it: the credentials as
+// Incoming returns ctx as a gRPC handler sees it: the credentials as
 // incoming metadata and the peer.
-func (c Credentials) incoming(ctx context.Context) context.Context {
+func (c Credentials) Incoming(ctx context.Context) context.Context {
 	if len(c.Authorization) > 0 {
 		ctx = metadata.NewIncomingContext(ctx, metadata.MD{AuthHeader: c.Authorization})
 	}
@@ -73,7 +73,7 @@ type Handler func(ctx context.Context, req any) (any, error)
 // code and details the adapter carries over to its own protocol.
 func (s *Server) Unary(ctx context.Context, method string, cred Credentials, req any, call Handler) (any, error) {
 	info := &grpc.UnaryServerInfo{Server: s, FullMethod: method}
-	return chainUnary(s.unaryInterceptors(), info, grpc.UnaryHandler(call))(cred.incoming(ctx), req)
+	return chainUnary(s.unaryInterceptors(), info, grpc.UnaryHandler(call))(cred.Incoming(ctx), req)
 }
 
 func chainUnary(in []grpc.UnaryServerInterceptor, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) grpc.UnaryHandler {
@@ -92,7 +92,7 @@ func chainUnary(in []grpc.UnaryServerInterceptor, info *grpc.UnaryServerInfo, h 
 // ctx ends, the session ends or send fails, with a gRPC status error.
 func (s *Server) Watch(ctx context.Context, method string, cred Credentials, req *pb.WatchVariablesRequest,
 	header func(metadata.MD) error, send feed.Send) error {
-	ss := &adapterStream{ctx: cred.incoming(ctx), req: req, header: header}
+	ss := &adapterStream{ctx: cred.Incoming(ctx), req: req, header: header}
 	h := func(_ any, stream grpc.ServerStream) error {
 		if err := stream.RecvMsg(req); err != nil {
 			return err

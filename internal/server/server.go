@@ -4,6 +4,7 @@ package server
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"runtime"
 	"slices"
@@ -55,6 +56,7 @@ type options struct {
 	limits    RequestLimits    // WithRequestLimits, see limits.go
 	// WithOperatorToken, see sessions.go
 	operatorToken string
+	snapshot      func(io.Writer) error // WithSnapshots, see snapshot.go
 }
 
 // Option configures a Server.

@@ -24,7 +24,7 @@ func WithOperatorToken(token string) Option { return func(o *options) { o.operat
 
 // ListSessions implements BridgeService.
 func (s *Server) ListSessions(ctx context.Context, req *pb.ListSessionsRequest) (*pb.ListSessionsResponse, error) {
-	if err := s.authorizeOperator(ctx); err != nil {
+	if err := s.authorizeOperator(ctx, "listing sessions"); err != nil {
 		return nil, err
 	}
 	infos, err := s.st.ListSessions(req.GetPattern())
@@ -40,8 +40,9 @@ func (s *Server) ListSessions(ctx context.Context, req *pb.ListSessionsRequest) 
 
 // authorizeOperator checks the call's bearer token against the operator
 // token, in constant time (both are hashed first so that their lengths do
-// not show either).
-func (s *Server) authorizeOperator(ctx context.Context) error {
+// not show either). what names the call for the refusal ("listing
+// sessions").
+func (s *Server) authorizeOperator(ctx context.Context, what string) error {
 	op := s.opts.operatorToken
 	if !s.opts.auth && op == "" {
 		return nil
@@ -49,24 +50,24 @@ func (s *Server) authorizeOperator(ctx context.Context) error {
 	if op == "" {
 		s.opts.metrics.AuthFailure(codes.PermissionDenied.String())
 		return operatorError(codes.PermissionDenied, pb.ErrorReason_ERROR_REASON_TOKEN_INVALID,
-			"listing sessions on a server with auth on needs an operator token, and this server was started without one (serve --operator-token)")
+			what+" on a server with auth on needs an operator token, and this server was started without one (serve --operator-token)")
 	}
 	tok, err := bearer(ctx)
 	if err != nil {
 		s.opts.metrics.AuthFailure(codes.Unauthenticated.String())
 		return operatorError(codes.Unauthenticated, pb.ErrorReason_ERROR_REASON_TOKEN_REQUIRED,
-			`listing sessions needs the operator token: send "authorization: Bearer <operator token>" metadata`)
+			what+` needs the operator token: send "authorization: Bearer <operator token>" metadata`)
 	}
 	got, want := sha256.Sum256([]byte(tok)), sha256.Sum256([]byte(op))
 	if subtle.ConstantTimeCompare(got[:], want[:]) != 1 {
 		s.opts.metrics.AuthFailure(codes.PermissionDenied.String())
 		return operatorError(codes.PermissionDenied, pb.ErrorReason_ERROR_REASON_TOKEN_INVALID,
-			"the authorization token is not the operator token, which listing sessions needs")
+			"the authorization token is not the operator token, which "+what+" needs")
 	}
 	return nil
 }
 
-// operatorError is a refusal of ListSessions.
+// operatorError is a refusal of an operator's call.
 func operatorError(c codes.Code, r pb.ErrorReason, msg string) error {
 	return statusError(c, r, msg, map[string]string{"method": "ListSessions"})
 }

@@ -75,12 +75,14 @@ export async function call(method, request, scope) {
 
 // watch opens the SSE stream of every variable of a session (current values
 // first) and calls the handlers: onUpdate(update) for each update in the
-// shape of `varbridge watch -o json`, onHeartbeat(data), onState(state) with
+// shape of `varbridge watch -o json`, onWatching(data) when the server has
+// registered the watch ({revision, incarnation}), onHeartbeat(data) with the
+// revision covered, onState(state) with
 // "open" or "reconnecting", and onFailure(ConnectError) when the server ends
 // the stream with an error event, after which the stream stays closed. The
 // browser reconnects by itself after a broken connection, sending the last
 // event id so that the server resumes where the stream stopped.
-export function watch(session, { onUpdate, onHeartbeat, onState, onFailure }) {
+export function watch(session, { onUpdate, onWatching, onHeartbeat, onState, onFailure }) {
   const query = new URLSearchParams({ initial: "true" });
   const token = tokens.get(sessionScope(session));
   if (token) query.set("token", token);
@@ -97,6 +99,7 @@ export function watch(session, { onUpdate, onHeartbeat, onState, onFailure }) {
     const u = parse(e);
     if (u) onUpdate(u, e.lastEventId);
   });
+  es.addEventListener("watching", (e) => onWatching(parse(e) ?? {}));
   es.addEventListener("heartbeat", (e) => onHeartbeat(parse(e) ?? {}, e.lastEventId));
   es.addEventListener("error", (e) => {
     if (typeof e.data === "string") {

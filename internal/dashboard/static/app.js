@@ -3,13 +3,14 @@
 // them up in its stop function when the route changes.
 
 import { call, ConnectError, sessionScope, tokens, watch } from "./api.js";
-import { errorBlock, h, relative } from "./dom.js";
+import { age, errorBlock, h, relative } from "./dom.js";
 import { Series } from "./plot.js";
-import { display, editable, formatNumber, fromProto, numeric, parseInput, summary, typeName } from "./values.js";
+import { display, editable, formatNumber, numeric, parseInput, summary } from "./values.js";
 
 const main = document.getElementById("main");
 const tokenDialog = document.getElementById("token-dialog");
 let stopView = () => {};
+let viewCount = 0; // which view is on screen: a token saved for an older one changes nothing
 
 // askToken opens the token dialog for a scope and resolves to whether a
 // token was saved. The dialog says why it is asked.
@@ -108,6 +109,10 @@ function sessionsView() {
 
 function sessionView(id) {
   const scope = sessionScope(id);
+  const view = viewCount;
+  const again = () => {
+    if (view === viewCount) route();
+  };
   const vars = new Map(); // name -> {type, value, version, source, ts, constraints, row, series}
   const plots = h("div", { class: "plots", id: "plots" });
   const varBody = h("tbody");
@@ -187,7 +192,7 @@ function sessionView(id) {
       if (stopped) return false;
       if (err instanceof ConnectError && err.needsToken) {
         main.replaceChildren(h("p", {}, h("a", { href: "#/" }, "← Sessions")), h("h1", {}, "Session ", h("code", {}, id)),
-          tokenNeeded(scope, err, () => { if (!stopped) route(); }));
+          tokenNeeded(scope, err, again));
         stop();
         return false;
       }
@@ -197,31 +202,47 @@ function sessionView(id) {
     }
   }
 
-  async function loadVariables() {
+  // Constraints come from ListVariables (the watch does not carry them);
+  // values come from the watch alone, so that a stale listing never
+  // overwrites a newer update or brings back a deleted variable.
+  const constraints = new Map();
+  let loading = false;
+  let loadAgain = false;
+  async function loadConstraints() {
+    if (loading) {
+      loadAgain = true; // once more when this one is done: it may predate the variable
+      return;
+    }
+    loading = true;
     try {
       const resp = await call("ListVariables", { sessionId: id }, scope);
       for (const v of resp.variables ?? []) {
+        constraints.set(v.name, v.constraints ?? {});
         const cur = vars.get(v.name);
         if (cur) cur.constraints = v.constraints ?? {};
-        else upsert({ name: v.name, type: typeName(v.type), new: fromProto(v.value), version: Number(v.version ?? 0),
-          source: v.source ?? "", timestamp: v.updatedAt ?? "", constraints: v.constraints ?? {} }, false);
       }
       fillForm(false);
     } catch (err) {
       if (!stopped) result.replaceChildren(errorBlock(err));
+    } finally {
+      loading = false;
+      if (loadAgain && !stopped) {
+        loadAgain = false;
+        loadConstraints();
+      }
     }
   }
 
   function upsert(u, plot) {
     let v = vars.get(u.name);
     if (!v) {
-      v = { row: h("tr", { "data-name": u.name }), constraints: u.constraints ?? {} };
+      v = { row: h("tr", { "data-name": u.name }), constraints: constraints.get(u.name) ?? {} };
+      if (!constraints.has(u.name)) loadConstraints();
       vars.set(u.name, v);
       const rows = [...vars.keys()].sort();
       varBody.replaceChildren(...rows.map((n) => vars.get(n).row));
       select.replaceChildren(...rows.map((n) => h("option", { value: n }, n)));
     }
-    if (u.constraints) v.constraints = u.constraints;
     Object.assign(v, { type: u.type, value: u.new, version: u.version, source: u.source ?? "",
       ts: u.timestamp ? Date.parse(u.timestamp) : Date.now() });
     renderRow(u.name, v);
@@ -233,6 +254,7 @@ function sessionView(id) {
         v.card = card;
       }
       v.series.push(v.ts / 1000, numeric(v.value));
+      v.card.dataset.points = v.series.length;
     }
     renderTensor(u.name, v);
   }
@@ -255,7 +277,7 @@ function sessionView(id) {
       h("td", { class: "value" }, display(v.type, v.value)),
       h("td", { class: "num" }, v.version),
       h("td", {}, v.source || "—"),
-      h("td", { class: "age", "data-ts": v.ts }, relative(v.ts)));
+      h("td", { class: "age", "data-ts": v.ts }, age(v.ts)));
   }
 
   function renderTensor(name, v) {
@@ -336,6 +358,11 @@ function sessionView(id) {
         if (!input.value) fillForm(false);
         renderWatches();
       },
+      onWatching(w) {
+        streamState.textContent = "live";
+        if (w.revision !== undefined) stats.revision = Math.max(stats.revision, Number(w.revision));
+        renderWatches();
+      },
       onHeartbeat(hb, lastId) {
         stats.heartbeats++;
         if (hb.revision !== undefined) stats.revision = Math.max(stats.revision, Number(hb.revision));
@@ -345,7 +372,7 @@ function sessionView(id) {
       onFailure(err) {
         streamState.textContent = "closed";
         renderWatches();
-        result.replaceChildren(err.needsToken ? tokenNeeded(scope, err, () => { if (!stopped) route(); }) : errorBlock(err));
+        result.replaceChildren(err.needsToken ? tokenNeeded(scope, err, again) : errorBlock(err));
       },
     });
   }
@@ -359,14 +386,14 @@ function sessionView(id) {
 
   // Ages tick once a second.
   const ticker = setInterval(() => {
-    for (const td of varBody.querySelectorAll("td.age")) td.textContent = relative(Number(td.dataset.ts));
+    for (const td of varBody.querySelectorAll("td.age")) td.textContent = age(Number(td.dataset.ts));
   }, 1000);
   timers.push(ticker);
   renderWatches();
   refreshSession().then((ok) => {
     if (ok && !stopped) {
       openStream();
-      loadVariables();
+      loadConstraints();
     }
   });
   return () => {
@@ -379,6 +406,7 @@ function sessionView(id) {
 
 function route() {
   stopView();
+  viewCount++;
   const m = location.hash.match(/^#\/session\/(.+)$/);
   if (m) {
     const id = decodeURIComponent(m[1]);

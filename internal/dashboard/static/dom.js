@@ -17,6 +17,7 @@ export function h(tag, attrs = {}, ...children) {
 // relative says how far a time is from now: "3 s ago", "in 59 min".
 export function relative(ms, now = Date.now()) {
   const d = Math.round((ms - now) / 1000);
+  if (d === 0) return "now";
   const a = Math.abs(d);
   const s = a < 60 ? `${a} s` : a < 3600 ? `${Math.floor(a / 60)} min` : a < 86400 ? `${Math.floor(a / 3600)} h ${Math.floor((a % 3600) / 60)} min` : `${Math.floor(a / 86400)} d`;
   return d < 0 ? `${s} ago` : `in ${s}`;
@@ -44,4 +45,10 @@ export function errorBlock(err) {
   return h("div", { class: "error", role: "alert" },
     h("p", {}, h("span", { class: "code" }, err.code ?? "error"), " ", err.message),
     items.length ? h("ul", { class: "details" }, items) : null);
+}
+
+// age says how long ago a time was; a time ahead of this browser's clock
+// (the server's clock runs a little ahead) is "now".
+export function age(ms, now = Date.now()) {
+  return relative(Math.min(ms, now), now);
 }

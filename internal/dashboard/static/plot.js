@@ -8,12 +8,11 @@ export class Series {
     this.xs = [];
     this.ys = [];
     this.container = container;
-    const width = Math.max(240, Math.min(container.clientWidth || 360, 480));
     this.plot = new globalThis.uPlot(
       {
         title: name,
-        width,
-        height: 140,
+        width: 400,
+        height: 160,
         legend: { show: false },
         scales: { x: { time: true } },
         axes: [{ space: 60 }, { size: 56 }],

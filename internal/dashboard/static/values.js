@@ -1,30 +1,8 @@
-// Values as the page shows them. Two JSON shapes arrive: protobuf JSON from
-// the Connect calls (Variable.value = {"floatValue": 1.5}, int64 as strings,
-// types as VARIABLE_TYPE_* names) and the watch shape of `varbridge watch -o
-// json` (type "float", values decoded: numbers, "NaN"/"Infinity" for
-// non-finite floats, an embedding as a list, a tensor as {shape, dtype,
-// data: base64 of little-endian bytes}). Both are brought to the watch shape.
-
-// typeName maps a protobuf enum name to the watch shape's type name.
-export function typeName(t) {
-  if (typeof t !== "string") return "unspecified";
-  return t.startsWith("VARIABLE_TYPE_") ? t.slice("VARIABLE_TYPE_".length).toLowerCase() : t;
-}
-
-// fromProto turns a protobuf JSON Value into the watch shape.
-export function fromProto(v) {
-  if (!v) return null;
-  if ("intValue" in v) return Number(v.intValue);
-  if ("floatValue" in v) return v.floatValue;
-  if ("stringValue" in v) return v.stringValue;
-  if ("boolValue" in v) return v.boolValue;
-  if ("embeddingValue" in v) return v.embeddingValue.values ?? [];
-  if ("tensorValue" in v) {
-    const t = v.tensorValue;
-    return { shape: (t.shape ?? []).map(Number), dtype: t.dtype ?? "", data: t.data ?? "" };
-  }
-  return null;
-}
+// Values as the page shows them. They arrive in the watch shape of
+// `varbridge watch -o json`: type "float", ..., values decoded (numbers,
+// "NaN"/"Infinity" for non-finite floats, an embedding as a list, a tensor
+// as {shape, dtype, data: base64 of little-endian bytes}). Writes go out as
+// protobuf JSON Values ({"floatValue": 1.5}, int64 as strings).
 
 // numeric is a value as a plot point: a finite number, or null for a gap.
 export function numeric(v) {

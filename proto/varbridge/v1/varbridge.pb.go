@@ -80,6 +80,9 @@ const (
 	// refuses further writes until it is restarted, when it recovers what
 	// is on disk. metadata: data_dir.
 	ErrorReason_ERROR_REASON_STORAGE_FAILED ErrorReason = 14
+	// FAILED_PRECONDITION: SaveSnapshot on a server that keeps nothing on
+	// disk (serve --memory).
+	ErrorReason_ERROR_REASON_NO_DATA_DIR ErrorReason = 15
 )
 
 // Enum value maps for ErrorReason.
@@ -100,6 +103,7 @@ var (
 		12: "ERROR_REASON_TOKEN_INVALID",
 		13: "ERROR_REASON_STORAGE_FULL",
 		14: "ERROR_REASON_STORAGE_FAILED",
+		15: "ERROR_REASON_NO_DATA_DIR",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":           0,
@@ -117,6 +121,7 @@ var (
 		"ERROR_REASON_TOKEN_INVALID":         12,
 		"ERROR_REASON_STORAGE_FULL":          13,
 		"ERROR_REASON_STORAGE_FAILED":        14,
+		"ERROR_REASON_NO_DATA_DIR":           15,
 	}
 )
 
@@ -1392,6 +1397,87 @@ func (x *ListSessionsResponse) GetSessions() []*Session {
 	return nil
 }
 
+type SaveSnapshotRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SaveSnapshotRequest) Reset() {
+	*x = SaveSnapshotRequest{}
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SaveSnapshotRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SaveSnapshotRequest) ProtoMessage() {}
+
+func (x *SaveSnapshotRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SaveSnapshotRequest.ProtoReflect.Descriptor instead.
+func (*SaveSnapshotRequest) Descriptor() ([]byte, []int) {
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{16}
+}
+
+// SnapshotChunk is the next part of the archive; the stream's end is its end.
+type SnapshotChunk struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Data          []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotChunk) Reset() {
+	*x = SnapshotChunk{}
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotChunk) ProtoMessage() {}
+
+func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
+func (*SnapshotChunk) Descriptor() ([]byte, []int) {
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *SnapshotChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
 type RegisterVariableRequest struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
 	SessionId    string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
@@ -1408,7 +1494,7 @@ type RegisterVariableRequest struct {
 
 func (x *RegisterVariableRequest) Reset() {
 	*x = RegisterVariableRequest{}
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[16]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1420,7 +1506,7 @@ func (x *RegisterVariableRequest) String() string {
 func (*RegisterVariableRequest) ProtoMessage() {}
 
 func (x *RegisterVariableRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[16]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1433,7 +1519,7 @@ func (x *RegisterVariableRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterVariableRequest.ProtoReflect.Descriptor instead.
 func (*RegisterVariableRequest) Descriptor() ([]byte, []int) {
-	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{16}
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RegisterVariableRequest) GetSessionId() string {
@@ -1495,7 +1581,7 @@ type RegisterVariableResponse struct {
 
 func (x *RegisterVariableResponse) Reset() {
 	*x = RegisterVariableResponse{}
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[17]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1507,7 +1593,7 @@ func (x *RegisterVariableResponse) String() string {
 func (*RegisterVariableResponse) ProtoMessage() {}
 
 func (x *RegisterVariableResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[17]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1520,7 +1606,7 @@ func (x *RegisterVariableResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterVariableResponse.ProtoReflect.Descriptor instead.
 func (*RegisterVariableResponse) Descriptor() ([]byte, []int) {
-	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{17}
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RegisterVariableResponse) GetVariable() *Variable {
@@ -1547,7 +1633,7 @@ type GetVariableRequest struct {
 
 func (x *GetVariableRequest) Reset() {
 	*x = GetVariableRequest{}
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[18]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1559,7 +1645,7 @@ func (x *GetVariableRequest) String() string {
 func (*GetVariableRequest) ProtoMessage() {}
 
 func (x *GetVariableRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[18]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1572,7 +1658,7 @@ func (x *GetVariableRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVariableRequest.ProtoReflect.Descriptor instead.
 func (*GetVariableRequest) Descriptor() ([]byte, []int) {
-	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{18}
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GetVariableRequest) GetSessionId() string {
@@ -1600,7 +1686,7 @@ type GetVariableResponse struct {
 
 func (x *GetVariableResponse) Reset() {
 	*x = GetVariableResponse{}
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[19]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1612,7 +1698,7 @@ func (x *GetVariableResponse) String() string {
 func (*GetVariableResponse) ProtoMessage() {}
 
 func (x *GetVariableResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[19]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1625,7 +1711,7 @@ func (x *GetVariableResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVariableResponse.ProtoReflect.Descriptor instead.
 func (*GetVariableResponse) Descriptor() ([]byte, []int) {
-	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{19}
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GetVariableResponse) GetVariable() *Variable {
@@ -1652,7 +1738,7 @@ type GetVariablesRequest struct {
 
 func (x *GetVariablesRequest) Reset() {
 	*x = GetVariablesRequest{}
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[20]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1664,7 +1750,7 @@ func (x *GetVariablesRequest) String() string {
 func (*GetVariablesRequest) ProtoMessage() {}
 
 func (x *GetVariablesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[20]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1677,7 +1763,7 @@ func (x *GetVariablesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVariablesRequest.ProtoReflect.Descriptor instead.
 func (*GetVariablesRequest) Descriptor() ([]byte, []int) {
-	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{20}
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GetVariablesRequest) GetSessionId() string {
@@ -1707,7 +1793,7 @@ type GetVariablesResponse struct {
 
 func (x *GetVariablesResponse) Reset() {
 	*x = GetVariablesResponse{}
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[21]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1719,7 +1805,7 @@ func (x *GetVariablesResponse) String() string {
 func (*GetVariablesResponse) ProtoMessage() {}
 
 func (x *GetVariablesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[21]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1732,7 +1818,7 @@ func (x *GetVariablesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVariablesResponse.ProtoReflect.Descriptor instead.
 func (*GetVariablesResponse) Descriptor() ([]byte, []int) {
-	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{21}
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GetVariablesResponse) GetVariables() map[string]*Variable {
@@ -1773,7 +1859,7 @@ type SetVariableRequest struct {
 
 func (x *SetVariableRequest) Reset() {
 	*x = SetVariableRequest{}
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[22]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1785,7 +1871,7 @@ func (x *SetVariableRequest) String() string {
 func (*SetVariableRequest) ProtoMessage() {}
 
 func (x *SetVariableRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[22]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1798,7 +1884,7 @@ func (x *SetVariableRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetVariableRequest.ProtoReflect.Descriptor instead.
 func (*SetVariableRequest) Descriptor() ([]byte, []int) {
-	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{22}
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SetVariableRequest) GetSessionId() string {
@@ -1856,7 +1942,7 @@ type SetVariableResponse struct {
 
 func (x *SetVariableResponse) Reset() {
 	*x = SetVariableResponse{}
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[23]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1868,7 +1954,7 @@ func (x *SetVariableResponse) String() string {
 func (*SetVariableResponse) ProtoMessage() {}
 
 func (x *SetVariableResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[23]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1881,7 +1967,7 @@ func (x *SetVariableResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetVariableResponse.ProtoReflect.Descriptor instead.
 func (*SetVariableResponse) Descriptor() ([]byte, []int) {
-	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{23}
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SetVariableResponse) GetVariable() *Variable {
@@ -1920,7 +2006,7 @@ type SetVariablesRequest struct {
 
 func (x *SetVariablesRequest) Reset() {
 	*x = SetVariablesRequest{}
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[24]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1932,7 +2018,7 @@ func (x *SetVariablesRequest) String() string {
 func (*SetVariablesRequest) ProtoMessage() {}
 
 func (x *SetVariablesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[24]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1945,7 +2031,7 @@ func (x *SetVariablesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetVariablesRequest.ProtoReflect.Descriptor instead.
 func (*SetVariablesRequest) Descriptor() ([]byte, []int) {
-	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{24}
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SetVariablesRequest) GetSessionId() string {
@@ -1997,7 +2083,7 @@ type SetVariablesResponse struct {
 
 func (x *SetVariablesResponse) Reset() {
 	*x = SetVariablesResponse{}
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[25]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2009,7 +2095,7 @@ func (x *SetVariablesResponse) String() string {
 func (*SetVariablesResponse) ProtoMessage() {}
 
 func (x *SetVariablesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[25]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2022,7 +2108,7 @@ func (x *SetVariablesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetVariablesResponse.ProtoReflect.Descriptor instead.
 func (*SetVariablesResponse) Descriptor() ([]byte, []int) {
-	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{25}
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SetVariablesResponse) GetVariables() map[string]*Variable {
@@ -2057,7 +2143,7 @@ type ListVariablesRequest struct {
 
 func (x *ListVariablesRequest) Reset() {
 	*x = ListVariablesRequest{}
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[26]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2069,7 +2155,7 @@ func (x *ListVariablesRequest) String() string {
 func (*ListVariablesRequest) ProtoMessage() {}
 
 func (x *ListVariablesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[26]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2082,7 +2168,7 @@ func (x *ListVariablesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVariablesRequest.ProtoReflect.Descriptor instead.
 func (*ListVariablesRequest) Descriptor() ([]byte, []int) {
-	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{26}
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListVariablesRequest) GetSessionId() string {
@@ -2110,7 +2196,7 @@ type ListVariablesResponse struct {
 
 func (x *ListVariablesResponse) Reset() {
 	*x = ListVariablesResponse{}
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[27]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2122,7 +2208,7 @@ func (x *ListVariablesResponse) String() string {
 func (*ListVariablesResponse) ProtoMessage() {}
 
 func (x *ListVariablesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[27]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2135,7 +2221,7 @@ func (x *ListVariablesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVariablesResponse.ProtoReflect.Descriptor instead.
 func (*ListVariablesResponse) Descriptor() ([]byte, []int) {
-	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{27}
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListVariablesResponse) GetVariables() []*Variable {
@@ -2164,7 +2250,7 @@ type DeleteVariableRequest struct {
 
 func (x *DeleteVariableRequest) Reset() {
 	*x = DeleteVariableRequest{}
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[28]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2176,7 +2262,7 @@ func (x *DeleteVariableRequest) String() string {
 func (*DeleteVariableRequest) ProtoMessage() {}
 
 func (x *DeleteVariableRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[28]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2189,7 +2275,7 @@ func (x *DeleteVariableRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVariableRequest.ProtoReflect.Descriptor instead.
 func (*DeleteVariableRequest) Descriptor() ([]byte, []int) {
-	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{28}
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *DeleteVariableRequest) GetSessionId() string {
@@ -2231,7 +2317,7 @@ type DeleteVariableResponse struct {
 
 func (x *DeleteVariableResponse) Reset() {
 	*x = DeleteVariableResponse{}
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[29]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2243,7 +2329,7 @@ func (x *DeleteVariableResponse) String() string {
 func (*DeleteVariableResponse) ProtoMessage() {}
 
 func (x *DeleteVariableResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[29]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2256,7 +2342,7 @@ func (x *DeleteVariableResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVariableResponse.ProtoReflect.Descriptor instead.
 func (*DeleteVariableResponse) Descriptor() ([]byte, []int) {
-	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{29}
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *DeleteVariableResponse) GetVariable() *Variable {
@@ -2317,7 +2403,7 @@ type WatchVariablesRequest struct {
 
 func (x *WatchVariablesRequest) Reset() {
 	*x = WatchVariablesRequest{}
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[30]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2329,7 +2415,7 @@ func (x *WatchVariablesRequest) String() string {
 func (*WatchVariablesRequest) ProtoMessage() {}
 
 func (x *WatchVariablesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[30]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2342,7 +2428,7 @@ func (x *WatchVariablesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchVariablesRequest.ProtoReflect.Descriptor instead.
 func (*WatchVariablesRequest) Descriptor() ([]byte, []int) {
-	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{30}
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *WatchVariablesRequest) GetSessionId() string {
@@ -2439,7 +2525,7 @@ type VariableUpdate struct {
 
 func (x *VariableUpdate) Reset() {
 	*x = VariableUpdate{}
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[31]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2451,7 +2537,7 @@ func (x *VariableUpdate) String() string {
 func (*VariableUpdate) ProtoMessage() {}
 
 func (x *VariableUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[31]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2464,7 +2550,7 @@ func (x *VariableUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VariableUpdate.ProtoReflect.Descriptor instead.
 func (*VariableUpdate) Descriptor() ([]byte, []int) {
-	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{31}
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *VariableUpdate) GetVariableId() string {
@@ -2554,7 +2640,7 @@ type VariableUpdateBatch struct {
 
 func (x *VariableUpdateBatch) Reset() {
 	*x = VariableUpdateBatch{}
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[32]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2566,7 +2652,7 @@ func (x *VariableUpdateBatch) String() string {
 func (*VariableUpdateBatch) ProtoMessage() {}
 
 func (x *VariableUpdateBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[32]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2579,7 +2665,7 @@ func (x *VariableUpdateBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VariableUpdateBatch.ProtoReflect.Descriptor instead.
 func (*VariableUpdateBatch) Descriptor() ([]byte, []int) {
-	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{32}
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *VariableUpdateBatch) GetUpdates() []*VariableUpdate {
@@ -2699,7 +2785,10 @@ const file_varbridge_v1_varbridge_proto_rawDesc = "" +
 	"\x13ListSessionsRequest\x12\x18\n" +
 	"\apattern\x18\x01 \x01(\tR\apattern\"I\n" +
 	"\x14ListSessionsResponse\x121\n" +
-	"\bsessions\x18\x01 \x03(\v2\x15.varbridge.v1.SessionR\bsessions\"\x99\x03\n" +
+	"\bsessions\x18\x01 \x03(\v2\x15.varbridge.v1.SessionR\bsessions\"\x15\n" +
+	"\x13SaveSnapshotRequest\"#\n" +
+	"\rSnapshotChunk\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"\x99\x03\n" +
 	"\x17RegisterVariableRequest\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x12\n" +
@@ -2821,7 +2910,7 @@ const file_varbridge_v1_varbridge_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"M\n" +
 	"\x13VariableUpdateBatch\x126\n" +
-	"\aupdates\x18\x01 \x03(\v2\x1c.varbridge.v1.VariableUpdateR\aupdates*\x92\x04\n" +
+	"\aupdates\x18\x01 \x03(\v2\x1c.varbridge.v1.VariableUpdateR\aupdates*\xb0\x04\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\"\n" +
 	"\x1eERROR_REASON_SESSION_NOT_FOUND\x10\x01\x12\x1f\n" +
@@ -2838,7 +2927,8 @@ const file_varbridge_v1_varbridge_proto_rawDesc = "" +
 	"\x1bERROR_REASON_TOKEN_REQUIRED\x10\v\x12\x1e\n" +
 	"\x1aERROR_REASON_TOKEN_INVALID\x10\f\x12\x1d\n" +
 	"\x19ERROR_REASON_STORAGE_FULL\x10\r\x12\x1f\n" +
-	"\x1bERROR_REASON_STORAGE_FAILED\x10\x0e*\x81\x02\n" +
+	"\x1bERROR_REASON_STORAGE_FAILED\x10\x0e\x12\x1c\n" +
+	"\x18ERROR_REASON_NO_DATA_DIR\x10\x0f*\x81\x02\n" +
 	"\fVariableType\x12\x1d\n" +
 	"\x19VARIABLE_TYPE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15VARIABLE_TYPE_INTEGER\x10\x01\x12\x17\n" +
@@ -2856,14 +2946,16 @@ const file_varbridge_v1_varbridge_proto_rawDesc = "" +
 	"\x18UPDATE_TYPE_VALUE_CHANGE\x10\x02\x12\x17\n" +
 	"\x13UPDATE_TYPE_DELETED\x10\x03\x12\x19\n" +
 	"\x15UPDATE_TYPE_HEARTBEAT\x10\x04\x12\x16\n" +
-	"\x12UPDATE_TYPE_RESYNC\x10\x052\xf1\t\n" +
+	"\x12UPDATE_TYPE_RESYNC\x10\x052\xc3\n" +
+	"\n" +
 	"\rBridgeService\x12d\n" +
 	"\x11InitializeSession\x12&.varbridge.v1.InitializeSessionRequest\x1a'.varbridge.v1.InitializeSessionResponse\x12O\n" +
 	"\n" +
 	"GetSession\x12\x1f.varbridge.v1.GetSessionRequest\x1a .varbridge.v1.GetSessionResponse\x12L\n" +
 	"\tHeartbeat\x12\x1e.varbridge.v1.HeartbeatRequest\x1a\x1f.varbridge.v1.HeartbeatResponse\x12[\n" +
 	"\x0eCleanupSession\x12#.varbridge.v1.CleanupSessionRequest\x1a$.varbridge.v1.CleanupSessionResponse\x12U\n" +
-	"\fListSessions\x12!.varbridge.v1.ListSessionsRequest\x1a\".varbridge.v1.ListSessionsResponse\x12a\n" +
+	"\fListSessions\x12!.varbridge.v1.ListSessionsRequest\x1a\".varbridge.v1.ListSessionsResponse\x12P\n" +
+	"\fSaveSnapshot\x12!.varbridge.v1.SaveSnapshotRequest\x1a\x1b.varbridge.v1.SnapshotChunk0\x01\x12a\n" +
 	"\x10RegisterVariable\x12%.varbridge.v1.RegisterVariableRequest\x1a&.varbridge.v1.RegisterVariableResponse\x12R\n" +
 	"\vGetVariable\x12 .varbridge.v1.GetVariableRequest\x1a!.varbridge.v1.GetVariableResponse\x12U\n" +
 	"\fGetVariables\x12!.varbridge.v1.GetVariablesRequest\x1a\".varbridge.v1.GetVariablesResponse\x12R\n" +
@@ -2887,7 +2979,7 @@ func file_varbridge_v1_varbridge_proto_rawDescGZIP() []byte {
 }
 
 var file_varbridge_v1_varbridge_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_varbridge_v1_varbridge_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
+var file_varbridge_v1_varbridge_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
 var file_varbridge_v1_varbridge_proto_goTypes = []any{
 	(ErrorReason)(0),                  // 0: varbridge.v1.ErrorReason
 	(VariableType)(0),                 // 1: varbridge.v1.VariableType
@@ -2908,37 +3000,39 @@ var file_varbridge_v1_varbridge_proto_goTypes = []any{
 	(*CleanupSessionResponse)(nil),    // 16: varbridge.v1.CleanupSessionResponse
 	(*ListSessionsRequest)(nil),       // 17: varbridge.v1.ListSessionsRequest
 	(*ListSessionsResponse)(nil),      // 18: varbridge.v1.ListSessionsResponse
-	(*RegisterVariableRequest)(nil),   // 19: varbridge.v1.RegisterVariableRequest
-	(*RegisterVariableResponse)(nil),  // 20: varbridge.v1.RegisterVariableResponse
-	(*GetVariableRequest)(nil),        // 21: varbridge.v1.GetVariableRequest
-	(*GetVariableResponse)(nil),       // 22: varbridge.v1.GetVariableResponse
-	(*GetVariablesRequest)(nil),       // 23: varbridge.v1.GetVariablesRequest
-	(*GetVariablesResponse)(nil),      // 24: varbridge.v1.GetVariablesResponse
-	(*SetVariableRequest)(nil),        // 25: varbridge.v1.SetVariableRequest
-	(*SetVariableResponse)(nil),       // 26: varbridge.v1.SetVariableResponse
-	(*SetVariablesRequest)(nil),       // 27: varbridge.v1.SetVariablesRequest
-	(*SetVariablesResponse)(nil),      // 28: varbridge.v1.SetVariablesResponse
-	(*ListVariablesRequest)(nil),      // 29: varbridge.v1.ListVariablesRequest
-	(*ListVariablesResponse)(nil),     // 30: varbridge.v1.ListVariablesResponse
-	(*DeleteVariableRequest)(nil),     // 31: varbridge.v1.DeleteVariableRequest
-	(*DeleteVariableResponse)(nil),    // 32: varbridge.v1.DeleteVariableResponse
-	(*WatchVariablesRequest)(nil),     // 33: varbridge.v1.WatchVariablesRequest
-	(*VariableUpdate)(nil),            // 34: varbridge.v1.VariableUpdate
-	(*VariableUpdateBatch)(nil),       // 35: varbridge.v1.VariableUpdateBatch
-	nil,                               // 36: varbridge.v1.Variable.MetadataEntry
-	nil,                               // 37: varbridge.v1.Session.MetadataEntry
-	nil,                               // 38: varbridge.v1.InitializeSessionRequest.MetadataEntry
-	nil,                               // 39: varbridge.v1.RegisterVariableRequest.MetadataEntry
-	nil,                               // 40: varbridge.v1.GetVariablesResponse.VariablesEntry
-	nil,                               // 41: varbridge.v1.SetVariableRequest.MetadataEntry
-	nil,                               // 42: varbridge.v1.SetVariablesRequest.UpdatesEntry
-	nil,                               // 43: varbridge.v1.SetVariablesRequest.MetadataEntry
-	nil,                               // 44: varbridge.v1.SetVariablesRequest.ExpectedVersionsEntry
-	nil,                               // 45: varbridge.v1.SetVariablesResponse.VariablesEntry
-	nil,                               // 46: varbridge.v1.DeleteVariableRequest.MetadataEntry
-	nil,                               // 47: varbridge.v1.VariableUpdate.UpdateMetadataEntry
-	(*timestamppb.Timestamp)(nil),     // 48: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),       // 49: google.protobuf.Duration
+	(*SaveSnapshotRequest)(nil),       // 19: varbridge.v1.SaveSnapshotRequest
+	(*SnapshotChunk)(nil),             // 20: varbridge.v1.SnapshotChunk
+	(*RegisterVariableRequest)(nil),   // 21: varbridge.v1.RegisterVariableRequest
+	(*RegisterVariableResponse)(nil),  // 22: varbridge.v1.RegisterVariableResponse
+	(*GetVariableRequest)(nil),        // 23: varbridge.v1.GetVariableRequest
+	(*GetVariableResponse)(nil),       // 24: varbridge.v1.GetVariableResponse
+	(*GetVariablesRequest)(nil),       // 25: varbridge.v1.GetVariablesRequest
+	(*GetVariablesResponse)(nil),      // 26: varbridge.v1.GetVariablesResponse
+	(*SetVariableRequest)(nil),        // 27: varbridge.v1.SetVariableRequest
+	(*SetVariableResponse)(nil),       // 28: varbridge.v1.SetVariableResponse
+	(*SetVariablesRequest)(nil),       // 29: varbridge.v1.SetVariablesRequest
+	(*SetVariablesResponse)(nil),      // 30: varbridge.v1.SetVariablesResponse
+	(*ListVariablesRequest)(nil),      // 31: varbridge.v1.ListVariablesRequest
+	(*ListVariablesResponse)(nil),     // 32: varbridge.v1.ListVariablesResponse
+	(*DeleteVariableRequest)(nil),     // 33: varbridge.v1.DeleteVariableRequest
+	(*DeleteVariableResponse)(nil),    // 34: varbridge.v1.DeleteVariableResponse
+	(*WatchVariablesRequest)(nil),     // 35: varbridge.v1.WatchVariablesRequest
+	(*VariableUpdate)(nil),            // 36: varbridge.v1.VariableUpdate
+	(*VariableUpdateBatch)(nil),       // 37: varbridge.v1.VariableUpdateBatch
+	nil,                               // 38: varbridge.v1.Variable.MetadataEntry
+	nil,                               // 39: varbridge.v1.Session.MetadataEntry
+	nil,                               // 40: varbridge.v1.InitializeSessionRequest.MetadataEntry
+	nil,                               // 41: varbridge.v1.RegisterVariableRequest.MetadataEntry
+	nil,                               // 42: varbridge.v1.GetVariablesResponse.VariablesEntry
+	nil,                               // 43: varbridge.v1.SetVariableRequest.MetadataEntry
+	nil,                               // 44: varbridge.v1.SetVariablesRequest.UpdatesEntry
+	nil,                               // 45: varbridge.v1.SetVariablesRequest.MetadataEntry
+	nil,                               // 46: varbridge.v1.SetVariablesRequest.ExpectedVersionsEntry
+	nil,                               // 47: varbridge.v1.SetVariablesResponse.VariablesEntry
+	nil,                               // 48: varbridge.v1.DeleteVariableRequest.MetadataEntry
+	nil,                               // 49: varbridge.v1.VariableUpdate.UpdateMetadataEntry
+	(*timestamppb.Timestamp)(nil),     // 50: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 51: google.protobuf.Duration
 }
 var file_varbridge_v1_varbridge_proto_depIdxs = []int32{
 	3,  // 0: varbridge.v1.Value.embedding_value:type_name -> varbridge.v1.Embedding
@@ -2946,15 +3040,15 @@ var file_varbridge_v1_varbridge_proto_depIdxs = []int32{
 	1,  // 2: varbridge.v1.Variable.type:type_name -> varbridge.v1.VariableType
 	5,  // 3: varbridge.v1.Variable.value:type_name -> varbridge.v1.Value
 	6,  // 4: varbridge.v1.Variable.constraints:type_name -> varbridge.v1.Constraints
-	36, // 5: varbridge.v1.Variable.metadata:type_name -> varbridge.v1.Variable.MetadataEntry
-	48, // 6: varbridge.v1.Variable.updated_at:type_name -> google.protobuf.Timestamp
-	48, // 7: varbridge.v1.Variable.created_at:type_name -> google.protobuf.Timestamp
-	48, // 8: varbridge.v1.Session.created_at:type_name -> google.protobuf.Timestamp
-	48, // 9: varbridge.v1.Session.expires_at:type_name -> google.protobuf.Timestamp
-	49, // 10: varbridge.v1.Session.ttl:type_name -> google.protobuf.Duration
-	37, // 11: varbridge.v1.Session.metadata:type_name -> varbridge.v1.Session.MetadataEntry
-	49, // 12: varbridge.v1.InitializeSessionRequest.ttl:type_name -> google.protobuf.Duration
-	38, // 13: varbridge.v1.InitializeSessionRequest.metadata:type_name -> varbridge.v1.InitializeSessionRequest.MetadataEntry
+	38, // 5: varbridge.v1.Variable.metadata:type_name -> varbridge.v1.Variable.MetadataEntry
+	50, // 6: varbridge.v1.Variable.updated_at:type_name -> google.protobuf.Timestamp
+	50, // 7: varbridge.v1.Variable.created_at:type_name -> google.protobuf.Timestamp
+	50, // 8: varbridge.v1.Session.created_at:type_name -> google.protobuf.Timestamp
+	50, // 9: varbridge.v1.Session.expires_at:type_name -> google.protobuf.Timestamp
+	51, // 10: varbridge.v1.Session.ttl:type_name -> google.protobuf.Duration
+	39, // 11: varbridge.v1.Session.metadata:type_name -> varbridge.v1.Session.MetadataEntry
+	51, // 12: varbridge.v1.InitializeSessionRequest.ttl:type_name -> google.protobuf.Duration
+	40, // 13: varbridge.v1.InitializeSessionRequest.metadata:type_name -> varbridge.v1.InitializeSessionRequest.MetadataEntry
 	8,  // 14: varbridge.v1.InitializeSessionResponse.session:type_name -> varbridge.v1.Session
 	8,  // 15: varbridge.v1.GetSessionResponse.session:type_name -> varbridge.v1.Session
 	8,  // 16: varbridge.v1.HeartbeatResponse.session:type_name -> varbridge.v1.Session
@@ -2962,26 +3056,26 @@ var file_varbridge_v1_varbridge_proto_depIdxs = []int32{
 	1,  // 18: varbridge.v1.RegisterVariableRequest.type:type_name -> varbridge.v1.VariableType
 	5,  // 19: varbridge.v1.RegisterVariableRequest.initial_value:type_name -> varbridge.v1.Value
 	6,  // 20: varbridge.v1.RegisterVariableRequest.constraints:type_name -> varbridge.v1.Constraints
-	39, // 21: varbridge.v1.RegisterVariableRequest.metadata:type_name -> varbridge.v1.RegisterVariableRequest.MetadataEntry
+	41, // 21: varbridge.v1.RegisterVariableRequest.metadata:type_name -> varbridge.v1.RegisterVariableRequest.MetadataEntry
 	7,  // 22: varbridge.v1.RegisterVariableResponse.variable:type_name -> varbridge.v1.Variable
 	7,  // 23: varbridge.v1.GetVariableResponse.variable:type_name -> varbridge.v1.Variable
-	40, // 24: varbridge.v1.GetVariablesResponse.variables:type_name -> varbridge.v1.GetVariablesResponse.VariablesEntry
+	42, // 24: varbridge.v1.GetVariablesResponse.variables:type_name -> varbridge.v1.GetVariablesResponse.VariablesEntry
 	5,  // 25: varbridge.v1.SetVariableRequest.value:type_name -> varbridge.v1.Value
-	41, // 26: varbridge.v1.SetVariableRequest.metadata:type_name -> varbridge.v1.SetVariableRequest.MetadataEntry
+	43, // 26: varbridge.v1.SetVariableRequest.metadata:type_name -> varbridge.v1.SetVariableRequest.MetadataEntry
 	7,  // 27: varbridge.v1.SetVariableResponse.variable:type_name -> varbridge.v1.Variable
-	42, // 28: varbridge.v1.SetVariablesRequest.updates:type_name -> varbridge.v1.SetVariablesRequest.UpdatesEntry
-	43, // 29: varbridge.v1.SetVariablesRequest.metadata:type_name -> varbridge.v1.SetVariablesRequest.MetadataEntry
-	44, // 30: varbridge.v1.SetVariablesRequest.expected_versions:type_name -> varbridge.v1.SetVariablesRequest.ExpectedVersionsEntry
-	45, // 31: varbridge.v1.SetVariablesResponse.variables:type_name -> varbridge.v1.SetVariablesResponse.VariablesEntry
+	44, // 28: varbridge.v1.SetVariablesRequest.updates:type_name -> varbridge.v1.SetVariablesRequest.UpdatesEntry
+	45, // 29: varbridge.v1.SetVariablesRequest.metadata:type_name -> varbridge.v1.SetVariablesRequest.MetadataEntry
+	46, // 30: varbridge.v1.SetVariablesRequest.expected_versions:type_name -> varbridge.v1.SetVariablesRequest.ExpectedVersionsEntry
+	47, // 31: varbridge.v1.SetVariablesResponse.variables:type_name -> varbridge.v1.SetVariablesResponse.VariablesEntry
 	7,  // 32: varbridge.v1.ListVariablesResponse.variables:type_name -> varbridge.v1.Variable
-	46, // 33: varbridge.v1.DeleteVariableRequest.metadata:type_name -> varbridge.v1.DeleteVariableRequest.MetadataEntry
+	48, // 33: varbridge.v1.DeleteVariableRequest.metadata:type_name -> varbridge.v1.DeleteVariableRequest.MetadataEntry
 	7,  // 34: varbridge.v1.DeleteVariableResponse.variable:type_name -> varbridge.v1.Variable
 	7,  // 35: varbridge.v1.VariableUpdate.variable:type_name -> varbridge.v1.Variable
 	5,  // 36: varbridge.v1.VariableUpdate.old_value:type_name -> varbridge.v1.Value
 	2,  // 37: varbridge.v1.VariableUpdate.update_type:type_name -> varbridge.v1.UpdateType
-	47, // 38: varbridge.v1.VariableUpdate.update_metadata:type_name -> varbridge.v1.VariableUpdate.UpdateMetadataEntry
-	48, // 39: varbridge.v1.VariableUpdate.timestamp:type_name -> google.protobuf.Timestamp
-	34, // 40: varbridge.v1.VariableUpdateBatch.updates:type_name -> varbridge.v1.VariableUpdate
+	49, // 38: varbridge.v1.VariableUpdate.update_metadata:type_name -> varbridge.v1.VariableUpdate.UpdateMetadataEntry
+	50, // 39: varbridge.v1.VariableUpdate.timestamp:type_name -> google.protobuf.Timestamp
+	36, // 40: varbridge.v1.VariableUpdateBatch.updates:type_name -> varbridge.v1.VariableUpdate
 	7,  // 41: varbridge.v1.GetVariablesResponse.VariablesEntry.value:type_name -> varbridge.v1.Variable
 	5,  // 42: varbridge.v1.SetVariablesRequest.UpdatesEntry.value:type_name -> varbridge.v1.Value
 	7,  // 43: varbridge.v1.SetVariablesResponse.VariablesEntry.value:type_name -> varbridge.v1.Variable
@@ -2990,31 +3084,33 @@ var file_varbridge_v1_varbridge_proto_depIdxs = []int32{
 	13, // 46: varbridge.v1.BridgeService.Heartbeat:input_type -> varbridge.v1.HeartbeatRequest
 	15, // 47: varbridge.v1.BridgeService.CleanupSession:input_type -> varbridge.v1.CleanupSessionRequest
 	17, // 48: varbridge.v1.BridgeService.ListSessions:input_type -> varbridge.v1.ListSessionsRequest
-	19, // 49: varbridge.v1.BridgeService.RegisterVariable:input_type -> varbridge.v1.RegisterVariableRequest
-	21, // 50: varbridge.v1.BridgeService.GetVariable:input_type -> varbridge.v1.GetVariableRequest
-	23, // 51: varbridge.v1.BridgeService.GetVariables:input_type -> varbridge.v1.GetVariablesRequest
-	25, // 52: varbridge.v1.BridgeService.SetVariable:input_type -> varbridge.v1.SetVariableRequest
-	27, // 53: varbridge.v1.BridgeService.SetVariables:input_type -> varbridge.v1.SetVariablesRequest
-	29, // 54: varbridge.v1.BridgeService.ListVariables:input_type -> varbridge.v1.ListVariablesRequest
-	31, // 55: varbridge.v1.BridgeService.DeleteVariable:input_type -> varbridge.v1.DeleteVariableRequest
-	33, // 56: varbridge.v1.BridgeService.WatchVariables:input_type -> varbridge.v1.WatchVariablesRequest
-	33, // 57: varbridge.v1.BridgeService.WatchVariableBatches:input_type -> varbridge.v1.WatchVariablesRequest
-	10, // 58: varbridge.v1.BridgeService.InitializeSession:output_type -> varbridge.v1.InitializeSessionResponse
-	12, // 59: varbridge.v1.BridgeService.GetSession:output_type -> varbridge.v1.GetSessionResponse
-	14, // 60: varbridge.v1.BridgeService.Heartbeat:output_type -> varbridge.v1.HeartbeatResponse
-	16, // 61: varbridge.v1.BridgeService.CleanupSession:output_type -> varbridge.v1.CleanupSessionResponse
-	18, // 62: varbridge.v1.BridgeService.ListSessions:output_type -> varbridge.v1.ListSessionsResponse
-	20, // 63: varbridge.v1.BridgeService.RegisterVariable:output_type -> varbridge.v1.RegisterVariableResponse
-	22, // 64: varbridge.v1.BridgeService.GetVariable:output_type -> varbridge.v1.GetVariableResponse
-	24, // 65: varbridge.v1.BridgeService.GetVariables:output_type -> varbridge.v1.GetVariablesResponse
-	26, // 66: varbridge.v1.BridgeService.SetVariable:output_type -> varbridge.v1.SetVariableResponse
-	28, // 67: varbridge.v1.BridgeService.SetVariables:output_type -> varbridge.v1.SetVariablesResponse
-	30, // 68: varbridge.v1.BridgeService.ListVariables:output_type -> varbridge.v1.ListVariablesResponse
-	32, // 69: varbridge.v1.BridgeService.DeleteVariable:output_type -> varbridge.v1.DeleteVariableResponse
-	34, // 70: varbridge.v1.BridgeService.WatchVariables:output_type -> varbridge.v1.VariableUpdate
-	35, // 71: varbridge.v1.BridgeService.WatchVariableBatches:output_type -> varbridge.v1.VariableUpdateBatch
-	58, // [58:72] is the sub-list for method output_type
-	44, // [44:58] is the sub-list for method input_type
+	19, // 49: varbridge.v1.BridgeService.SaveSnapshot:input_type -> varbridge.v1.SaveSnapshotRequest
+	21, // 50: varbridge.v1.BridgeService.RegisterVariable:input_type -> varbridge.v1.RegisterVariableRequest
+	23, // 51: varbridge.v1.BridgeService.GetVariable:input_type -> varbridge.v1.GetVariableRequest
+	25, // 52: varbridge.v1.BridgeService.GetVariables:input_type -> varbridge.v1.GetVariablesRequest
+	27, // 53: varbridge.v1.BridgeService.SetVariable:input_type -> varbridge.v1.SetVariableRequest
+	29, // 54: varbridge.v1.BridgeService.SetVariables:input_type -> varbridge.v1.SetVariablesRequest
+	31, // 55: varbridge.v1.BridgeService.ListVariables:input_type -> varbridge.v1.ListVariablesRequest
+	33, // 56: varbridge.v1.BridgeService.DeleteVariable:input_type -> varbridge.v1.DeleteVariableRequest
+	35, // 57: varbridge.v1.BridgeService.WatchVariables:input_type -> varbridge.v1.WatchVariablesRequest
+	35, // 58: varbridge.v1.BridgeService.WatchVariableBatches:input_type -> varbridge.v1.WatchVariablesRequest
+	10, // 59: varbridge.v1.BridgeService.InitializeSession:output_type -> varbridge.v1.InitializeSessionResponse
+	12, // 60: varbridge.v1.BridgeService.GetSession:output_type -> varbridge.v1.GetSessionResponse
+	14, // 61: varbridge.v1.BridgeService.Heartbeat:output_type -> varbridge.v1.HeartbeatResponse
+	16, // 62: varbridge.v1.BridgeService.CleanupSession:output_type -> varbridge.v1.CleanupSessionResponse
+	18, // 63: varbridge.v1.BridgeService.ListSessions:output_type -> varbridge.v1.ListSessionsResponse
+	20, // 64: varbridge.v1.BridgeService.SaveSnapshot:output_type -> varbridge.v1.SnapshotChunk
+	22, // 65: varbridge.v1.BridgeService.RegisterVariable:output_type -> varbridge.v1.RegisterVariableResponse
+	24, // 66: varbridge.v1.BridgeService.GetVariable:output_type -> varbridge.v1.GetVariableResponse
+	26, // 67: varbridge.v1.BridgeService.GetVariables:output_type -> varbridge.v1.GetVariablesResponse
+	28, // 68: varbridge.v1.BridgeService.SetVariable:output_type -> varbridge.v1.SetVariableResponse
+	30, // 69: varbridge.v1.BridgeService.SetVariables:output_type -> varbridge.v1.SetVariablesResponse
+	32, // 70: varbridge.v1.BridgeService.ListVariables:output_type -> varbridge.v1.ListVariablesResponse
+	34, // 71: varbridge.v1.BridgeService.DeleteVariable:output_type -> varbridge.v1.DeleteVariableResponse
+	36, // 72: varbridge.v1.BridgeService.WatchVariables:output_type -> varbridge.v1.VariableUpdate
+	37, // 73: varbridge.v1.BridgeService.WatchVariableBatches:output_type -> varbridge.v1.VariableUpdateBatch
+	59, // [59:74] is the sub-list for method output_type
+	44, // [44:59] is the sub-list for method input_type
 	44, // [44:44] is the sub-list for extension type_name
 	44, // [44:44] is the sub-list for extension extendee
 	0,  // [0:44] is the sub-list for field type_name
@@ -3034,14 +3130,14 @@ func file_varbridge_v1_varbridge_proto_init() {
 		(*Value_TensorValue)(nil),
 	}
 	file_varbridge_v1_varbridge_proto_msgTypes[3].OneofWrappers = []any{}
-	file_varbridge_v1_varbridge_proto_msgTypes[22].OneofWrappers = []any{}
+	file_varbridge_v1_varbridge_proto_msgTypes[24].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_varbridge_v1_varbridge_proto_rawDesc), len(file_varbridge_v1_varbridge_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   45,
+			NumMessages:   47,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -30,6 +30,7 @@ const (
 	BridgeService_Heartbeat_FullMethodName            = "/varbridge.v1.BridgeService/Heartbeat"
 	BridgeService_CleanupSession_FullMethodName       = "/varbridge.v1.BridgeService/CleanupSession"
 	BridgeService_ListSessions_FullMethodName         = "/varbridge.v1.BridgeService/ListSessions"
+	BridgeService_SaveSnapshot_FullMethodName         = "/varbridge.v1.BridgeService/SaveSnapshot"
 	BridgeService_RegisterVariable_FullMethodName     = "/varbridge.v1.BridgeService/RegisterVariable"
 	BridgeService_GetVariable_FullMethodName          = "/varbridge.v1.BridgeService/GetVariable"
 	BridgeService_GetVariables_FullMethodName         = "/varbridge.v1.BridgeService/GetVariables"
@@ -65,6 +66,12 @@ type BridgeServiceClient interface {
 	// ListSessions lists the server's sessions, sorted by id. With auth on it
 	// needs the operator token the server was started with.
 	ListSessions(ctx context.Context, in *ListSessionsRequest, opts ...grpc.CallOption) (*ListSessionsResponse, error)
+	// SaveSnapshot streams a consistent copy of the server's data, taken
+	// while writes go on: a tar archive that "varbridge serve --restore FILE"
+	// turns back into a data directory. It needs the operator token as
+	// ListSessions does. FAILED_PRECONDITION on a server that keeps nothing
+	// on disk (serve --memory).
+	SaveSnapshot(ctx context.Context, in *SaveSnapshotRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SnapshotChunk], error)
 	// RegisterVariable creates a typed variable; its name must be new in the session.
 	RegisterVariable(ctx context.Context, in *RegisterVariableRequest, opts ...grpc.CallOption) (*RegisterVariableResponse, error)
 	// GetVariable reads one variable by id or name.
@@ -148,6 +155,25 @@ func (c *bridgeServiceClient) ListSessions(ctx context.Context, in *ListSessions
 	return out, nil
 }
 
+func (c *bridgeServiceClient) SaveSnapshot(ctx context.Context, in *SaveSnapshotRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SnapshotChunk], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &BridgeService_ServiceDesc.Streams[0], BridgeService_SaveSnapshot_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[SaveSnapshotRequest, SnapshotChunk]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type BridgeService_SaveSnapshotClient = grpc.ServerStreamingClient[SnapshotChunk]
+
 func (c *bridgeServiceClient) RegisterVariable(ctx context.Context, in *RegisterVariableRequest, opts ...grpc.CallOption) (*RegisterVariableResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(RegisterVariableResponse)
@@ -220,7 +246,7 @@ func (c *bridgeServiceClient) DeleteVariable(ctx context.Context, in *DeleteVari
 
 func (c *bridgeServiceClient) WatchVariables(ctx context.Context, in *WatchVariablesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[VariableUpdate], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &BridgeService_ServiceDesc.Streams[0], BridgeService_WatchVariables_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &BridgeService_ServiceDesc.Streams[1], BridgeService_WatchVariables_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -239,7 +265,7 @@ type BridgeService_WatchVariablesClient = grpc.ServerStreamingClient[VariableUpd
 
 func (c *bridgeServiceClient) WatchVariableBatches(ctx context.Context, in *WatchVariablesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[VariableUpdateBatch], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &BridgeService_ServiceDesc.Streams[1], BridgeService_WatchVariableBatches_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &BridgeService_ServiceDesc.Streams[2], BridgeService_WatchVariableBatches_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -280,6 +306,12 @@ type BridgeServiceServer interface {
 	// ListSessions lists the server's sessions, sorted by id. With auth on it
 	// needs the operator token the server was started with.
 	ListSessions(context.Context, *ListSessionsRequest) (*ListSessionsResponse, error)
+	// SaveSnapshot streams a consistent copy of the server's data, taken
+	// while writes go on: a tar archive that "varbridge serve --restore FILE"
+	// turns back into a data directory. It needs the operator token as
+	// ListSessions does. FAILED_PRECONDITION on a server that keeps nothing
+	// on disk (serve --memory).
+	SaveSnapshot(*SaveSnapshotRequest, grpc.ServerStreamingServer[SnapshotChunk]) error
 	// RegisterVariable creates a typed variable; its name must be new in the session.
 	RegisterVariable(context.Context, *RegisterVariableRequest) (*RegisterVariableResponse, error)
 	// GetVariable reads one variable by id or name.
@@ -327,6 +359,9 @@ func (UnimplementedBridgeServiceServer) CleanupSession(context.Context, *Cleanup
 }
 func (UnimplementedBridgeServiceServer) ListSessions(context.Context, *ListSessionsRequest) (*ListSessionsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListSessions not implemented")
+}
+func (UnimplementedBridgeServiceServer) SaveSnapshot(*SaveSnapshotRequest, grpc.ServerStreamingServer[SnapshotChunk]) error {
+	return status.Error(codes.Unimplemented, "method SaveSnapshot not implemented")
 }
 func (UnimplementedBridgeServiceServer) RegisterVariable(context.Context, *RegisterVariableRequest) (*RegisterVariableResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RegisterVariable not implemented")
@@ -465,6 +500,17 @@ func _BridgeService_ListSessions_Handler(srv interface{}, ctx context.Context, d
 	}
 	return interceptor(ctx, in, info, handler)
 }
+
+func _BridgeService_SaveSnapshot_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(SaveSnapshotRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(BridgeServiceServer).SaveSnapshot(m, &grpc.GenericServerStream[SaveSnapshotRequest, SnapshotChunk]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type BridgeService_SaveSnapshotServer = grpc.ServerStreamingServer[SnapshotChunk]
 
 func _BridgeService_RegisterVariable_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(RegisterVariableRequest)
@@ -671,6 +717,11 @@ var BridgeService_ServiceDesc = grpc.ServiceDesc{
 		},
 	},
 	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "SaveSnapshot",
+			Handler:       _BridgeService_SaveSnapshot_Handler,
+			ServerStreams: true,
+		},
 		{
 			StreamName:    "WatchVariables",
 			Handler:       _BridgeService_WatchVariables_Handler,

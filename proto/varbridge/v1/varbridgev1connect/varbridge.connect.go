@@ -53,6 +53,9 @@ const (
 	// BridgeServiceListSessionsProcedure is the fully-qualified name of the BridgeService's
 	// ListSessions RPC.
 	BridgeServiceListSessionsProcedure = "/varbridge.v1.BridgeService/ListSessions"
+	// BridgeServiceSaveSnapshotProcedure is the fully-qualified name of the BridgeService's
+	// SaveSnapshot RPC.
+	BridgeServiceSaveSnapshotProcedure = "/varbridge.v1.BridgeService/SaveSnapshot"
 	// BridgeServiceRegisterVariableProcedure is the fully-qualified name of the BridgeService's
 	// RegisterVariable RPC.
 	BridgeServiceRegisterVariableProcedure = "/varbridge.v1.BridgeService/RegisterVariable"
@@ -98,6 +101,12 @@ type BridgeServiceClient interface {
 	// ListSessions lists the server's sessions, sorted by id. With auth on it
 	// needs the operator token the server was started with.
 	ListSessions(context.Context, *connect.Request[v1.ListSessionsRequest]) (*connect.Response[v1.ListSessionsResponse], error)
+	// SaveSnapshot streams a consistent copy of the server's data, taken
+	// while writes go on: a tar archive that "varbridge serve --restore FILE"
+	// turns back into a data directory. It needs the operator token as
+	// ListSessions does. FAILED_PRECONDITION on a server that keeps nothing
+	// on disk (serve --memory).
+	SaveSnapshot(context.Context, *connect.Request[v1.SaveSnapshotRequest]) (*connect.ServerStreamForClient[v1.SnapshotChunk], error)
 	// RegisterVariable creates a typed variable; its name must be new in the session.
 	RegisterVariable(context.Context, *connect.Request[v1.RegisterVariableRequest]) (*connect.Response[v1.RegisterVariableResponse], error)
 	// GetVariable reads one variable by id or name.
@@ -164,6 +173,12 @@ func NewBridgeServiceClient(httpClient connect.HTTPClient, baseURL string, opts 
 			connect.WithSchema(bridgeServiceMethods.ByName("ListSessions")),
 			connect.WithClientOptions(opts...),
 		),
+		saveSnapshot: connect.NewClient[v1.SaveSnapshotRequest, v1.SnapshotChunk](
+			httpClient,
+			baseURL+BridgeServiceSaveSnapshotProcedure,
+			connect.WithSchema(bridgeServiceMethods.ByName("SaveSnapshot")),
+			connect.WithClientOptions(opts...),
+		),
 		registerVariable: connect.NewClient[v1.RegisterVariableRequest, v1.RegisterVariableResponse](
 			httpClient,
 			baseURL+BridgeServiceRegisterVariableProcedure,
@@ -228,6 +243,7 @@ type bridgeServiceClient struct {
 	heartbeat            *connect.Client[v1.HeartbeatRequest, v1.HeartbeatResponse]
 	cleanupSession       *connect.Client[v1.CleanupSessionRequest, v1.CleanupSessionResponse]
 	listSessions         *connect.Client[v1.ListSessionsRequest, v1.ListSessionsResponse]
+	saveSnapshot         *connect.Client[v1.SaveSnapshotRequest, v1.SnapshotChunk]
 	registerVariable     *connect.Client[v1.RegisterVariableRequest, v1.RegisterVariableResponse]
 	getVariable          *connect.Client[v1.GetVariableRequest, v1.GetVariableResponse]
 	getVariables         *connect.Client[v1.GetVariablesRequest, v1.GetVariablesResponse]
@@ -262,6 +278,11 @@ func (c *bridgeServiceClient) CleanupSession(ctx context.Context, req *connect.R
 // ListSessions calls varbridge.v1.BridgeService.ListSessions.
 func (c *bridgeServiceClient) ListSessions(ctx context.Context, req *connect.Request[v1.ListSessionsRequest]) (*connect.Response[v1.ListSessionsResponse], error) {
 	return c.listSessions.CallUnary(ctx, req)
+}
+
+// SaveSnapshot calls varbridge.v1.BridgeService.SaveSnapshot.
+func (c *bridgeServiceClient) SaveSnapshot(ctx context.Context, req *connect.Request[v1.SaveSnapshotRequest]) (*connect.ServerStreamForClient[v1.SnapshotChunk], error) {
+	return c.saveSnapshot.CallServerStream(ctx, req)
 }
 
 // RegisterVariable calls varbridge.v1.BridgeService.RegisterVariable.
@@ -325,6 +346,12 @@ type BridgeServiceHandler interface {
 	// ListSessions lists the server's sessions, sorted by id. With auth on it
 	// needs the operator token the server was started with.
 	ListSessions(context.Context, *connect.Request[v1.ListSessionsRequest]) (*connect.Response[v1.ListSessionsResponse], error)
+	// SaveSnapshot streams a consistent copy of the server's data, taken
+	// while writes go on: a tar archive that "varbridge serve --restore FILE"
+	// turns back into a data directory. It needs the operator token as
+	// ListSessions does. FAILED_PRECONDITION on a server that keeps nothing
+	// on disk (serve --memory).
+	SaveSnapshot(context.Context, *connect.Request[v1.SaveSnapshotRequest], *connect.ServerStream[v1.SnapshotChunk]) error
 	// RegisterVariable creates a typed variable; its name must be new in the session.
 	RegisterVariable(context.Context, *connect.Request[v1.RegisterVariableRequest]) (*connect.Response[v1.RegisterVariableResponse], error)
 	// GetVariable reads one variable by id or name.
@@ -385,6 +412,12 @@ func NewBridgeServiceHandler(svc BridgeServiceHandler, opts ...connect.HandlerOp
 		BridgeServiceListSessionsProcedure,
 		svc.ListSessions,
 		connect.WithSchema(bridgeServiceMethods.ByName("ListSessions")),
+		connect.WithHandlerOptions(opts...),
+	)
+	bridgeServiceSaveSnapshotHandler := connect.NewServerStreamHandler(
+		BridgeServiceSaveSnapshotProcedure,
+		svc.SaveSnapshot,
+		connect.WithSchema(bridgeServiceMethods.ByName("SaveSnapshot")),
 		connect.WithHandlerOptions(opts...),
 	)
 	bridgeServiceRegisterVariableHandler := connect.NewUnaryHandler(
@@ -453,6 +486,8 @@ func NewBridgeServiceHandler(svc BridgeServiceHandler, opts ...connect.HandlerOp
 			bridgeServiceCleanupSessionHandler.ServeHTTP(w, r)
 		case BridgeServiceListSessionsProcedure:
 			bridgeServiceListSessionsHandler.ServeHTTP(w, r)
+		case BridgeServiceSaveSnapshotProcedure:
+			bridgeServiceSaveSnapshotHandler.ServeHTTP(w, r)
 		case BridgeServiceRegisterVariableProcedure:
 			bridgeServiceRegisterVariableHandler.ServeHTTP(w, r)
 		case BridgeServiceGetVariableProcedure:
@@ -498,6 +533,10 @@ func (UnimplementedBridgeServiceHandler) CleanupSession(context.Context, *connec
 
 func (UnimplementedBridgeServiceHandler) ListSessions(context.Context, *connect.Request[v1.ListSessionsRequest]) (*connect.Response[v1.ListSessionsResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("varbridge.v1.BridgeService.ListSessions is not implemented"))
+}
+
+func (UnimplementedBridgeServiceHandler) SaveSnapshot(context.Context, *connect.Request[v1.SaveSnapshotRequest], *connect.ServerStream[v1.SnapshotChunk]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("varbridge.v1.BridgeService.SaveSnapshot is not implemented"))
 }
 
 func (UnimplementedBridgeServiceHandler) RegisterVariable(context.Context, *connect.Request[v1.RegisterVariableRequest]) (*connect.Response[v1.RegisterVariableResponse], error) {

@@ -28,6 +28,7 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_REASON_TOKEN_INVALID: _ClassVar[ErrorReason]
     ERROR_REASON_STORAGE_FULL: _ClassVar[ErrorReason]
     ERROR_REASON_STORAGE_FAILED: _ClassVar[ErrorReason]
+    ERROR_REASON_NO_DATA_DIR: _ClassVar[ErrorReason]
 
 class VariableType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -64,6 +65,7 @@ ERROR_REASON_TOKEN_REQUIRED: ErrorReason
 ERROR_REASON_TOKEN_INVALID: ErrorReason
 ERROR_REASON_STORAGE_FULL: ErrorReason
 ERROR_REASON_STORAGE_FAILED: ErrorReason
+ERROR_REASON_NO_DATA_DIR: ErrorReason
 VARIABLE_TYPE_UNSPECIFIED: VariableType
 VARIABLE_TYPE_INTEGER: VariableType
 VARIABLE_TYPE_FLOAT: VariableType
@@ -272,6 +274,16 @@ class ListSessionsResponse(_message.Message):
     SESSIONS_FIELD_NUMBER: _ClassVar[int]
     sessions: _containers.RepeatedCompositeFieldContainer[Session]
     def __init__(self, sessions: _Optional[_Iterable[_Union[Session, _Mapping]]] = ...) -> None: ...
+
+class SaveSnapshotRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SnapshotChunk(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
 
 class RegisterVariableRequest(_message.Message):
     __slots__ = ("session_id", "name", "type", "initial_value", "constraints", "metadata", "source")

@@ -64,6 +64,11 @@ class BridgeServiceStub:
                 request_serializer=varbridge_dot_v1_dot_varbridge__pb2.ListSessionsRequest.SerializeToString,
                 response_deserializer=varbridge_dot_v1_dot_varbridge__pb2.ListSessionsResponse.FromString,
                 _registered_method=True)
+        self.SaveSnapshot = channel.unary_stream(
+                '/varbridge.v1.BridgeService/SaveSnapshot',
+                request_serializer=varbridge_dot_v1_dot_varbridge__pb2.SaveSnapshotRequest.SerializeToString,
+                response_deserializer=varbridge_dot_v1_dot_varbridge__pb2.SnapshotChunk.FromString,
+                _registered_method=True)
         self.RegisterVariable = channel.unary_unary(
                 '/varbridge.v1.BridgeService/RegisterVariable',
                 request_serializer=varbridge_dot_v1_dot_varbridge__pb2.RegisterVariableRequest.SerializeToString,
@@ -153,6 +158,17 @@ class BridgeServiceServicer:
     def ListSessions(self, request, context):
         """ListSessions lists the server's sessions, sorted by id. With auth on it
         needs the operator token the server was started with.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SaveSnapshot(self, request, context):
+        """SaveSnapshot streams a consistent copy of the server's data, taken
+        while writes go on: a tar archive that "varbridge serve --restore FILE"
+        turns back into a data directory. It needs the operator token as
+        ListSessions does. FAILED_PRECONDITION on a server that keeps nothing
+        on disk (serve --memory).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -253,6 +269,11 @@ def add_BridgeServiceServicer_to_server(servicer, server):
                     servicer.ListSessions,
                     request_deserializer=varbridge_dot_v1_dot_varbridge__pb2.ListSessionsRequest.FromString,
                     response_serializer=varbridge_dot_v1_dot_varbridge__pb2.ListSessionsResponse.SerializeToString,
+            ),
+            'SaveSnapshot': grpc.unary_stream_rpc_method_handler(
+                    servicer.SaveSnapshot,
+                    request_deserializer=varbridge_dot_v1_dot_varbridge__pb2.SaveSnapshotRequest.FromString,
+                    response_serializer=varbridge_dot_v1_dot_varbridge__pb2.SnapshotChunk.SerializeToString,
             ),
             'RegisterVariable': grpc.unary_unary_rpc_method_handler(
                     servicer.RegisterVariable,
@@ -440,6 +461,33 @@ class BridgeService:
             '/varbridge.v1.BridgeService/ListSessions',
             varbridge_dot_v1_dot_varbridge__pb2.ListSessionsRequest.SerializeToString,
             varbridge_dot_v1_dot_varbridge__pb2.ListSessionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SaveSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/varbridge.v1.BridgeService/SaveSnapshot',
+            varbridge_dot_v1_dot_varbridge__pb2.SaveSnapshotRequest.SerializeToString,
+            varbridge_dot_v1_dot_varbridge__pb2.SnapshotChunk.FromString,
             options,
             channel_credentials,
             insecure,
