@@ -284,6 +284,14 @@ func biRows() []biCase {
 		_, err := c.ListSessions(ctx, &pb.ListSessionsRequest{Pattern: "[a-"})
 		return err
 	}, IA, []string{"pattern", "not a valid glob"}})
+	rows = append(rows, biCase{"SaveSnapshot", "server without a data directory", func(ctx X, c C) error {
+		s, err := c.SaveSnapshot(ctx, &pb.SaveSnapshotRequest{})
+		if err != nil {
+			return err
+		}
+		_, err = s.Recv()
+		return err
+	}, FP, []string{"keeps nothing on disk", "--memory"}})
 
 	// Both watch RPCs take the same request and fail the same way.
 	for _, batches := range []bool{false, true} {
