@@ -300,10 +300,12 @@ defmodule VarBridge do
     * `on_error: fn error -> ... end` - called when the watch ends for good.
     * `owner: pid` - the watch stops when this process exits (default: the
       caller; `nil` for none).
+    * `heartbeat: ms` - the server's heartbeat interval (default the
+      server's, 5 s).
     * `backoff: {base_ms, max_ms}` (default `{1000, 30000}`), `max_failures`
       (default 10 consecutive failed reconnects), `idle_timeout` (ms without
       a byte, heartbeats included, before the connection counts as dead;
-      default 20000).
+      default 4 heartbeats).
 
   A raising callback is logged and counted; the watch goes on. When the
   connection breaks, the watch reconnects with exponential backoff and

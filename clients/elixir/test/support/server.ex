@@ -33,11 +33,24 @@ defmodule VarBridge.Test.Server do
       raise "#{bin} serve has no --http-listen: this client needs a server with the HTTP face"
     end
 
-    memory = if help =~ "--memory", do: ["--memory"], else: []
+    # Nothing of a test server outlives it: in memory where it can, else in
+    # a data directory of its own.
+    {store, data_dir} =
+      cond do
+        help =~ "--memory" ->
+          {["--memory"], nil}
+
+        help =~ "--data-dir" ->
+          dir = Path.join(System.tmp_dir!(), "varbridge-ex-#{System.unique_integer([:positive])}")
+          {["--data-dir", dir], dir}
+
+        true ->
+          {[], nil}
+      end
 
     argv =
       ["serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"] ++
-        memory ++ Keyword.get(args, :extra, [])
+        store ++ Keyword.get(args, :extra, [])
 
     port =
       Port.open({:spawn_executable, bin}, [
@@ -50,7 +63,7 @@ defmodule VarBridge.Test.Server do
 
     {:os_pid, os_pid} = Port.info(port, :os_pid)
     addrs = await_addrs(port, %{bin: bin}, System.monotonic_time(:millisecond) + 20_000)
-    {:ok, %{port: port, os_pid: os_pid, addrs: addrs}}
+    {:ok, %{port: port, os_pid: os_pid, addrs: addrs, data_dir: data_dir}}
   end
 
   defp await_addrs(_port, %{http: _, grpc: _} = a, _deadline), do: a
@@ -87,6 +100,7 @@ defmodule VarBridge.Test.Server do
   @impl true
   def terminate(_reason, state) do
     System.cmd("kill", ["-KILL", Integer.to_string(state.os_pid)], stderr_to_stdout: true)
+    if state.data_dir, do: File.rm_rf(state.data_dir)
     :ok
   end
 end
