@@ -15,7 +15,7 @@ defmodule VarBridge.ReadmeTest do
 
     {out, status} =
       System.cmd("mix", ["run", "--no-compile", "--no-deps-check", "-e", code],
-        env: [{"VARBRIDGE_URL", url}],
+        env: [{"VARBRIDGE_URL", url}, {"MIX_ENV", to_string(Mix.env())}],
         stderr_to_stdout: true
       )
 
