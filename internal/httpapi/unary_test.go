@@ -3,6 +3,7 @@ package httpapi_test
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"net/http"
 	"slices"
 	"strings"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/varbridge/varbridge/internal/httpapi"
 	"github.com/varbridge/varbridge/internal/server"
+	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
 
 func TestUnaryJSON(t *testing.T) {
@@ -191,5 +193,28 @@ func TestCORS(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK || resp.Header.Get("Access-Control-Allow-Origin") != page {
 		t.Errorf("CORS call: %s, Access-Control-Allow-Origin %q", resp.Status, resp.Header.Get("Access-Control-Allow-Origin"))
+	}
+}
+
+// TestEveryMethodServed: every BridgeService method is served over HTTP,
+// none left to connect-go's UNIMPLEMENTED.
+func TestEveryMethodServed(t *testing.T) {
+	ts := start(t, httpapi.Options{})
+	for _, m := range pb.BridgeService_ServiceDesc.Methods {
+		code, body := ts.call(t, m.MethodName, "", map[string]any{})
+		if body["code"] == "unimplemented" {
+			t.Errorf("%s: HTTP %d %v: add it to internal/httpapi's bridgeService", m.MethodName, code, body)
+		}
+	}
+	for _, s := range pb.BridgeService_ServiceDesc.Streams {
+		resp, err := ts.client.Post(ts.url+"/varbridge.v1.BridgeService/"+s.StreamName, "application/connect+json", strings.NewReader("\x00\x00\x00\x00\x02{}"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if strings.Contains(string(raw), `"unimplemented"`) {
+			t.Errorf("%s: %s: add it to internal/httpapi's bridgeService", s.StreamName, raw)
+		}
 	}
 }

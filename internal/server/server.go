@@ -278,7 +278,8 @@ const maxBatchBytes = 1 << 20
 // WatchVariableBatches implements BridgeService: WatchVariables, with every
 // update that is ready sent as one message.
 func (s *Server) WatchVariableBatches(req *pb.WatchVariablesRequest, stream grpc.ServerStreamingServer[pb.VariableUpdateBatch]) error {
-	return s.watch(req, stream, func(us []*pb.VariableUpdate) error { return SendBatches(us, stream.Send) })
+	send := stream.Send // one method value per watch, not one per batch
+	return s.watch(req, stream, func(us []*pb.VariableUpdate) error { return SendBatches(us, send) })
 }
 
 // SendBatches sends us as VariableUpdateBatch messages of about
