@@ -9,6 +9,7 @@
 #   make fuzz         each fuzz target for FUZZTIME (default 2m; 5s inside make test)
 #   make chaos        fault suite, leaks and slow consumers at full size (short runs are in make test)
 #   make soak         minutes of thousands of watches and writes, memory printed over time (SOAK=3m)
+#   make elixir-test  the Elixir client's format check and ExUnit tests (inside make test)
 #   make fmt / lint   format / check Go, proto and Python sources
 #   make dashboard-assets  refresh the dashboard's vendored uPlot from npm
 
@@ -26,7 +27,7 @@ GO_TEST_TIMEOUT ?= 15m
 # buf is pinned in its own module (tools/buf); paths given to it are relative to tools/buf.
 BUF := cd tools/buf && go tool buf
 
-.PHONY: venv proto proto-check build test demo fmt lint buf-lint fuzz chaos soak dashboard-assets
+.PHONY: venv proto proto-check build test demo fmt lint buf-lint fuzz chaos soak dashboard-assets elixir-test
 
 # --- Python environment ------------------------------------------------------
 # The stamp is rebuilt when this Makefile or python/pyproject.toml changes.
@@ -85,7 +86,28 @@ test: venv proto-check build
 	  echo "==> mypy --strict (python/pyproject.toml)"; \
 	  (cd python && ../$(VENV)/bin/mypy -p varbridge); \
 	fi
+	@$(MAKE) --no-print-directory elixir-test
 	@echo "==> test: all passed"
+
+# --- Elixir client (clients/elixir) --------------------------------------------
+# Debian's elixir and erlang-jiffy come from apt-get when mix or jiffy is
+# missing. The Mix project has no Hex dependencies, so mix never reaches for
+# hex.pm; MIX_HOME and HEX_HOME stay inside the project's _build.
+ELIXIR_DIR := clients/elixir
+ELIXIR_ENV := MIX_HOME="$(CURDIR)/$(ELIXIR_DIR)/_build/mix" HEX_HOME="$(CURDIR)/$(ELIXIR_DIR)/_build/hex" HEX_OFFLINE=1 \
+  VARBRIDGE_BIN="$(CURDIR)/$(BIN)" VARBRIDGE_PYTHON="$(CURDIR)/$(PY)"
+elixir-test: venv build
+	@if ! command -v mix >/dev/null 2>&1 || ! erl -noshell -eval 'halt(case code:which(jiffy) of non_existing -> 1; _ -> 0 end).' >/dev/null 2>&1; then \
+	  if ! command -v apt-get >/dev/null 2>&1; then \
+	    echo "elixir-test: needs Elixir (mix) and jiffy; on Debian: apt-get install elixir erlang-jiffy" >&2; exit 1; \
+	  fi; \
+	  echo "==> elixir: installing elixir and erlang-jiffy with apt-get"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq elixir erlang-jiffy; } \
+	    >/tmp/varbridge-apt-elixir.log 2>&1 || { cat /tmp/varbridge-apt-elixir.log >&2; exit 1; }; \
+	fi
+	@echo "==> elixir: mix format --check-formatted, mix test ($(ELIXIR_DIR))"
+	cd $(ELIXIR_DIR) && $(ELIXIR_ENV) mix format --check-formatted
+	cd $(ELIXIR_DIR) && $(ELIXIR_ENV) mix test --warnings-as-errors
 
 bench: venv build ; @bench/run.sh -out bench/results.json
 bench-smoke: venv build ; @bench/run.sh -smoke
