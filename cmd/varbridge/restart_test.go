@@ -1,6 +1,7 @@
 package main
 
-// Issue 10 item 1 through the CLI: `varbridge watch` on session r, the
+// Issue 10 item 1 through the CLI (and, at the end, issue 11's durable
+// restart): `varbridge watch` on session r, the
 // server SIGKILLed and restarted (in-memory store) on the same port, r
 // created again and n written 0..5. The watch resumes with its old revision,
 // which means nothing to the new session: it must print the RESYNC values
@@ -44,11 +45,12 @@ type serverProcess struct {
 	addr string
 }
 
-// startServerProcess runs `varbridge serve --listen listen` (in-memory) and
-// waits for it to listen.
-func startServerProcess(t *testing.T, listen string) *serverProcess {
+// startServerProcess runs `varbridge serve --listen listen` with more flags
+// (--memory or --data-dir) and waits for it to listen.
+func startServerProcess(t *testing.T, listen string, flags ...string) *serverProcess {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "serve", "--listen", listen, "--log-level", "warn", "--drain-timeout", "1s")
+	args := append([]string{"serve", "--listen", listen, "--log-level", "warn", "--drain-timeout", "1s"}, flags...)
+	cmd := exec.Command(os.Args[0], args...)
 	cmd.Env = append(os.Environ(), runMainEnv+"=1")
 	cmd.Stderr = os.Stderr
 	stdout, err := cmd.StdoutPipe()
@@ -121,7 +123,7 @@ func TestWatchCommandAfterServerRestart(t *testing.T) {
 		t.Skip("restarts a server process and waits through the CLI's reconnect schedule")
 	}
 	clearEnv(t)
-	srv := startServerProcess(t, "127.0.0.1:0")
+	srv := startServerProcess(t, "127.0.0.1:0", "--memory")
 	addr := srv.addr
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
@@ -159,7 +161,7 @@ func TestWatchCommandAfterServerRestart(t *testing.T) {
 	}
 
 	srv.kill()
-	srv = startServerProcess(t, addr) // same port, empty store
+	srv = startServerProcess(t, addr, "--memory") // same port, empty store
 	c, closeC = writer(t, addr)
 	defer closeC()
 	createAndWrite(ctx, t, c, 0, 5)
@@ -201,5 +203,80 @@ func TestWatchCommandAfterServerRestart(t *testing.T) {
 		case <-deadline:
 			t.Fatalf("silence: no line and no error within 60 s of the restart (lines so far: %s)", fmt.Sprint(lines))
 		}
+	}
+}
+
+// The durable default: the server SIGKILLed and restarted on the same data
+// directory keeps session r in its incarnation, so the watch resumes from
+// its revision and prints the writes after the restart, each once, with no
+// RESYNC.
+func TestWatchCommandResumesAfterDurableRestart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("restarts a server process and waits through the CLI's reconnect schedule")
+	}
+	clearEnv(t)
+	data := "--data-dir=" + t.TempDir()
+	srv := startServerProcess(t, "127.0.0.1:0", data)
+	addr := srv.addr
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	c, closeC := writer(t, addr)
+	createAndWrite(ctx, t, c, 100, 120)
+	closeC()
+
+	out := newLineWriter()
+	root := newRootCmd()
+	root.SetArgs([]string{"--addr", addr, "--session", "r", "watch", "n", "-o", "json"})
+	root.SetOut(out)
+	root.SetErr(out)
+	wctx, wcancel := context.WithCancel(context.Background())
+	defer wcancel()
+	done := make(chan error, 1)
+	go func() { done <- root.ExecuteContext(wctx) }()
+	c, closeC = writer(t, addr)
+	for {
+		s, err := c.GetSession(ctx, &varbridgev1.GetSessionRequest{SessionId: "r"})
+		mustDo(t, err)
+		if s.GetSession().GetWatchCount() > 0 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	_, err := c.SetVariable(ctx, &varbridgev1.SetVariableRequest{SessionId: "r", VariableIdentifier: "n", Value: intValue(121)})
+	mustDo(t, err)
+	closeC()
+	var l watchLine
+	mustDo(t, json.Unmarshal([]byte(out.next(t)), &l))
+	if l.Update != "change" || l.New != 121.0 {
+		t.Fatalf("first line %+v", l)
+	}
+
+	srv.kill()
+	srv = startServerProcess(t, addr, data)
+	c, closeC = writer(t, addr)
+	defer closeC()
+	for i := int64(122); i <= 126; i++ {
+		_, err := c.SetVariable(ctx, &varbridgev1.SetVariableRequest{SessionId: "r", VariableIdentifier: "n", Value: intValue(i)})
+		mustDo(t, err)
+	}
+	for want := 122.0; want <= 126; want++ {
+		select {
+		case text := <-out.lines:
+			var l watchLine
+			if err := json.Unmarshal([]byte(text), &l); err != nil {
+				t.Fatalf("watch printed %q", text)
+			}
+			if l.Update != "change" || l.New != want {
+				t.Fatalf("after the durable restart the watch printed %+v, want the change to %v", l, want)
+			}
+		case err := <-done:
+			t.Fatalf("the watch ended after the durable restart: %v", err)
+		case <-time.After(60 * time.Second):
+			t.Fatalf("silence: no change to %v within 60 s of the restart", want)
+		}
+	}
+	wcancel()
+	if err := <-done; err != nil {
+		t.Fatalf("watch ended with %v", err)
 	}
 }

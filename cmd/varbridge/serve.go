@@ -64,11 +64,25 @@ func newServeCmd() *cobra.Command {
 		metricsListen   string
 		limits          server.RequestLimits
 		httpf           httpFlags // serve_http.go
+		dataf           dataFlags // serve_data.go
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
-		Short: "Run the varbridge server (in-memory store)",
-		Long: `Run the varbridge gRPC server with an in-memory store.
+		Short: "Run the varbridge server (data kept in --data-dir)",
+		Long: `Run the varbridge gRPC server.
+
+Data: sessions (with their incarnation, metadata, TTL, expiry deadline and
+token hash), variables (every field, constraints included), revisions and
+the watch history window are kept in --data-dir (default ./varbridge.data,
+created when missing), so a restart or a crash loses no acknowledged write
+and watchers resume where they were. --fsync says when a write is
+acknowledged (always: once on disk; batch: once the OS has it, on disk
+within 10 ms; never: once the OS has it). --memory keeps everything in
+memory instead. A data directory that cannot be read is refused with the
+file at fault; it is never started over empty. "varbridge snapshot save"
+copies the data of a running server; --restore starts from such a copy.
+A nearly full disk refuses writes (RESOURCE_EXHAUSTED, STORAGE_FULL) until
+space is freed; reads and watches go on.
 
 It serves varbridge.v1.BridgeService, grpc.health.v1.Health and server
 reflection, so "grpcurl -plaintext ADDR list" works. SIGINT or SIGTERM stop it.
@@ -157,9 +171,16 @@ left (open watches, which reconnect elsewhere or when it is back).`,
 			so.Filter.Compile.MaxMetadataEntries = uint64(limits.MaxMetadataEntries)
 			so.Filter.Compile.MaxMetadataKeyBytes = uint64(limits.MaxMetadataKeyBytes)
 			so.Filter.Compile.MaxMetadataValueBytes = uint64(limits.MaxMetadataValueBytes)
-			st := store.New(so)
+			eng, err := dataf.open(log, cmd.Flags().Changed) // serve_data.go
+			if err != nil {
+				return err
+			}
+			st, dopts, err := openStore(log, so, eng)
+			if err != nil {
+				return err
+			}
 			defer st.Close()
-			srv := server.New(st, sopts...)
+			srv := server.New(st, append(sopts, dopts...)...)
 			logExpired.Store(srv)
 			g := srv.GRPCServer()
 			if m != nil {
@@ -242,5 +263,6 @@ left (open watches, which reconnect elsewhere or when it is back).`,
 	f.DurationVar(&kaTime, "keepalive-time", 30*time.Second, "ping an idle client after this long")
 	f.DurationVar(&kaTimeout, "keepalive-timeout", 10*time.Second, "drop a client that does not answer a ping within this")
 	httpf.register(f)
+	dataf.register(f)
 	return cmd
 }

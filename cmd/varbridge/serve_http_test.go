@@ -20,7 +20,7 @@ func runServeHTTP(t *testing.T, args ...string) (lines map[string]string, stop f
 	t.Helper()
 	pr, pw := io.Pipe()
 	root := newRootCmd()
-	root.SetArgs(append([]string{"serve", "--listen", "127.0.0.1:0", "--log-level", "error"}, args...))
+	root.SetArgs(append([]string{"serve", "--memory", "--listen", "127.0.0.1:0", "--log-level", "error"}, args...))
 	root.SetOut(pw)
 	root.SetErr(io.Discard)
 	ctx, cancel := context.WithCancel(context.Background())

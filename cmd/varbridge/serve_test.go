@@ -31,7 +31,7 @@ func startServe(t *testing.T, args ...string) map[string]string {
 	t.Helper()
 	pr, pw := io.Pipe()
 	root := newRootCmd()
-	root.SetArgs(append([]string{"serve", "--listen", "127.0.0.1:0", "--log-level", "error"}, args...))
+	root.SetArgs(append([]string{"serve", "--memory", "--listen", "127.0.0.1:0", "--log-level", "error"}, args...))
 	root.SetOut(pw)
 	root.SetErr(io.Discard)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -140,7 +140,7 @@ func TestServeFlagErrors(t *testing.T) {
 		{"--tls-cert", cert.KeyFile, "--tls-key", cert.CertFile},
 	} {
 		root := newRootCmd()
-		root.SetArgs(append([]string{"serve", "--listen", "127.0.0.1:0"}, args...))
+		root.SetArgs(append([]string{"serve", "--memory", "--listen", "127.0.0.1:0"}, args...))
 		root.SetOut(io.Discard)
 		root.SetErr(io.Discard)
 		err := root.Execute()
@@ -176,7 +176,7 @@ func runServe(t *testing.T, logs io.Writer, args ...string) (string, func() time
 	t.Helper()
 	pr, pw := io.Pipe()
 	root := newRootCmd()
-	root.SetArgs(append([]string{"serve", "--listen", "127.0.0.1:0"}, args...))
+	root.SetArgs(append([]string{"serve", "--memory", "--listen", "127.0.0.1:0"}, args...))
 	root.SetOut(pw)
 	root.SetErr(logs)
 	ctx, cancel := context.WithCancel(context.Background())
