@@ -37,7 +37,7 @@ func Open(st *store.Store, req *pb.WatchVariablesRequest, hooks Hooks) (*Watch, 
 	}
 	w, err := st.Watch(req.GetSessionId(), req.GetVariableIdentifiers(), store.WatchOptions{
 		StartRevision: req.GetStartRevision(), IncludeInitial: req.GetIncludeInitialValues(),
-		Incarnation: req.GetIncarnation(),
+		Incarnation: req.GetIncarnation(), Where: req.GetWhere(), Coalesce: req.GetCoalesce(),
 	})
 	if err != nil {
 		return nil, err

@@ -15,13 +15,7 @@ import (
 // bridgeService is the BridgeService for connect-go: each method hands its
 // request to the gRPC server's method of the same name through
 // Server.Unary, so both ports share one implementation and one set of rules.
-// A method added to the proto answers UNIMPLEMENTED here until it gets its
-// line below (TestEveryMethodServed fails meanwhile), so that adding one
-// never breaks the build of this package.
-type bridgeService struct {
-	varbridgev1connect.UnimplementedBridgeServiceHandler
-	s *server.Server
-}
+type bridgeService struct{ s *server.Server }
 
 var _ varbridgev1connect.BridgeServiceHandler = (*bridgeService)(nil)
 
@@ -81,6 +75,10 @@ func (b *bridgeService) SetVariables(ctx context.Context, r *connect.Request[pb.
 	return unary(b, ctx, r, b.s.SetVariables)
 }
 
+func (b *bridgeService) ListWatches(ctx context.Context, r *connect.Request[pb.ListWatchesRequest]) (*connect.Response[pb.ListWatchesResponse], error) {
+	return unary(b, ctx, r, b.s.ListWatches)
+}
+
 func (b *bridgeService) ListVariables(ctx context.Context, r *connect.Request[pb.ListVariablesRequest]) (*connect.Response[pb.ListVariablesResponse], error) {
 	return unary(b, ctx, r, b.s.ListVariables)
 }
@@ -104,9 +102,8 @@ func (b *bridgeService) WatchVariables(ctx context.Context, r *connect.Request[p
 
 // WatchVariableBatches is WatchVariables with the server's batching.
 func (b *bridgeService) WatchVariableBatches(ctx context.Context, r *connect.Request[pb.WatchVariablesRequest], stream *connect.ServerStream[pb.VariableUpdateBatch]) error {
-	send := stream.Send
-	return watch(b, ctx, r, stream.ResponseHeader(), send, func(us []*pb.VariableUpdate) error {
-		return server.SendBatches(us, send)
+	return watch(b, ctx, r, stream.ResponseHeader(), stream.Send, func(us []*pb.VariableUpdate) error {
+		return server.SendBatches(us, stream.Send)
 	})
 }
 

@@ -98,6 +98,10 @@ func biSessionRows() []biCase {
 			_, err := c.ListVariables(ctx, &pb.ListVariablesRequest{SessionId: id})
 			return err
 		}},
+		{"ListWatches", func(ctx context.Context, c pb.BridgeServiceClient, id string) error {
+			_, err := c.ListWatches(ctx, &pb.ListWatchesRequest{SessionId: id})
+			return err
+		}},
 	}
 	var rows []biCase
 	for _, r := range rpcs {

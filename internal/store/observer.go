@@ -2,7 +2,9 @@ package store
 
 import (
 	"fmt"
+	"slices"
 	"sort"
+	"time"
 
 	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
@@ -27,6 +29,10 @@ type WatchOptions struct {
 	// Empty with StartRevision > 0 means the caller cannot say, and then a
 	// StartRevision ahead of the session fails.
 	Incarnation string
+	// Where and Coalesce are the feed's filter and coalescing: the store
+	// only reports them (Watches).
+	Where    string
+	Coalesce bool
 }
 
 // Watch is one observer of a session's variables. One goroutine owns it: it
@@ -40,6 +46,10 @@ type Watch struct {
 	snapRev int64
 	// incarnation is the session's; the feed sends it to the client.
 	incarnation string
+	// named and opts describe the watch to Watches.
+	named   []string
+	opts    WatchOptions
+	created time.Time
 
 	wake chan struct{}
 	done chan struct{}
@@ -105,6 +115,7 @@ func (st *Store) watch(sess *session, identifiers []string, opts WatchOptions) (
 	w := &Watch{
 		sess: sess, all: len(identifiers) == 0, idents: make(map[string]string, len(vars)),
 		wake: make(chan struct{}, 1), done: make(chan struct{}), incarnation: sess.incarnation,
+		named: slices.Clone(identifiers), opts: opts, created: st.opts.Now(),
 	}
 	for i, v := range vars {
 		if _, dup := w.idents[v.cur.Id]; !dup {

@@ -2359,6 +2359,206 @@ func (x *DeleteVariableResponse) GetRevision() int64 {
 	return 0
 }
 
+type ListWatchesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SessionId     string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListWatchesRequest) Reset() {
+	*x = ListWatchesRequest{}
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListWatchesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListWatchesRequest) ProtoMessage() {}
+
+func (x *ListWatchesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListWatchesRequest.ProtoReflect.Descriptor instead.
+func (*ListWatchesRequest) Descriptor() ([]byte, []int) {
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *ListWatchesRequest) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+type ListWatchesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Oldest first.
+	Watches []*WatchInfo `protobuf:"bytes,1,rep,name=watches,proto3" json:"watches,omitempty"`
+	// The session revision at which they were read.
+	Revision      int64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListWatchesResponse) Reset() {
+	*x = ListWatchesResponse{}
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListWatchesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListWatchesResponse) ProtoMessage() {}
+
+func (x *ListWatchesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListWatchesResponse.ProtoReflect.Descriptor instead.
+func (*ListWatchesResponse) Descriptor() ([]byte, []int) {
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *ListWatchesResponse) GetWatches() []*WatchInfo {
+	if x != nil {
+		return x.Watches
+	}
+	return nil
+}
+
+func (x *ListWatchesResponse) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+// WatchInfo describes one open watch.
+type WatchInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The identifiers the watch named, as it named them; empty: every
+	// variable of the session, including ones registered later.
+	VariableIdentifiers []string               `protobuf:"bytes,1,rep,name=variable_identifiers,json=variableIdentifiers,proto3" json:"variable_identifiers,omitempty"`
+	CreatedAt           *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// Its server-side filter, if any.
+	Where    string `protobuf:"bytes,3,opt,name=where,proto3" json:"where,omitempty"`
+	Coalesce bool   `protobuf:"varint,4,opt,name=coalesce,proto3" json:"coalesce,omitempty"`
+	// The watch's stream has read every change up to this revision (sent or
+	// being sent: the client may not have it yet).
+	ReadRevision int64 `protobuf:"varint,5,opt,name=read_revision,json=readRevision,proto3" json:"read_revision,omitempty"`
+	// Session revisions after read_revision that concern the watch are
+	// waiting when pending is true: the watch is behind.
+	Pending bool `protobuf:"varint,6,opt,name=pending,proto3" json:"pending,omitempty"`
+	// How many revisions the session is ahead of read_revision (changes to
+	// variables the watch does not watch count too).
+	LagRevisions  int64 `protobuf:"varint,7,opt,name=lag_revisions,json=lagRevisions,proto3" json:"lag_revisions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchInfo) Reset() {
+	*x = WatchInfo{}
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchInfo) ProtoMessage() {}
+
+func (x *WatchInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchInfo.ProtoReflect.Descriptor instead.
+func (*WatchInfo) Descriptor() ([]byte, []int) {
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *WatchInfo) GetVariableIdentifiers() []string {
+	if x != nil {
+		return x.VariableIdentifiers
+	}
+	return nil
+}
+
+func (x *WatchInfo) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *WatchInfo) GetWhere() string {
+	if x != nil {
+		return x.Where
+	}
+	return ""
+}
+
+func (x *WatchInfo) GetCoalesce() bool {
+	if x != nil {
+		return x.Coalesce
+	}
+	return false
+}
+
+func (x *WatchInfo) GetReadRevision() int64 {
+	if x != nil {
+		return x.ReadRevision
+	}
+	return 0
+}
+
+func (x *WatchInfo) GetPending() bool {
+	if x != nil {
+		return x.Pending
+	}
+	return false
+}
+
+func (x *WatchInfo) GetLagRevisions() int64 {
+	if x != nil {
+		return x.LagRevisions
+	}
+	return 0
+}
+
 type WatchVariablesRequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	SessionId string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
@@ -2403,7 +2603,7 @@ type WatchVariablesRequest struct {
 
 func (x *WatchVariablesRequest) Reset() {
 	*x = WatchVariablesRequest{}
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[32]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2415,7 +2615,7 @@ func (x *WatchVariablesRequest) String() string {
 func (*WatchVariablesRequest) ProtoMessage() {}
 
 func (x *WatchVariablesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[32]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2428,7 +2628,7 @@ func (x *WatchVariablesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchVariablesRequest.ProtoReflect.Descriptor instead.
 func (*WatchVariablesRequest) Descriptor() ([]byte, []int) {
-	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{32}
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *WatchVariablesRequest) GetSessionId() string {
@@ -2525,7 +2725,7 @@ type VariableUpdate struct {
 
 func (x *VariableUpdate) Reset() {
 	*x = VariableUpdate{}
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[33]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2537,7 +2737,7 @@ func (x *VariableUpdate) String() string {
 func (*VariableUpdate) ProtoMessage() {}
 
 func (x *VariableUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[33]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2550,7 +2750,7 @@ func (x *VariableUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VariableUpdate.ProtoReflect.Descriptor instead.
 func (*VariableUpdate) Descriptor() ([]byte, []int) {
-	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{33}
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *VariableUpdate) GetVariableId() string {
@@ -2640,7 +2840,7 @@ type VariableUpdateBatch struct {
 
 func (x *VariableUpdateBatch) Reset() {
 	*x = VariableUpdateBatch{}
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[34]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2652,7 +2852,7 @@ func (x *VariableUpdateBatch) String() string {
 func (*VariableUpdateBatch) ProtoMessage() {}
 
 func (x *VariableUpdateBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[34]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2665,7 +2865,7 @@ func (x *VariableUpdateBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VariableUpdateBatch.ProtoReflect.Descriptor instead.
 func (*VariableUpdateBatch) Descriptor() ([]byte, []int) {
-	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{34}
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *VariableUpdateBatch) GetUpdates() []*VariableUpdate {
@@ -2879,7 +3079,22 @@ const file_varbridge_v1_varbridge_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"h\n" +
 	"\x16DeleteVariableResponse\x122\n" +
 	"\bvariable\x18\x01 \x01(\v2\x16.varbridge.v1.VariableR\bvariable\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x03R\brevision\"\xe8\x02\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\"3\n" +
+	"\x12ListWatchesRequest\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId\"d\n" +
+	"\x13ListWatchesResponse\x121\n" +
+	"\awatches\x18\x01 \x03(\v2\x17.varbridge.v1.WatchInfoR\awatches\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\"\x8f\x02\n" +
+	"\tWatchInfo\x121\n" +
+	"\x14variable_identifiers\x18\x01 \x03(\tR\x13variableIdentifiers\x129\n" +
+	"\n" +
+	"created_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x14\n" +
+	"\x05where\x18\x03 \x01(\tR\x05where\x12\x1a\n" +
+	"\bcoalesce\x18\x04 \x01(\bR\bcoalesce\x12#\n" +
+	"\rread_revision\x18\x05 \x01(\x03R\freadRevision\x12\x18\n" +
+	"\apending\x18\x06 \x01(\bR\apending\x12#\n" +
+	"\rlag_revisions\x18\a \x01(\x03R\flagRevisions\"\xe8\x02\n" +
 	"\x15WatchVariablesRequest\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x121\n" +
@@ -2946,8 +3161,7 @@ const file_varbridge_v1_varbridge_proto_rawDesc = "" +
 	"\x18UPDATE_TYPE_VALUE_CHANGE\x10\x02\x12\x17\n" +
 	"\x13UPDATE_TYPE_DELETED\x10\x03\x12\x19\n" +
 	"\x15UPDATE_TYPE_HEARTBEAT\x10\x04\x12\x16\n" +
-	"\x12UPDATE_TYPE_RESYNC\x10\x052\xc3\n" +
-	"\n" +
+	"\x12UPDATE_TYPE_RESYNC\x10\x052\x97\v\n" +
 	"\rBridgeService\x12d\n" +
 	"\x11InitializeSession\x12&.varbridge.v1.InitializeSessionRequest\x1a'.varbridge.v1.InitializeSessionResponse\x12O\n" +
 	"\n" +
@@ -2964,7 +3178,8 @@ const file_varbridge_v1_varbridge_proto_rawDesc = "" +
 	"\rListVariables\x12\".varbridge.v1.ListVariablesRequest\x1a#.varbridge.v1.ListVariablesResponse\x12[\n" +
 	"\x0eDeleteVariable\x12#.varbridge.v1.DeleteVariableRequest\x1a$.varbridge.v1.DeleteVariableResponse\x12U\n" +
 	"\x0eWatchVariables\x12#.varbridge.v1.WatchVariablesRequest\x1a\x1c.varbridge.v1.VariableUpdate0\x01\x12`\n" +
-	"\x14WatchVariableBatches\x12#.varbridge.v1.WatchVariablesRequest\x1a!.varbridge.v1.VariableUpdateBatch0\x01B?Z=github.com/varbridge/varbridge/proto/varbridge/v1;varbridgev1b\x06proto3"
+	"\x14WatchVariableBatches\x12#.varbridge.v1.WatchVariablesRequest\x1a!.varbridge.v1.VariableUpdateBatch0\x01\x12R\n" +
+	"\vListWatches\x12 .varbridge.v1.ListWatchesRequest\x1a!.varbridge.v1.ListWatchesResponseB?Z=github.com/varbridge/varbridge/proto/varbridge/v1;varbridgev1b\x06proto3"
 
 var (
 	file_varbridge_v1_varbridge_proto_rawDescOnce sync.Once
@@ -2979,7 +3194,7 @@ func file_varbridge_v1_varbridge_proto_rawDescGZIP() []byte {
 }
 
 var file_varbridge_v1_varbridge_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_varbridge_v1_varbridge_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
+var file_varbridge_v1_varbridge_proto_msgTypes = make([]protoimpl.MessageInfo, 50)
 var file_varbridge_v1_varbridge_proto_goTypes = []any{
 	(ErrorReason)(0),                  // 0: varbridge.v1.ErrorReason
 	(VariableType)(0),                 // 1: varbridge.v1.VariableType
@@ -3016,23 +3231,26 @@ var file_varbridge_v1_varbridge_proto_goTypes = []any{
 	(*ListVariablesResponse)(nil),     // 32: varbridge.v1.ListVariablesResponse
 	(*DeleteVariableRequest)(nil),     // 33: varbridge.v1.DeleteVariableRequest
 	(*DeleteVariableResponse)(nil),    // 34: varbridge.v1.DeleteVariableResponse
-	(*WatchVariablesRequest)(nil),     // 35: varbridge.v1.WatchVariablesRequest
-	(*VariableUpdate)(nil),            // 36: varbridge.v1.VariableUpdate
-	(*VariableUpdateBatch)(nil),       // 37: varbridge.v1.VariableUpdateBatch
-	nil,                               // 38: varbridge.v1.Variable.MetadataEntry
-	nil,                               // 39: varbridge.v1.Session.MetadataEntry
-	nil,                               // 40: varbridge.v1.InitializeSessionRequest.MetadataEntry
-	nil,                               // 41: varbridge.v1.RegisterVariableRequest.MetadataEntry
-	nil,                               // 42: varbridge.v1.GetVariablesResponse.VariablesEntry
-	nil,                               // 43: varbridge.v1.SetVariableRequest.MetadataEntry
-	nil,                               // 44: varbridge.v1.SetVariablesRequest.UpdatesEntry
-	nil,                               // 45: varbridge.v1.SetVariablesRequest.MetadataEntry
-	nil,                               // 46: varbridge.v1.SetVariablesRequest.ExpectedVersionsEntry
-	nil,                               // 47: varbridge.v1.SetVariablesResponse.VariablesEntry
-	nil,                               // 48: varbridge.v1.DeleteVariableRequest.MetadataEntry
-	nil,                               // 49: varbridge.v1.VariableUpdate.UpdateMetadataEntry
-	(*timestamppb.Timestamp)(nil),     // 50: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),       // 51: google.protobuf.Duration
+	(*ListWatchesRequest)(nil),        // 35: varbridge.v1.ListWatchesRequest
+	(*ListWatchesResponse)(nil),       // 36: varbridge.v1.ListWatchesResponse
+	(*WatchInfo)(nil),                 // 37: varbridge.v1.WatchInfo
+	(*WatchVariablesRequest)(nil),     // 38: varbridge.v1.WatchVariablesRequest
+	(*VariableUpdate)(nil),            // 39: varbridge.v1.VariableUpdate
+	(*VariableUpdateBatch)(nil),       // 40: varbridge.v1.VariableUpdateBatch
+	nil,                               // 41: varbridge.v1.Variable.MetadataEntry
+	nil,                               // 42: varbridge.v1.Session.MetadataEntry
+	nil,                               // 43: varbridge.v1.InitializeSessionRequest.MetadataEntry
+	nil,                               // 44: varbridge.v1.RegisterVariableRequest.MetadataEntry
+	nil,                               // 45: varbridge.v1.GetVariablesResponse.VariablesEntry
+	nil,                               // 46: varbridge.v1.SetVariableRequest.MetadataEntry
+	nil,                               // 47: varbridge.v1.SetVariablesRequest.UpdatesEntry
+	nil,                               // 48: varbridge.v1.SetVariablesRequest.MetadataEntry
+	nil,                               // 49: varbridge.v1.SetVariablesRequest.ExpectedVersionsEntry
+	nil,                               // 50: varbridge.v1.SetVariablesResponse.VariablesEntry
+	nil,                               // 51: varbridge.v1.DeleteVariableRequest.MetadataEntry
+	nil,                               // 52: varbridge.v1.VariableUpdate.UpdateMetadataEntry
+	(*timestamppb.Timestamp)(nil),     // 53: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 54: google.protobuf.Duration
 }
 var file_varbridge_v1_varbridge_proto_depIdxs = []int32{
 	3,  // 0: varbridge.v1.Value.embedding_value:type_name -> varbridge.v1.Embedding
@@ -3040,15 +3258,15 @@ var file_varbridge_v1_varbridge_proto_depIdxs = []int32{
 	1,  // 2: varbridge.v1.Variable.type:type_name -> varbridge.v1.VariableType
 	5,  // 3: varbridge.v1.Variable.value:type_name -> varbridge.v1.Value
 	6,  // 4: varbridge.v1.Variable.constraints:type_name -> varbridge.v1.Constraints
-	38, // 5: varbridge.v1.Variable.metadata:type_name -> varbridge.v1.Variable.MetadataEntry
-	50, // 6: varbridge.v1.Variable.updated_at:type_name -> google.protobuf.Timestamp
-	50, // 7: varbridge.v1.Variable.created_at:type_name -> google.protobuf.Timestamp
-	50, // 8: varbridge.v1.Session.created_at:type_name -> google.protobuf.Timestamp
-	50, // 9: varbridge.v1.Session.expires_at:type_name -> google.protobuf.Timestamp
-	51, // 10: varbridge.v1.Session.ttl:type_name -> google.protobuf.Duration
-	39, // 11: varbridge.v1.Session.metadata:type_name -> varbridge.v1.Session.MetadataEntry
-	51, // 12: varbridge.v1.InitializeSessionRequest.ttl:type_name -> google.protobuf.Duration
-	40, // 13: varbridge.v1.InitializeSessionRequest.metadata:type_name -> varbridge.v1.InitializeSessionRequest.MetadataEntry
+	41, // 5: varbridge.v1.Variable.metadata:type_name -> varbridge.v1.Variable.MetadataEntry
+	53, // 6: varbridge.v1.Variable.updated_at:type_name -> google.protobuf.Timestamp
+	53, // 7: varbridge.v1.Variable.created_at:type_name -> google.protobuf.Timestamp
+	53, // 8: varbridge.v1.Session.created_at:type_name -> google.protobuf.Timestamp
+	53, // 9: varbridge.v1.Session.expires_at:type_name -> google.protobuf.Timestamp
+	54, // 10: varbridge.v1.Session.ttl:type_name -> google.protobuf.Duration
+	42, // 11: varbridge.v1.Session.metadata:type_name -> varbridge.v1.Session.MetadataEntry
+	54, // 12: varbridge.v1.InitializeSessionRequest.ttl:type_name -> google.protobuf.Duration
+	43, // 13: varbridge.v1.InitializeSessionRequest.metadata:type_name -> varbridge.v1.InitializeSessionRequest.MetadataEntry
 	8,  // 14: varbridge.v1.InitializeSessionResponse.session:type_name -> varbridge.v1.Session
 	8,  // 15: varbridge.v1.GetSessionResponse.session:type_name -> varbridge.v1.Session
 	8,  // 16: varbridge.v1.HeartbeatResponse.session:type_name -> varbridge.v1.Session
@@ -3056,64 +3274,68 @@ var file_varbridge_v1_varbridge_proto_depIdxs = []int32{
 	1,  // 18: varbridge.v1.RegisterVariableRequest.type:type_name -> varbridge.v1.VariableType
 	5,  // 19: varbridge.v1.RegisterVariableRequest.initial_value:type_name -> varbridge.v1.Value
 	6,  // 20: varbridge.v1.RegisterVariableRequest.constraints:type_name -> varbridge.v1.Constraints
-	41, // 21: varbridge.v1.RegisterVariableRequest.metadata:type_name -> varbridge.v1.RegisterVariableRequest.MetadataEntry
+	44, // 21: varbridge.v1.RegisterVariableRequest.metadata:type_name -> varbridge.v1.RegisterVariableRequest.MetadataEntry
 	7,  // 22: varbridge.v1.RegisterVariableResponse.variable:type_name -> varbridge.v1.Variable
 	7,  // 23: varbridge.v1.GetVariableResponse.variable:type_name -> varbridge.v1.Variable
-	42, // 24: varbridge.v1.GetVariablesResponse.variables:type_name -> varbridge.v1.GetVariablesResponse.VariablesEntry
+	45, // 24: varbridge.v1.GetVariablesResponse.variables:type_name -> varbridge.v1.GetVariablesResponse.VariablesEntry
 	5,  // 25: varbridge.v1.SetVariableRequest.value:type_name -> varbridge.v1.Value
-	43, // 26: varbridge.v1.SetVariableRequest.metadata:type_name -> varbridge.v1.SetVariableRequest.MetadataEntry
+	46, // 26: varbridge.v1.SetVariableRequest.metadata:type_name -> varbridge.v1.SetVariableRequest.MetadataEntry
 	7,  // 27: varbridge.v1.SetVariableResponse.variable:type_name -> varbridge.v1.Variable
-	44, // 28: varbridge.v1.SetVariablesRequest.updates:type_name -> varbridge.v1.SetVariablesRequest.UpdatesEntry
-	45, // 29: varbridge.v1.SetVariablesRequest.metadata:type_name -> varbridge.v1.SetVariablesRequest.MetadataEntry
-	46, // 30: varbridge.v1.SetVariablesRequest.expected_versions:type_name -> varbridge.v1.SetVariablesRequest.ExpectedVersionsEntry
-	47, // 31: varbridge.v1.SetVariablesResponse.variables:type_name -> varbridge.v1.SetVariablesResponse.VariablesEntry
+	47, // 28: varbridge.v1.SetVariablesRequest.updates:type_name -> varbridge.v1.SetVariablesRequest.UpdatesEntry
+	48, // 29: varbridge.v1.SetVariablesRequest.metadata:type_name -> varbridge.v1.SetVariablesRequest.MetadataEntry
+	49, // 30: varbridge.v1.SetVariablesRequest.expected_versions:type_name -> varbridge.v1.SetVariablesRequest.ExpectedVersionsEntry
+	50, // 31: varbridge.v1.SetVariablesResponse.variables:type_name -> varbridge.v1.SetVariablesResponse.VariablesEntry
 	7,  // 32: varbridge.v1.ListVariablesResponse.variables:type_name -> varbridge.v1.Variable
-	48, // 33: varbridge.v1.DeleteVariableRequest.metadata:type_name -> varbridge.v1.DeleteVariableRequest.MetadataEntry
+	51, // 33: varbridge.v1.DeleteVariableRequest.metadata:type_name -> varbridge.v1.DeleteVariableRequest.MetadataEntry
 	7,  // 34: varbridge.v1.DeleteVariableResponse.variable:type_name -> varbridge.v1.Variable
-	7,  // 35: varbridge.v1.VariableUpdate.variable:type_name -> varbridge.v1.Variable
-	5,  // 36: varbridge.v1.VariableUpdate.old_value:type_name -> varbridge.v1.Value
-	2,  // 37: varbridge.v1.VariableUpdate.update_type:type_name -> varbridge.v1.UpdateType
-	49, // 38: varbridge.v1.VariableUpdate.update_metadata:type_name -> varbridge.v1.VariableUpdate.UpdateMetadataEntry
-	50, // 39: varbridge.v1.VariableUpdate.timestamp:type_name -> google.protobuf.Timestamp
-	36, // 40: varbridge.v1.VariableUpdateBatch.updates:type_name -> varbridge.v1.VariableUpdate
-	7,  // 41: varbridge.v1.GetVariablesResponse.VariablesEntry.value:type_name -> varbridge.v1.Variable
-	5,  // 42: varbridge.v1.SetVariablesRequest.UpdatesEntry.value:type_name -> varbridge.v1.Value
-	7,  // 43: varbridge.v1.SetVariablesResponse.VariablesEntry.value:type_name -> varbridge.v1.Variable
-	9,  // 44: varbridge.v1.BridgeService.InitializeSession:input_type -> varbridge.v1.InitializeSessionRequest
-	11, // 45: varbridge.v1.BridgeService.GetSession:input_type -> varbridge.v1.GetSessionRequest
-	13, // 46: varbridge.v1.BridgeService.Heartbeat:input_type -> varbridge.v1.HeartbeatRequest
-	15, // 47: varbridge.v1.BridgeService.CleanupSession:input_type -> varbridge.v1.CleanupSessionRequest
-	17, // 48: varbridge.v1.BridgeService.ListSessions:input_type -> varbridge.v1.ListSessionsRequest
-	19, // 49: varbridge.v1.BridgeService.SaveSnapshot:input_type -> varbridge.v1.SaveSnapshotRequest
-	21, // 50: varbridge.v1.BridgeService.RegisterVariable:input_type -> varbridge.v1.RegisterVariableRequest
-	23, // 51: varbridge.v1.BridgeService.GetVariable:input_type -> varbridge.v1.GetVariableRequest
-	25, // 52: varbridge.v1.BridgeService.GetVariables:input_type -> varbridge.v1.GetVariablesRequest
-	27, // 53: varbridge.v1.BridgeService.SetVariable:input_type -> varbridge.v1.SetVariableRequest
-	29, // 54: varbridge.v1.BridgeService.SetVariables:input_type -> varbridge.v1.SetVariablesRequest
-	31, // 55: varbridge.v1.BridgeService.ListVariables:input_type -> varbridge.v1.ListVariablesRequest
-	33, // 56: varbridge.v1.BridgeService.DeleteVariable:input_type -> varbridge.v1.DeleteVariableRequest
-	35, // 57: varbridge.v1.BridgeService.WatchVariables:input_type -> varbridge.v1.WatchVariablesRequest
-	35, // 58: varbridge.v1.BridgeService.WatchVariableBatches:input_type -> varbridge.v1.WatchVariablesRequest
-	10, // 59: varbridge.v1.BridgeService.InitializeSession:output_type -> varbridge.v1.InitializeSessionResponse
-	12, // 60: varbridge.v1.BridgeService.GetSession:output_type -> varbridge.v1.GetSessionResponse
-	14, // 61: varbridge.v1.BridgeService.Heartbeat:output_type -> varbridge.v1.HeartbeatResponse
-	16, // 62: varbridge.v1.BridgeService.CleanupSession:output_type -> varbridge.v1.CleanupSessionResponse
-	18, // 63: varbridge.v1.BridgeService.ListSessions:output_type -> varbridge.v1.ListSessionsResponse
-	20, // 64: varbridge.v1.BridgeService.SaveSnapshot:output_type -> varbridge.v1.SnapshotChunk
-	22, // 65: varbridge.v1.BridgeService.RegisterVariable:output_type -> varbridge.v1.RegisterVariableResponse
-	24, // 66: varbridge.v1.BridgeService.GetVariable:output_type -> varbridge.v1.GetVariableResponse
-	26, // 67: varbridge.v1.BridgeService.GetVariables:output_type -> varbridge.v1.GetVariablesResponse
-	28, // 68: varbridge.v1.BridgeService.SetVariable:output_type -> varbridge.v1.SetVariableResponse
-	30, // 69: varbridge.v1.BridgeService.SetVariables:output_type -> varbridge.v1.SetVariablesResponse
-	32, // 70: varbridge.v1.BridgeService.ListVariables:output_type -> varbridge.v1.ListVariablesResponse
-	34, // 71: varbridge.v1.BridgeService.DeleteVariable:output_type -> varbridge.v1.DeleteVariableResponse
-	36, // 72: varbridge.v1.BridgeService.WatchVariables:output_type -> varbridge.v1.VariableUpdate
-	37, // 73: varbridge.v1.BridgeService.WatchVariableBatches:output_type -> varbridge.v1.VariableUpdateBatch
-	59, // [59:74] is the sub-list for method output_type
-	44, // [44:59] is the sub-list for method input_type
-	44, // [44:44] is the sub-list for extension type_name
-	44, // [44:44] is the sub-list for extension extendee
-	0,  // [0:44] is the sub-list for field type_name
+	37, // 35: varbridge.v1.ListWatchesResponse.watches:type_name -> varbridge.v1.WatchInfo
+	53, // 36: varbridge.v1.WatchInfo.created_at:type_name -> google.protobuf.Timestamp
+	7,  // 37: varbridge.v1.VariableUpdate.variable:type_name -> varbridge.v1.Variable
+	5,  // 38: varbridge.v1.VariableUpdate.old_value:type_name -> varbridge.v1.Value
+	2,  // 39: varbridge.v1.VariableUpdate.update_type:type_name -> varbridge.v1.UpdateType
+	52, // 40: varbridge.v1.VariableUpdate.update_metadata:type_name -> varbridge.v1.VariableUpdate.UpdateMetadataEntry
+	53, // 41: varbridge.v1.VariableUpdate.timestamp:type_name -> google.protobuf.Timestamp
+	39, // 42: varbridge.v1.VariableUpdateBatch.updates:type_name -> varbridge.v1.VariableUpdate
+	7,  // 43: varbridge.v1.GetVariablesResponse.VariablesEntry.value:type_name -> varbridge.v1.Variable
+	5,  // 44: varbridge.v1.SetVariablesRequest.UpdatesEntry.value:type_name -> varbridge.v1.Value
+	7,  // 45: varbridge.v1.SetVariablesResponse.VariablesEntry.value:type_name -> varbridge.v1.Variable
+	9,  // 46: varbridge.v1.BridgeService.InitializeSession:input_type -> varbridge.v1.InitializeSessionRequest
+	11, // 47: varbridge.v1.BridgeService.GetSession:input_type -> varbridge.v1.GetSessionRequest
+	13, // 48: varbridge.v1.BridgeService.Heartbeat:input_type -> varbridge.v1.HeartbeatRequest
+	15, // 49: varbridge.v1.BridgeService.CleanupSession:input_type -> varbridge.v1.CleanupSessionRequest
+	17, // 50: varbridge.v1.BridgeService.ListSessions:input_type -> varbridge.v1.ListSessionsRequest
+	19, // 51: varbridge.v1.BridgeService.SaveSnapshot:input_type -> varbridge.v1.SaveSnapshotRequest
+	21, // 52: varbridge.v1.BridgeService.RegisterVariable:input_type -> varbridge.v1.RegisterVariableRequest
+	23, // 53: varbridge.v1.BridgeService.GetVariable:input_type -> varbridge.v1.GetVariableRequest
+	25, // 54: varbridge.v1.BridgeService.GetVariables:input_type -> varbridge.v1.GetVariablesRequest
+	27, // 55: varbridge.v1.BridgeService.SetVariable:input_type -> varbridge.v1.SetVariableRequest
+	29, // 56: varbridge.v1.BridgeService.SetVariables:input_type -> varbridge.v1.SetVariablesRequest
+	31, // 57: varbridge.v1.BridgeService.ListVariables:input_type -> varbridge.v1.ListVariablesRequest
+	33, // 58: varbridge.v1.BridgeService.DeleteVariable:input_type -> varbridge.v1.DeleteVariableRequest
+	38, // 59: varbridge.v1.BridgeService.WatchVariables:input_type -> varbridge.v1.WatchVariablesRequest
+	38, // 60: varbridge.v1.BridgeService.WatchVariableBatches:input_type -> varbridge.v1.WatchVariablesRequest
+	35, // 61: varbridge.v1.BridgeService.ListWatches:input_type -> varbridge.v1.ListWatchesRequest
+	10, // 62: varbridge.v1.BridgeService.InitializeSession:output_type -> varbridge.v1.InitializeSessionResponse
+	12, // 63: varbridge.v1.BridgeService.GetSession:output_type -> varbridge.v1.GetSessionResponse
+	14, // 64: varbridge.v1.BridgeService.Heartbeat:output_type -> varbridge.v1.HeartbeatResponse
+	16, // 65: varbridge.v1.BridgeService.CleanupSession:output_type -> varbridge.v1.CleanupSessionResponse
+	18, // 66: varbridge.v1.BridgeService.ListSessions:output_type -> varbridge.v1.ListSessionsResponse
+	20, // 67: varbridge.v1.BridgeService.SaveSnapshot:output_type -> varbridge.v1.SnapshotChunk
+	22, // 68: varbridge.v1.BridgeService.RegisterVariable:output_type -> varbridge.v1.RegisterVariableResponse
+	24, // 69: varbridge.v1.BridgeService.GetVariable:output_type -> varbridge.v1.GetVariableResponse
+	26, // 70: varbridge.v1.BridgeService.GetVariables:output_type -> varbridge.v1.GetVariablesResponse
+	28, // 71: varbridge.v1.BridgeService.SetVariable:output_type -> varbridge.v1.SetVariableResponse
+	30, // 72: varbridge.v1.BridgeService.SetVariables:output_type -> varbridge.v1.SetVariablesResponse
+	32, // 73: varbridge.v1.BridgeService.ListVariables:output_type -> varbridge.v1.ListVariablesResponse
+	34, // 74: varbridge.v1.BridgeService.DeleteVariable:output_type -> varbridge.v1.DeleteVariableResponse
+	39, // 75: varbridge.v1.BridgeService.WatchVariables:output_type -> varbridge.v1.VariableUpdate
+	40, // 76: varbridge.v1.BridgeService.WatchVariableBatches:output_type -> varbridge.v1.VariableUpdateBatch
+	36, // 77: varbridge.v1.BridgeService.ListWatches:output_type -> varbridge.v1.ListWatchesResponse
+	62, // [62:78] is the sub-list for method output_type
+	46, // [46:62] is the sub-list for method input_type
+	46, // [46:46] is the sub-list for extension type_name
+	46, // [46:46] is the sub-list for extension extendee
+	0,  // [0:46] is the sub-list for field type_name
 }
 
 func init() { file_varbridge_v1_varbridge_proto_init() }
@@ -3137,7 +3359,7 @@ func file_varbridge_v1_varbridge_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_varbridge_v1_varbridge_proto_rawDesc), len(file_varbridge_v1_varbridge_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   47,
+			NumMessages:   50,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -40,6 +40,7 @@ const (
 	BridgeService_DeleteVariable_FullMethodName       = "/varbridge.v1.BridgeService/DeleteVariable"
 	BridgeService_WatchVariables_FullMethodName       = "/varbridge.v1.BridgeService/WatchVariables"
 	BridgeService_WatchVariableBatches_FullMethodName = "/varbridge.v1.BridgeService/WatchVariableBatches"
+	BridgeService_ListWatches_FullMethodName          = "/varbridge.v1.BridgeService/ListWatches"
 )
 
 // BridgeServiceClient is the client API for BridgeService service.
@@ -95,6 +96,9 @@ type BridgeServiceClient interface {
 	// A watcher that keeps up gets batches of one; one that is behind catches
 	// up with far fewer messages. Updates of one revision may span two batches.
 	WatchVariableBatches(ctx context.Context, in *WatchVariablesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[VariableUpdateBatch], error)
+	// ListWatches describes a session's open watches, whatever their
+	// transport: what each watches, since when, and how far it has read.
+	ListWatches(ctx context.Context, in *ListWatchesRequest, opts ...grpc.CallOption) (*ListWatchesResponse, error)
 }
 
 type bridgeServiceClient struct {
@@ -282,6 +286,16 @@ func (c *bridgeServiceClient) WatchVariableBatches(ctx context.Context, in *Watc
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type BridgeService_WatchVariableBatchesClient = grpc.ServerStreamingClient[VariableUpdateBatch]
 
+func (c *bridgeServiceClient) ListWatches(ctx context.Context, in *ListWatchesRequest, opts ...grpc.CallOption) (*ListWatchesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListWatchesResponse)
+	err := c.cc.Invoke(ctx, BridgeService_ListWatches_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // BridgeServiceServer is the server API for BridgeService service.
 // All implementations must embed UnimplementedBridgeServiceServer
 // for forward compatibility.
@@ -335,6 +349,9 @@ type BridgeServiceServer interface {
 	// A watcher that keeps up gets batches of one; one that is behind catches
 	// up with far fewer messages. Updates of one revision may span two batches.
 	WatchVariableBatches(*WatchVariablesRequest, grpc.ServerStreamingServer[VariableUpdateBatch]) error
+	// ListWatches describes a session's open watches, whatever their
+	// transport: what each watches, since when, and how far it has read.
+	ListWatches(context.Context, *ListWatchesRequest) (*ListWatchesResponse, error)
 	mustEmbedUnimplementedBridgeServiceServer()
 }
 
@@ -389,6 +406,9 @@ func (UnimplementedBridgeServiceServer) WatchVariables(*WatchVariablesRequest, g
 }
 func (UnimplementedBridgeServiceServer) WatchVariableBatches(*WatchVariablesRequest, grpc.ServerStreamingServer[VariableUpdateBatch]) error {
 	return status.Error(codes.Unimplemented, "method WatchVariableBatches not implemented")
+}
+func (UnimplementedBridgeServiceServer) ListWatches(context.Context, *ListWatchesRequest) (*ListWatchesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListWatches not implemented")
 }
 func (UnimplementedBridgeServiceServer) mustEmbedUnimplementedBridgeServiceServer() {}
 func (UnimplementedBridgeServiceServer) testEmbeddedByValue()                       {}
@@ -660,6 +680,24 @@ func _BridgeService_WatchVariableBatches_Handler(srv interface{}, stream grpc.Se
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type BridgeService_WatchVariableBatchesServer = grpc.ServerStreamingServer[VariableUpdateBatch]
 
+func _BridgeService_ListWatches_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListWatchesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BridgeServiceServer).ListWatches(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: BridgeService_ListWatches_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BridgeServiceServer).ListWatches(ctx, req.(*ListWatchesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // BridgeService_ServiceDesc is the grpc.ServiceDesc for BridgeService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -714,6 +752,10 @@ var BridgeService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteVariable",
 			Handler:    _BridgeService_DeleteVariable_Handler,
+		},
+		{
+			MethodName: "ListWatches",
+			Handler:    _BridgeService_ListWatches_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

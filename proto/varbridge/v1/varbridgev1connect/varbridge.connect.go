@@ -83,6 +83,9 @@ const (
 	// BridgeServiceWatchVariableBatchesProcedure is the fully-qualified name of the BridgeService's
 	// WatchVariableBatches RPC.
 	BridgeServiceWatchVariableBatchesProcedure = "/varbridge.v1.BridgeService/WatchVariableBatches"
+	// BridgeServiceListWatchesProcedure is the fully-qualified name of the BridgeService's ListWatches
+	// RPC.
+	BridgeServiceListWatchesProcedure = "/varbridge.v1.BridgeService/ListWatches"
 )
 
 // BridgeServiceClient is a client for the varbridge.v1.BridgeService service.
@@ -130,6 +133,9 @@ type BridgeServiceClient interface {
 	// A watcher that keeps up gets batches of one; one that is behind catches
 	// up with far fewer messages. Updates of one revision may span two batches.
 	WatchVariableBatches(context.Context, *connect.Request[v1.WatchVariablesRequest]) (*connect.ServerStreamForClient[v1.VariableUpdateBatch], error)
+	// ListWatches describes a session's open watches, whatever their
+	// transport: what each watches, since when, and how far it has read.
+	ListWatches(context.Context, *connect.Request[v1.ListWatchesRequest]) (*connect.Response[v1.ListWatchesResponse], error)
 }
 
 // NewBridgeServiceClient constructs a client for the varbridge.v1.BridgeService service. By
@@ -233,6 +239,12 @@ func NewBridgeServiceClient(httpClient connect.HTTPClient, baseURL string, opts 
 			connect.WithSchema(bridgeServiceMethods.ByName("WatchVariableBatches")),
 			connect.WithClientOptions(opts...),
 		),
+		listWatches: connect.NewClient[v1.ListWatchesRequest, v1.ListWatchesResponse](
+			httpClient,
+			baseURL+BridgeServiceListWatchesProcedure,
+			connect.WithSchema(bridgeServiceMethods.ByName("ListWatches")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -253,6 +265,7 @@ type bridgeServiceClient struct {
 	deleteVariable       *connect.Client[v1.DeleteVariableRequest, v1.DeleteVariableResponse]
 	watchVariables       *connect.Client[v1.WatchVariablesRequest, v1.VariableUpdate]
 	watchVariableBatches *connect.Client[v1.WatchVariablesRequest, v1.VariableUpdateBatch]
+	listWatches          *connect.Client[v1.ListWatchesRequest, v1.ListWatchesResponse]
 }
 
 // InitializeSession calls varbridge.v1.BridgeService.InitializeSession.
@@ -330,6 +343,11 @@ func (c *bridgeServiceClient) WatchVariableBatches(ctx context.Context, req *con
 	return c.watchVariableBatches.CallServerStream(ctx, req)
 }
 
+// ListWatches calls varbridge.v1.BridgeService.ListWatches.
+func (c *bridgeServiceClient) ListWatches(ctx context.Context, req *connect.Request[v1.ListWatchesRequest]) (*connect.Response[v1.ListWatchesResponse], error) {
+	return c.listWatches.CallUnary(ctx, req)
+}
+
 // BridgeServiceHandler is an implementation of the varbridge.v1.BridgeService service.
 type BridgeServiceHandler interface {
 	// InitializeSession creates a session, or returns the existing one with the
@@ -375,6 +393,9 @@ type BridgeServiceHandler interface {
 	// A watcher that keeps up gets batches of one; one that is behind catches
 	// up with far fewer messages. Updates of one revision may span two batches.
 	WatchVariableBatches(context.Context, *connect.Request[v1.WatchVariablesRequest], *connect.ServerStream[v1.VariableUpdateBatch]) error
+	// ListWatches describes a session's open watches, whatever their
+	// transport: what each watches, since when, and how far it has read.
+	ListWatches(context.Context, *connect.Request[v1.ListWatchesRequest]) (*connect.Response[v1.ListWatchesResponse], error)
 }
 
 // NewBridgeServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -474,6 +495,12 @@ func NewBridgeServiceHandler(svc BridgeServiceHandler, opts ...connect.HandlerOp
 		connect.WithSchema(bridgeServiceMethods.ByName("WatchVariableBatches")),
 		connect.WithHandlerOptions(opts...),
 	)
+	bridgeServiceListWatchesHandler := connect.NewUnaryHandler(
+		BridgeServiceListWatchesProcedure,
+		svc.ListWatches,
+		connect.WithSchema(bridgeServiceMethods.ByName("ListWatches")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/varbridge.v1.BridgeService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case BridgeServiceInitializeSessionProcedure:
@@ -506,6 +533,8 @@ func NewBridgeServiceHandler(svc BridgeServiceHandler, opts ...connect.HandlerOp
 			bridgeServiceWatchVariablesHandler.ServeHTTP(w, r)
 		case BridgeServiceWatchVariableBatchesProcedure:
 			bridgeServiceWatchVariableBatchesHandler.ServeHTTP(w, r)
+		case BridgeServiceListWatchesProcedure:
+			bridgeServiceListWatchesHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -573,4 +602,8 @@ func (UnimplementedBridgeServiceHandler) WatchVariables(context.Context, *connec
 
 func (UnimplementedBridgeServiceHandler) WatchVariableBatches(context.Context, *connect.Request[v1.WatchVariablesRequest], *connect.ServerStream[v1.VariableUpdateBatch]) error {
 	return connect.NewError(connect.CodeUnimplemented, errors.New("varbridge.v1.BridgeService.WatchVariableBatches is not implemented"))
+}
+
+func (UnimplementedBridgeServiceHandler) ListWatches(context.Context, *connect.Request[v1.ListWatchesRequest]) (*connect.Response[v1.ListWatchesResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("varbridge.v1.BridgeService.ListWatches is not implemented"))
 }

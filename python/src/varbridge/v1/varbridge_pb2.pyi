@@ -487,6 +487,38 @@ class DeleteVariableResponse(_message.Message):
     revision: int
     def __init__(self, variable: _Optional[_Union[Variable, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
 
+class ListWatchesRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class ListWatchesResponse(_message.Message):
+    __slots__ = ("watches", "revision")
+    WATCHES_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    watches: _containers.RepeatedCompositeFieldContainer[WatchInfo]
+    revision: int
+    def __init__(self, watches: _Optional[_Iterable[_Union[WatchInfo, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class WatchInfo(_message.Message):
+    __slots__ = ("variable_identifiers", "created_at", "where", "coalesce", "read_revision", "pending", "lag_revisions")
+    VARIABLE_IDENTIFIERS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    WHERE_FIELD_NUMBER: _ClassVar[int]
+    COALESCE_FIELD_NUMBER: _ClassVar[int]
+    READ_REVISION_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    LAG_REVISIONS_FIELD_NUMBER: _ClassVar[int]
+    variable_identifiers: _containers.RepeatedScalarFieldContainer[str]
+    created_at: _timestamp_pb2.Timestamp
+    where: str
+    coalesce: bool
+    read_revision: int
+    pending: bool
+    lag_revisions: int
+    def __init__(self, variable_identifiers: _Optional[_Iterable[str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., where: _Optional[str] = ..., coalesce: _Optional[bool] = ..., read_revision: _Optional[int] = ..., pending: _Optional[bool] = ..., lag_revisions: _Optional[int] = ...) -> None: ...
+
 class WatchVariablesRequest(_message.Message):
     __slots__ = ("session_id", "variable_identifiers", "include_initial_values", "start_revision", "where", "coalesce", "heartbeat_interval_ms", "compact", "incarnation")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]

@@ -114,6 +114,11 @@ class BridgeServiceStub:
                 request_serializer=varbridge_dot_v1_dot_varbridge__pb2.WatchVariablesRequest.SerializeToString,
                 response_deserializer=varbridge_dot_v1_dot_varbridge__pb2.VariableUpdateBatch.FromString,
                 _registered_method=True)
+        self.ListWatches = channel.unary_unary(
+                '/varbridge.v1.BridgeService/ListWatches',
+                request_serializer=varbridge_dot_v1_dot_varbridge__pb2.ListWatchesRequest.SerializeToString,
+                response_deserializer=varbridge_dot_v1_dot_varbridge__pb2.ListWatchesResponse.FromString,
+                _registered_method=True)
 
 
 class BridgeServiceServicer:
@@ -242,6 +247,14 @@ class BridgeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListWatches(self, request, context):
+        """ListWatches describes a session's open watches, whatever their
+        transport: what each watches, since when, and how far it has read.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BridgeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -319,6 +332,11 @@ def add_BridgeServiceServicer_to_server(servicer, server):
                     servicer.WatchVariableBatches,
                     request_deserializer=varbridge_dot_v1_dot_varbridge__pb2.WatchVariablesRequest.FromString,
                     response_serializer=varbridge_dot_v1_dot_varbridge__pb2.VariableUpdateBatch.SerializeToString,
+            ),
+            'ListWatches': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWatches,
+                    request_deserializer=varbridge_dot_v1_dot_varbridge__pb2.ListWatchesRequest.FromString,
+                    response_serializer=varbridge_dot_v1_dot_varbridge__pb2.ListWatchesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -731,6 +749,33 @@ class BridgeService:
             '/varbridge.v1.BridgeService/WatchVariableBatches',
             varbridge_dot_v1_dot_varbridge__pb2.WatchVariablesRequest.SerializeToString,
             varbridge_dot_v1_dot_varbridge__pb2.VariableUpdateBatch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWatches(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/varbridge.v1.BridgeService/ListWatches',
+            varbridge_dot_v1_dot_varbridge__pb2.ListWatchesRequest.SerializeToString,
+            varbridge_dot_v1_dot_varbridge__pb2.ListWatchesResponse.FromString,
             options,
             channel_credentials,
             insecure,
