@@ -315,7 +315,8 @@ defmodule VarBridge do
   with `resync: true` and goes on.
 
   Returns `{:ok, ref}` once the server has accepted the watch, or the
-  server's error (an unknown variable: `:variable_not_found`).
+  error of that first connection (an unknown variable:
+  `:variable_not_found`; no server: `:unavailable`).
   """
   @spec watch_variables(
           Session.t(),
@@ -357,9 +358,11 @@ defmodule VarBridge do
   end
 
   @doc """
-  The open watches: per watch its `:ref`, `:session_id`, `:identifiers`,
-  `:alive`, `:updates_received`, `:errors` (callbacks that raised),
-  `:reconnects`, `:last_revision` and `:uptime_ms`.
+  The open watches: per watch its `:ref`, `:pid`, `:session_id`,
+  `:identifiers`, `:alive`, `:streaming` (connected now), `:updates_received`,
+  `:errors` (callbacks that raised), `:reconnects`, `:resent_skipped`
+  (updates the server sent again after a cut inside their revision, not
+  delivered twice), `:last_revision` (the last complete one) and `:uptime_ms`.
   """
   @spec list_watchers() :: [map()]
   def list_watchers do

@@ -122,5 +122,11 @@ defmodule VarBridge.UnaryTest do
 
     assert {:error, %Error{code: :unavailable, reason: nil}} =
              VarBridge.initialize_session(conn, "x")
+
+    # A watch's first connection that fails is the call's answer.
+    s = %VarBridge.Session{url: conn.url, id: "x"}
+
+    assert {:error, %Error{code: :unavailable}} =
+             VarBridge.watch_variables(s, ["a"], fn _, _, _, _ -> :ok end)
   end
 end

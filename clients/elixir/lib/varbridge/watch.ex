@@ -91,6 +91,7 @@ defmodule VarBridge.Watch do
       got_event: false,
       awaiting: nil,
       started: false,
+      start_error: nil,
       stats: %{
         updates_received: 0,
         errors: 0,
@@ -107,6 +108,9 @@ defmodule VarBridge.Watch do
   def handle_continue(:connect, state), do: open(state)
 
   @impl true
+  def handle_call(:await_started, _from, %{start_error: %Error{} = e} = state),
+    do: {:stop, :normal, {:error, e}, state}
+
   def handle_call(:await_started, from, %{started: false} = state),
     do: {:noreply, %{state | awaiting: from}}
 
@@ -326,8 +330,15 @@ defmodule VarBridge.Watch do
     state = %{state | failures: failures, got_event: false}
 
     cond do
-      not state.started and not retryable?(e) ->
+      # The first connection's failure is the caller's answer, as on gRPC:
+      # watch_variables returns once the server registered the watch, or
+      # says why it did not.
+      not state.started and state.awaiting != nil ->
         {:stop, :normal, started(state, {:error, e})}
+
+      # Failed before watch_variables asked: keep the answer for it.
+      not state.started ->
+        {:noreply, %{state | start_error: e}}
 
       not retryable?(e) ->
         give_up(state, e)
