@@ -54,6 +54,7 @@ delete fail with NotFound when it does not exist.`,
 
 	root.AddCommand(
 		newServeCmd(),
+		newSnapshotCmd(g),
 		newRegisterCmd(g),
 		newGetCmd(g),
 		newSetCmd(g),

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -25,13 +26,18 @@ import (
 	varbridgev1 "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
 
-// startServe runs "varbridge serve args..." until the test ends and returns
+// startServe runs "varbridge serve args..." (in memory unless args give a
+// --data-dir) until the test ends and returns
 // the lines it printed before serving ("metrics on ...", "listening on ...").
 func startServe(t *testing.T, args ...string) map[string]string {
 	t.Helper()
 	pr, pw := io.Pipe()
 	root := newRootCmd()
-	root.SetArgs(append([]string{"serve", "--memory", "--listen", "127.0.0.1:0", "--log-level", "error"}, args...))
+	base := []string{"serve", "--listen", "127.0.0.1:0", "--log-level", "error"}
+	if !slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--data-dir") }) {
+		base = append(base, "--memory") // no stray ./varbridge.data
+	}
+	root.SetArgs(append(base, args...))
 	root.SetOut(pw)
 	root.SetErr(io.Discard)
 	ctx, cancel := context.WithCancel(context.Background())
