@@ -77,6 +77,53 @@ defmodule VarBridge.ResumeTest do
     :ok = VarBridge.unwatch_variables(ref)
   end
 
+  test "a session created anew while the watch was away resumes with resync values", %{
+    session: s,
+    server: server,
+    conn: conn
+  } do
+    %URI{host: host, port: port} = URI.parse(VarBridge.Test.Server.addrs(server).http)
+    proxy = start_supervised!({CutProxy, {host, port}})
+    through_proxy = %{s | url: "http://127.0.0.1:#{CutProxy.port(proxy)}"}
+    {:ok, _} = VarBridge.register_variable(s, "a", :integer, 1)
+    {:ok, _} = VarBridge.register_variable(s, "b", :string, "x")
+    me = self()
+
+    {:ok, ref} =
+      VarBridge.watch_variables(
+        through_proxy,
+        ["a", "b"],
+        fn name, old, new, meta ->
+          send(me, {:update, name, old, new, Map.take(meta, [:resync, :initial])})
+        end,
+        backoff: {50, 100},
+        max_failures: 1_000
+      )
+
+    {:ok, _} = VarBridge.set_variable(s, "a", 2)
+    assert_receive {:update, "a", 1, 2, %{resync: false}}, 5_000
+
+    # The server goes away for the watch; meanwhile the session ends and is
+    # created again (another incarnation, revisions from 1 again).
+    :ok = CutProxy.refuse(proxy, true)
+    CutProxy.cut(proxy)
+    {:ok, _} = VarBridge.cleanup_session(s)
+    {:ok, again} = VarBridge.initialize_session(conn, s.id)
+    assert again.incarnation != s.incarnation
+    {:ok, _} = VarBridge.register_variable(again, "a", :integer, 10)
+    {:ok, _} = VarBridge.register_variable(again, "b", :string, "y")
+    {:ok, _} = VarBridge.set_variable(again, "a", 11)
+    :ok = CutProxy.refuse(proxy, false)
+
+    # Every watched variable's current value, flagged, then changes again.
+    assert_receive {:update, "a", nil, 11, %{resync: true}}, 10_000
+    assert_receive {:update, "b", nil, "y", %{resync: true}}, 5_000
+    {:ok, _} = VarBridge.set_variable(again, "b", "z")
+    assert_receive {:update, "b", "y", "z", %{resync: false}}, 5_000
+    refute_received {:update, _, _, _, _}
+    :ok = VarBridge.unwatch_variables(ref)
+  end
+
   defp collect(acc, last?) do
     receive do
       {:update, name, old, new, rev} ->

@@ -72,6 +72,26 @@ defmodule VarBridge.WatchTest do
     :ok = VarBridge.unwatch_variables(ref)
   end
 
+  test "updates a filter rejects still advance the resume point (heartbeats)", %{session: s} do
+    {:ok, _} = VarBridge.register_variable(s, "t", :float, 0.0)
+
+    {:ok, ref} =
+      VarBridge.watch_variables(s, ["t"], to_me(), filter: "new > 100.0", heartbeat: 20)
+
+    for v <- 1..5, do: {:ok, _} = VarBridge.set_variable(s, "t", v * 1.0)
+    {:ok, %{revision: rev}} = VarBridge.get_session(s)
+
+    assert eventually(fn ->
+             match?(
+               [%{last_revision: ^rev}],
+               Enum.filter(VarBridge.list_watchers(), &(&1.ref == ref))
+             )
+           end)
+
+    refute_received {:update, _, _, _, _}
+    :ok = VarBridge.unwatch_variables(ref)
+  end
+
   test "a watch of every variable sees ones registered later, and deletions", %{session: s} do
     {:ok, ref} = VarBridge.watch_variables(s, [], to_me())
     {:ok, v} = VarBridge.register_variable(s, "late", :integer, 1)

@@ -129,6 +129,9 @@ defmodule VarBridge.Test.CutProxy do
   """
   def cut_mid_revision(pid), do: GenServer.call(pid, :arm)
 
+  @doc "While refusing, new connections are closed at once (a server that is down)."
+  def refuse(pid, refusing?), do: GenServer.call(pid, {:refuse, refusing?})
+
   @doc "How many armed cuts happened."
   def mid_revision_cuts(pid), do: GenServer.call(pid, :mid_cuts)
 
@@ -170,6 +173,7 @@ defmodule VarBridge.Test.CutProxy do
 
   def handle_call(:cut, _from, state), do: {:reply, map_size(state.conns), cut_all(state)}
   def handle_call(:arm, _from, state), do: {:reply, :ok, %{state | armed: true}}
+  def handle_call({:refuse, r}, _from, state), do: {:reply, :ok, Map.put(state, :refusing, r)}
   def handle_call(:mid_cuts, _from, state), do: {:reply, state.mid_cuts, state}
 
   defp cut_all(state) do
@@ -182,6 +186,11 @@ defmodule VarBridge.Test.CutProxy do
   end
 
   @impl true
+  def handle_info({:accepted, down}, %{refusing: true} = state) do
+    :gen_tcp.close(down)
+    {:noreply, state}
+  end
+
   def handle_info({:accepted, down}, state) do
     {host, port} = state.upstream
 
