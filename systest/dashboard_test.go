@@ -54,10 +54,10 @@ type dashServer struct {
 	httpAddr string
 }
 
-func startDashServer(t *testing.T, extra ...string) *dashServer {
+func startDashServer(t *testing.T, bin string, extra ...string) *dashServer {
 	t.Helper()
-	s := &dashServer{binServer: &binServer{t: t, bin: buildServer(t), addr: freeAddr(t)}, httpAddr: freeAddr(t)}
-	s.args = append([]string{"serve", "--listen", s.addr, "--http-listen", s.httpAddr, "--log-level", "error"}, extra...)
+	s := &dashServer{binServer: &binServer{t: t, bin: bin, addr: freeAddr(t)}, httpAddr: freeAddr(t)}
+	s.args = append([]string{"serve", "--memory", "--listen", s.addr, "--http-listen", s.httpAddr, "--log-level", "error"}, extra...)
 	s.start()
 	t.Cleanup(s.kill)
 	// "listening on" speaks for the gRPC listener; wait for the HTTP one too.
@@ -182,12 +182,21 @@ func cellText(selector string) string {
 	return fmt.Sprintf(`(document.querySelector(%q)?.innerText ?? "").trim()`, selector)
 }
 
-// TestDashboardBrowser: the sessions list, a session's live variables, a
-// plot, the tensor summary, a write through the form that a Go watcher
-// receives, and a constraint violation shown as the server stated it.
+// TestDashboardBrowser runs the page's scenarios on one build of the binary.
 func TestDashboardBrowser(t *testing.T) {
+	findChromium(t)
+	bin := buildServer(t)
+	t.Run("LiveSession", func(t *testing.T) { testDashboardLive(t, bin) })
+	t.Run("Auth", func(t *testing.T) { testDashboardAuth(t, bin) })
+}
+
+// testDashboardLive: the sessions list, a session's live variables, a
+// plot, the tensor summary, the session's watches, a write through the
+// form that a Go watcher receives, and a constraint violation shown as the
+// server stated it.
+func testDashboardLive(t *testing.T, bin string) {
 	b := newBrowser(t)
-	srv := startDashServer(t)
+	srv := startDashServer(t, bin)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
@@ -287,9 +296,16 @@ func TestDashboardBrowser(t *testing.T) {
 	}
 	b.waitFor("the embedding's new norm", cellText(`#tensors tr[data-name="direction"] td:last-child`)+` === "10"`)
 
-	// The page's own watch shows up among the session's watches (the Go
-	// watcher and the page's SSE stream).
+	// The session's watches (ListWatches): the Go watcher of temperature
+	// and the page's own SSE stream of every variable, both caught up.
 	b.waitFor("the session's watch count", cellText(`#watch-count`)+` === "2"`)
+	watches := b.waitFor("both watches caught up", `(() => {
+		const rows = [...document.querySelectorAll("#watches tbody tr")].map((r) => r.innerText);
+		return rows.length === 2 && rows.every((r) => r.endsWith("up to date")) ? rows.join("\n") : "";
+	})()`)
+	if !strings.Contains(watches, "temperature\t") || !strings.Contains(watches, "every variable\t") {
+		t.Errorf("the watches table reads:\n%s\nwant a watch of temperature and one of every variable", watches)
+	}
 
 	// The form: a value within the constraints reaches the Go watcher...
 	for len(fromForm) > 0 {
@@ -355,13 +371,13 @@ func TestDashboardBrowser(t *testing.T) {
 
 }
 
-// TestDashboardBrowserAuth: with --require-auth the page asks for the
-// operator token to list sessions and for a session's token to open it, and
-// works once given them.
-func TestDashboardBrowserAuth(t *testing.T) {
+// testDashboardAuth: with --require-auth the page asks for the operator
+// token to list sessions and for a session's token to open it, refuses a
+// wrong one with the server's error, and works once given the right one.
+func testDashboardAuth(t *testing.T, bin string) {
 	b := newBrowser(t)
 	const operator = "op-secret-token"
-	srv := startDashServer(t, "--require-auth", "--operator-token", operator)
+	srv := startDashServer(t, bin, "--require-auth", "--operator-token", operator)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 

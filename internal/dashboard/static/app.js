@@ -119,9 +119,15 @@ function sessionView(id) {
   const tensorBody = h("tbody");
   const info = h("dl", { class: "info", id: "session-info" });
   const streamState = h("span", { id: "stream-state" }, "connecting");
-  const watchStats = h("dl", { class: "info", id: "watch-stats" });
+  const watchStats = h("dl", { class: "info", id: "stream-stats" });
+  const watchCount = h("span", { id: "watch-count" }, "…");
+  const watchBody = h("tbody");
+  const watchTable = h("table", { id: "watches" },
+    h("caption", {}, "Open watches on this session: ", watchCount),
+    h("thead", {}, h("tr", {}, ["Watching", "Filter", "Coalesce", "Open since", "Read up to", "Behind by"].map((c) => h("th", { scope: "col" }, c)))),
+    watchBody);
+  const watchPlace = h("div", {}, watchTable);
   const stats = { updates: 0, heartbeats: 0, revision: 0, lastEventId: "", reconnects: 0, since: Date.now() };
-  let sessionWatches = "…";
   let stopped = false;
   let es = null;
   const timers = [];
@@ -152,7 +158,8 @@ function sessionView(id) {
       h("table", { id: "tensors" },
         h("thead", {}, h("tr", {}, ["Name", "Shape", "DType", "Elements", "L2 norm"].map((c) => h("th", { scope: "col" }, c)))),
         tensorBody)),
-    h("section", { "aria-labelledby": "watches-h" }, h("h2", { id: "watches-h" }, "Watches"), watchStats),
+    h("section", { "aria-labelledby": "watches-h" }, h("h2", { id: "watches-h" }, "Watches"), watchPlace,
+      h("h3", {}, "This page's stream"), watchStats),
     h("section", { "aria-labelledby": "set-h" }, h("h2", { id: "set-h" }, "Set a value"), form, hint, result),
   );
   main.querySelector("h1").focus();
@@ -161,10 +168,11 @@ function sessionView(id) {
     dl.replaceChildren(...rows.flatMap(([k, v, idAttr]) => [h("dt", {}, k), h("dd", idAttr ? { id: idAttr } : {}, v)]));
   }
 
+  // renderWatches shows this page's own stream; the session's watches
+  // (ListWatches) are listed by listWatches.
   function renderWatches() {
     dlRows(watchStats, [
-      ["Open watches on this session", sessionWatches, "watch-count"],
-      ["This page's stream", streamState.textContent],
+      ["State", streamState.textContent],
       ["Updates received", stats.updates],
       ["Heartbeats", stats.heartbeats],
       ["Revision covered", stats.revision],
@@ -173,19 +181,45 @@ function sessionView(id) {
     ]);
   }
 
+  async function listWatches() {
+    try {
+      const resp = await call("ListWatches", { sessionId: id }, scope);
+      const rev = Number(resp.revision ?? 0);
+      const ws = resp.watches ?? [];
+      watchCount.textContent = String(ws.length);
+      watchBody.replaceChildren(...ws.map((w) => {
+        const since = w.createdAt ? Date.parse(w.createdAt) : NaN;
+        const lag = Number(w.lagRevisions ?? 0);
+        return h("tr", {},
+          h("td", {}, w.variableIdentifiers?.length ? w.variableIdentifiers.join(", ") : "every variable"),
+          h("td", {}, w.where ? h("code", {}, w.where) : "—"),
+          h("td", {}, w.coalesce ? "yes" : "no"),
+          h("td", { title: w.createdAt ?? "" }, Number.isNaN(since) ? "—" : age(since)),
+          h("td", { class: "num" }, w.readRevision ?? "0"),
+          // Lag counts every revision since the stream's last read, those of
+          // variables it does not watch too: only pending ones are a backlog.
+          h("td", { title: `the session is ${lag} revisions past what this stream read` }, w.pending ? `${lag} revisions` : "up to date"));
+      }));
+      if (!ws.length) watchBody.replaceChildren(h("tr", {}, h("td", { colspan: 6 }, `No open watches at revision ${rev}.`)));
+      watchPlace.replaceChildren(watchTable);
+    } catch (err) {
+      if (!stopped) watchPlace.replaceChildren(errorBlock(err), watchTable);
+    }
+  }
+
   async function refreshSession() {
     try {
       const { session: s } = await call("GetSession", { sessionId: id }, scope);
       if (stopped) return;
       const exp = s.expiresAt ? Date.parse(s.expiresAt) : NaN;
-      sessionWatches = s.watchCount ?? "0";
       dlRows(info, [
         ["Revision", s.revision ?? "0", "session-revision"],
         ["Variables", s.variableCount ?? "0"],
         ["Expires", Number.isNaN(exp) ? "—" : `${relative(exp)} (${s.expiresAt})`],
         ["Incarnation", s.incarnation ?? ""],
       ]);
-      renderWatches();
+      await listWatches();
+      if (stopped) return false;
       timers.push(setTimeout(refreshSession, 2000));
       return true;
     } catch (err) {
