@@ -25,9 +25,18 @@ defmodule VarBridge do
   alias VarBridge.{Error, HTTP, Session, TypeCache, Value, Variable}
 
   defmodule Conn do
-    @moduledoc "A server to talk to: its HTTP `url`, the `token` calls send, a call `timeout` (ms)."
-    defstruct [:url, :token, timeout: 15_000]
-    @type t :: %__MODULE__{url: String.t(), token: String.t() | nil, timeout: pos_integer()}
+    @moduledoc """
+    A server to talk to: its HTTP `url`, the `token` calls send, a call
+    `timeout` (ms) and, for https, the `tls` options of `:ssl`.
+    """
+    defstruct [:url, :token, timeout: 15_000, tls: []]
+
+    @type t :: %__MODULE__{
+            url: String.t(),
+            token: String.t() | nil,
+            timeout: pos_integer(),
+            tls: keyword()
+          }
   end
 
   @type identifier_t :: String.t() | atom()
@@ -37,8 +46,10 @@ defmodule VarBridge do
   A connection to the server at `url` (default `"http://127.0.0.1:50052"`,
   `varbridge serve`'s `--http-listen`). Options: `:url`, `:token` (the
   session token or operator token to send as `Authorization: Bearer`),
-  `:timeout` of each call in ms (default 15 s). Connections are made per
-  call, so nothing is dialed here.
+  `:timeout` of each call in ms (default 15 s), and for an `https://` url
+  `:cacertfile` (a PEM file of the CAs to trust; default the system's).
+  The server's certificate and host name are verified. Connections are made
+  per call, so nothing is dialed here.
   """
   @spec connect(keyword() | String.t()) :: {:ok, Conn.t()} | {:error, Error.t()}
   def connect(url) when is_binary(url), do: connect(url: url)
@@ -52,7 +63,8 @@ defmodule VarBridge do
          %Conn{
            url: url,
            token: Keyword.get(opts, :token),
-           timeout: Keyword.get(opts, :timeout, 15_000)
+           timeout: Keyword.get(opts, :timeout, 15_000),
+           tls: if(s == "https", do: tls(opts[:cacertfile]), else: [])
          }}
 
       _ ->
@@ -81,13 +93,18 @@ defmodule VarBridge do
       |> put_opt("ttl", opts[:ttl], &duration/1)
 
     with {:ok, resp} <-
-           HTTP.call(conn.url, token, "InitializeSession", body, timeout: conn.timeout) do
+           HTTP.call(conn.url, token, "InitializeSession", body,
+             timeout: conn.timeout,
+             tls: conn.tls
+           ) do
       s = Map.get(resp, "session", %{})
       token = if (t = resp["sessionToken"]) not in [nil, ""], do: t, else: token
 
       {:ok,
        %Session{
          url: conn.url,
+         tls: conn.tls,
+         timeout: conn.timeout,
          id: Map.get(s, "sessionId", ""),
          token: token,
          incarnation: s["incarnation"],
@@ -375,8 +392,8 @@ defmodule VarBridge do
 
   # --- helpers -----------------------------------------------------------
 
-  defp call(%Session{url: url, token: token, id: id}, method, body) do
-    HTTP.call(url, token, method, Map.put(body, "sessionId", id))
+  defp call(%Session{url: url, token: token, id: id} = s, method, body) do
+    HTTP.call(url, token, method, Map.put(body, "sessionId", id), timeout: s.timeout, tls: s.tls)
   end
 
   defp remember(%Session{} = s, %Variable{} = v) do
@@ -438,6 +455,26 @@ defmodule VarBridge do
          })}
     end
   end
+
+  # Verify the server's certificate chain and its host name, or its IP
+  # address: given a host as text, :ssl compares it with the certificate's
+  # DNS names only, so an https://127.0.0.1 url is matched against the
+  # certificate's IP addresses here.
+  defp tls(cacertfile) do
+    cas = if cacertfile, do: [cacertfile: cacertfile], else: [cacerts: :public_key.cacerts_get()]
+    [verify: :verify_peer, customize_hostname_check: [match_fun: &match_host/2]] ++ cas
+  end
+
+  @doc false
+  def match_host({:dns_id, host} = ref, {:iPAddress, bytes} = presented) do
+    case :inet.parse_address(host) do
+      {:ok, ip} -> Tuple.to_list(ip) == bytes
+      {:error, _} -> :public_key.pkix_verify_hostname_match_fun(:https).(ref, presented)
+    end
+  end
+
+  def match_host(ref, presented),
+    do: :public_key.pkix_verify_hostname_match_fun(:https).(ref, presented)
 
   defp put_opt(body, _key, nil, _f), do: body
   defp put_opt(body, key, v, f), do: Map.put(body, key, f.(v))

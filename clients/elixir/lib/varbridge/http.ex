@@ -25,7 +25,8 @@ defmodule VarBridge.HTTP do
     http_opts = [
       timeout: timeout + 1_000,
       connect_timeout: min(timeout, 5_000),
-      autoredirect: false
+      autoredirect: false,
+      ssl: Keyword.get(opts, :tls, [])
     ]
 
     case :httpc.request(

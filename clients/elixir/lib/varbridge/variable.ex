@@ -67,14 +67,27 @@ end
 
 defmodule VarBridge.Session do
   @moduledoc """
-  A session on a server: its `id`, the server's `url`, the `token` its calls
-  send (nil without auth), and what the server said about it when it was
-  initialized (`incarnation`, `revision`, `created`, `expires_at`).
+  A session on a server: its `id`, the server's `url` (with the connection's
+  `tls` options and call `timeout`), the `token` its calls send (nil without
+  auth), and what the server said about it when it was initialized
+  (`incarnation`, `revision`, `created`, `expires_at`).
   """
-  defstruct [:url, :id, :token, :incarnation, :expires_at, revision: 0, created: false]
+  defstruct [
+    :url,
+    :id,
+    :token,
+    :incarnation,
+    :expires_at,
+    revision: 0,
+    created: false,
+    tls: [],
+    timeout: 15_000
+  ]
 
   @type t :: %__MODULE__{
           url: String.t(),
+          tls: keyword(),
+          timeout: pos_integer(),
           id: String.t(),
           token: String.t() | nil,
           incarnation: String.t() | nil,

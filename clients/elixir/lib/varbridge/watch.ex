@@ -218,7 +218,7 @@ defmodule VarBridge.Watch do
       "\r\n"
     ]
 
-    {transport, opts} = transport(uri)
+    {transport, opts} = transport(uri, s.tls)
     base = [:binary, active: false, packet: :raw, nodelay: true]
 
     with {:ok, sock} <-
@@ -242,17 +242,8 @@ defmodule VarBridge.Watch do
     end
   end
 
-  defp transport(%URI{scheme: "https", host: host}) do
-    {:ssl,
-     [
-       verify: :verify_peer,
-       cacerts: :public_key.cacerts_get(),
-       server_name_indication: to_charlist(host),
-       customize_hostname_check: [match_fun: :public_key.pkix_verify_hostname_match_fun(:https)]
-     ]}
-  end
-
-  defp transport(_), do: {:gen_tcp, []}
+  defp transport(%URI{scheme: "https"}, tls), do: {:ssl, tls}
+  defp transport(_, _), do: {:gen_tcp, []}
 
   defp setopts(:gen_tcp, sock), do: :inet.setopts(sock, active: :once)
   defp setopts(:ssl, sock), do: :ssl.setopts(sock, active: :once)
