@@ -73,6 +73,8 @@ test: venv proto-check build
 	go vet ./...
 	@echo "==> go test -race"
 	go test -race -count=1 -timeout $(GO_TEST_TIMEOUT) ./...
+	@echo "==> node --test (the dashboard's value handling; the page itself is tested in Chromium by go test)"
+	node --test internal/dashboard/jstest/
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=5s
 	@if [ -d python/tests ]; then \
 	  echo "==> pytest"; \
