@@ -29,13 +29,14 @@ defmodule VarBridge do
     A server to talk to: its HTTP `url`, the `token` calls send, a call
     `timeout` (ms) and, for https, the `tls` options of `:ssl`.
     """
-    defstruct [:url, :token, timeout: 15_000, tls: []]
+    defstruct [:url, :token, timeout: 15_000, tls: [], profile: :varbridge]
 
     @type t :: %__MODULE__{
             url: String.t(),
             token: String.t() | nil,
             timeout: pos_integer(),
-            tls: keyword()
+            tls: keyword(),
+            profile: atom()
           }
   end
 
@@ -59,12 +60,15 @@ defmodule VarBridge do
 
     case URI.parse(url) do
       %URI{scheme: s, host: h} when s in ["http", "https"] and is_binary(h) and h != "" ->
+        tls = if s == "https", do: tls(opts[:cacertfile]), else: []
+
         {:ok,
          %Conn{
            url: url,
            token: Keyword.get(opts, :token),
            timeout: Keyword.get(opts, :timeout, 15_000),
-           tls: if(s == "https", do: tls(opts[:cacertfile]), else: [])
+           tls: tls,
+           profile: HTTP.profile(url, tls)
          }}
 
       _ ->
@@ -95,7 +99,8 @@ defmodule VarBridge do
     with {:ok, resp} <-
            HTTP.call(conn.url, token, "InitializeSession", body,
              timeout: conn.timeout,
-             tls: conn.tls
+             tls: conn.tls,
+             profile: conn.profile
            ) do
       s = Map.get(resp, "session", %{})
       token = if (t = resp["sessionToken"]) not in [nil, ""], do: t, else: token
@@ -105,6 +110,7 @@ defmodule VarBridge do
          url: conn.url,
          tls: conn.tls,
          timeout: conn.timeout,
+         profile: conn.profile,
          id: Map.get(s, "sessionId", ""),
          token: token,
          incarnation: s["incarnation"],
@@ -393,7 +399,11 @@ defmodule VarBridge do
   # --- helpers -----------------------------------------------------------
 
   defp call(%Session{url: url, token: token, id: id} = s, method, body) do
-    HTTP.call(url, token, method, Map.put(body, "sessionId", id), timeout: s.timeout, tls: s.tls)
+    HTTP.call(url, token, method, Map.put(body, "sessionId", id),
+      timeout: s.timeout,
+      tls: s.tls,
+      profile: s.profile
+    )
   end
 
   defp remember(%Session{} = s, %Variable{} = v) do

@@ -34,7 +34,7 @@ defmodule VarBridge.HTTP do
            request,
            http_opts,
            [body_format: :binary],
-           VarBridge.Application.profile()
+           Keyword.get(opts, :profile, VarBridge.Application.profile())
          ) do
       {:ok, {{_, 200, _}, _headers, resp}} ->
         case JSON.decode(resp) do
@@ -56,6 +56,24 @@ defmodule VarBridge.HTTP do
       {:error, reason} ->
         {:error, Error.transport(reason)}
     end
+  end
+
+  @doc false
+  # The :httpc profile for a server: plain http shares the application's;
+  # each https server and set of TLS options gets one of its own, since
+  # httpc reuses a kept-alive connection by host and port alone, and a
+  # connection verified with one client's options must not serve another's.
+  def profile(_url, []), do: VarBridge.Application.profile()
+
+  def profile(url, tls) do
+    name = :"varbridge_tls_#{:erlang.phash2({url, tls})}"
+
+    case :inets.start(:httpc, profile: name) do
+      {:ok, _} -> :ok = :httpc.set_options([keep_alive_timeout: 30_000], name)
+      {:error, {:already_started, _}} -> :ok
+    end
+
+    name
   end
 
   @doc false

@@ -81,13 +81,15 @@ defmodule VarBridge.Session do
     revision: 0,
     created: false,
     tls: [],
-    timeout: 15_000
+    timeout: 15_000,
+    profile: :varbridge
   ]
 
   @type t :: %__MODULE__{
           url: String.t(),
           tls: keyword(),
           timeout: pos_integer(),
+          profile: atom(),
           id: String.t(),
           token: String.t() | nil,
           incarnation: String.t() | nil,
