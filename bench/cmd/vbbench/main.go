@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime/pprof"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -40,15 +41,38 @@ type config struct {
 	fanWrites, fanBurst    int
 	idleN, idleConns       int
 	idleRuns               int
+
+	// durable group (issue 11): write throughput per run, and the data
+	// dir restart_recovery_s recovers (sessions x variables, and writes
+	// per session on top of the registrations).
+	tputDur                         time.Duration
+	recSessions, recVars, recWrites int
+	recRuns                         int
+
+	// memoryFlag: the server binary has --memory (every binary since the
+	// durable engine), which the in-memory groups pass explicitly; an
+	// older binary (the A/B base) keeps everything in memory anyway.
+	memoryFlag bool
 }
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "nats-serve" {
 		fs := flag.NewFlagSet("nats-serve", flag.ExitOnError)
 		dir := fs.String("dir", "", "JetStream store directory")
+		syncAlways := fs.Bool("sync-always", false, "configure jetstream { sync_interval: always } (through a config file)")
 		_ = fs.Parse(os.Args[2:])
-		if err := natsServe(*dir); err != nil {
+		if err := natsServe(*dir, *syncAlways); err != nil {
 			fmt.Fprintln(os.Stderr, "nats-serve:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if len(os.Args) > 1 && os.Args[1] == "etcd-serve" {
+		fs := flag.NewFlagSet("etcd-serve", flag.ExitOnError)
+		dir := fs.String("dir", "", "etcd data directory")
+		_ = fs.Parse(os.Args[2:])
+		if err := etcdServe(*dir); err != nil {
+			fmt.Fprintln(os.Stderr, "etcd-serve:", err)
 			os.Exit(1)
 		}
 		return
@@ -68,7 +92,7 @@ func main() {
 	flag.StringVar(&c.server, "server", ".bin/varbridge", "varbridge binary")
 	flag.StringVar(&c.python, "python", ".venv/bin/python", "python with varbridge and nats-py installed")
 	flag.StringVar(&c.pydir, "pydir", "bench/py", "directory of the Python helper scripts")
-	flag.StringVar(&only, "only", "", "regexp: run only the groups it matches (latency, stream, fanout, idle)")
+	flag.StringVar(&only, "only", "", "regexp: run only the groups it matches (local, latency, durable, stream, fanout, idle)")
 	flag.BoolVar(&c.natsOn, "nats", true, "run the NATS comparison")
 	flag.StringVar(&c.perfDir, "perf", "", "record each server group with `perf record -g` into this directory")
 	flag.StringVar(&c.pyProf, "pyprofile", "", "cProfile the Python helpers into this directory")
@@ -85,13 +109,16 @@ func main() {
 	flag.IntVar(&c.idleConns, "idle-conns", 50, "idle: connections the watches are spread over")
 	flag.Parse()
 	c.latWarm, c.fanWrites, c.fanBurst, c.liveDur, c.idleRuns = 500, 30, 50, 3*time.Second, min(c.runs, 3)
+	c.tputDur, c.recSessions, c.recVars, c.recWrites, c.recRuns = 3*time.Second, 100, 1000, 10_000, 3
 	if c.smoke {
+		c.tputDur, c.recSessions, c.recVars, c.recWrites, c.recRuns = 300*time.Millisecond, 4, 50, 200, 1
 		c.runs, c.latN, c.latWarm = 1, 100, 20
 		c.goTputRevs, c.goTputVars, c.pyTputN, c.liveDur, c.localN = 50, 100, 2000, 300*time.Millisecond, 2000
 		c.fanN, c.fanConns, c.fanWrites, c.fanBurst = 200, 4, 5, 5
 		c.idleN, c.idleConns, c.idleRuns = 500, 4, 1
 	}
 	c.only = regexp.MustCompile(only)
+	c.memoryFlag = strings.Contains(cmdOut(c.server, "serve", "--help"), "--memory")
 	if cpuprofile != "" {
 		f, err := os.Create(cpuprofile)
 		if err != nil {
@@ -143,6 +170,7 @@ func run(c *config) error {
 	}
 	group("local", func() error { return benchLocal(ctx, c, col) })
 	group("latency", func() error { return benchLatency(ctx, c, col, self) })
+	group("durable", func() error { return benchDurable(ctx, c, col, self) })
 	group("stream", func() error { return benchStream(ctx, c, col) })
 	group("fanout", func() error { return benchFanout(ctx, c, col) })
 	group("idle", func() error { return benchIdle(ctx, c, col) })
@@ -183,9 +211,22 @@ func checkSmoke(c *config, rs []Result) error {
 	return nil
 }
 
-// startServer starts varbridge serve with extra flags, and perf record on
-// it when asked.
+// startServer starts varbridge serve in memory (--memory) with extra
+// flags, and perf record on it when asked.
 func startServer(c *config, group string, extra ...string) (*proc, func(), error) {
+	if c.memoryFlag {
+		extra = append([]string{"--memory"}, extra...)
+	}
+	return startServerArgs(c, group, extra...)
+}
+
+// startDurable starts varbridge serve keeping its data in dir (which the
+// caller made and removes), with extra flags (--fsync).
+func startDurable(c *config, group, dir string, extra ...string) (*proc, func(), error) {
+	return startServerArgs(c, group, append([]string{"--data-dir", dir}, extra...)...)
+}
+
+func startServerArgs(c *config, group string, extra ...string) (*proc, func(), error) {
 	args := append([]string{"serve", "--listen", "127.0.0.1:0", "--log-level", "warn"}, extra...)
 	p, err := startListener("varbridge", c.server, args...)
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strconv"
 	"time"
 
@@ -17,11 +18,30 @@ import (
 // natsServe runs nats-server with JetStream (file storage in dir) on a free
 // loopback port until stdin closes; it is the "nats-serve" subcommand, run
 // as a child process so that NATS, like varbridge, has a process of its own.
-func natsServe(dir string) error {
-	ns, err := natsserver.NewServer(&natsserver.Options{
+// With syncAlways it reads its settings from a configuration file written
+// into dir with `sync_interval: always` in its jetstream block (fsync after
+// every write, as operators configure it), and the same settings otherwise.
+func natsServe(dir string, syncAlways bool) error {
+	opts := &natsserver.Options{
 		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: dir,
 		NoLog: true, NoSigs: true, MaxPayload: 1 << 20,
-	})
+	}
+	if syncAlways {
+		conf := filepath.Join(dir, "nats-server.conf")
+		text := fmt.Sprintf("host: 127.0.0.1\nport: -1\nmax_payload: 1MB\njetstream {\n  store_dir: %q\n  sync_interval: always\n}\n", filepath.Join(dir, "js"))
+		if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
+			return err
+		}
+		var err error
+		if opts, err = natsserver.ProcessConfigFile(conf); err != nil {
+			return err
+		}
+		if !opts.SyncAlways {
+			return fmt.Errorf("%s: sync_interval: always did not set SyncAlways", conf)
+		}
+		opts.NoLog, opts.NoSigs = true, true
+	}
+	ns, err := natsserver.NewServer(opts)
 	if err != nil {
 		return err
 	}
@@ -40,6 +60,12 @@ func startNATS(self, dir string) (*proc, error) {
 	return startListener("nats-server", self, "nats-serve", "-dir", dir)
 }
 
+// startNATSSyncAlways starts a nats-server whose JetStream fsyncs every
+// write (sync_interval: always, from its configuration file).
+func startNATSSyncAlways(self, dir string) (*proc, error) {
+	return startListener("nats-server (sync always)", self, "nats-serve", "-dir", dir, "-sync-always")
+}
+
 // natsStorage names the two ways the bench runs a NATS KV bucket: memory
 // (like-for-like with varbridge's in-memory store) and file (JetStream's
 // default sync: written to the file at once, fsynced every
@@ -52,6 +78,10 @@ type natsStorage struct {
 
 var natsMem = natsStorage{"mem", jetstream.MemoryStorage, "history 1, memory storage (like-for-like with varbridge's in-memory store)"}
 var natsFile = natsStorage{"file", jetstream.FileStorage, "history 1, file storage in a temp dir, JetStream's default sync (fsync every 2 min, not per write)"}
+
+// natsFileSync is file storage on a server configured with
+// `sync_interval: always`: like-for-like with varbridge --fsync always.
+var natsFileSync = natsStorage{"file_sync", jetstream.FileStorage, "history 1, file storage in a temp dir, nats-server configured with jetstream { sync_interval: always } (fsync after every write)"}
 
 // natsKV creates (or resets) bucket with key set to "0" and returns it.
 func natsKV(ctx context.Context, url, bucket, key string, st natsStorage) (*nats.Conn, jetstream.KeyValue, error) {

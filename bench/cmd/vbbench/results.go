@@ -133,6 +133,12 @@ var targets = map[string]target{
 	// (like-for-like with the in-memory server), ratios of medians.
 	"grpc_vs_nats_mem_go_watcher_from_send_p50_ratio": {"<=", 0.8},
 	"grpc_vs_nats_mem_py_watcher_from_send_p50_ratio": {"<=", 0.9},
+	// issue 11: varbridge --fsync always against etcd (default fsync), in
+	// the same run; recovery of 1M revisions and 100k variables.
+	"durable_vs_etcd_set_to_go_watcher_p50_ratio": {"<=", 0.5},
+	"durable_vs_etcd_writes_per_s_1_ratio":        {">=", 2},
+	"durable_vs_etcd_writes_per_s_64_ratio":       {">=", 2},
+	"restart_recovery_s":                          {"<=", 5},
 }
 
 // headline lists the figures printed first: latency from the writer's call
@@ -147,6 +153,14 @@ var headline = []string{
 	"nats_mem_set_to_py_watcher_from_send_p50_us", "nats_mem_set_to_py_watcher_from_send_p99_us", "nats_mem_set_to_py_watcher_missed",
 	"nats_file_set_to_py_watcher_from_send_p50_us", "nats_file_set_to_py_watcher_from_send_p99_us", "nats_file_set_to_py_watcher_missed",
 	"grpc_vs_nats_mem_py_watcher_from_send_p50_ratio", "grpc_vs_nats_mem_py_watcher_from_send_p99_ratio",
+	// issue 11: durable (--fsync always) beside etcd and NATS sync always.
+	"durable_set_to_go_watcher_p50_us", "durable_set_to_go_watcher_p99_us",
+	"etcd_set_to_go_watcher_p50_us", "etcd_set_to_go_watcher_p99_us",
+	"nats_file_sync_set_to_go_watcher_p50_us", "nats_file_sync_set_to_go_watcher_p99_us", "nats_file_sync_set_to_go_watcher_missed",
+	"durable_vs_etcd_set_to_go_watcher_p50_ratio", "durable_vs_etcd_set_to_go_watcher_p99_ratio",
+	"durable_writes_per_s_1", "etcd_writes_per_s_1", "durable_vs_etcd_writes_per_s_1_ratio",
+	"durable_writes_per_s_64", "etcd_writes_per_s_64", "durable_vs_etcd_writes_per_s_64_ratio",
+	"restart_recovery_s",
 }
 
 func printTable(w io.Writer, rs []Result) {

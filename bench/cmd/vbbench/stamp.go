@@ -40,7 +40,8 @@ func newStamp(c *config, began time.Time) Stamp {
 	if bi, ok := debug.ReadBuildInfo(); ok {
 		for _, d := range bi.Deps {
 			switch d.Path {
-			case "google.golang.org/grpc", "google.golang.org/protobuf", "github.com/nats-io/nats-server/v2", "github.com/nats-io/nats.go":
+			case "google.golang.org/grpc", "google.golang.org/protobuf", "github.com/nats-io/nats-server/v2", "github.com/nats-io/nats.go",
+				"go.etcd.io/etcd/server/v3", "go.etcd.io/etcd/client/v3":
 				s.Versions[d.Path] = d.Version
 			}
 		}
