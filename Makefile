@@ -7,7 +7,7 @@
 #   make test         vet, go test -race, pytest, ruff, mypy --strict (after venv, proto-check, build)
 #   make demo         live Go <-> Python reactive demo on a fresh server
 #   make fuzz         each fuzz target for FUZZTIME (default 2m; 5s inside make test)
-#   make chaos        fault suite, leaks and slow consumers at full size (short runs are in make test)
+#   make chaos        fault suite, leaks, slow consumers and the crash test at full size (short runs are in make test)
 #   make soak         minutes of thousands of watches and writes, memory printed over time (SOAK=3m)
 #   make elixir-test  the Elixir client's format check and ExUnit tests (inside make test)
 #   make fmt / lint   format / check Go, proto and Python sources
@@ -72,7 +72,7 @@ test: venv proto-check build
 	@echo "==> go vet"
 	go vet ./...
 	@echo "==> go test -race"
-	go test -race -count=1 -timeout $(GO_TEST_TIMEOUT) ./...
+	$(SYSTEST_ENV) go test -race -count=1 -timeout $(GO_TEST_TIMEOUT) ./...
 	@echo "==> node --test (the dashboard's value handling; the page itself is tested in Chromium by go test)"
 	node --test internal/dashboard/jstest/
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=5s
@@ -136,6 +136,12 @@ fuzz:
 CHAOS_UPDATES ?= 100000
 CHAOS_BLACKHOLES ?= 2
 CHAOS_ENV := VARBRIDGE_CHAOS_UPDATES=$(CHAOS_UPDATES) VARBRIDGE_CHAOS_BLACKHOLES=$(CHAOS_BLACKHOLES)
+# The crash test (systest/crash_test.go) SIGKILLs the durable server
+# CRASH_KILLS times under Go and Python writers and watchers; make test
+# runs it with 5 kills. systest's Python parts use the venv's python and
+# must not be skipped here, and its server tests take the binary just built.
+CRASH_KILLS ?= 25
+SYSTEST_ENV := VARBRIDGE_REQUIRE_PYTHON=1 VARBRIDGE_PYTHON="$(CURDIR)/$(PY)" VARBRIDGE_BIN="$(CURDIR)/$(BIN)"
 chaos: venv build
 	@echo "==> chaos: Go fault suite and leaks ($(CHAOS_UPDATES) updates, race detector on)"
 	$(CHAOS_ENV) go test -race -count=1 -timeout 30m -v -run '^(TestChaos|TestLeak)' ./systest
@@ -144,6 +150,8 @@ chaos: venv build
 	@echo "==> chaos: Python fault suite and sleeping watcher"
 	$(CHAOS_ENV) VARBRIDGE_CHAOS_STRICT=1 VARBRIDGE_BIN="$(CURDIR)/$(BIN)" \
 	  $(PY) -m pytest -s python/tests/test_chaos.py python/tests/test_slow_consumer.py
+	@echo "==> chaos: crash test ($(CRASH_KILLS) SIGKILLs of the durable server) and durable restarts"
+	$(SYSTEST_ENV) VARBRIDGE_CRASH_KILLS=$(CRASH_KILLS) go test -race -count=1 -timeout 20m -v -run '^(TestCrash|TestDurable)' ./systest
 	@echo "==> chaos: all passed"
 
 # Not in CI: minutes of 2,400 watches, writes, churn and cuts; prints the

@@ -20,6 +20,21 @@
 //   - restart_test.go: the varbridge binary SIGKILLed and restarted under a
 //     watch (RESYNC in the new incarnation), resuming across incarnations,
 //     waiting for a server that starts late, retried reads.
+//   - crash_test.go: the durable binary (--data-dir, --fsync always)
+//     SIGKILLed at random moments and restarted on its data directory under
+//     Go and Python writers (sets, atomic batches, compare-and-set) and Go
+//     and Python watchers behind the cut proxy: every acknowledged write at
+//     its version, no batch partly applied, every watcher exactly once and
+//     in order without RESYNC (VARBRIDGE_CRASH_KILLS, 5; make chaos: 25).
+//   - durable_restart_test.go: durable restarts with watchers idle,
+//     mid-batch and behind the history window; session expiry across a
+//     restart.
+//
+// The Python parts run crash_client.py (testdata) with the repository's
+// virtualenv (.venv, or $VARBRIDGE_PYTHON) and are skipped without one,
+// unless VARBRIDGE_REQUIRE_PYTHON is set (make test and make chaos set it,
+// and VARBRIDGE_BIN, the binary make just built, which these tests then
+// use instead of building their own).
 //
 // `go test ./systest` (and so `make test`, which runs `go test -race ./...`)
 // runs them at short sizes. The long versions:
