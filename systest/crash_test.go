@@ -163,13 +163,17 @@ func crashWriter(b *varbridge.BridgedState, writer string, names []string, seed 
 			}
 		default:
 			n := names[rng.IntN(len(names))]
-			if dirty[n] {
+			for dirty[n] {
 				v, gerr := b.Get(ctx, n)
-				if gerr != nil {
+				switch {
+				case gerr == nil:
+					known[n], dirty[n] = v.Version, false
+				case !errors.Is(gerr, varbridge.ErrUnavailable):
 					cancel()
 					return recs, fmt.Errorf("%s: reading %s back: %w", writer, n, gerr)
+				default:
+					time.Sleep(10 * time.Millisecond) // the server is restarting
 				}
-				known[n], dirty[n] = v.Version, false
 			}
 			rec.Op, rec.Vars, rec.Expected = "cas", []string{n}, known[n]
 			if known[n] > 1 && rng.IntN(4) == 0 {

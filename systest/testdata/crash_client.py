@@ -48,7 +48,9 @@ def emit(obj: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-async def write(addr: str, session_id: str, writer: str, names: list[str], stop: str, seed: int) -> None:
+async def write(
+    addr: str, session_id: str, writer: str, names: list[str], stop: str, seed: int
+) -> None:
     rng = random.Random(seed)
     async with varbridge.connect(addr, timeout=15.0) as bridge:
         s = await bridge.session(session_id)
@@ -82,13 +84,18 @@ async def write(addr: str, session_id: str, writer: str, names: list[str], stop:
                     known.update({n: v.version for n, v in res.variables.items()})
                 else:
                     name = rng.choice(names)
+                    rec.update(op="cas", vars=[name])
                     if name in dirty:
                         # An earlier write of it has an unknown outcome.
                         known[name] = (await s.get_variable(name)).version
                         dirty.discard(name)
                     stale = rng.randrange(4) == 0 and known[name] > 1
                     expected = known[name] - 1 if stale else known[name]
-                    rec.update(op="stalecas" if stale else "cas", vars=[name], expected=expected)
+                    rec.update(
+                        op="stalecas" if stale else "cas",
+                        vars=[name],
+                        expected=expected,
+                    )
                     v = await s.set_variable(name, value, expected_version=expected)
                     rec.update(outcome="ok", rev=v.revision, versions={name: v.version})
                     known[name] = v.version
