@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io/fs"
 	"maps"
@@ -9,6 +10,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -77,14 +79,16 @@ func benchDurable(ctx context.Context, c *config, col *collector, self string) e
 		col.add(prefix+"_missed", "updates", float64(ls.missed), pr)
 		fmt.Fprintf(os.Stderr, "   %-38s from send p50 %7.1f us  p99 %7.1f us  max %8.1f us | missed %d\n", prefix, p50, p99, pmax, ls.missed)
 	}
-	tput := func(name string, writers int, rate float64, extra map[string]any) {
+	tput := func(name string, writers int, rate, cpuUs float64, extra map[string]any) {
 		pr := map[string]any{
 			"writers": writers, "seconds_per_run": c.tputDur.Seconds(),
 			"how": "each writer loops: write its own key, wait for the ack; acknowledged writes per second over the run (after a warm-up of a fifth of it)",
 		}
 		maps.Copy(pr, extra)
 		col.add(name, "writes/s", rate, pr)
-		fmt.Fprintf(os.Stderr, "   %-38s %10.0f writes/s\n", name, rate)
+		cpuName := strings.Replace(name, "_writes_per_s_", "_server_cpu_us_per_write_", 1)
+		col.add(cpuName, "us", cpuUs, map[string]any{"how": "the server process's CPU time (/proc) over the measured window / acknowledged writes: what the machine's load hardly moves", "writers": writers})
+		fmt.Fprintf(os.Stderr, "   %-38s %10.0f writes/s  server CPU %6.1f us/write\n", name, rate, cpuUs)
 	}
 	for r := range c.runs {
 		// Interleaved run by run, so drift in machine load hits each alike.
@@ -106,18 +110,18 @@ func benchDurable(ctx context.Context, c *config, col *collector, self string) e
 			record("nats_file_sync_set_to_go_watcher", ls, map[string]any{"client": "nats.go jetstream KV Watch; writer: kv.Put on another connection", "kv": natsFileSync.desc})
 		}
 		for _, w := range []int{1, 64} {
-			rate, err := varbridgeWriteRate(ctx, srv.addr, sessionName("dur-tput"), w, c.tputDur)
+			rate, cpu, err := varbridgeWriteRate(ctx, srv, sessionName("dur-tput"), w, c.tputDur)
 			if err != nil {
 				return fmt.Errorf("durable writes (%d writers) run %d: %w", w, r, err)
 			}
-			tput(fmt.Sprintf("durable_writes_per_s_%d", w), w, rate, map[string]any{
+			tput(fmt.Sprintf("durable_writes_per_s_%d", w), w, rate, cpu, map[string]any{
 				"client": "one varbridge.BridgedState (one session, one connection); each writer Sets its own variable", "server": durableServerDesc,
 			})
-			rate, err = etcdWriteRate(ctx, esrv.addr, fmt.Sprintf("tput-%d-%d", r, w), w, c.tputDur)
+			rate, cpu, err = etcdWriteRate(ctx, esrv, fmt.Sprintf("tput-%d-%d", r, w), w, c.tputDur)
 			if err != nil {
 				return fmt.Errorf("etcd writes (%d writers) run %d: %w", w, r, err)
 			}
-			tput(fmt.Sprintf("etcd_writes_per_s_%d", w), w, rate, map[string]any{
+			tput(fmt.Sprintf("etcd_writes_per_s_%d", w), w, rate, cpu, map[string]any{
 				"client": "one clientv3 client (one connection); each writer Puts its own key", "server": etcdDesc,
 			})
 		}
@@ -132,6 +136,7 @@ func benchDurable(ctx context.Context, c *config, col *collector, self string) e
 	}
 	for _, w := range []int{1, 64} {
 		col.ratio(fmt.Sprintf("durable_vs_etcd_writes_per_s_%d_ratio", w), fmt.Sprintf("durable_writes_per_s_%d", w), fmt.Sprintf("etcd_writes_per_s_%d", w), nil)
+		col.ratio(fmt.Sprintf("durable_vs_etcd_server_cpu_us_per_write_%d_ratio", w), fmt.Sprintf("durable_server_cpu_us_per_write_%d", w), fmt.Sprintf("etcd_server_cpu_us_per_write_%d", w), nil)
 	}
 	if !c.natsOn {
 		col.skipped("nats_file_sync_set_to_go_watcher_p50_us", "us", "-nats=false")
@@ -144,8 +149,8 @@ func benchDurable(ctx context.Context, c *config, col *collector, self string) e
 
 // writeRate runs writers goroutines, each calling write(i) in a loop, for
 // dur after a warm-up of dur/5, and returns the acknowledged writes per
-// second during dur.
-func writeRate(ctx context.Context, writers int, dur time.Duration, write func(ctx context.Context, w int, v int64) error) (float64, error) {
+// second during dur and the server's (srv's) CPU time per write then.
+func writeRate(ctx context.Context, srv *proc, writers int, dur time.Duration, write func(ctx context.Context, w int, v int64) error) (float64, float64, error) {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var done atomic.Int64
@@ -167,49 +172,52 @@ func writeRate(ctx context.Context, writers int, dur time.Duration, write func(c
 		}()
 	}
 	time.Sleep(dur / 5)
-	d0, t0 := done.Load(), time.Now()
+	d0, t0, c0 := done.Load(), time.Now(), cpuSeconds(srv.pid())
 	time.Sleep(dur)
-	d1, el := done.Load(), time.Since(t0)
+	d1, el, c1 := done.Load(), time.Since(t0), cpuSeconds(srv.pid())
 	cancel()
 	wg.Wait()
 	if e := firstErr.Load(); e != nil {
-		return 0, *e
+		return 0, 0, *e
 	}
-	return float64(d1-d0) / el.Seconds(), nil
+	if d1 == d0 {
+		return 0, 0, errors.New("no write acknowledged in the measured window")
+	}
+	return float64(d1-d0) / el.Seconds(), (c1 - c0) * 1e6 / float64(d1-d0), nil
 }
 
 // varbridgeWriteRate: writers goroutines share one BridgedState (one
 // session, one connection), each Setting its own integer variable.
-func varbridgeWriteRate(ctx context.Context, addr, session string, writers int, dur time.Duration) (float64, error) {
-	b, err := varbridge.NewBridgedState(ctx, addr, varbridge.WithSessionID(session), varbridge.WithLogger(quietLog))
+func varbridgeWriteRate(ctx context.Context, srv *proc, session string, writers int, dur time.Duration) (float64, float64, error) {
+	b, err := varbridge.NewBridgedState(ctx, srv.addr, varbridge.WithSessionID(session), varbridge.WithLogger(quietLog))
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	defer b.Close()
 	names := make([]string, writers)
 	for i := range names {
 		names[i] = fmt.Sprintf("w%02d", i)
 		if _, err := b.Register(ctx, names[i], varbridge.TypeInteger, int64(0)); err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 	}
-	rate, err := writeRate(ctx, writers, dur, func(ctx context.Context, w int, v int64) error {
+	rate, cpu, err := writeRate(ctx, srv, writers, dur, func(ctx context.Context, w int, v int64) error {
 		_, err := b.Set(ctx, names[w], v)
 		return err
 	})
 	_ = b.CleanupSession(context.WithoutCancel(ctx))
-	return rate, err
+	return rate, cpu, err
 }
 
 // etcdWriteRate: writers goroutines share one clientv3 client, each
 // Putting its own key.
-func etcdWriteRate(ctx context.Context, addr, prefix string, writers int, dur time.Duration) (float64, error) {
-	cli, err := etcdClient(addr)
+func etcdWriteRate(ctx context.Context, srv *proc, prefix string, writers int, dur time.Duration) (float64, float64, error) {
+	cli, err := etcdClient(srv.addr)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	defer cli.Close()
-	return writeRate(ctx, writers, dur, func(ctx context.Context, w int, v int64) error {
+	return writeRate(ctx, srv, writers, dur, func(ctx context.Context, w int, v int64) error {
 		_, err := cli.Put(ctx, prefix+"/"+strconv.Itoa(w), strconv.FormatInt(v, 10))
 		return err
 	})
