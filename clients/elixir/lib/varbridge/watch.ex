@@ -446,16 +446,12 @@ defmodule VarBridge.Watch do
   # An id completes a revision: the resume point moves past it.
   defp complete(state, nil), do: state
 
+  # The id is "<incarnation>:<revision>", split at its last colon as the
+  # server reads it back.
   defp complete(state, id) do
-    case String.split(id, ":", parts: 2) do
-      [inc, rev] ->
-        case Integer.parse(rev) do
-          {rev, ""} -> state |> note_incarnation(inc) |> covered(rev)
-          _ -> state
-        end
-
-      _ ->
-        state
+    case Regex.run(~r/\A(.*):(\d+)\z/s, id) do
+      [_, inc, rev] -> state |> note_incarnation(inc) |> covered(String.to_integer(rev))
+      nil -> state
     end
   end
 
