@@ -16,7 +16,8 @@ package systest
 // and (TestDurableExpiryAcrossRestart) expiry keeps counting: an idle
 // session whose TTL runs out while the server is down is gone after the
 // restart; a watched one stays, even when it has been watched, without a
-// write, for longer than its TTL when the server dies.
+// write, for longer than its TTL when the server dies; so does one kept
+// alive by heartbeats alone.
 
 import (
 	"context"
@@ -56,6 +57,7 @@ func TestDurableExpiryAcrossRestart(t *testing.T) {
 	bin := serverBin(t)
 	t.Run("idle expires, watched stays", func(t *testing.T) { testRestartExpiry(t, bin) })
 	t.Run("watched past its TTL", func(t *testing.T) { testRestartWatchedPastTTL(t, bin) })
+	t.Run("kept alive by heartbeats", func(t *testing.T) { testRestartHeartbeats(t, bin) })
 }
 
 // killAndRestart SIGKILLs the server, waits until the watch has seen the
@@ -344,5 +346,29 @@ func testRestartWatchedPastTTL(t *testing.T, bin string) {
 	}
 	if u := rec.next(t); u.Meta.Resync || u.New != int64(1) || u.Meta.Revision != v.Revision {
 		t.Fatalf("after the restart: %+v", u)
+	}
+}
+
+// A session kept alive by heartbeats alone (no write) for longer than its
+// TTL when the server is SIGKILLed and restarted at once: its deadline
+// is the last heartbeat's (give or take the slack the store allows,
+// a tenth of the TTL), not its last write's, so it is still there.
+func testRestartHeartbeats(t *testing.T, bin string) {
+	srv := startDurable(t, bin, filepath.Join(t.TempDir(), "data"))
+	const ttl = 3 * time.Second
+	ctx := context.Background()
+	b := dialBridged(t, srv.addr, fastRedial, varbridge.WithSessionTTL(ttl))
+	mustRegister(t, b, "y", varbridge.TypeInteger, int64(0))
+	for range 5 {
+		time.Sleep(ttl / 3)
+		if _, err := b.Heartbeat(ctx); err != nil {
+			t.Fatalf("heartbeat: %v", err)
+		}
+	}
+	// 5 s after the last write, 0 s after the last heartbeat.
+	srv.kill()
+	srv.start()
+	if _, err := b.Get(ctx, "y"); err != nil {
+		t.Fatalf("a session kept alive by heartbeats (TTL %v), right after a restart: %v", ttl, err)
 	}
 }
