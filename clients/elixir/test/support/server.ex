@@ -3,8 +3,10 @@ defmodule VarBridge.Test.Server do
   # The real varbridge server binary, started on free loopback ports for a
   # test module: `varbridge serve --listen 127.0.0.1:0 --http-listen
   # 127.0.0.1:0` (and --memory when this build has it), reading both
-  # addresses from the lines it prints. The process owns the port, drains
-  # its output, and kills the server when it stops.
+  # addresses from the lines it prints. The process owns the port and
+  # drains its output. The server runs under a small sh that kills it when
+  # the port's stdin closes: when this process stops, and also when the
+  # whole VM goes away without stopping it.
   use GenServer
 
   def child_spec(args),
@@ -19,8 +21,21 @@ defmodule VarBridge.Test.Server do
     System.get_env("VARBRIDGE_BIN") || Path.expand("../../.bin/varbridge", File.cwd!())
   end
 
+  # $1 is the binary, the rest its arguments. The reader in the background
+  # sees end of file when the port closes (it reads the port through fd 3:
+  # sh gives background commands /dev/null as their standard input).
+  @guard ~S"""
+  exec 3<&0
+  "$@" &
+  pid=$!
+  echo "server pid $pid"
+  (cat <&3 >/dev/null; kill -KILL $pid 2>/dev/null) &
+  wait $pid
+  """
+
   @impl true
   def init(args) do
+    Process.flag(:trap_exit, true)
     bin = bin()
 
     unless File.exists?(bin) do
@@ -53,25 +68,27 @@ defmodule VarBridge.Test.Server do
         store ++ Keyword.get(args, :extra, [])
 
     port =
-      Port.open({:spawn_executable, bin}, [
+      Port.open({:spawn_executable, "/bin/sh"}, [
         :binary,
         :exit_status,
         :stderr_to_stdout,
         {:line, 65_536},
-        args: argv
+        args: ["-c", @guard, "sh", bin | argv]
       ])
 
-    {:os_pid, os_pid} = Port.info(port, :os_pid)
     addrs = await_addrs(port, %{bin: bin}, System.monotonic_time(:millisecond) + 20_000)
-    {:ok, %{port: port, os_pid: os_pid, addrs: addrs, data_dir: data_dir}}
+    {:ok, %{port: port, addrs: addrs, data_dir: data_dir, pid: addrs.pid}}
   end
 
-  defp await_addrs(_port, %{http: _, grpc: _} = a, _deadline), do: a
+  defp await_addrs(_port, %{http: _, grpc: _, pid: _} = a, _deadline), do: a
 
   defp await_addrs(port, a, deadline) do
     left = max(deadline - System.monotonic_time(:millisecond), 0)
 
     receive do
+      {^port, {:data, {:eol, "server pid " <> pid}}} ->
+        await_addrs(port, Map.put(a, :pid, String.trim(pid)), deadline)
+
       {^port, {:data, {:eol, "http on " <> url}}} ->
         await_addrs(port, Map.put(a, :http, String.trim(url)), deadline)
 
@@ -97,11 +114,28 @@ defmodule VarBridge.Test.Server do
   def handle_info({port, {:exit_status, st}}, %{port: port} = state),
     do: {:stop, {:server_exited, st}, state}
 
+  def handle_info({:EXIT, _, _}, state), do: {:noreply, state}
+
   @impl true
   def terminate(_reason, state) do
-    System.cmd("kill", ["-KILL", Integer.to_string(state.os_pid)], stderr_to_stdout: true)
+    # Closing the port ends the server (see @guard); wait (bounded) for that.
+    Port.close(state.port)
+    await_exit(state.pid, 200)
     if state.data_dir, do: File.rm_rf(state.data_dir)
     :ok
+  end
+
+  defp await_exit(_pid, 0), do: :ok
+
+  defp await_exit(pid, tries) do
+    case System.cmd("kill", ["-0", pid], stderr_to_stdout: true) do
+      {_, 0} ->
+        Process.sleep(10)
+        await_exit(pid, tries - 1)
+
+      _ ->
+        :ok
+    end
   end
 end
 
