@@ -43,6 +43,9 @@ defmodule VarBridge.CrossLangTest do
         args: ["-c", @watcher, grpc, s.id, Integer.to_string(List.last(fans))]
       ])
 
+    # A failing test must not leave the watcher running.
+    {:os_pid, py_pid} = Port.info(python, :os_pid)
+    on_exit(fn -> System.cmd("kill", ["-KILL", "#{py_pid}"], stderr_to_stdout: true) end)
     assert_receive {^python, {:data, {:eol, "initial fan_speed 0"}}}, 30_000
 
     me = self()
