@@ -29,6 +29,7 @@
 package disk
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -41,6 +42,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/sstable"
 	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/varbridge/varbridge/internal/store"
@@ -72,6 +74,9 @@ const markerText = "varbridge data directory, layout 1\n"
 
 const ballastName = "BALLAST"
 
+// exitCorrupt is the exit status after on-disk corruption (EX_DATAERR).
+const exitCorrupt = 65
+
 // Engine is a Pebble-backed store.Engine.
 type Engine struct {
 	dir  string
@@ -80,8 +85,9 @@ type Engine struct {
 	db   *pebble.DB
 	wal  *walFS
 
-	failed  atomic.Pointer[store.StorageFailedError]
-	corrupt atomic.Pointer[pebble.DataCorruptionInfo]
+	failed   atomic.Pointer[store.StorageFailedError]
+	starting atomic.Bool               // until Load has read everything
+	corrupt  atomic.Pointer[OpenError] // a damaged file met while starting
 
 	// The free-space guard: writes skip the statfs while they are sure to
 	// fit (before nextCheck and within budget bytes).
@@ -136,24 +142,15 @@ func Open(dir string, opts Options) (*Engine, error) {
 	e := &Engine{dir: dir, opts: opts, log: opts.Logger, stop: make(chan struct{})}
 	e.ensureBallast()
 	e.wal = newWALFS(vfs.OnDiskFull(vfs.Default, e.releaseBallast), opts.Fsync)
-	po := &pebble.Options{
-		FS:                 e.wal,
-		Logger:             pebbleLogger{opts.Logger},
-		ErrorIfNotExists:   !fresh,
-		FormatMajorVersion: pebble.FormatNewest,
-		EventListener: &pebble.EventListener{
-			// Pebble's default exits the process. Refusing writes keeps
-			// reads and watches of what is intact going, and a startup
-			// reports the file instead of starting.
-			DataCorruption: func(info pebble.DataCorruptionInfo) {
-				e.corrupt.CompareAndSwap(nil, &info)
-				e.fail(fmt.Errorf("on-disk corruption in %s", info.Path))
-			},
-		},
+	// Pebble finds a damaged table only when it reads it, and a compaction
+	// that does stops the process (or stalls Open): check every table's
+	// checksums first, so that startup refuses the directory naming it.
+	if err := checkTables(dir); err != nil {
+		return nil, err
 	}
-	db, err := pebble.Open(dir, po)
+	db, err := e.openDB(fresh)
 	if err != nil {
-		return nil, &OpenError{Dir: dir, File: faultyFile(dir, err), Err: err}
+		return nil, err
 	}
 	e.db = db
 	if err := e.checkLayout(fresh); err != nil {
@@ -169,6 +166,72 @@ func Open(dir string, opts Options) (*Engine, error) {
 		go e.syncLoop()
 	}
 	return e, nil
+}
+
+// openDB opens Pebble on e.dir.
+func (e *Engine) openDB(fresh bool) (*pebble.DB, error) {
+	po := &pebble.Options{
+		FS:                 e.wal,
+		Logger:             pebbleLogger{e.log},
+		ErrorIfNotExists:   !fresh,
+		FormatMajorVersion: pebble.FormatNewest,
+		EventListener: &pebble.EventListener{
+			DataCorruption: e.onCorruption,
+		},
+	}
+	db, err := pebble.Open(e.dir, po)
+	if err != nil {
+		return nil, &OpenError{Dir: e.dir, File: faultyFile(e.dir, err), Err: err}
+	}
+	return db, nil
+}
+
+// onCorruption is Pebble's report of a damaged file met while serving.
+// Pebble's answer stands: stop (its compactions would retry the file
+// forever), with the file named and what to do; the restart then refuses
+// the directory the same way (checkTables), before serving.
+func (e *Engine) onCorruption(info pebble.DataCorruptionInfo) {
+	err := &OpenError{Dir: e.dir, File: filepath.Base(info.Path), Err: fmt.Errorf("on-disk corruption: %v", info.Details)}
+	e.log.Error("fatal storage error, exiting: "+err.Error(), "component", "pebble")
+	os.Exit(exitCorrupt)
+}
+
+// checkTables verifies the block checksums of every table in dir with
+// Pebble's own reader.
+func checkTables(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return &OpenError{Dir: dir, Err: err}
+	}
+	ro := (&pebble.Options{}).MakeReaderOptions()
+	for _, en := range entries {
+		if !strings.HasSuffix(en.Name(), ".sst") {
+			continue
+		}
+		if err := checkTable(filepath.Join(dir, en.Name()), ro); err != nil {
+			return &OpenError{Dir: dir, File: en.Name(), Err: fmt.Errorf("damaged table: %w", err)}
+		}
+	}
+	return nil
+}
+
+func checkTable(path string, ro sstable.ReaderOptions) error {
+	f, err := vfs.Default.Open(path)
+	if err != nil {
+		return err
+	}
+	readable, err := sstable.NewSimpleReadable(f)
+	if err != nil {
+		_ = f.Close()
+		return err
+	}
+	r, err := sstable.NewReader(context.Background(), readable, ro)
+	if err != nil {
+		_ = readable.Close()
+		return err
+	}
+	defer r.Close()
+	return r.ValidateBlockChecksums()
 }
 
 // prepareDir makes dir a data directory if it is new or empty, and reports
@@ -297,19 +360,12 @@ func (e *Engine) Save(m *store.Mutation) (store.Pending, error) {
 			return nil, err
 		}
 	case m.Expiry != nil:
-		// A deadline is never waited for: losing the latest costs a
-		// session at most a few seconds of its TTL after a crash.
 		_ = b.Set(sessionKey(m.Session.ID, kindExpiry), encodeExpiry(m.Session.Incarnation, m.Expiry), nil)
-		if err := b.Commit(pebble.NoSync); err != nil {
-			_ = b.Close()
-			return nil, e.fail(err)
-		}
-		return nil, b.Close()
 	default:
 		_ = b.Close()
 		return nil, errors.New("disk: empty mutation")
 	}
-	if m.Drop == "" {
+	if m.Change != nil || m.Create {
 		if err := e.checkSpace(b.Len()); err != nil {
 			_ = b.Close()
 			return nil, err
@@ -406,7 +462,10 @@ func (e *Engine) Close() error {
 func (e *Engine) Dir() string { return e.dir }
 
 // Load gives back every session kept; see store.Engine.
-func (e *Engine) Load(fn func(*store.Saved) error) error {
+func (e *Engine) Load(fn func(*store.Saved) error) error { return e.scan(fn) }
+
+// scan reads every session kept and gives it to fn.
+func (e *Engine) scan(fn func(*store.Saved) error) error {
 	it, err := e.db.NewIter(&pebble.IterOptions{LowerBound: []byte{'s'}, UpperBound: []byte{'t'}})
 	if err != nil {
 		return e.loadErr("", err)
@@ -471,9 +530,6 @@ func (e *Engine) Load(fn func(*store.Saved) error) error {
 	}
 	if err := it.Error(); err != nil {
 		return e.loadErr(curID, err)
-	}
-	if c := e.corrupt.Load(); c != nil {
-		return &OpenError{Dir: e.dir, File: filepath.Base(c.Path), Err: c.Details}
 	}
 	return flush()
 }

@@ -53,6 +53,8 @@ type Watch struct {
 
 	wake chan struct{}
 	done chan struct{}
+	// first: the session had no other watch when this one was registered.
+	first bool
 
 	// Guarded by sess.mu. Writers (holding the write lock) set pending; the
 	// owner reads and clears it, and moves next, under the read lock, which
@@ -83,6 +85,9 @@ func (st *Store) Watch(sessionID string, identifiers []string, opts WatchOptions
 	sess.mu.Unlock()
 	if err != nil {
 		return nil, err
+	}
+	if w.first {
+		sess.saveExpiry(true) // its deadline stops counting until the watches end
 	}
 	if w.snapRev > 0 {
 		// The snapshot (or, resuming, the revision the watch starts after)
@@ -142,9 +147,7 @@ func (st *Store) watch(sess *session, identifiers []string, opts WatchOptions) (
 		}
 	}
 	sess.watches[w] = struct{}{}
-	if sess.watched.Add(1) == 1 {
-		sess.saveExpiry(true) // its deadline stops counting until the watches end
-	}
+	w.first = sess.watched.Add(1) == 1
 	if w.all {
 		sess.watchAll[w] = struct{}{}
 	}
@@ -218,18 +221,28 @@ func (w *Watch) Err() error {
 func (w *Watch) Close() {
 	s := w.sess
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	last := w.close()
+	s.mu.Unlock()
+	if last {
+		s.saveExpiry(true)
+	}
+}
+
+// close unregisters the watch under s.mu and reports whether it was the
+// session's last.
+func (w *Watch) close() (last bool) {
+	s := w.sess
 	if w.closed {
-		return
+		return false
 	}
 	w.closed = true
 	if s.closed {
-		return
+		return false
 	}
 	delete(s.watches, w)
 	if s.watched.Add(-1) == 0 {
 		s.touch(s.opts.Now()) // the TTL counts from the last watch's end
-		s.saveExpiry(true)
+		last = true
 	}
 	delete(s.watchAll, w)
 	for id := range w.idents {
@@ -240,6 +253,7 @@ func (w *Watch) Close() {
 			}
 		}
 	}
+	return last
 }
 
 // end finishes the watch because its session ended; sess.mu is held. The

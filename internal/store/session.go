@@ -107,9 +107,10 @@ func (s *session) touch(now time.Time) { s.expiresAt.Store(now.Add(s.ttl).UnixNa
 const maxExpirySlack = 5 * time.Second
 
 // saveExpiry gives the engine the session's deadline when it moved on by
-// more than the slack (always, when force), and whether it is watched. It
-// does not wait: a deadline lost in a crash only makes the session expire
-// up to the slack early.
+// more than the slack (always, when force), and whether it is watched, and
+// waits for it to be kept: a killed server must not forget that a session
+// was used or watched. It costs a sync at most once per slack per session,
+// and at each start and end of its being watched. Called without s.mu.
 func (s *session) saveExpiry(force bool) {
 	eng := s.opts.Engine
 	if eng == nil {
@@ -120,10 +121,13 @@ func (s *session) saveExpiry(force bool) {
 		return
 	}
 	s.savedDeadline.Store(d)
-	_, _ = eng.Save(&Mutation{ // a failed engine refuses the next write, which says so
+	p, err := eng.Save(&Mutation{
 		Session: &SessionRecord{ID: s.id, Incarnation: s.incarnation},
 		Expiry:  &Expiry{Deadline: time.Unix(0, d), Watched: s.watched.Load() > 0},
 	})
+	if err == nil && p != nil {
+		_ = p.Wait() // a failed engine refuses the next write, which says so
+	}
 }
 
 // expired reports whether the session's TTL ran out; an open watch is use
