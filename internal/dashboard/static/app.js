@@ -50,7 +50,8 @@ function tokenNeeded(scope, err, rerender) {
 
 function sessionsView() {
   const body = h("tbody");
-  const status = h("p", { class: "status", role: "status" }, "Loading sessions…");
+  // Plain text, not a live region: it changes every refresh.
+  const status = h("p", { class: "status" }, "Loading sessions…");
   const table = h("table", { id: "sessions" },
     h("caption", {}, "Sessions on this server"),
     h("thead", {}, h("tr", {}, ["Session", "Variables", "Watches", "Revision", "Expires"].map((c) => h("th", { scope: "col" }, c)))),
@@ -127,7 +128,7 @@ function sessionView(id) {
     h("thead", {}, h("tr", {}, ["Watching", "Filter", "Coalesce", "Open since", "Read up to", "Behind by"].map((c) => h("th", { scope: "col" }, c)))),
     watchBody);
   const watchPlace = h("div", {}, watchTable);
-  const stats = { updates: 0, heartbeats: 0, revision: 0, lastEventId: "", reconnects: 0, since: Date.now() };
+  const stats = { updates: 0, heartbeats: 0, revision: 0, lastEventId: "", reconnects: 0 };
   let stopped = false;
   let es = null;
   const timers = [];
