@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The live demo: a fresh in-memory varbridge server on a free loopback port,
+# The live demo: a fresh varbridge server (durable, the default: its data in
+# a directory of its own) on a free loopback port,
 # a Go controller that tunes `temperature`, and a Python worker that reacts
 # by writing `fan_speed`, which the controller reacts to in turn. Both sides
 # print as they go; the controller ends with a summary, and the CLI shows the
@@ -20,7 +21,8 @@ trap cleanup EXIT
 (cd "$root" && go build -o "$bin" ./cmd/varbridge && go build -o "$work/controller" ./examples/demo/controller)
 
 # Port 0: the kernel picks a free port and serve prints "listening on ADDR".
-"$bin" serve --listen 127.0.0.1:0 --log-level warn >"$work/serve.out" 2>"$work/serve.log" &
+# --http-listen "": no HTTP face (its default port may be taken).
+"$bin" serve --listen 127.0.0.1:0 --http-listen "" --data-dir "$work/data" --log-level warn >"$work/serve.out" 2>"$work/serve.log" &
 pids+=($!)
 addr=
 for _ in $(seq 1 100); do
