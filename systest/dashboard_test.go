@@ -397,9 +397,8 @@ func testDashboardAuth(t *testing.T, bin string) {
 	if err := b.waitFor("the refusal shown under the prompt", cellText(`.token-needed .error`)); !strings.Contains(err, "unauthenticated") {
 		t.Errorf("the page shows %q; want the server's unauthenticated error", err)
 	}
-	b.do("enter the operator token",
-		chromedp.SetValue(chromedp.CSS("#token-input"), operator),
-		chromedp.Click(chromedp.CSS(`#token-dialog button[value="save"]`)))
+	b.do("enter the operator token (Enter in the field saves)",
+		chromedp.SendKeys(chromedp.CSS("#token-input"), operator+"\r"))
 	b.waitFor("the sessions list", `!!document.querySelector('#sessions tr[data-session="secured"]')`)
 
 	b.do("open the session", chromedp.Click(chromedp.CSS(`#sessions tr[data-session="secured"] a`)))
@@ -408,6 +407,14 @@ func testDashboardAuth(t *testing.T, bin string) {
 	if !strings.Contains(ask, "session secured") {
 		t.Errorf("the prompt says %q; want it to ask for the token of session secured", ask)
 	}
+	// Cancel leaves a button that asks again.
+	b.do("cancel the prompt", chromedp.Click(chromedp.CSS("#token-cancel")))
+	b.waitFor("the prompt to close", `!document.querySelector("#token-dialog").open`)
+	if v := b.text(); !strings.Contains(v, "unauthenticated") {
+		t.Errorf("after cancel the page shows:\n%s\nwant the server's unauthenticated error", v)
+	}
+	b.do("ask again", chromedp.Click(chromedp.CSS(".token-needed button")))
+	b.waitFor("the prompt again", `document.querySelector("#token-dialog").open`)
 	b.do("enter a wrong token",
 		chromedp.SetValue(chromedp.CSS("#token-input"), "wrong"),
 		chromedp.Click(chromedp.CSS(`#token-dialog button[value="save"]`)))

@@ -11,6 +11,8 @@ const main = document.getElementById("main");
 const tokenDialog = document.getElementById("token-dialog");
 let stopView = () => {};
 let viewCount = 0; // which view is on screen: a token saved for an older one changes nothing
+// Cancel is a plain button, so that Enter in the token field saves.
+tokenDialog.querySelector("#token-cancel").addEventListener("click", () => tokenDialog.close("cancel"));
 
 // askToken opens the token dialog for a scope and resolves to whether a
 // token was saved. The dialog says why it is asked.
@@ -30,6 +32,7 @@ function askToken(scope, reason) {
         resolve(true);
       } else resolve(false);
     });
+    tokenDialog.returnValue = ""; // Escape closes with the last value: make it not "save"
     tokenDialog.showModal();
     input.focus();
   });
