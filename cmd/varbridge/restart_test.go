@@ -118,31 +118,41 @@ func createAndWrite(ctx context.Context, t *testing.T, c varbridgev1.BridgeServi
 	}
 }
 
-func TestWatchCommandAfterServerRestart(t *testing.T) {
-	if testing.Short() {
-		t.Skip("restarts a server process and waits through the CLI's reconnect schedule")
-	}
+// watching is a server process with session r (n written 100..121) and
+// `varbridge watch n -o json` running against it, its first line (the
+// change to 121) read.
+type watching struct {
+	srv    *serverProcess
+	addr   string
+	out    *lineWriter
+	done   chan error
+	cancel context.CancelFunc
+	ctx    context.Context // for the test's calls
+}
+
+func startWatching(t *testing.T, flags ...string) *watching {
+	t.Helper()
 	clearEnv(t)
-	srv := startServerProcess(t, "127.0.0.1:0", "--memory")
-	addr := srv.addr
+	srv := startServerProcess(t, "127.0.0.1:0", flags...)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	c, closeC := writer(t, addr)
+	t.Cleanup(cancel)
+	c, closeC := writer(t, srv.addr)
 	createAndWrite(ctx, t, c, 100, 120)
 	closeC()
 
 	out := newLineWriter()
 	root := newRootCmd()
-	root.SetArgs([]string{"--addr", addr, "--session", "r", "watch", "n", "-o", "json"})
+	root.SetArgs([]string{"--addr", srv.addr, "--session", "r", "watch", "n", "-o", "json"})
 	root.SetOut(out)
 	root.SetErr(out)
 	wctx, wcancel := context.WithCancel(context.Background())
-	defer wcancel()
+	t.Cleanup(wcancel)
 	done := make(chan error, 1)
 	go func() { done <- root.ExecuteContext(wctx) }()
 
 	// The watch is live (registered on the server): a write reaches it.
-	c, closeC = writer(t, addr)
+	c, closeC = writer(t, srv.addr)
+	defer closeC()
 	for {
 		s, err := c.GetSession(ctx, &varbridgev1.GetSessionRequest{SessionId: "r"})
 		mustDo(t, err)
@@ -153,16 +163,23 @@ func TestWatchCommandAfterServerRestart(t *testing.T) {
 	}
 	_, err := c.SetVariable(ctx, &varbridgev1.SetVariableRequest{SessionId: "r", VariableIdentifier: "n", Value: intValue(121)})
 	mustDo(t, err)
-	closeC()
 	var l watchLine
 	mustDo(t, json.Unmarshal([]byte(out.next(t)), &l))
 	if l.Update != "change" || l.New != 121.0 {
 		t.Fatalf("first line %+v", l)
 	}
+	return &watching{srv: srv, addr: srv.addr, out: out, done: done, cancel: wcancel, ctx: ctx}
+}
 
+func TestWatchCommandAfterServerRestart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("restarts a server process and waits through the CLI's reconnect schedule")
+	}
+	r := startWatching(t, "--memory")
+	srv, addr, out, done, wcancel, ctx := r.srv, r.addr, r.out, r.done, r.cancel, r.ctx
 	srv.kill()
-	srv = startServerProcess(t, addr, "--memory") // same port, empty store
-	c, closeC = writer(t, addr)
+	startServerProcess(t, addr, "--memory") // same port, empty store
+	c, closeC := writer(t, addr)
 	defer closeC()
 	createAndWrite(ctx, t, c, 0, 5)
 
@@ -214,46 +231,12 @@ func TestWatchCommandResumesAfterDurableRestart(t *testing.T) {
 	if testing.Short() {
 		t.Skip("restarts a server process and waits through the CLI's reconnect schedule")
 	}
-	clearEnv(t)
 	data := "--data-dir=" + t.TempDir()
-	srv := startServerProcess(t, "127.0.0.1:0", data)
-	addr := srv.addr
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	c, closeC := writer(t, addr)
-	createAndWrite(ctx, t, c, 100, 120)
-	closeC()
-
-	out := newLineWriter()
-	root := newRootCmd()
-	root.SetArgs([]string{"--addr", addr, "--session", "r", "watch", "n", "-o", "json"})
-	root.SetOut(out)
-	root.SetErr(out)
-	wctx, wcancel := context.WithCancel(context.Background())
-	defer wcancel()
-	done := make(chan error, 1)
-	go func() { done <- root.ExecuteContext(wctx) }()
-	c, closeC = writer(t, addr)
-	for {
-		s, err := c.GetSession(ctx, &varbridgev1.GetSessionRequest{SessionId: "r"})
-		mustDo(t, err)
-		if s.GetSession().GetWatchCount() > 0 {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	_, err := c.SetVariable(ctx, &varbridgev1.SetVariableRequest{SessionId: "r", VariableIdentifier: "n", Value: intValue(121)})
-	mustDo(t, err)
-	closeC()
-	var l watchLine
-	mustDo(t, json.Unmarshal([]byte(out.next(t)), &l))
-	if l.Update != "change" || l.New != 121.0 {
-		t.Fatalf("first line %+v", l)
-	}
-
+	r := startWatching(t, data)
+	srv, addr, out, done, wcancel, ctx := r.srv, r.addr, r.out, r.done, r.cancel, r.ctx
 	srv.kill()
-	srv = startServerProcess(t, addr, data)
-	c, closeC = writer(t, addr)
+	startServerProcess(t, addr, data)
+	c, closeC := writer(t, addr)
 	defer closeC()
 	for i := int64(122); i <= 126; i++ {
 		_, err := c.SetVariable(ctx, &varbridgev1.SetVariableRequest{SessionId: "r", VariableIdentifier: "n", Value: intValue(i)})

@@ -5,13 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/varbridge/varbridge/internal/disk"
 	varbridgev1 "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
 
@@ -71,36 +70,22 @@ func saveSnapshot(ctx context.Context, api varbridgev1.BridgeServiceClient, path
 	if err != nil {
 		return 0, err
 	}
-	tmp := path + ".part"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return 0, err
-	}
 	var n int64
-	for err == nil {
-		var chunk *varbridgev1.SnapshotChunk
-		if chunk, err = stream.Recv(); err == nil {
-			var k int
-			k, err = f.Write(chunk.GetData())
+	err = disk.WriteFile(path, func(w io.Writer) error {
+		for {
+			chunk, err := stream.Recv()
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			k, err := w.Write(chunk.GetData())
 			n += int64(k)
+			if err != nil {
+				return err
+			}
 		}
-	}
-	if errors.Is(err, io.EOF) {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		_ = os.Remove(tmp)
-		return 0, err
-	}
-	if d, derr := os.Open(filepath.Dir(path)); derr == nil {
-		_ = d.Sync()
-		_ = d.Close()
-	}
-	return n, nil
+	})
+	return n, err
 }

@@ -1,20 +1,31 @@
 package disk
 
 import (
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 )
 
-// writeFileSync writes a file whole or not at all: a temporary file,
-// fsynced, renamed over the name, and the directory fsynced.
+// writeFileSync writes a file whole or not at all (see WriteFile).
 func writeFileSync(path string, data []byte) error {
-	tmp := path + ".tmp"
+	return WriteFile(path, func(w io.Writer) error {
+		_, err := w.Write(data)
+		return err
+	})
+}
+
+// WriteFile writes a file whole or not at all, whatever crashes: write
+// fills a temporary file beside it (path + ".part"), which is fsynced,
+// renamed over path, and the directory fsynced. On an error the temporary
+// file is removed and path is left as it was.
+func WriteFile(path string, write func(io.Writer) error) error {
+	tmp := path + ".part"
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return err
 	}
-	_, err = f.Write(data)
+	err = write(f)
 	if err == nil {
 		err = f.Sync()
 	}
