@@ -57,6 +57,7 @@ var fzMethods = []struct {
 	{"ListSessions", false, func() proto.Message { return &pb.ListSessionsRequest{} }},
 	{"WatchVariables", true, func() proto.Message { return &pb.WatchVariablesRequest{} }},
 	{"WatchVariableBatches", true, func() proto.Message { return &pb.WatchVariablesRequest{} }},
+	{"ListWatches", false, func() proto.Message { return &pb.ListWatchesRequest{} }},
 }
 
 // rawCodec sends and receives message bytes as they are.
@@ -194,6 +195,7 @@ func fzServerSeeds() []struct {
 	add("InitializeSession", &pb.InitializeSessionRequest{SessionId: "a", Metadata: map[string]string{"k": "v"}})
 	add("GetSession", &pb.GetSessionRequest{SessionId: "s"})
 	add("Heartbeat", &pb.HeartbeatRequest{SessionId: "s"})
+	add("ListWatches", &pb.ListWatchesRequest{SessionId: "s"})
 	add("CleanupSession", &pb.CleanupSessionRequest{SessionId: "a"})
 	for _, r := range biVars {
 		r = proto.CloneOf(r)
