@@ -20,7 +20,9 @@ package systest
 // Values are "WRITER:SEQ", so a loss, a duplicate or a phantom shows.
 //
 // Sizes: `go test` (make test) makes VARBRIDGE_CRASH_KILLS (default 5)
-// kills; make chaos sets 25. The Python writer and watcher run with the
+// kills; make chaos sets 25. VARBRIDGE_CRASH_FSYNC=batch or never runs it
+// in another fsync mode: they too promise that a killed process (not a
+// machine) loses no acknowledged write. The Python writer and watcher run with the
 // repository's virtualenv (.venv, or $VARBRIDGE_PYTHON); without one the
 // Python part is skipped unless VARBRIDGE_REQUIRE_PYTHON is set (make test
 // and make chaos set it).
@@ -337,7 +339,12 @@ func TestCrashDurableSIGKILL(t *testing.T) {
 	py := venvPython(t)
 	bin := serverBin(t)
 	dataDir := filepath.Join(t.TempDir(), "data")
-	srv := startDurable(t, bin, dataDir, "--history-limit", "10000000", "--history-bytes", "4294967296", "--history-age", "24h")
+	flags := []string{"--history-limit", "10000000", "--history-bytes", "4294967296", "--history-age", "24h"}
+	if mode := os.Getenv("VARBRIDGE_CRASH_FSYNC"); mode != "" {
+		flags = append(flags, "--fsync", mode) // batch and never promise the same to a killed process
+		t.Logf("--fsync %s", mode)
+	}
+	srv := startDurable(t, bin, dataDir, flags...)
 	proxy := newProxy(t, srv.addr)
 	const session = "crash"
 	opts := []varbridge.Option{varbridge.WithSessionID(session), fastRedial}
