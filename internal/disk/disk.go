@@ -85,9 +85,8 @@ type Engine struct {
 	db   *pebble.DB
 	wal  *walFS
 
-	failed   atomic.Pointer[store.StorageFailedError]
-	starting atomic.Bool               // until Load has read everything
-	corrupt  atomic.Pointer[OpenError] // a damaged file met while starting
+	failed atomic.Pointer[store.StorageFailedError]
+	chunks chunks // which records are kept in chunks
 
 	// The free-space guard: writes skip the statfs while they are sure to
 	// fit (before nextCheck and within budget bytes).
@@ -344,18 +343,21 @@ func (e *Engine) Save(m *store.Mutation) (store.Pending, error) {
 		return nil, f
 	}
 	b := e.db.NewBatch()
+	var edits []chunkEdit
 	switch {
 	case m.Drop != "":
 		_ = b.DeleteRange(sessionPrefix(m.Drop), sessionEnd(m.Drop), nil)
+		edits = append(edits, chunkEdit{session: m.Drop})
 	case m.Create:
 		id := m.Session.ID
 		// Whatever an earlier session of this id left (an expiry saved
 		// after its drop) goes with the new one's first write.
 		_ = b.DeleteRange(sessionPrefix(id), sessionEnd(id), nil)
+		edits = append(edits, chunkEdit{session: id})
 		_ = b.Set(sessionKey(id, kindHeader), encodeHeader(m.Session), nil)
 		_ = b.Set(sessionKey(id, kindExpiry), encodeExpiry(m.Session.Incarnation, m.Expiry), nil)
 	case m.Change != nil:
-		if err := e.addChange(b, m); err != nil {
+		if err := e.addChange(b, &edits, m); err != nil {
 			_ = b.Close()
 			return nil, err
 		}
@@ -375,34 +377,40 @@ func (e *Engine) Save(m *store.Mutation) (store.Pending, error) {
 		_ = b.Close()
 		return nil, e.fail(err)
 	}
+	e.chunks.apply(edits)
 	return pending{e, b}, nil
 }
 
-func (e *Engine) addChange(b *pebble.Batch, m *store.Mutation) error {
+func (e *Engine) addChange(b *pebble.Batch, edits *[]chunkEdit, m *store.Mutation) error {
 	id := m.Session.ID
 	rec, err := encodeChange(m.Change)
 	if err != nil {
 		return fmt.Errorf("disk: encoding revision %d of session %q: %w", m.Change.Revision, id, err)
 	}
 	_ = b.Set(sessionKey(id, kindHeader), encodeHeader(m.Session), nil)
-	_ = b.Set(historyKey(id, m.Change.Revision), rec, nil)
+	e.put(b, edits, id, historyKey(id, m.Change.Revision), rec)
 	for _, v := range m.Put {
 		enc, err := v.MarshalVT()
 		if err != nil {
 			return fmt.Errorf("disk: encoding variable %q of session %q: %w", v.Name, id, err)
 		}
-		_ = b.Set(varKey(id, v.Id), enc, nil)
+		e.put(b, edits, id, varKey(id, v.Id), enc)
 	}
 	for _, vid := range m.Delete {
-		_ = b.Delete(varKey(id, vid), nil)
+		e.del(b, edits, id, varKey(id, vid))
 	}
 	if from, below := max(m.TrimFrom, 1), m.TrimBelow; below > from {
 		if below-from <= 4 { // the usual one record: no range tombstone
 			for r := from; r < below; r++ {
-				_ = b.Delete(historyKey(id, r), nil)
+				e.del(b, edits, id, historyKey(id, r))
 			}
 		} else {
-			_ = b.DeleteRange(historyKey(id, from), historyKey(id, below), nil)
+			_ = b.DeleteRange(historyKey(id, from), historyKey(id, below), nil) // chunks included
+			for r := from; r < below; r++ {
+				if e.chunks.get(id, historyKey(id, r)) > 0 {
+					*edits = append(*edits, chunkEdit{id, historyKey(id, r), 0})
+				}
+			}
 		}
 	}
 	return nil
@@ -492,15 +500,16 @@ func (e *Engine) scan(fn func(*store.Saved) error) error {
 		if err != nil {
 			return e.loadErr("", err)
 		}
+		suffix = append([]byte(nil), suffix...) // the iterator's buffer moves on with chunks
 		if cur == nil || id != curID {
 			if err := flush(); err != nil {
 				return err
 			}
 			cur, curID, expInc, exp, header = &store.Saved{}, id, "", store.Expiry{}, false
 		}
-		val, err := it.ValueAndErr()
+		val, err := e.value(it, id)
 		if err != nil {
-			return e.loadErr(id, err)
+			return e.loadErr(id, fmt.Errorf("record %q: %w", it.Key(), err))
 		}
 		switch kind {
 		case kindHeader:

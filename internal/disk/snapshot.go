@@ -175,7 +175,7 @@ func (e *Engine) finishRestore() error {
 	}
 	b := e.db.NewBatch()
 	defer b.Close()
-	err := e.Load(func(sv *store.Saved) error {
+	err := e.scan(func(sv *store.Saved) error {
 		r := sv.Session
 		r.Incarnation = store.NewIncarnation()
 		_ = b.Set(sessionKey(r.ID, kindHeader), encodeHeader(&r), nil)
