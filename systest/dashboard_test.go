@@ -185,7 +185,7 @@ func cellText(selector string) string {
 // TestDashboardBrowser runs the page's scenarios on one build of the binary.
 func TestDashboardBrowser(t *testing.T) {
 	findChromium(t)
-	bin := buildServer(t)
+	bin := serverBin(t)
 	t.Run("LiveSession", func(t *testing.T) { testDashboardLive(t, bin) })
 	t.Run("Auth", func(t *testing.T) { testDashboardAuth(t, bin) })
 }

@@ -50,7 +50,7 @@ func buildServer(t *testing.T) string {
 
 func startBinServer(t *testing.T) *binServer {
 	t.Helper()
-	s := &binServer{t: t, bin: buildServer(t), addr: freeAddr(t)}
+	s := &binServer{t: t, bin: serverBin(t), addr: freeAddr(t)}
 	s.args = []string{"serve", "--listen", s.addr, "--log-level", "error"}
 	help, _ := exec.Command(s.bin, "serve", "--help").CombinedOutput()
 	if strings.Contains(string(help), "--memory") {
