@@ -383,16 +383,19 @@ func (e *Engine) Save(m *store.Mutation) (store.Pending, error) {
 
 func (e *Engine) addChange(b *pebble.Batch, edits *[]chunkEdit, m *store.Mutation) error {
 	id := m.Session.ID
-	rec, err := encodeChange(m.Change)
+	encoded := make(map[*pb.Variable][]byte, len(m.Change.Items))
+	rec, err := encodeChange(m.Change, encoded)
 	if err != nil {
 		return fmt.Errorf("disk: encoding revision %d of session %q: %w", m.Change.Revision, id, err)
 	}
 	_ = b.Set(sessionKey(id, kindHeader), encodeHeader(m.Session), nil)
 	e.put(b, edits, id, historyKey(id, m.Change.Revision), rec)
 	for _, v := range m.Put {
-		enc, err := v.MarshalVT()
-		if err != nil {
-			return fmt.Errorf("disk: encoding variable %q of session %q: %w", v.Name, id, err)
+		enc, ok := encoded[v]
+		if !ok {
+			if enc, err = v.MarshalVT(); err != nil {
+				return fmt.Errorf("disk: encoding variable %q of session %q: %w", v.Name, id, err)
+			}
 		}
 		e.put(b, edits, id, varKey(id, v.Id), enc)
 	}

@@ -159,7 +159,9 @@ const (
 	iOld  = 3
 )
 
-func encodeChange(c *store.Change) ([]byte, error) {
+// encodeChange encodes c; vars gets each item's variable as encoded, so
+// that a write that also puts the variable encodes it once.
+func encodeChange(c *store.Change, vars map[*pb.Variable][]byte) ([]byte, error) {
 	var b []byte
 	b = protowire.AppendTag(b, cRevision, protowire.VarintType)
 	b = protowire.AppendVarint(b, uint64(c.Revision))
@@ -174,6 +176,9 @@ func encodeChange(c *store.Change) ([]byte, error) {
 		v, err := it.Var.MarshalVT()
 		if err != nil {
 			return nil, err
+		}
+		if vars != nil {
+			vars[it.Var] = v
 		}
 		item := protowire.AppendTag(nil, iKind, protowire.VarintType)
 		item = protowire.AppendVarint(item, uint64(it.Kind))
