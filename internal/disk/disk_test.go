@@ -523,3 +523,83 @@ func TestCorruptTableIsRefusedNamingTheFile(t *testing.T) {
 	st.Close()
 	damageAndOpen(t, dir, ".sst")
 }
+
+// Readers and resyncing watchers next to writers whose syncs are in
+// flight: reads wait for what they saw to be durable (Barrier), and a
+// watch that must resync while changes are in flight settles first. All
+// of it goes on without errors, and every watcher ends at the last
+// revision.
+func TestReadsAndResyncsBesideWritesInFlight(t *testing.T) {
+	st, _, eng := openEngine(t, t.TempDir(), store.Options{HistoryLimit: 2}, disk.Options{})
+	defer st.Close()
+	if err := eng.Barrier(); err != nil {
+		t.Fatalf("Barrier on an idle engine: %v", err)
+	}
+	st.CreateSession("s", 0, nil)
+	register(t, st, "s", "x", nil)
+	const writers, writes = 4, 50
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range writes {
+				if _, err := st.Set("s", []store.Write{{Identifier: "x", Value: intVal(int64(w*1000 + i + 1))}}, nil, ""); err != nil {
+					t.Error(err)
+					return
+				}
+				if _, _, err := st.Get("s", "x"); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	// A watcher that polls rarely falls behind the window of 2 and
+	// resyncs, with writes in flight.
+	w, err := st.Watch("s", nil, store.WatchOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	var last int64
+	resyncs := 0
+	poll := func() {
+		for {
+			b, err := w.Poll(100)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if b.Settle {
+				if err := w.Settle(); err != nil {
+					t.Fatal(err)
+				}
+				continue
+			}
+			if b.Resync != nil {
+				resyncs++
+				last = b.Resync.Revision
+			}
+			for _, c := range b.Changes {
+				if c.Revision <= last {
+					t.Fatalf("revision %d after %d", c.Revision, last)
+				}
+				last = c.Revision
+			}
+			if !b.More {
+				return
+			}
+		}
+	}
+	for range 20 {
+		time.Sleep(5 * time.Millisecond)
+		poll()
+	}
+	wg.Wait()
+	poll()
+	info, _ := st.GetSession("s")
+	if last != info.Revision {
+		t.Fatalf("the watcher ended at %d, the session at %d", last, info.Revision)
+	}
+	t.Logf("%d resyncs", resyncs)
+}
