@@ -6,7 +6,9 @@
 // oldest record out of a sliding history window. It is its own module so
 // that bbolt stays at v1.4 (etcd 3.7, in the bench module, needs v1.5).
 //
-//	cd bench/storage && go test -run '^$' -bench . -benchtime 3s
+//	cd bench/storage && go test -run '^$' -bench Write -benchtime 3s -count 3
+//	cd bench/storage && go test -run '^$' -bench Space -benchtime 30000x
+//	cd bench/storage && go test -run '^$' -bench Trim -benchtime 3x
 //
 // Each engine is set up as its user sets it up: Pebble with its defaults
 // (a synced batch per write; concurrent synced batches share a log fsync),
@@ -22,10 +24,12 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io/fs"
+	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	bolt "go.etcd.io/bbolt"
@@ -50,8 +54,9 @@ type engine interface {
 	write(s int, rev uint64) error
 	// drop removes everything of session s (CleanupSession).
 	drop(s int) error
-	// reclaim is what the engine can do to hand space back (Pebble:
-	// compact the dropped range; bbolt: nothing while open).
+	// reclaim is what the engine can do online to hand space back
+	// (Pebble: flush the memtable, so its log can go, and compact the
+	// dropped range; bbolt: nothing, its file never shrinks while open).
 	reclaim() error
 	close() error
 }
@@ -90,6 +95,9 @@ func (e *pebbleEngine) drop(s int) error {
 }
 
 func (e *pebbleEngine) reclaim() error {
+	if err := e.db.Flush(); err != nil {
+		return err
+	}
 	return e.db.Compact(context.Background(), key(0, 0, 0), key(1<<31, 0, 0), true)
 }
 
@@ -214,7 +222,8 @@ func BenchmarkWrite(b *testing.B) {
 // window, then drops the session, and reports the bytes the engine's
 // files take at the end of the writes (window-bytes: the window is
 // 10,000 records) and after the drop and what the engine can do online to
-// reclaim space (dropped-bytes). Run it with -benchtime 200000x.
+// reclaim space (dropped-bytes; dropped-log-bytes of it are Pebble's
+// write-ahead log files). Run it with -benchtime 30000x.
 func BenchmarkSpace(b *testing.B) {
 	for _, en := range engines[:2] {
 		b.Run(en.name, func(b *testing.B) {
@@ -238,9 +247,140 @@ func BenchmarkSpace(b *testing.B) {
 				b.Fatal(err)
 			}
 			b.ReportMetric(float64(full), "window-bytes")
-			b.ReportMetric(float64(dirBytes(dir)), "dropped-bytes")
+			b.ReportMetric(float64(settledBytes(dir)), "dropped-bytes")
+			b.ReportMetric(float64(logBytes(dir)), "dropped-log-bytes")
 		})
 	}
+}
+
+// trimFill is the history BenchmarkTrim builds (a session whose window
+// was raised, or an operator lowering --history-limit), and trimKeep what
+// the trim keeps.
+const trimFill, trimKeep = 300_000, 10_000
+
+// BenchmarkTrim builds one session of trimFill history records (written
+// without fsync: the build is not what is measured), then times one
+// synced trim of all but the newest trimKeep (Pebble: one range deletion;
+// bbolt: a cursor deleting each key in one transaction), and reports the
+// files' bytes before the trim, after it, and after what the engine can do
+// online to hand space back (Pebble: flush and compact; bbolt: nothing;
+// reclaimed-log-bytes of it are Pebble's write-ahead log files).
+func BenchmarkTrim(b *testing.B) {
+	for _, en := range []string{"pebble", "bbolt"} {
+		b.Run(en, func(b *testing.B) {
+			for range b.N {
+				b.StopTimer()
+				dir := b.TempDir()
+				var trim, reclaim func() error
+				var closeFn func() error
+				first, last := key(0, 'h', 1), key(0, 'h', trimFill-trimKeep+1)
+				switch en {
+				case "pebble":
+					db, err := pebble.Open(dir, &pebble.Options{FormatMajorVersion: pebble.FormatNewest, Logger: quiet{}})
+					if err != nil {
+						b.Fatal(err)
+					}
+					closeFn = db.Close
+					for rev := uint64(1); rev <= trimFill; rev++ {
+						if err := db.Set(key(0, 'h', rev), historyValue, pebble.NoSync); err != nil {
+							b.Fatal(err)
+						}
+					}
+					trim = func() error { return db.DeleteRange(first, last, pebble.Sync) }
+					reclaim = func() error {
+						if err := db.Flush(); err != nil {
+							return err
+						}
+						return db.Compact(context.Background(), first, key(1, 0, 0), true)
+					}
+				case "bbolt":
+					db, err := bolt.Open(filepath.Join(dir, "db"), 0o600, &bolt.Options{FreelistType: bolt.FreelistMapType, NoFreelistSync: true})
+					if err != nil {
+						b.Fatal(err)
+					}
+					closeFn = db.Close
+					db.NoSync = true
+					for rev := uint64(1); rev <= trimFill; rev += 1000 {
+						if err := db.Update(func(tx *bolt.Tx) error {
+							bk, err := tx.CreateBucketIfNotExists(bucket(0))
+							if err != nil {
+								return err
+							}
+							for r := rev; r < rev+1000; r++ {
+								if err := bk.Put(key(0, 'h', r), historyValue); err != nil {
+									return err
+								}
+							}
+							return nil
+						}); err != nil {
+							b.Fatal(err)
+						}
+					}
+					if err := db.Sync(); err != nil {
+						b.Fatal(err)
+					}
+					db.NoSync = false
+					trim = func() error {
+						return db.Update(func(tx *bolt.Tx) error {
+							c := tx.Bucket(bucket(0)).Cursor()
+							for k, _ := c.Seek(first); k != nil && string(k) < string(last); k, _ = c.Next() {
+								if err := c.Delete(); err != nil {
+									return err
+								}
+							}
+							return nil
+						})
+					}
+					reclaim = func() error { return nil }
+				}
+				before := dirBytes(dir)
+				b.StartTimer()
+				if err := trim(); err != nil {
+					b.Fatal(err)
+				}
+				b.StopTimer()
+				trimmed := dirBytes(dir)
+				if err := reclaim(); err != nil {
+					b.Fatal(err)
+				}
+				b.ReportMetric(float64(before), "before-bytes")
+				b.ReportMetric(float64(trimmed), "trimmed-bytes")
+				b.ReportMetric(float64(settledBytes(dir)), "reclaimed-bytes")
+				b.ReportMetric(float64(logBytes(dir)), "reclaimed-log-bytes")
+				if err := closeFn(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// settledBytes is dirBytes once it stopped changing for a second (Pebble
+// deletes obsolete files in the background), or after 10 s.
+func settledBytes(dir string) int64 {
+	n := dirBytes(dir)
+	for range 10 {
+		time.Sleep(time.Second)
+		m := dirBytes(dir)
+		if m == n {
+			break
+		}
+		n = m
+	}
+	return n
+}
+
+// logBytes is the size of Pebble's write-ahead log files in dir (it keeps
+// a few old ones to reuse): space the engine holds whatever the data.
+func logBytes(dir string) int64 {
+	var n int64
+	logs, _ := filepath.Glob(filepath.Join(dir, "*.log"))
+	for _, l := range logs {
+		if info, err := os.Stat(l); err == nil {
+			n += info.Size()
+		}
+	}
+	return n
 }
 
 func dirBytes(dir string) int64 {
