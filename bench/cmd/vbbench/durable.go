@@ -41,6 +41,13 @@ func benchDurable(ctx context.Context, c *config, col *collector, self string) e
 		return err
 	}
 	defer stopSrv()
+	// The same server in memory, for the write throughput: what the disk
+	// costs a write, beside what etcd's costs.
+	msrv, stopMem, err := startServer(c, "durable-memory")
+	if err != nil {
+		return err
+	}
+	defer stopMem()
 	edir, err := os.MkdirTemp("", "vbbench-etcd-")
 	if err != nil {
 		return err
@@ -117,6 +124,13 @@ func benchDurable(ctx context.Context, c *config, col *collector, self string) e
 			tput(fmt.Sprintf("durable_writes_per_s_%d", w), w, rate, cpu, map[string]any{
 				"client": "one varbridge.BridgedState (one session, one connection); each writer Sets its own variable", "server": durableServerDesc,
 			})
+			rate, cpu, err = varbridgeWriteRate(ctx, msrv, sessionName("mem-tput"), w, c.tputDur)
+			if err != nil {
+				return fmt.Errorf("memory writes (%d writers) run %d: %w", w, r, err)
+			}
+			tput(fmt.Sprintf("memory_writes_per_s_%d", w), w, rate, cpu, map[string]any{
+				"client": "as durable_writes_per_s_*", "server": "varbridge serve --memory (beside the durable figures: what the disk costs)",
+			})
 			rate, cpu, err = etcdWriteRate(ctx, esrv, fmt.Sprintf("tput-%d-%d", r, w), w, c.tputDur)
 			if err != nil {
 				return fmt.Errorf("etcd writes (%d writers) run %d: %w", w, r, err)
@@ -143,7 +157,12 @@ func benchDurable(ctx context.Context, c *config, col *collector, self string) e
 		col.skipped("nats_file_sync_set_to_go_watcher_p99_us", "us", "-nats=false")
 	}
 	stopSrv()
+	stopMem()
 	esrv.stop()
+	if !c.recoveryOn {
+		col.skipped("restart_recovery_s", "s", "-recovery=false")
+		return nil
+	}
 	return benchRecovery(ctx, c, col)
 }
 

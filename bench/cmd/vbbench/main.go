@@ -48,6 +48,7 @@ type config struct {
 	tputDur                         time.Duration
 	recSessions, recVars, recWrites int
 	recRuns                         int
+	recoveryOn                      bool
 
 	// memoryFlag: the server binary has --memory (every binary since the
 	// durable engine), which the in-memory groups pass explicitly; an
@@ -94,6 +95,7 @@ func main() {
 	flag.StringVar(&c.pydir, "pydir", "bench/py", "directory of the Python helper scripts")
 	flag.StringVar(&only, "only", "", "regexp: run only the groups it matches (local, latency, durable, stream, fanout, idle)")
 	flag.BoolVar(&c.natsOn, "nats", true, "run the NATS comparison")
+	flag.BoolVar(&c.recoveryOn, "recovery", true, "durable group: build the 1M-revision data dir and time restarts (restart_recovery_s)")
 	flag.StringVar(&c.perfDir, "perf", "", "record each server group with `perf record -g` into this directory")
 	flag.StringVar(&c.pyProf, "pyprofile", "", "cProfile the Python helpers into this directory")
 	flag.StringVar(&cpuprofile, "cpuprofile", "", "write the harness's own (Go client side) CPU profile here")
