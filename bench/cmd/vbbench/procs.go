@@ -37,6 +37,9 @@ type proc struct {
 	// metrics is the URL of the server's Prometheus endpoint, when it
 	// announced one ("metrics on URL") before its address.
 	metrics string
+	// http is the server's HTTP base URL, when it announced one ("http on
+	// URL") before its address.
+	http string
 	// hook, when the server announced "phase hook on URL", is told of each
 	// measured phase (URL+"start?name=...", URL+"stop"): a profiling build
 	// of the server profiles exactly that phase.
@@ -69,6 +72,9 @@ func startListener(name, bin string, args ...string) (*proc, error) {
 		for sc.Scan() {
 			if h, ok := strings.CutPrefix(sc.Text(), "phase hook on "); ok {
 				p.hook = strings.TrimSpace(h)
+			}
+			if h, ok := strings.CutPrefix(sc.Text(), "http on "); ok {
+				p.http = strings.TrimSpace(h) // read after addrc hands over the address
 			}
 			if m, ok := strings.CutPrefix(sc.Text(), "metrics on "); ok {
 				p.metrics = strings.TrimSpace(m) // read after addrc hands over the address
