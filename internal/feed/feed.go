@@ -58,11 +58,7 @@ type Send func([]*pb.VariableUpdate) error
 // closes w when it returns. Run is the one goroutine that owns the watch.
 func Run(ctx context.Context, w *store.Watch, o Options, send Send) error {
 	defer w.Close()
-	f := &feeder{ctx: ctx, w: w, o: o, send: send}
-	if f.o.Heartbeat <= 0 {
-		f.o.Heartbeat = DefaultHeartbeat
-	}
-	f.o.Heartbeat = min(max(f.o.Heartbeat, MinHeartbeat), MaxHeartbeat)
+	f := newFeeder(ctx, w, o, send)
 	if err := f.sendInitial(); err != nil {
 		return err
 	}
@@ -92,15 +88,31 @@ func Run(ctx context.Context, w *store.Watch, o Options, send Send) error {
 			return err
 		}
 		if hbDue.CompareAndSwap(true, false) {
-			if err := f.emit(&pb.VariableUpdate{
-				UpdateType: pb.UpdateType_UPDATE_TYPE_HEARTBEAT, Revision: f.covered,
-				Timestamp: timestamppb.Now(), LastInRevision: true, Incarnation: w.Incarnation(),
-			}); err != nil {
+			if err := f.heartbeat(); err != nil {
 				return err
 			}
 			hb.Reset(f.o.Heartbeat)
 		}
 	}
+}
+
+// newFeeder sets up the feed of w, its heartbeat interval bounded. Run
+// drives one feeder from its own goroutine, a Group many from one.
+func newFeeder(ctx context.Context, w *store.Watch, o Options, send Send) *feeder {
+	f := &feeder{ctx: ctx, w: w, o: o, send: send}
+	if f.o.Heartbeat <= 0 {
+		f.o.Heartbeat = DefaultHeartbeat
+	}
+	f.o.Heartbeat = min(max(f.o.Heartbeat, MinHeartbeat), MaxHeartbeat)
+	return f
+}
+
+// heartbeat sends a HEARTBEAT at the revision the feed has covered.
+func (f *feeder) heartbeat() error {
+	return f.emit(&pb.VariableUpdate{
+		UpdateType: pb.UpdateType_UPDATE_TYPE_HEARTBEAT, Revision: f.covered,
+		Timestamp: timestamppb.Now(), LastInRevision: true, Incarnation: f.w.Incarnation(),
+	})
 }
 
 type feeder struct {

@@ -23,6 +23,11 @@ type Watch struct {
 // Open registers the watch req asks for. When it returns, every later write
 // reaches the watch; Run feeds it, or Close drops it.
 func Open(st *store.Store, req *pb.WatchVariablesRequest, hooks Hooks) (*Watch, error) {
+	return open(st, req, hooks, nil)
+}
+
+// open is Open; a watch with a waker is driven by a Group.
+func open(st *store.Store, req *pb.WatchVariablesRequest, hooks Hooks, waker *store.Waker) (*Watch, error) {
 	hb := req.GetHeartbeatIntervalMs()
 	if hb < 0 {
 		return nil, &store.FieldError{Field: "heartbeat_interval_ms", Reason: fmt.Sprintf("must not be negative, got %d", hb)}
@@ -37,7 +42,7 @@ func Open(st *store.Store, req *pb.WatchVariablesRequest, hooks Hooks) (*Watch, 
 	}
 	w, err := st.Watch(req.GetSessionId(), req.GetVariableIdentifiers(), store.WatchOptions{
 		StartRevision: req.GetStartRevision(), IncludeInitial: req.GetIncludeInitialValues(),
-		Incarnation: req.GetIncarnation(), Where: req.GetWhere(), Coalesce: req.GetCoalesce(),
+		Incarnation: req.GetIncarnation(), Where: req.GetWhere(), Coalesce: req.GetCoalesce(), Waker: waker,
 	})
 	if err != nil {
 		return nil, err

@@ -118,7 +118,7 @@ func (b *bridgeService) WatchVariableBatches(ctx context.Context, r *connect.Req
 // header without a message (connect-go's ServerStream.Send(nil)).
 func watch[M any](b *bridgeService, ctx context.Context, r *connect.Request[pb.WatchVariablesRequest], h http.Header,
 	sendHeader func(*M) error, send func([]*pb.VariableUpdate) error) error {
-	err := b.s.Watch(ctx, r.Spec().Procedure, requestCredentials(r.Header(), r.Peer()), r.Msg,
+	err := b.s.ServeWatch(ctx, r.Spec().Procedure, requestCredentials(r.Header(), r.Peer()), r.Msg,
 		func(md metadata.MD) error {
 			for k, vs := range md {
 				for _, v := range vs {
@@ -127,5 +127,15 @@ func watch[M any](b *bridgeService, ctx context.Context, r *connect.Request[pb.W
 			}
 			return sendHeader(nil)
 		}, send)
+	return connectError(err)
+}
+
+// Watch runs the server's multiplexed watch stream over connect-go (HTTP/2
+// only, as every bidirectional Connect stream): requests and responses pass
+// through the stream's own connection, unchanged.
+func (b *bridgeService) Watch(ctx context.Context, stream *connect.BidiStream[pb.WatchRequest, pb.WatchResponse]) error {
+	conn := stream.Conn()
+	err := b.s.ServeWatchStream(ctx, stream.Spec().Procedure, requestCredentials(stream.RequestHeader(), stream.Peer()),
+		conn.Receive, conn.Send)
 	return connectError(err)
 }

@@ -86,7 +86,7 @@ func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	for _, id := range req.GetVariableIdentifiers() {
 		ev.byID[id] = true
 	}
-	err = h.s.Watch(r.Context(), watchProcedure, credentials(authz, r.RemoteAddr), req, ev.start, ev.send)
+	err = h.s.ServeWatch(r.Context(), watchProcedure, credentials(authz, r.RemoteAddr), req, ev.start, ev.send)
 	switch {
 	case !ev.started:
 		_ = errorWriter.Write(w, r, connectError(err))

@@ -84,13 +84,13 @@ func chainUnary(in []grpc.UnaryServerInterceptor, info *grpc.UnaryServerInfo, h 
 	return h
 }
 
-// Watch runs a WatchVariables (or WatchVariableBatches, named by method)
+// ServeWatch runs a WatchVariables (or WatchVariableBatches, named by method)
 // that arrived by another transport: the same interceptors as a gRPC
 // stream, then the same watch. header gets the response header as soon as
 // the watch is registered (RevisionHeader and IncarnationHeader); send gets
 // every batch of ready updates, as feed.Send documents. Watch returns when
 // ctx ends, the session ends or send fails, with a gRPC status error.
-func (s *Server) Watch(ctx context.Context, method string, cred Credentials, req *pb.WatchVariablesRequest,
+func (s *Server) ServeWatch(ctx context.Context, method string, cred Credentials, req *pb.WatchVariablesRequest,
 	header func(metadata.MD) error, send feed.Send) error {
 	ss := &adapterStream{ctx: cred.Incoming(ctx), req: req, header: header}
 	h := func(_ any, stream grpc.ServerStream) error {
@@ -147,3 +147,38 @@ func (s *Server) MaxRequestBytes() int { return s.opts.limits.MaxRecvMsgBytes }
 
 // Log is the server's logger.
 func (s *Server) Log() *slog.Logger { return s.opts.log }
+
+// ServeWatchStream runs a multiplexed Watch stream that arrived by another
+// transport: the same interceptors as a gRPC stream, then the same stream
+// owner. recv reads the next request into its argument (a
+// *pb.WatchRequest; io.EOF when the client closed its side) and send writes
+// a *pb.WatchResponse. It returns when the stream ends, with a gRPC status
+// error.
+func (s *Server) ServeWatchStream(ctx context.Context, method string, cred Credentials, recv, send func(any) error) error {
+	ss := &bidiAdapter{ctx: cred.Incoming(ctx), recv: recv, send: send}
+	h := func(_ any, stream grpc.ServerStream) error { return s.serveMux(stream) }
+	info := &grpc.StreamServerInfo{FullMethod: method, IsClientStream: true, IsServerStream: true}
+	in := s.streamInterceptors()
+	for i := len(in) - 1; i >= 0; i-- {
+		next, icpt := h, in[i]
+		h = func(srv any, stream grpc.ServerStream) error { return icpt(srv, stream, info, next) }
+	}
+	return h(s, ss)
+}
+
+// bidiAdapter is the grpc.ServerStream of a multiplexed watch stream from
+// another transport: messages go both ways through the transport's own
+// stream; headers are not used (each watch's start travels in its created
+// response).
+type bidiAdapter struct {
+	ctx  context.Context
+	recv func(any) error
+	send func(any) error
+}
+
+func (b *bidiAdapter) Context() context.Context     { return b.ctx }
+func (b *bidiAdapter) RecvMsg(m any) error          { return b.recv(m) }
+func (b *bidiAdapter) SendMsg(m any) error          { return b.send(m) }
+func (b *bidiAdapter) SendHeader(metadata.MD) error { return nil }
+func (b *bidiAdapter) SetHeader(metadata.MD) error  { return nil }
+func (b *bidiAdapter) SetTrailer(metadata.MD)       {}

@@ -33,6 +33,9 @@ type WatchOptions struct {
 	// only reports them (Watches).
 	Where    string
 	Coalesce bool
+	// Waker, if set, is signalled instead of the watch's own Wake channel
+	// (which it then lacks): one owner drives many watches (feed.Group).
+	Waker *Waker
 }
 
 // Watch is one observer of a session's variables. One goroutine owns it: it
@@ -51,8 +54,11 @@ type Watch struct {
 	opts    WatchOptions
 	created time.Time
 
-	wake chan struct{}
-	done chan struct{}
+	wake  chan struct{} // nil with a Waker
+	waker *Waker
+	// queued: the watch is in waker's ready list; guarded by waker.mu.
+	queued bool
+	done   chan struct{}
 	// first: the session had no other watch when this one was registered.
 	first bool
 
@@ -119,8 +125,11 @@ func (st *Store) watch(sess *session, identifiers []string, opts WatchOptions) (
 	}
 	w := &Watch{
 		sess: sess, all: len(identifiers) == 0, idents: make(map[string]string, len(vars)),
-		wake: make(chan struct{}, 1), done: make(chan struct{}), incarnation: sess.incarnation,
-		named: slices.Clone(identifiers), opts: opts, created: st.opts.Now(),
+		done: make(chan struct{}), incarnation: sess.incarnation,
+		named: slices.Clone(identifiers), opts: opts, created: st.opts.Now(), waker: opts.Waker,
+	}
+	if w.waker == nil {
+		w.wake = make(chan struct{}, 1)
 	}
 	for i, v := range vars {
 		if _, dup := w.idents[v.cur.Id]; !dup {
@@ -201,7 +210,8 @@ func (w *Watch) Concerns(it Item) bool {
 	return ok
 }
 
-// Wake receives a value when changes may be ready for Poll.
+// Wake receives a value when changes may be ready for Poll; nil for a
+// watch registered with a Waker, which its owner waits on instead.
 func (w *Watch) Wake() <-chan struct{} { return w.wake }
 
 // Done is closed when the session ends; Err then says why.
@@ -273,6 +283,10 @@ func (w *Watch) Interrupt() { w.signal() }
 
 // signal wakes the owner if it is not already due to wake.
 func (w *Watch) signal() {
+	if w.waker != nil {
+		w.waker.add(w)
+		return
+	}
 	select {
 	case w.wake <- struct{}{}:
 	default:

@@ -2875,6 +2875,477 @@ func (x *VariableUpdateBatch) GetUpdates() []*VariableUpdate {
 	return nil
 }
 
+// WatchRequest is one message a client sends on a Watch stream.
+type WatchRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Request:
+	//
+	//	*WatchRequest_Create
+	//	*WatchRequest_Cancel
+	Request       isWatchRequest_Request `protobuf_oneof:"request"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchRequest) Reset() {
+	*x = WatchRequest{}
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchRequest) ProtoMessage() {}
+
+func (x *WatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
+func (*WatchRequest) Descriptor() ([]byte, []int) {
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *WatchRequest) GetRequest() isWatchRequest_Request {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+func (x *WatchRequest) GetCreate() *WatchCreateRequest {
+	if x != nil {
+		if x, ok := x.Request.(*WatchRequest_Create); ok {
+			return x.Create
+		}
+	}
+	return nil
+}
+
+func (x *WatchRequest) GetCancel() *WatchCancelRequest {
+	if x != nil {
+		if x, ok := x.Request.(*WatchRequest_Cancel); ok {
+			return x.Cancel
+		}
+	}
+	return nil
+}
+
+type isWatchRequest_Request interface {
+	isWatchRequest_Request()
+}
+
+type WatchRequest_Create struct {
+	// Opens a watch.
+	Create *WatchCreateRequest `protobuf:"bytes,1,opt,name=create,proto3,oneof"`
+}
+
+type WatchRequest_Cancel struct {
+	// Ends a watch the client opened.
+	Cancel *WatchCancelRequest `protobuf:"bytes,2,opt,name=cancel,proto3,oneof"`
+}
+
+func (*WatchRequest_Create) isWatchRequest_Request() {}
+
+func (*WatchRequest_Cancel) isWatchRequest_Request() {}
+
+// WatchCreateRequest opens one watch of a Watch stream.
+type WatchCreateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Chosen by the client, unique among the stream's open watches (a watch
+	// is open from its create until its canceled or ended response); a
+	// duplicate ends the new watch with INVALID_ARGUMENT.
+	WatchId int64 `protobuf:"varint,1,opt,name=watch_id,json=watchId,proto3" json:"watch_id,omitempty"`
+	// What to watch, from where, and how: the fields and their meaning are
+	// those of WatchVariables (session_id, variable_identifiers, where,
+	// start_revision, incarnation, include_initial_values, heartbeat...).
+	Watch         *WatchVariablesRequest `protobuf:"bytes,2,opt,name=watch,proto3" json:"watch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchCreateRequest) Reset() {
+	*x = WatchCreateRequest{}
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchCreateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchCreateRequest) ProtoMessage() {}
+
+func (x *WatchCreateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchCreateRequest.ProtoReflect.Descriptor instead.
+func (*WatchCreateRequest) Descriptor() ([]byte, []int) {
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *WatchCreateRequest) GetWatchId() int64 {
+	if x != nil {
+		return x.WatchId
+	}
+	return 0
+}
+
+func (x *WatchCreateRequest) GetWatch() *WatchVariablesRequest {
+	if x != nil {
+		return x.Watch
+	}
+	return nil
+}
+
+// WatchCancelRequest ends one watch of a Watch stream.
+type WatchCancelRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The watch to end; one that is not open (never was, or already ended) is
+	// answered with canceled all the same, so a cancel racing the watch's end
+	// needs no special case.
+	WatchId       int64 `protobuf:"varint,1,opt,name=watch_id,json=watchId,proto3" json:"watch_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchCancelRequest) Reset() {
+	*x = WatchCancelRequest{}
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchCancelRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchCancelRequest) ProtoMessage() {}
+
+func (x *WatchCancelRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchCancelRequest.ProtoReflect.Descriptor instead.
+func (*WatchCancelRequest) Descriptor() ([]byte, []int) {
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *WatchCancelRequest) GetWatchId() int64 {
+	if x != nil {
+		return x.WatchId
+	}
+	return 0
+}
+
+// WatchResponse is one message the server sends on a Watch stream: about
+// one watch, named by watch_id.
+type WatchResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The watch this message is about, as the client chose it.
+	WatchId int64 `protobuf:"varint,1,opt,name=watch_id,json=watchId,proto3" json:"watch_id,omitempty"`
+	// Types that are valid to be assigned to Response:
+	//
+	//	*WatchResponse_Created
+	//	*WatchResponse_Updates
+	//	*WatchResponse_Canceled
+	//	*WatchResponse_Ended
+	Response      isWatchResponse_Response `protobuf_oneof:"response"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchResponse) Reset() {
+	*x = WatchResponse{}
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchResponse) ProtoMessage() {}
+
+func (x *WatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchResponse.ProtoReflect.Descriptor instead.
+func (*WatchResponse) Descriptor() ([]byte, []int) {
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *WatchResponse) GetWatchId() int64 {
+	if x != nil {
+		return x.WatchId
+	}
+	return 0
+}
+
+func (x *WatchResponse) GetResponse() isWatchResponse_Response {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
+func (x *WatchResponse) GetCreated() *WatchCreated {
+	if x != nil {
+		if x, ok := x.Response.(*WatchResponse_Created); ok {
+			return x.Created
+		}
+	}
+	return nil
+}
+
+func (x *WatchResponse) GetUpdates() *VariableUpdateBatch {
+	if x != nil {
+		if x, ok := x.Response.(*WatchResponse_Updates); ok {
+			return x.Updates
+		}
+	}
+	return nil
+}
+
+func (x *WatchResponse) GetCanceled() *WatchCanceled {
+	if x != nil {
+		if x, ok := x.Response.(*WatchResponse_Canceled); ok {
+			return x.Canceled
+		}
+	}
+	return nil
+}
+
+func (x *WatchResponse) GetEnded() *WatchEnded {
+	if x != nil {
+		if x, ok := x.Response.(*WatchResponse_Ended); ok {
+			return x.Ended
+		}
+	}
+	return nil
+}
+
+type isWatchResponse_Response interface {
+	isWatchResponse_Response()
+}
+
+type WatchResponse_Created struct {
+	// The watch is registered: every later write reaches it. Sent once,
+	// before any of its updates.
+	Created *WatchCreated `protobuf:"bytes,2,opt,name=created,proto3,oneof"`
+}
+
+type WatchResponse_Updates struct {
+	// Consecutive updates of the watch, exactly as WatchVariableBatches
+	// sends them (heartbeats, RESYNC, incarnation, last_in_revision).
+	Updates *VariableUpdateBatch `protobuf:"bytes,3,opt,name=updates,proto3,oneof"`
+}
+
+type WatchResponse_Canceled struct {
+	// The watch ended at the client's request; nothing more comes for it
+	// and its watch_id is free again.
+	Canceled *WatchCanceled `protobuf:"bytes,4,opt,name=canceled,proto3,oneof"`
+}
+
+type WatchResponse_Ended struct {
+	// The watch ended on its own (a refused create, its session ended, its
+	// filter spent its budget...): nothing more comes for it and its
+	// watch_id is free again.
+	Ended *WatchEnded `protobuf:"bytes,5,opt,name=ended,proto3,oneof"`
+}
+
+func (*WatchResponse_Created) isWatchResponse_Response() {}
+
+func (*WatchResponse_Updates) isWatchResponse_Response() {}
+
+func (*WatchResponse_Canceled) isWatchResponse_Response() {}
+
+func (*WatchResponse_Ended) isWatchResponse_Response() {}
+
+// WatchCreated confirms a watch: what WatchVariables sends as its response
+// headers varbridge-watch-revision and varbridge-watch-incarnation.
+type WatchCreated struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The session revision the watch starts after: updates with a later
+	// revision follow.
+	StartsAfter int64 `protobuf:"varint,1,opt,name=starts_after,json=startsAfter,proto3" json:"starts_after,omitempty"`
+	// The watched session's incarnation; send it back in
+	// WatchVariablesRequest.incarnation to resume.
+	Incarnation   string `protobuf:"bytes,2,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchCreated) Reset() {
+	*x = WatchCreated{}
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchCreated) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchCreated) ProtoMessage() {}
+
+func (x *WatchCreated) ProtoReflect() protoreflect.Message {
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchCreated.ProtoReflect.Descriptor instead.
+func (*WatchCreated) Descriptor() ([]byte, []int) {
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *WatchCreated) GetStartsAfter() int64 {
+	if x != nil {
+		return x.StartsAfter
+	}
+	return 0
+}
+
+func (x *WatchCreated) GetIncarnation() string {
+	if x != nil {
+		return x.Incarnation
+	}
+	return ""
+}
+
+// WatchCanceled confirms a WatchCancelRequest.
+type WatchCanceled struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchCanceled) Reset() {
+	*x = WatchCanceled{}
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchCanceled) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchCanceled) ProtoMessage() {}
+
+func (x *WatchCanceled) ProtoReflect() protoreflect.Message {
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchCanceled.ProtoReflect.Descriptor instead.
+func (*WatchCanceled) Descriptor() ([]byte, []int) {
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{43}
+}
+
+// WatchEnded says why a watch ended.
+type WatchEnded struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A serialized google.rpc.Status: the very bytes a single-watch RPC sends
+	// in its grpc-status-details-bin trailer when it ends with the same
+	// error, so the code, message and details (an ErrorInfo with domain
+	// "varbridge.dev" and an ErrorReason, plus the standard detail that fits)
+	// are read the same way.
+	Status        []byte `protobuf:"bytes,1,opt,name=status,proto3" json:"status,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchEnded) Reset() {
+	*x = WatchEnded{}
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchEnded) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchEnded) ProtoMessage() {}
+
+func (x *WatchEnded) ProtoReflect() protoreflect.Message {
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchEnded.ProtoReflect.Descriptor instead.
+func (*WatchEnded) Descriptor() ([]byte, []int) {
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *WatchEnded) GetStatus() []byte {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
 var File_varbridge_v1_varbridge_proto protoreflect.FileDescriptor
 
 const file_varbridge_v1_varbridge_proto_rawDesc = "" +
@@ -3125,7 +3596,31 @@ const file_varbridge_v1_varbridge_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"M\n" +
 	"\x13VariableUpdateBatch\x126\n" +
-	"\aupdates\x18\x01 \x03(\v2\x1c.varbridge.v1.VariableUpdateR\aupdates*\xb0\x04\n" +
+	"\aupdates\x18\x01 \x03(\v2\x1c.varbridge.v1.VariableUpdateR\aupdates\"\x91\x01\n" +
+	"\fWatchRequest\x12:\n" +
+	"\x06create\x18\x01 \x01(\v2 .varbridge.v1.WatchCreateRequestH\x00R\x06create\x12:\n" +
+	"\x06cancel\x18\x02 \x01(\v2 .varbridge.v1.WatchCancelRequestH\x00R\x06cancelB\t\n" +
+	"\arequest\"j\n" +
+	"\x12WatchCreateRequest\x12\x19\n" +
+	"\bwatch_id\x18\x01 \x01(\x03R\awatchId\x129\n" +
+	"\x05watch\x18\x02 \x01(\v2#.varbridge.v1.WatchVariablesRequestR\x05watch\"/\n" +
+	"\x12WatchCancelRequest\x12\x19\n" +
+	"\bwatch_id\x18\x01 \x01(\x03R\awatchId\"\x9a\x02\n" +
+	"\rWatchResponse\x12\x19\n" +
+	"\bwatch_id\x18\x01 \x01(\x03R\awatchId\x126\n" +
+	"\acreated\x18\x02 \x01(\v2\x1a.varbridge.v1.WatchCreatedH\x00R\acreated\x12=\n" +
+	"\aupdates\x18\x03 \x01(\v2!.varbridge.v1.VariableUpdateBatchH\x00R\aupdates\x129\n" +
+	"\bcanceled\x18\x04 \x01(\v2\x1b.varbridge.v1.WatchCanceledH\x00R\bcanceled\x120\n" +
+	"\x05ended\x18\x05 \x01(\v2\x18.varbridge.v1.WatchEndedH\x00R\x05endedB\n" +
+	"\n" +
+	"\bresponse\"S\n" +
+	"\fWatchCreated\x12!\n" +
+	"\fstarts_after\x18\x01 \x01(\x03R\vstartsAfter\x12 \n" +
+	"\vincarnation\x18\x02 \x01(\tR\vincarnation\"\x0f\n" +
+	"\rWatchCanceled\"$\n" +
+	"\n" +
+	"WatchEnded\x12\x16\n" +
+	"\x06status\x18\x01 \x01(\fR\x06status*\xb0\x04\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\"\n" +
 	"\x1eERROR_REASON_SESSION_NOT_FOUND\x10\x01\x12\x1f\n" +
@@ -3161,7 +3656,7 @@ const file_varbridge_v1_varbridge_proto_rawDesc = "" +
 	"\x18UPDATE_TYPE_VALUE_CHANGE\x10\x02\x12\x17\n" +
 	"\x13UPDATE_TYPE_DELETED\x10\x03\x12\x19\n" +
 	"\x15UPDATE_TYPE_HEARTBEAT\x10\x04\x12\x16\n" +
-	"\x12UPDATE_TYPE_RESYNC\x10\x052\x97\v\n" +
+	"\x12UPDATE_TYPE_RESYNC\x10\x052\xdd\v\n" +
 	"\rBridgeService\x12d\n" +
 	"\x11InitializeSession\x12&.varbridge.v1.InitializeSessionRequest\x1a'.varbridge.v1.InitializeSessionResponse\x12O\n" +
 	"\n" +
@@ -3179,7 +3674,8 @@ const file_varbridge_v1_varbridge_proto_rawDesc = "" +
 	"\x0eDeleteVariable\x12#.varbridge.v1.DeleteVariableRequest\x1a$.varbridge.v1.DeleteVariableResponse\x12U\n" +
 	"\x0eWatchVariables\x12#.varbridge.v1.WatchVariablesRequest\x1a\x1c.varbridge.v1.VariableUpdate0\x01\x12`\n" +
 	"\x14WatchVariableBatches\x12#.varbridge.v1.WatchVariablesRequest\x1a!.varbridge.v1.VariableUpdateBatch0\x01\x12R\n" +
-	"\vListWatches\x12 .varbridge.v1.ListWatchesRequest\x1a!.varbridge.v1.ListWatchesResponseB?Z=github.com/varbridge/varbridge/proto/varbridge/v1;varbridgev1b\x06proto3"
+	"\vListWatches\x12 .varbridge.v1.ListWatchesRequest\x1a!.varbridge.v1.ListWatchesResponse\x12D\n" +
+	"\x05Watch\x12\x1a.varbridge.v1.WatchRequest\x1a\x1b.varbridge.v1.WatchResponse(\x010\x01B?Z=github.com/varbridge/varbridge/proto/varbridge/v1;varbridgev1b\x06proto3"
 
 var (
 	file_varbridge_v1_varbridge_proto_rawDescOnce sync.Once
@@ -3194,7 +3690,7 @@ func file_varbridge_v1_varbridge_proto_rawDescGZIP() []byte {
 }
 
 var file_varbridge_v1_varbridge_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_varbridge_v1_varbridge_proto_msgTypes = make([]protoimpl.MessageInfo, 50)
+var file_varbridge_v1_varbridge_proto_msgTypes = make([]protoimpl.MessageInfo, 57)
 var file_varbridge_v1_varbridge_proto_goTypes = []any{
 	(ErrorReason)(0),                  // 0: varbridge.v1.ErrorReason
 	(VariableType)(0),                 // 1: varbridge.v1.VariableType
@@ -3237,20 +3733,27 @@ var file_varbridge_v1_varbridge_proto_goTypes = []any{
 	(*WatchVariablesRequest)(nil),     // 38: varbridge.v1.WatchVariablesRequest
 	(*VariableUpdate)(nil),            // 39: varbridge.v1.VariableUpdate
 	(*VariableUpdateBatch)(nil),       // 40: varbridge.v1.VariableUpdateBatch
-	nil,                               // 41: varbridge.v1.Variable.MetadataEntry
-	nil,                               // 42: varbridge.v1.Session.MetadataEntry
-	nil,                               // 43: varbridge.v1.InitializeSessionRequest.MetadataEntry
-	nil,                               // 44: varbridge.v1.RegisterVariableRequest.MetadataEntry
-	nil,                               // 45: varbridge.v1.GetVariablesResponse.VariablesEntry
-	nil,                               // 46: varbridge.v1.SetVariableRequest.MetadataEntry
-	nil,                               // 47: varbridge.v1.SetVariablesRequest.UpdatesEntry
-	nil,                               // 48: varbridge.v1.SetVariablesRequest.MetadataEntry
-	nil,                               // 49: varbridge.v1.SetVariablesRequest.ExpectedVersionsEntry
-	nil,                               // 50: varbridge.v1.SetVariablesResponse.VariablesEntry
-	nil,                               // 51: varbridge.v1.DeleteVariableRequest.MetadataEntry
-	nil,                               // 52: varbridge.v1.VariableUpdate.UpdateMetadataEntry
-	(*timestamppb.Timestamp)(nil),     // 53: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),       // 54: google.protobuf.Duration
+	(*WatchRequest)(nil),              // 41: varbridge.v1.WatchRequest
+	(*WatchCreateRequest)(nil),        // 42: varbridge.v1.WatchCreateRequest
+	(*WatchCancelRequest)(nil),        // 43: varbridge.v1.WatchCancelRequest
+	(*WatchResponse)(nil),             // 44: varbridge.v1.WatchResponse
+	(*WatchCreated)(nil),              // 45: varbridge.v1.WatchCreated
+	(*WatchCanceled)(nil),             // 46: varbridge.v1.WatchCanceled
+	(*WatchEnded)(nil),                // 47: varbridge.v1.WatchEnded
+	nil,                               // 48: varbridge.v1.Variable.MetadataEntry
+	nil,                               // 49: varbridge.v1.Session.MetadataEntry
+	nil,                               // 50: varbridge.v1.InitializeSessionRequest.MetadataEntry
+	nil,                               // 51: varbridge.v1.RegisterVariableRequest.MetadataEntry
+	nil,                               // 52: varbridge.v1.GetVariablesResponse.VariablesEntry
+	nil,                               // 53: varbridge.v1.SetVariableRequest.MetadataEntry
+	nil,                               // 54: varbridge.v1.SetVariablesRequest.UpdatesEntry
+	nil,                               // 55: varbridge.v1.SetVariablesRequest.MetadataEntry
+	nil,                               // 56: varbridge.v1.SetVariablesRequest.ExpectedVersionsEntry
+	nil,                               // 57: varbridge.v1.SetVariablesResponse.VariablesEntry
+	nil,                               // 58: varbridge.v1.DeleteVariableRequest.MetadataEntry
+	nil,                               // 59: varbridge.v1.VariableUpdate.UpdateMetadataEntry
+	(*timestamppb.Timestamp)(nil),     // 60: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 61: google.protobuf.Duration
 }
 var file_varbridge_v1_varbridge_proto_depIdxs = []int32{
 	3,  // 0: varbridge.v1.Value.embedding_value:type_name -> varbridge.v1.Embedding
@@ -3258,15 +3761,15 @@ var file_varbridge_v1_varbridge_proto_depIdxs = []int32{
 	1,  // 2: varbridge.v1.Variable.type:type_name -> varbridge.v1.VariableType
 	5,  // 3: varbridge.v1.Variable.value:type_name -> varbridge.v1.Value
 	6,  // 4: varbridge.v1.Variable.constraints:type_name -> varbridge.v1.Constraints
-	41, // 5: varbridge.v1.Variable.metadata:type_name -> varbridge.v1.Variable.MetadataEntry
-	53, // 6: varbridge.v1.Variable.updated_at:type_name -> google.protobuf.Timestamp
-	53, // 7: varbridge.v1.Variable.created_at:type_name -> google.protobuf.Timestamp
-	53, // 8: varbridge.v1.Session.created_at:type_name -> google.protobuf.Timestamp
-	53, // 9: varbridge.v1.Session.expires_at:type_name -> google.protobuf.Timestamp
-	54, // 10: varbridge.v1.Session.ttl:type_name -> google.protobuf.Duration
-	42, // 11: varbridge.v1.Session.metadata:type_name -> varbridge.v1.Session.MetadataEntry
-	54, // 12: varbridge.v1.InitializeSessionRequest.ttl:type_name -> google.protobuf.Duration
-	43, // 13: varbridge.v1.InitializeSessionRequest.metadata:type_name -> varbridge.v1.InitializeSessionRequest.MetadataEntry
+	48, // 5: varbridge.v1.Variable.metadata:type_name -> varbridge.v1.Variable.MetadataEntry
+	60, // 6: varbridge.v1.Variable.updated_at:type_name -> google.protobuf.Timestamp
+	60, // 7: varbridge.v1.Variable.created_at:type_name -> google.protobuf.Timestamp
+	60, // 8: varbridge.v1.Session.created_at:type_name -> google.protobuf.Timestamp
+	60, // 9: varbridge.v1.Session.expires_at:type_name -> google.protobuf.Timestamp
+	61, // 10: varbridge.v1.Session.ttl:type_name -> google.protobuf.Duration
+	49, // 11: varbridge.v1.Session.metadata:type_name -> varbridge.v1.Session.MetadataEntry
+	61, // 12: varbridge.v1.InitializeSessionRequest.ttl:type_name -> google.protobuf.Duration
+	50, // 13: varbridge.v1.InitializeSessionRequest.metadata:type_name -> varbridge.v1.InitializeSessionRequest.MetadataEntry
 	8,  // 14: varbridge.v1.InitializeSessionResponse.session:type_name -> varbridge.v1.Session
 	8,  // 15: varbridge.v1.GetSessionResponse.session:type_name -> varbridge.v1.Session
 	8,  // 16: varbridge.v1.HeartbeatResponse.session:type_name -> varbridge.v1.Session
@@ -3274,68 +3777,77 @@ var file_varbridge_v1_varbridge_proto_depIdxs = []int32{
 	1,  // 18: varbridge.v1.RegisterVariableRequest.type:type_name -> varbridge.v1.VariableType
 	5,  // 19: varbridge.v1.RegisterVariableRequest.initial_value:type_name -> varbridge.v1.Value
 	6,  // 20: varbridge.v1.RegisterVariableRequest.constraints:type_name -> varbridge.v1.Constraints
-	44, // 21: varbridge.v1.RegisterVariableRequest.metadata:type_name -> varbridge.v1.RegisterVariableRequest.MetadataEntry
+	51, // 21: varbridge.v1.RegisterVariableRequest.metadata:type_name -> varbridge.v1.RegisterVariableRequest.MetadataEntry
 	7,  // 22: varbridge.v1.RegisterVariableResponse.variable:type_name -> varbridge.v1.Variable
 	7,  // 23: varbridge.v1.GetVariableResponse.variable:type_name -> varbridge.v1.Variable
-	45, // 24: varbridge.v1.GetVariablesResponse.variables:type_name -> varbridge.v1.GetVariablesResponse.VariablesEntry
+	52, // 24: varbridge.v1.GetVariablesResponse.variables:type_name -> varbridge.v1.GetVariablesResponse.VariablesEntry
 	5,  // 25: varbridge.v1.SetVariableRequest.value:type_name -> varbridge.v1.Value
-	46, // 26: varbridge.v1.SetVariableRequest.metadata:type_name -> varbridge.v1.SetVariableRequest.MetadataEntry
+	53, // 26: varbridge.v1.SetVariableRequest.metadata:type_name -> varbridge.v1.SetVariableRequest.MetadataEntry
 	7,  // 27: varbridge.v1.SetVariableResponse.variable:type_name -> varbridge.v1.Variable
-	47, // 28: varbridge.v1.SetVariablesRequest.updates:type_name -> varbridge.v1.SetVariablesRequest.UpdatesEntry
-	48, // 29: varbridge.v1.SetVariablesRequest.metadata:type_name -> varbridge.v1.SetVariablesRequest.MetadataEntry
-	49, // 30: varbridge.v1.SetVariablesRequest.expected_versions:type_name -> varbridge.v1.SetVariablesRequest.ExpectedVersionsEntry
-	50, // 31: varbridge.v1.SetVariablesResponse.variables:type_name -> varbridge.v1.SetVariablesResponse.VariablesEntry
+	54, // 28: varbridge.v1.SetVariablesRequest.updates:type_name -> varbridge.v1.SetVariablesRequest.UpdatesEntry
+	55, // 29: varbridge.v1.SetVariablesRequest.metadata:type_name -> varbridge.v1.SetVariablesRequest.MetadataEntry
+	56, // 30: varbridge.v1.SetVariablesRequest.expected_versions:type_name -> varbridge.v1.SetVariablesRequest.ExpectedVersionsEntry
+	57, // 31: varbridge.v1.SetVariablesResponse.variables:type_name -> varbridge.v1.SetVariablesResponse.VariablesEntry
 	7,  // 32: varbridge.v1.ListVariablesResponse.variables:type_name -> varbridge.v1.Variable
-	51, // 33: varbridge.v1.DeleteVariableRequest.metadata:type_name -> varbridge.v1.DeleteVariableRequest.MetadataEntry
+	58, // 33: varbridge.v1.DeleteVariableRequest.metadata:type_name -> varbridge.v1.DeleteVariableRequest.MetadataEntry
 	7,  // 34: varbridge.v1.DeleteVariableResponse.variable:type_name -> varbridge.v1.Variable
 	37, // 35: varbridge.v1.ListWatchesResponse.watches:type_name -> varbridge.v1.WatchInfo
-	53, // 36: varbridge.v1.WatchInfo.created_at:type_name -> google.protobuf.Timestamp
+	60, // 36: varbridge.v1.WatchInfo.created_at:type_name -> google.protobuf.Timestamp
 	7,  // 37: varbridge.v1.VariableUpdate.variable:type_name -> varbridge.v1.Variable
 	5,  // 38: varbridge.v1.VariableUpdate.old_value:type_name -> varbridge.v1.Value
 	2,  // 39: varbridge.v1.VariableUpdate.update_type:type_name -> varbridge.v1.UpdateType
-	52, // 40: varbridge.v1.VariableUpdate.update_metadata:type_name -> varbridge.v1.VariableUpdate.UpdateMetadataEntry
-	53, // 41: varbridge.v1.VariableUpdate.timestamp:type_name -> google.protobuf.Timestamp
+	59, // 40: varbridge.v1.VariableUpdate.update_metadata:type_name -> varbridge.v1.VariableUpdate.UpdateMetadataEntry
+	60, // 41: varbridge.v1.VariableUpdate.timestamp:type_name -> google.protobuf.Timestamp
 	39, // 42: varbridge.v1.VariableUpdateBatch.updates:type_name -> varbridge.v1.VariableUpdate
-	7,  // 43: varbridge.v1.GetVariablesResponse.VariablesEntry.value:type_name -> varbridge.v1.Variable
-	5,  // 44: varbridge.v1.SetVariablesRequest.UpdatesEntry.value:type_name -> varbridge.v1.Value
-	7,  // 45: varbridge.v1.SetVariablesResponse.VariablesEntry.value:type_name -> varbridge.v1.Variable
-	9,  // 46: varbridge.v1.BridgeService.InitializeSession:input_type -> varbridge.v1.InitializeSessionRequest
-	11, // 47: varbridge.v1.BridgeService.GetSession:input_type -> varbridge.v1.GetSessionRequest
-	13, // 48: varbridge.v1.BridgeService.Heartbeat:input_type -> varbridge.v1.HeartbeatRequest
-	15, // 49: varbridge.v1.BridgeService.CleanupSession:input_type -> varbridge.v1.CleanupSessionRequest
-	17, // 50: varbridge.v1.BridgeService.ListSessions:input_type -> varbridge.v1.ListSessionsRequest
-	19, // 51: varbridge.v1.BridgeService.SaveSnapshot:input_type -> varbridge.v1.SaveSnapshotRequest
-	21, // 52: varbridge.v1.BridgeService.RegisterVariable:input_type -> varbridge.v1.RegisterVariableRequest
-	23, // 53: varbridge.v1.BridgeService.GetVariable:input_type -> varbridge.v1.GetVariableRequest
-	25, // 54: varbridge.v1.BridgeService.GetVariables:input_type -> varbridge.v1.GetVariablesRequest
-	27, // 55: varbridge.v1.BridgeService.SetVariable:input_type -> varbridge.v1.SetVariableRequest
-	29, // 56: varbridge.v1.BridgeService.SetVariables:input_type -> varbridge.v1.SetVariablesRequest
-	31, // 57: varbridge.v1.BridgeService.ListVariables:input_type -> varbridge.v1.ListVariablesRequest
-	33, // 58: varbridge.v1.BridgeService.DeleteVariable:input_type -> varbridge.v1.DeleteVariableRequest
-	38, // 59: varbridge.v1.BridgeService.WatchVariables:input_type -> varbridge.v1.WatchVariablesRequest
-	38, // 60: varbridge.v1.BridgeService.WatchVariableBatches:input_type -> varbridge.v1.WatchVariablesRequest
-	35, // 61: varbridge.v1.BridgeService.ListWatches:input_type -> varbridge.v1.ListWatchesRequest
-	10, // 62: varbridge.v1.BridgeService.InitializeSession:output_type -> varbridge.v1.InitializeSessionResponse
-	12, // 63: varbridge.v1.BridgeService.GetSession:output_type -> varbridge.v1.GetSessionResponse
-	14, // 64: varbridge.v1.BridgeService.Heartbeat:output_type -> varbridge.v1.HeartbeatResponse
-	16, // 65: varbridge.v1.BridgeService.CleanupSession:output_type -> varbridge.v1.CleanupSessionResponse
-	18, // 66: varbridge.v1.BridgeService.ListSessions:output_type -> varbridge.v1.ListSessionsResponse
-	20, // 67: varbridge.v1.BridgeService.SaveSnapshot:output_type -> varbridge.v1.SnapshotChunk
-	22, // 68: varbridge.v1.BridgeService.RegisterVariable:output_type -> varbridge.v1.RegisterVariableResponse
-	24, // 69: varbridge.v1.BridgeService.GetVariable:output_type -> varbridge.v1.GetVariableResponse
-	26, // 70: varbridge.v1.BridgeService.GetVariables:output_type -> varbridge.v1.GetVariablesResponse
-	28, // 71: varbridge.v1.BridgeService.SetVariable:output_type -> varbridge.v1.SetVariableResponse
-	30, // 72: varbridge.v1.BridgeService.SetVariables:output_type -> varbridge.v1.SetVariablesResponse
-	32, // 73: varbridge.v1.BridgeService.ListVariables:output_type -> varbridge.v1.ListVariablesResponse
-	34, // 74: varbridge.v1.BridgeService.DeleteVariable:output_type -> varbridge.v1.DeleteVariableResponse
-	39, // 75: varbridge.v1.BridgeService.WatchVariables:output_type -> varbridge.v1.VariableUpdate
-	40, // 76: varbridge.v1.BridgeService.WatchVariableBatches:output_type -> varbridge.v1.VariableUpdateBatch
-	36, // 77: varbridge.v1.BridgeService.ListWatches:output_type -> varbridge.v1.ListWatchesResponse
-	62, // [62:78] is the sub-list for method output_type
-	46, // [46:62] is the sub-list for method input_type
-	46, // [46:46] is the sub-list for extension type_name
-	46, // [46:46] is the sub-list for extension extendee
-	0,  // [0:46] is the sub-list for field type_name
+	42, // 43: varbridge.v1.WatchRequest.create:type_name -> varbridge.v1.WatchCreateRequest
+	43, // 44: varbridge.v1.WatchRequest.cancel:type_name -> varbridge.v1.WatchCancelRequest
+	38, // 45: varbridge.v1.WatchCreateRequest.watch:type_name -> varbridge.v1.WatchVariablesRequest
+	45, // 46: varbridge.v1.WatchResponse.created:type_name -> varbridge.v1.WatchCreated
+	40, // 47: varbridge.v1.WatchResponse.updates:type_name -> varbridge.v1.VariableUpdateBatch
+	46, // 48: varbridge.v1.WatchResponse.canceled:type_name -> varbridge.v1.WatchCanceled
+	47, // 49: varbridge.v1.WatchResponse.ended:type_name -> varbridge.v1.WatchEnded
+	7,  // 50: varbridge.v1.GetVariablesResponse.VariablesEntry.value:type_name -> varbridge.v1.Variable
+	5,  // 51: varbridge.v1.SetVariablesRequest.UpdatesEntry.value:type_name -> varbridge.v1.Value
+	7,  // 52: varbridge.v1.SetVariablesResponse.VariablesEntry.value:type_name -> varbridge.v1.Variable
+	9,  // 53: varbridge.v1.BridgeService.InitializeSession:input_type -> varbridge.v1.InitializeSessionRequest
+	11, // 54: varbridge.v1.BridgeService.GetSession:input_type -> varbridge.v1.GetSessionRequest
+	13, // 55: varbridge.v1.BridgeService.Heartbeat:input_type -> varbridge.v1.HeartbeatRequest
+	15, // 56: varbridge.v1.BridgeService.CleanupSession:input_type -> varbridge.v1.CleanupSessionRequest
+	17, // 57: varbridge.v1.BridgeService.ListSessions:input_type -> varbridge.v1.ListSessionsRequest
+	19, // 58: varbridge.v1.BridgeService.SaveSnapshot:input_type -> varbridge.v1.SaveSnapshotRequest
+	21, // 59: varbridge.v1.BridgeService.RegisterVariable:input_type -> varbridge.v1.RegisterVariableRequest
+	23, // 60: varbridge.v1.BridgeService.GetVariable:input_type -> varbridge.v1.GetVariableRequest
+	25, // 61: varbridge.v1.BridgeService.GetVariables:input_type -> varbridge.v1.GetVariablesRequest
+	27, // 62: varbridge.v1.BridgeService.SetVariable:input_type -> varbridge.v1.SetVariableRequest
+	29, // 63: varbridge.v1.BridgeService.SetVariables:input_type -> varbridge.v1.SetVariablesRequest
+	31, // 64: varbridge.v1.BridgeService.ListVariables:input_type -> varbridge.v1.ListVariablesRequest
+	33, // 65: varbridge.v1.BridgeService.DeleteVariable:input_type -> varbridge.v1.DeleteVariableRequest
+	38, // 66: varbridge.v1.BridgeService.WatchVariables:input_type -> varbridge.v1.WatchVariablesRequest
+	38, // 67: varbridge.v1.BridgeService.WatchVariableBatches:input_type -> varbridge.v1.WatchVariablesRequest
+	35, // 68: varbridge.v1.BridgeService.ListWatches:input_type -> varbridge.v1.ListWatchesRequest
+	41, // 69: varbridge.v1.BridgeService.Watch:input_type -> varbridge.v1.WatchRequest
+	10, // 70: varbridge.v1.BridgeService.InitializeSession:output_type -> varbridge.v1.InitializeSessionResponse
+	12, // 71: varbridge.v1.BridgeService.GetSession:output_type -> varbridge.v1.GetSessionResponse
+	14, // 72: varbridge.v1.BridgeService.Heartbeat:output_type -> varbridge.v1.HeartbeatResponse
+	16, // 73: varbridge.v1.BridgeService.CleanupSession:output_type -> varbridge.v1.CleanupSessionResponse
+	18, // 74: varbridge.v1.BridgeService.ListSessions:output_type -> varbridge.v1.ListSessionsResponse
+	20, // 75: varbridge.v1.BridgeService.SaveSnapshot:output_type -> varbridge.v1.SnapshotChunk
+	22, // 76: varbridge.v1.BridgeService.RegisterVariable:output_type -> varbridge.v1.RegisterVariableResponse
+	24, // 77: varbridge.v1.BridgeService.GetVariable:output_type -> varbridge.v1.GetVariableResponse
+	26, // 78: varbridge.v1.BridgeService.GetVariables:output_type -> varbridge.v1.GetVariablesResponse
+	28, // 79: varbridge.v1.BridgeService.SetVariable:output_type -> varbridge.v1.SetVariableResponse
+	30, // 80: varbridge.v1.BridgeService.SetVariables:output_type -> varbridge.v1.SetVariablesResponse
+	32, // 81: varbridge.v1.BridgeService.ListVariables:output_type -> varbridge.v1.ListVariablesResponse
+	34, // 82: varbridge.v1.BridgeService.DeleteVariable:output_type -> varbridge.v1.DeleteVariableResponse
+	39, // 83: varbridge.v1.BridgeService.WatchVariables:output_type -> varbridge.v1.VariableUpdate
+	40, // 84: varbridge.v1.BridgeService.WatchVariableBatches:output_type -> varbridge.v1.VariableUpdateBatch
+	36, // 85: varbridge.v1.BridgeService.ListWatches:output_type -> varbridge.v1.ListWatchesResponse
+	44, // 86: varbridge.v1.BridgeService.Watch:output_type -> varbridge.v1.WatchResponse
+	70, // [70:87] is the sub-list for method output_type
+	53, // [53:70] is the sub-list for method input_type
+	53, // [53:53] is the sub-list for extension type_name
+	53, // [53:53] is the sub-list for extension extendee
+	0,  // [0:53] is the sub-list for field type_name
 }
 
 func init() { file_varbridge_v1_varbridge_proto_init() }
@@ -3353,13 +3865,23 @@ func file_varbridge_v1_varbridge_proto_init() {
 	}
 	file_varbridge_v1_varbridge_proto_msgTypes[3].OneofWrappers = []any{}
 	file_varbridge_v1_varbridge_proto_msgTypes[24].OneofWrappers = []any{}
+	file_varbridge_v1_varbridge_proto_msgTypes[38].OneofWrappers = []any{
+		(*WatchRequest_Create)(nil),
+		(*WatchRequest_Cancel)(nil),
+	}
+	file_varbridge_v1_varbridge_proto_msgTypes[41].OneofWrappers = []any{
+		(*WatchResponse_Created)(nil),
+		(*WatchResponse_Updates)(nil),
+		(*WatchResponse_Canceled)(nil),
+		(*WatchResponse_Ended)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_varbridge_v1_varbridge_proto_rawDesc), len(file_varbridge_v1_varbridge_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   50,
+			NumMessages:   57,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -41,6 +41,7 @@ const (
 	BridgeService_WatchVariables_FullMethodName       = "/varbridge.v1.BridgeService/WatchVariables"
 	BridgeService_WatchVariableBatches_FullMethodName = "/varbridge.v1.BridgeService/WatchVariableBatches"
 	BridgeService_ListWatches_FullMethodName          = "/varbridge.v1.BridgeService/ListWatches"
+	BridgeService_Watch_FullMethodName                = "/varbridge.v1.BridgeService/Watch"
 )
 
 // BridgeServiceClient is the client API for BridgeService service.
@@ -99,6 +100,16 @@ type BridgeServiceClient interface {
 	// ListWatches describes a session's open watches, whatever their
 	// transport: what each watches, since when, and how far it has read.
 	ListWatches(ctx context.Context, in *ListWatchesRequest, opts ...grpc.CallOption) (*ListWatchesResponse, error)
+	// Watch carries many watches on one stream, as etcd's Watch does: the
+	// client creates watches (each a WatchVariablesRequest under a watch_id
+	// it chooses) and cancels them by id; every response names its watch.
+	// Each watch keeps the guarantees, batching, heartbeats, RESYNC and
+	// errors of WatchVariableBatches; a watch's updates arrive in order,
+	// while the watches of one stream interleave. With auth on, every create
+	// is checked against its own session's token, from the stream's
+	// "authorization" metadata. The stream ends only when the client closes
+	// it or the transport breaks: a watch that fails ends alone (ended).
+	Watch(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[WatchRequest, WatchResponse], error)
 }
 
 type bridgeServiceClient struct {
@@ -296,6 +307,19 @@ func (c *bridgeServiceClient) ListWatches(ctx context.Context, in *ListWatchesRe
 	return out, nil
 }
 
+func (c *bridgeServiceClient) Watch(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[WatchRequest, WatchResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &BridgeService_ServiceDesc.Streams[3], BridgeService_Watch_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchRequest, WatchResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type BridgeService_WatchClient = grpc.BidiStreamingClient[WatchRequest, WatchResponse]
+
 // BridgeServiceServer is the server API for BridgeService service.
 // All implementations must embed UnimplementedBridgeServiceServer
 // for forward compatibility.
@@ -352,6 +376,16 @@ type BridgeServiceServer interface {
 	// ListWatches describes a session's open watches, whatever their
 	// transport: what each watches, since when, and how far it has read.
 	ListWatches(context.Context, *ListWatchesRequest) (*ListWatchesResponse, error)
+	// Watch carries many watches on one stream, as etcd's Watch does: the
+	// client creates watches (each a WatchVariablesRequest under a watch_id
+	// it chooses) and cancels them by id; every response names its watch.
+	// Each watch keeps the guarantees, batching, heartbeats, RESYNC and
+	// errors of WatchVariableBatches; a watch's updates arrive in order,
+	// while the watches of one stream interleave. With auth on, every create
+	// is checked against its own session's token, from the stream's
+	// "authorization" metadata. The stream ends only when the client closes
+	// it or the transport breaks: a watch that fails ends alone (ended).
+	Watch(grpc.BidiStreamingServer[WatchRequest, WatchResponse]) error
 	mustEmbedUnimplementedBridgeServiceServer()
 }
 
@@ -409,6 +443,9 @@ func (UnimplementedBridgeServiceServer) WatchVariableBatches(*WatchVariablesRequ
 }
 func (UnimplementedBridgeServiceServer) ListWatches(context.Context, *ListWatchesRequest) (*ListWatchesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListWatches not implemented")
+}
+func (UnimplementedBridgeServiceServer) Watch(grpc.BidiStreamingServer[WatchRequest, WatchResponse]) error {
+	return status.Error(codes.Unimplemented, "method Watch not implemented")
 }
 func (UnimplementedBridgeServiceServer) mustEmbedUnimplementedBridgeServiceServer() {}
 func (UnimplementedBridgeServiceServer) testEmbeddedByValue()                       {}
@@ -698,6 +735,13 @@ func _BridgeService_ListWatches_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _BridgeService_Watch_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(BridgeServiceServer).Watch(&grpc.GenericServerStream[WatchRequest, WatchResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type BridgeService_WatchServer = grpc.BidiStreamingServer[WatchRequest, WatchResponse]
+
 // BridgeService_ServiceDesc is the grpc.ServiceDesc for BridgeService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -773,6 +817,12 @@ var BridgeService_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "WatchVariableBatches",
 			Handler:       _BridgeService_WatchVariableBatches_Handler,
 			ServerStreams: true,
+		},
+		{
+			StreamName:    "Watch",
+			Handler:       _BridgeService_Watch_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
 		},
 	},
 	Metadata: "varbridge/v1/varbridge.proto",

@@ -86,6 +86,8 @@ const (
 	// BridgeServiceListWatchesProcedure is the fully-qualified name of the BridgeService's ListWatches
 	// RPC.
 	BridgeServiceListWatchesProcedure = "/varbridge.v1.BridgeService/ListWatches"
+	// BridgeServiceWatchProcedure is the fully-qualified name of the BridgeService's Watch RPC.
+	BridgeServiceWatchProcedure = "/varbridge.v1.BridgeService/Watch"
 )
 
 // BridgeServiceClient is a client for the varbridge.v1.BridgeService service.
@@ -136,6 +138,16 @@ type BridgeServiceClient interface {
 	// ListWatches describes a session's open watches, whatever their
 	// transport: what each watches, since when, and how far it has read.
 	ListWatches(context.Context, *connect.Request[v1.ListWatchesRequest]) (*connect.Response[v1.ListWatchesResponse], error)
+	// Watch carries many watches on one stream, as etcd's Watch does: the
+	// client creates watches (each a WatchVariablesRequest under a watch_id
+	// it chooses) and cancels them by id; every response names its watch.
+	// Each watch keeps the guarantees, batching, heartbeats, RESYNC and
+	// errors of WatchVariableBatches; a watch's updates arrive in order,
+	// while the watches of one stream interleave. With auth on, every create
+	// is checked against its own session's token, from the stream's
+	// "authorization" metadata. The stream ends only when the client closes
+	// it or the transport breaks: a watch that fails ends alone (ended).
+	Watch(context.Context) *connect.BidiStreamForClient[v1.WatchRequest, v1.WatchResponse]
 }
 
 // NewBridgeServiceClient constructs a client for the varbridge.v1.BridgeService service. By
@@ -245,6 +257,12 @@ func NewBridgeServiceClient(httpClient connect.HTTPClient, baseURL string, opts 
 			connect.WithSchema(bridgeServiceMethods.ByName("ListWatches")),
 			connect.WithClientOptions(opts...),
 		),
+		watch: connect.NewClient[v1.WatchRequest, v1.WatchResponse](
+			httpClient,
+			baseURL+BridgeServiceWatchProcedure,
+			connect.WithSchema(bridgeServiceMethods.ByName("Watch")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -266,6 +284,7 @@ type bridgeServiceClient struct {
 	watchVariables       *connect.Client[v1.WatchVariablesRequest, v1.VariableUpdate]
 	watchVariableBatches *connect.Client[v1.WatchVariablesRequest, v1.VariableUpdateBatch]
 	listWatches          *connect.Client[v1.ListWatchesRequest, v1.ListWatchesResponse]
+	watch                *connect.Client[v1.WatchRequest, v1.WatchResponse]
 }
 
 // InitializeSession calls varbridge.v1.BridgeService.InitializeSession.
@@ -348,6 +367,11 @@ func (c *bridgeServiceClient) ListWatches(ctx context.Context, req *connect.Requ
 	return c.listWatches.CallUnary(ctx, req)
 }
 
+// Watch calls varbridge.v1.BridgeService.Watch.
+func (c *bridgeServiceClient) Watch(ctx context.Context) *connect.BidiStreamForClient[v1.WatchRequest, v1.WatchResponse] {
+	return c.watch.CallBidiStream(ctx)
+}
+
 // BridgeServiceHandler is an implementation of the varbridge.v1.BridgeService service.
 type BridgeServiceHandler interface {
 	// InitializeSession creates a session, or returns the existing one with the
@@ -396,6 +420,16 @@ type BridgeServiceHandler interface {
 	// ListWatches describes a session's open watches, whatever their
 	// transport: what each watches, since when, and how far it has read.
 	ListWatches(context.Context, *connect.Request[v1.ListWatchesRequest]) (*connect.Response[v1.ListWatchesResponse], error)
+	// Watch carries many watches on one stream, as etcd's Watch does: the
+	// client creates watches (each a WatchVariablesRequest under a watch_id
+	// it chooses) and cancels them by id; every response names its watch.
+	// Each watch keeps the guarantees, batching, heartbeats, RESYNC and
+	// errors of WatchVariableBatches; a watch's updates arrive in order,
+	// while the watches of one stream interleave. With auth on, every create
+	// is checked against its own session's token, from the stream's
+	// "authorization" metadata. The stream ends only when the client closes
+	// it or the transport breaks: a watch that fails ends alone (ended).
+	Watch(context.Context, *connect.BidiStream[v1.WatchRequest, v1.WatchResponse]) error
 }
 
 // NewBridgeServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -501,6 +535,12 @@ func NewBridgeServiceHandler(svc BridgeServiceHandler, opts ...connect.HandlerOp
 		connect.WithSchema(bridgeServiceMethods.ByName("ListWatches")),
 		connect.WithHandlerOptions(opts...),
 	)
+	bridgeServiceWatchHandler := connect.NewBidiStreamHandler(
+		BridgeServiceWatchProcedure,
+		svc.Watch,
+		connect.WithSchema(bridgeServiceMethods.ByName("Watch")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/varbridge.v1.BridgeService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case BridgeServiceInitializeSessionProcedure:
@@ -535,6 +575,8 @@ func NewBridgeServiceHandler(svc BridgeServiceHandler, opts ...connect.HandlerOp
 			bridgeServiceWatchVariableBatchesHandler.ServeHTTP(w, r)
 		case BridgeServiceListWatchesProcedure:
 			bridgeServiceListWatchesHandler.ServeHTTP(w, r)
+		case BridgeServiceWatchProcedure:
+			bridgeServiceWatchHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -606,4 +648,8 @@ func (UnimplementedBridgeServiceHandler) WatchVariableBatches(context.Context, *
 
 func (UnimplementedBridgeServiceHandler) ListWatches(context.Context, *connect.Request[v1.ListWatchesRequest]) (*connect.Response[v1.ListWatchesResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("varbridge.v1.BridgeService.ListWatches is not implemented"))
+}
+
+func (UnimplementedBridgeServiceHandler) Watch(context.Context, *connect.BidiStream[v1.WatchRequest, v1.WatchResponse]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("varbridge.v1.BridgeService.Watch is not implemented"))
 }

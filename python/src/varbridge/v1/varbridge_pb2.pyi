@@ -579,3 +579,57 @@ class VariableUpdateBatch(_message.Message):
     UPDATES_FIELD_NUMBER: _ClassVar[int]
     updates: _containers.RepeatedCompositeFieldContainer[VariableUpdate]
     def __init__(self, updates: _Optional[_Iterable[_Union[VariableUpdate, _Mapping]]] = ...) -> None: ...
+
+class WatchRequest(_message.Message):
+    __slots__ = ("create", "cancel")
+    CREATE_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    create: WatchCreateRequest
+    cancel: WatchCancelRequest
+    def __init__(self, create: _Optional[_Union[WatchCreateRequest, _Mapping]] = ..., cancel: _Optional[_Union[WatchCancelRequest, _Mapping]] = ...) -> None: ...
+
+class WatchCreateRequest(_message.Message):
+    __slots__ = ("watch_id", "watch")
+    WATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    WATCH_FIELD_NUMBER: _ClassVar[int]
+    watch_id: int
+    watch: WatchVariablesRequest
+    def __init__(self, watch_id: _Optional[int] = ..., watch: _Optional[_Union[WatchVariablesRequest, _Mapping]] = ...) -> None: ...
+
+class WatchCancelRequest(_message.Message):
+    __slots__ = ("watch_id",)
+    WATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    watch_id: int
+    def __init__(self, watch_id: _Optional[int] = ...) -> None: ...
+
+class WatchResponse(_message.Message):
+    __slots__ = ("watch_id", "created", "updates", "canceled", "ended")
+    WATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    UPDATES_FIELD_NUMBER: _ClassVar[int]
+    CANCELED_FIELD_NUMBER: _ClassVar[int]
+    ENDED_FIELD_NUMBER: _ClassVar[int]
+    watch_id: int
+    created: WatchCreated
+    updates: VariableUpdateBatch
+    canceled: WatchCanceled
+    ended: WatchEnded
+    def __init__(self, watch_id: _Optional[int] = ..., created: _Optional[_Union[WatchCreated, _Mapping]] = ..., updates: _Optional[_Union[VariableUpdateBatch, _Mapping]] = ..., canceled: _Optional[_Union[WatchCanceled, _Mapping]] = ..., ended: _Optional[_Union[WatchEnded, _Mapping]] = ...) -> None: ...
+
+class WatchCreated(_message.Message):
+    __slots__ = ("starts_after", "incarnation")
+    STARTS_AFTER_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    starts_after: int
+    incarnation: str
+    def __init__(self, starts_after: _Optional[int] = ..., incarnation: _Optional[str] = ...) -> None: ...
+
+class WatchCanceled(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WatchEnded(_message.Message):
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: bytes
+    def __init__(self, status: _Optional[bytes] = ...) -> None: ...

@@ -119,6 +119,11 @@ class BridgeServiceStub:
                 request_serializer=varbridge_dot_v1_dot_varbridge__pb2.ListWatchesRequest.SerializeToString,
                 response_deserializer=varbridge_dot_v1_dot_varbridge__pb2.ListWatchesResponse.FromString,
                 _registered_method=True)
+        self.Watch = channel.stream_stream(
+                '/varbridge.v1.BridgeService/Watch',
+                request_serializer=varbridge_dot_v1_dot_varbridge__pb2.WatchRequest.SerializeToString,
+                response_deserializer=varbridge_dot_v1_dot_varbridge__pb2.WatchResponse.FromString,
+                _registered_method=True)
 
 
 class BridgeServiceServicer:
@@ -255,6 +260,21 @@ class BridgeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Watch(self, request_iterator, context):
+        """Watch carries many watches on one stream, as etcd's Watch does: the
+        client creates watches (each a WatchVariablesRequest under a watch_id
+        it chooses) and cancels them by id; every response names its watch.
+        Each watch keeps the guarantees, batching, heartbeats, RESYNC and
+        errors of WatchVariableBatches; a watch's updates arrive in order,
+        while the watches of one stream interleave. With auth on, every create
+        is checked against its own session's token, from the stream's
+        "authorization" metadata. The stream ends only when the client closes
+        it or the transport breaks: a watch that fails ends alone (ended).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BridgeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -337,6 +357,11 @@ def add_BridgeServiceServicer_to_server(servicer, server):
                     servicer.ListWatches,
                     request_deserializer=varbridge_dot_v1_dot_varbridge__pb2.ListWatchesRequest.FromString,
                     response_serializer=varbridge_dot_v1_dot_varbridge__pb2.ListWatchesResponse.SerializeToString,
+            ),
+            'Watch': grpc.stream_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=varbridge_dot_v1_dot_varbridge__pb2.WatchRequest.FromString,
+                    response_serializer=varbridge_dot_v1_dot_varbridge__pb2.WatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -776,6 +801,33 @@ class BridgeService:
             '/varbridge.v1.BridgeService/ListWatches',
             varbridge_dot_v1_dot_varbridge__pb2.ListWatchesRequest.SerializeToString,
             varbridge_dot_v1_dot_varbridge__pb2.ListWatchesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/varbridge.v1.BridgeService/Watch',
+            varbridge_dot_v1_dot_varbridge__pb2.WatchRequest.SerializeToString,
+            varbridge_dot_v1_dot_varbridge__pb2.WatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
