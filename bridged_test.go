@@ -55,9 +55,8 @@ type change struct {
 // 10,000 updates flow, single writes and batches mixed: the watcher gets
 // every change exactly once, in commit order, each batch whole.
 func TestBridgedCutConnectionsExactlyOnce(t *testing.T) {
-	for _, batchRPC := range []bool{true, false} {
-		name := map[bool]string{true: "WatchVariableBatches", false: "WatchVariables"}[batchRPC]
-		t.Run(name, func(t *testing.T) {
+	for _, rpc := range []string{"Watch", "WatchVariableBatches", "WatchVariables"} {
+		t.Run(rpc, func(t *testing.T) {
 			srv := servertest.Start(t, store.Options{HistoryLimit: 100_000})
 			proxy := newProxy(t, srv.Addr)
 			b := DialBridged(t, proxy.Addr(), fastRedial)
@@ -78,7 +77,7 @@ func TestBridgedCutConnectionsExactlyOnce(t *testing.T) {
 				}
 				got = append(got, change{m.Revision, m.VariableID})
 			}, WithBackoff(time.Millisecond, 10*time.Millisecond), WithMaxFailures(1000), WithHeartbeat(20*time.Millisecond),
-				WithBatchedStream(batchRPC))
+				WithBatchedStream(rpc == "WatchVariableBatches"), WithOwnStream(rpc != "Watch"))
 
 			stopCuts := make(chan struct{})
 			cutterDone := make(chan struct{})

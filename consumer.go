@@ -52,6 +52,7 @@ type streamConsumer struct {
 	failures   int                 // consecutive failures; a message resets it
 	failedAt   time.Time           // when the current run of failures began
 	single     bool                // the server lacks WatchVariableBatches
+	noMux      bool                // the server lacks Watch, or the watch opted out
 	// incarnation is the session incarnation the resume point belongs to:
 	// sent on every resume, so that a server whose session was created
 	// again answers with RESYNC instead of silence at revisions that now
@@ -118,10 +119,13 @@ func (c *streamConsumer) request() *pb.WatchVariablesRequest {
 	}
 }
 
-// updateStream is an open watch stream: WatchVariableBatches, or
-// WatchVariables on a server that lacks it.
+// updateStream is an open watch stream: the watch's part of its
+// connection's shared Watch stream (muxSub), or on a server without one,
+// WatchVariableBatches, or WatchVariables on a server that lacks that too.
 type updateStream interface {
 	next() ([]*pb.VariableUpdate, error)
+	// close leaves the stream; the consumer calls it once it stops reading.
+	close()
 }
 
 type batchStream struct {
@@ -132,6 +136,9 @@ func (b batchStream) next() ([]*pb.VariableUpdate, error) {
 	m, err := b.s.Recv()
 	return m.GetUpdates(), err
 }
+
+// close does nothing: the stream ends with its context or its error.
+func (batchStream) close() {}
 
 type singleStream struct {
 	s grpc.ServerStreamingClient[pb.VariableUpdate]
@@ -145,6 +152,9 @@ func (s singleStream) next() ([]*pb.VariableUpdate, error) {
 	return []*pb.VariableUpdate{u}, nil
 }
 
+// close does nothing: the stream ends with its context or its error.
+func (singleStream) close() {}
+
 // open starts a stream and waits for the server's response header, which it
 // sends once the observer is registered; a stream the server refuses fails
 // here with the server's status (a raw gRPC error). With WithBatchedStream
@@ -155,9 +165,20 @@ func (s singleStream) next() ([]*pb.VariableUpdate, error) {
 // ready: a watch counts each failed connect towards giving up, on its own
 // backoff schedule, instead of hanging without a deadline.
 func (c *streamConsumer) open(ctx context.Context) (updateStream, error) {
+	c.armSkip()
+	if !c.noMux && !c.w.cfg.ownStream {
+		s, created, err := c.conn.lease.watchMux(ctx, c.conn.auth, c.request())
+		if err == nil {
+			c.noteIncarnation(created.GetIncarnation())
+			return s, nil
+		}
+		if status.Code(err) != codes.Unimplemented {
+			return nil, err
+		}
+		c.noMux = true
+	}
 	api := pb.NewBridgeServiceClient(c.conn.lease.cc)
 	ctx = c.conn.auth.attach(ctx)
-	c.armSkip()
 	if !c.single && c.w.cfg.batched {
 		s, err := api.WatchVariableBatches(ctx, c.request(), grpc.WaitForReady(false))
 		var md metadata.MD
@@ -187,7 +208,12 @@ func (c *streamConsumer) open(ctx context.Context) (updateStream, error) {
 
 // Discard implements backend.Feed: a consumer that will never run gives its
 // connection back.
-func (c *streamConsumer) Discard() { c.conn.release() }
+func (c *streamConsumer) Discard() {
+	if c.stream != nil {
+		c.stream.close()
+	}
+	c.conn.release()
+}
 
 // openFirst opens the stream while the watch is set up, so that
 // WatchVariables returns once the server registered it; Run reads it first.
@@ -266,6 +292,7 @@ func (c *streamConsumer) Run(ctx context.Context) error {
 			w.reconnects.Add(1)
 		}
 		err := c.consume(stream)
+		stream.close()
 		stream = nil
 		if err := c.failed(ctx, err); err != nil {
 			return err

@@ -162,6 +162,7 @@ type watchConfig struct {
 	backoffBase time.Duration
 	backoffCap  time.Duration
 	batched     bool
+	ownStream   bool
 	onDone      func(error)
 	// onStop, when set, runs when UnwatchVariables or Close stops the
 	// watch, before they wait for it (Watch's channel form uses it to
@@ -286,4 +287,18 @@ func WithBackoff(base, limit time.Duration) WatchOption {
 // update, so a connection that breaks often still makes progress message by
 // message; a batched stream cut more often than a large batch takes to
 // arrive would not.
+//
+// It applies to a watch on a stream of its own (WithOwnStream, or a server
+// without the shared Watch stream); on the shared stream updates always
+// travel batched.
 func WithBatchedStream(on bool) WatchOption { return func(c *watchConfig) { c.batched = on } }
+
+// WithOwnStream gives a BridgedState watch a gRPC stream of its own
+// (WatchVariables, or WatchVariableBatches with WithBatchedStream) instead
+// of a place on its connection's shared Watch stream, where by default
+// every watch of the connection travels, each with the same guarantees,
+// resumed on its own after a break. A watch on its own stream is not held
+// back by the other watches' readers (see watchmux.go), at the cost of a
+// stream, and on the server a goroutine, per watch. Against a server
+// without the shared stream, every watch has its own.
+func WithOwnStream(on bool) WatchOption { return func(c *watchConfig) { c.ownStream = on } }

@@ -33,7 +33,13 @@ type connPool struct {
 
 type pooledConn struct {
 	cc      *grpc.ClientConn
-	streams int
+	streams int // guarded by connPool.mu
+
+	// The shared watch streams (watchmux.go), one per token.
+	mu        sync.Mutex
+	muxes     map[bearer]*muxConn
+	nextWatch int64 // the last watch id used on the connection
+	noMux     bool  // the server lacks Watch
 }
 
 var pools = struct {

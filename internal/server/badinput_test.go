@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	spb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -297,14 +298,11 @@ func biRows() []biCase {
 		return err
 	}, FP, []string{"keeps nothing on disk", "--memory"}})
 
-	// Both watch RPCs take the same request and fail the same way.
-	for _, batches := range []bool{false, true} {
-		rpc := "WatchVariables"
-		if batches {
-			rpc = "WatchVariableBatches"
-		}
+	// The watch RPCs take the same request and fail the same way (Watch
+	// ends the one watch with the status the others end their stream with).
+	for _, rpc := range []string{"WatchVariables", "WatchVariableBatches", "Watch"} {
 		watch := func(req *pb.WatchVariablesRequest) func(X, C) error {
-			return func(ctx X, c C) error { return biWatchErr(ctx, c, req, batches) }
+			return func(ctx X, c C) error { return biWatchErr(ctx, c, req, rpc) }
 		}
 		manyIdents := []string{"i", "f", "str", "b", "ch"}
 		rows = append(rows, []biCase{
@@ -332,12 +330,15 @@ func nan() float64 { var z float64; return z / z }
 
 // biWatchErr opens a watch and returns the status it ends with, or nil if
 // the server registered it (the table expects none to be).
-func biWatchErr(ctx context.Context, c pb.BridgeServiceClient, req *pb.WatchVariablesRequest, batches bool) error {
+func biWatchErr(ctx context.Context, c pb.BridgeServiceClient, req *pb.WatchVariablesRequest, rpc string) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if rpc == "Watch" {
+		return biMuxErr(ctx, c, req)
+	}
 	var s grpc.ClientStream
 	var err error
-	if batches {
+	if rpc == "WatchVariableBatches" {
 		s, err = c.WatchVariableBatches(ctx, req)
 	} else {
 		s, err = c.WatchVariables(ctx, req)
@@ -353,6 +354,32 @@ func biWatchErr(ctx context.Context, c pb.BridgeServiceClient, req *pb.WatchVari
 		return nil // registered: the case fails
 	}
 	return s.RecvMsg(new(pb.VariableUpdate))
+}
+
+// biMuxErr creates one watch on a Watch stream and returns the status it
+// ends with, or the stream's if the stream fails, or nil if the server
+// registered it.
+func biMuxErr(ctx context.Context, c pb.BridgeServiceClient, req *pb.WatchVariablesRequest) error {
+	s, err := c.Watch(ctx)
+	if err != nil {
+		return err
+	}
+	if err := s.Send(&pb.WatchRequest{Request: &pb.WatchRequest_Create{Create: &pb.WatchCreateRequest{WatchId: 1, Watch: req}}}); err != nil {
+		_, err = s.Recv()
+		return err
+	}
+	r, err := s.Recv()
+	if err != nil {
+		return err
+	}
+	if r.GetEnded() == nil {
+		return nil // registered: the case fails
+	}
+	var sp spb.Status
+	if err := proto.Unmarshal(r.GetEnded().GetStatus(), &sp); err != nil {
+		return err
+	}
+	return status.FromProto(&sp).Err()
 }
 
 // biState is everything a failed call must leave as it was.
