@@ -119,13 +119,20 @@ func benchStream(ctx context.Context, c *config, col *collector) error {
 }
 
 func benchFanout(ctx context.Context, c *config, col *collector) error {
+	return benchFanoutWith(ctx, c, col, "", "generated grpc-go WatchVariables streams, one per watch, with the Go client's codec and compact updates, one process", openFanout)
+}
+
+// benchFanoutWith measures the watches open makes; prefix starts every
+// figure's name.
+func benchFanoutWith(ctx context.Context, c *config, col *collector, prefix, client string,
+	open func(ctx context.Context, addr, session string, n, conns, maxWrites int) (*fanout, error)) error {
 	srv, stopSrv, err := startServer(c, "fanout")
 	if err != nil {
 		return err
 	}
 	defer stopSrv()
 	for r := range c.runs {
-		f, err := openFanout(ctx, srv.addr, sessionName("fan"), c.fanN, c.fanConns, c.fanWrites+c.fanBurst)
+		f, err := open(ctx, srv.addr, sessionName("fan"), c.fanN, c.fanConns, c.fanWrites+c.fanBurst)
 		if err != nil {
 			return fmt.Errorf("run %d: %w", r, err)
 		}
@@ -161,16 +168,16 @@ func benchFanout(ctx context.Context, c *config, col *collector) error {
 			el := time.Since(t0)
 			end()
 			srvNs, cliNs := cm.per(c.fanBurst * c.fanN)
-			col.add("fanout_server_cpu_ns_per_delivery", "ns", srvNs, map[string]any{"how": "server CPU time (/proc) during the burst / deliveries"})
-			col.add("fanout_client_cpu_ns_per_delivery", "ns", cliNs, map[string]any{"how": "harness CPU time (10k Go receivers) during the burst / deliveries"})
+			col.add(prefix+"fanout_server_cpu_ns_per_delivery", "ns", srvNs, map[string]any{"how": "server CPU time (/proc) during the burst / deliveries"})
+			col.add(prefix+"fanout_client_cpu_ns_per_delivery", "ns", cliNs, map[string]any{"how": "harness CPU time (10k Go receivers) during the burst / deliveries"})
 			dps := float64(c.fanBurst*c.fanN) / el.Seconds()
-			pr := map[string]any{"watches": c.fanN, "connections": c.fanConns, "client": "generated grpc-go streams with the Go client's codec and compact updates, one process"}
-			fmt.Fprintf(os.Stderr, "   run %d: opened %d watches in %s; write->all p50 %.2f ms p99 %.2f ms max %.2f ms; burst %0.f deliveries/s\n",
-				r, c.fanN, f.opened.Round(time.Millisecond), p50/1e3, p99/1e3, pmax/1e3, dps)
-			col.add("fanout_10k_watchers_p99_ms", "ms", p99/1e3, withKV(pr, "how", fmt.Sprintf("%d spaced writes (2 warm-up dropped), p99 over every delivery, send start -> receipt", c.fanWrites)))
-			col.add("fanout_10k_watchers_p50_ms", "ms", p50/1e3, pr)
-			col.add("fanout_10k_watchers_max_ms", "ms", pmax/1e3, pr)
-			col.add("fanout_deliveries_per_s", "deliveries/s", dps, withKV(pr, "how", fmt.Sprintf("%d back-to-back writes, until every watch has all", c.fanBurst)))
+			pr := map[string]any{"watches": c.fanN, "connections": c.fanConns, "client": client}
+			fmt.Fprintf(os.Stderr, "   %srun %d: opened %d watches in %s; write->all p50 %.2f ms p99 %.2f ms max %.2f ms; burst %0.f deliveries/s\n",
+				prefix, r, c.fanN, f.opened.Round(time.Millisecond), p50/1e3, p99/1e3, pmax/1e3, dps)
+			col.add(prefix+"fanout_10k_watchers_p99_ms", "ms", p99/1e3, withKV(pr, "how", fmt.Sprintf("%d spaced writes (2 warm-up dropped), p99 over every delivery, send start -> receipt", c.fanWrites)))
+			col.add(prefix+"fanout_10k_watchers_p50_ms", "ms", p50/1e3, pr)
+			col.add(prefix+"fanout_10k_watchers_max_ms", "ms", pmax/1e3, pr)
+			col.add(prefix+"fanout_deliveries_per_s", "deliveries/s", dps, withKV(pr, "how", fmt.Sprintf("%d back-to-back writes, until every watch has all", c.fanBurst)))
 			if e := f.errs.Load(); e > 0 {
 				return fmt.Errorf("%d watch streams failed", e)
 			}
@@ -192,6 +199,13 @@ func cpuFigures(col *collector, prefix string, cm cpuMeter, updates int, what st
 }
 
 func benchIdle(ctx context.Context, c *config, col *collector) error {
+	return benchIdleWith(ctx, c, col, "", "one WatchVariables stream per watch", idleWatches)
+}
+
+// benchIdleWith measures the idle watches open makes; prefix starts every
+// figure's name.
+func benchIdleWith(ctx context.Context, c *config, col *collector, prefix, client string,
+	open func(ctx context.Context, addr, session string, n, conns, parallel int) (int, time.Duration, func(), error)) error {
 	for r := range c.idleRuns {
 		err := func() error {
 			srv, stopSrv, err := startServer(c, "idle", "--max-watches", fmt.Sprint(2*c.idleN), "--metrics-listen", "127.0.0.1:0")
@@ -217,7 +231,7 @@ func benchIdle(ctx context.Context, c *config, col *collector) error {
 					return err
 				}
 			}
-			opened, el, release, err := idleWatches(ctx, srv.addr, sessionName("idle"), c.idleN, c.idleConns, 128)
+			opened, el, release, err := open(ctx, srv.addr, sessionName("idle"), c.idleN, c.idleConns, 128)
 			if release != nil {
 				defer release()
 			}
@@ -236,17 +250,17 @@ func benchIdle(ctx context.Context, c *config, col *collector) error {
 					return err
 				}
 				pr := map[string]any{"how": "server /metrics delta / watches"}
-				col.add("idle_watch_server_heap_bytes", "bytes", (g1["go_memstats_heap_inuse_bytes"]-g0["go_memstats_heap_inuse_bytes"])/float64(opened), pr)
-				col.add("idle_watch_server_stack_bytes", "bytes", (g1["go_memstats_stack_inuse_bytes"]-g0["go_memstats_stack_inuse_bytes"])/float64(opened), pr)
-				col.add("idle_watch_server_goroutines", "goroutines", (g1["go_goroutines"]-g0["go_goroutines"])/float64(opened), pr)
+				col.add(prefix+"idle_watch_server_heap_bytes", "bytes", (g1["go_memstats_heap_inuse_bytes"]-g0["go_memstats_heap_inuse_bytes"])/float64(opened), pr)
+				col.add(prefix+"idle_watch_server_stack_bytes", "bytes", (g1["go_memstats_stack_inuse_bytes"]-g0["go_memstats_stack_inuse_bytes"])/float64(opened), pr)
+				col.add(prefix+"idle_watch_server_goroutines", "goroutines", (g1["go_goroutines"]-g0["go_goroutines"])/float64(opened), pr)
 			}
 			rate := float64(opened) / el.Seconds()
-			fmt.Fprintf(os.Stderr, "   run %d: %d watches open in %s (%.0f/s); server RSS %d -> %d MiB: %.0f bytes/watch\n",
-				r, opened, el.Round(time.Millisecond), rate, rss0>>20, rss1>>20, per)
-			pr := map[string]any{"watches": opened, "connections": c.idleConns, "parallel_openers": 128, "heartbeat": "server default"}
-			col.add("idle_watch_server_bytes", "bytes", per, withKV(pr, "how", "server VmRSS delta / watches, 2 s after the last opened"))
-			col.add("watches_opened_per_s", "watches/s", rate, withKV(pr, "how", "each open waits for the response header the server sends once the watch is registered"))
-			col.add("idle_server_rss_bytes", "bytes", float64(rss1), pr)
+			fmt.Fprintf(os.Stderr, "   %srun %d: %d watches open in %s (%.0f/s); server RSS %d -> %d MiB: %.0f bytes/watch\n",
+				prefix, r, opened, el.Round(time.Millisecond), rate, rss0>>20, rss1>>20, per)
+			pr := map[string]any{"watches": opened, "connections": c.idleConns, "client": client, "parallel_openers": 128, "heartbeat": "server default"}
+			col.add(prefix+"idle_watch_server_bytes", "bytes", per, withKV(pr, "how", "server VmRSS delta / watches, 2 s after the last opened"))
+			col.add(prefix+"watches_opened_per_s", "watches/s", rate, withKV(pr, "how", "each open waits for the response header the server sends once the watch is registered"))
+			col.add(prefix+"idle_server_rss_bytes", "bytes", float64(rss1), pr)
 			return nil
 		}()
 		if err != nil {
