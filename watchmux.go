@@ -72,6 +72,13 @@ func (pc *pooledConn) watchMux(ctx context.Context, auth bearer, req *pb.WatchVa
 		return nil, nil, errNoMux
 	}
 	m := pc.muxes[auth]
+	if m != nil {
+		select {
+		case <-m.done: // broke, and its reader has not taken it off yet
+			m = nil
+		default:
+		}
+	}
 	if m == nil {
 		var err error
 		if m, err = pc.openMux(auth); err != nil {
