@@ -18,16 +18,9 @@ import (
 )
 
 // The multiplexed watch stream (Watch, issue 15): the fanout and idle
-// groups again, with every connection's watches on one Watch stream
-// instead of a WatchVariables stream each. Figures are named mux_*.
-
-func benchMuxFanout(ctx context.Context, c *config, col *collector) error {
-	return benchFanoutWith(ctx, c, col, "mux_", "generated grpc-go client, one Watch stream per connection carrying its watches, with the Go client's codec and compact updates, one process", openMuxFanout)
-}
-
-func benchMuxIdle(ctx context.Context, c *config, col *collector) error {
-	return benchIdleWith(ctx, c, col, "mux_", "one Watch stream per connection carrying its watches", muxIdleWatches)
-}
+// groups measure it in every run beside a stream per watch, with every
+// connection's watches on one Watch stream (watchLayouts). Its figures are
+// named mux_*.
 
 type muxStream = grpc.BidiStreamingClient[pb.WatchRequest, pb.WatchResponse]
 

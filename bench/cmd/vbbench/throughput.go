@@ -118,21 +118,42 @@ func benchStream(ctx context.Context, c *config, col *collector) error {
 	return nil
 }
 
-func benchFanout(ctx context.Context, c *config, col *collector) error {
-	return benchFanoutWith(ctx, c, col, "", "generated grpc-go WatchVariables streams, one per watch, with the Go client's codec and compact updates, one process", openFanout)
+// watchLayout is how a group's client puts its watches on the wire: a
+// stream each (the figures as named), or the connection's shared Watch
+// stream (issue 15; the same figures prefixed mux_). Each run measures both,
+// one after the other.
+type watchLayout struct {
+	prefix, client string
+	fanout         func(ctx context.Context, addr, session string, n, conns, maxWrites int) (*fanout, error)
+	idle           func(ctx context.Context, addr, session string, n, conns, parallel int) (int, time.Duration, func(), error)
 }
 
-// benchFanoutWith measures the watches open makes; prefix starts every
-// figure's name.
-func benchFanoutWith(ctx context.Context, c *config, col *collector, prefix, client string,
-	open func(ctx context.Context, addr, session string, n, conns, maxWrites int) (*fanout, error)) error {
+var watchLayouts = []watchLayout{
+	{"", "generated grpc-go WatchVariables streams, one per watch, with the Go client's codec and compact updates, one process", openFanout, idleWatches},
+	{"mux_", "generated grpc-go client, one Watch stream per connection carrying its watches, with the Go client's codec and compact updates, one process", openMuxFanout, muxIdleWatches},
+}
+
+func benchFanout(ctx context.Context, c *config, col *collector) error {
 	srv, stopSrv, err := startServer(c, "fanout")
 	if err != nil {
 		return err
 	}
 	defer stopSrv()
 	for r := range c.runs {
-		f, err := open(ctx, srv.addr, sessionName("fan"), c.fanN, c.fanConns, c.fanWrites+c.fanBurst)
+		for _, l := range watchLayouts {
+			if err := fanoutRun(ctx, c, col, srv, r, l); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// fanoutRun is one run of the fanout group on the watches l makes.
+func fanoutRun(ctx context.Context, c *config, col *collector, srv *proc, r int, l watchLayout) error {
+	prefix, client := l.prefix, l.client
+	{
+		f, err := l.fanout(ctx, srv.addr, sessionName("fan"), c.fanN, c.fanConns, c.fanWrites+c.fanBurst)
 		if err != nil {
 			return fmt.Errorf("run %d: %w", r, err)
 		}
@@ -184,7 +205,7 @@ func benchFanoutWith(ctx context.Context, c *config, col *collector, prefix, cli
 			return nil
 		}()
 		if err != nil {
-			return fmt.Errorf("run %d: %w", r, err)
+			return fmt.Errorf("%srun %d: %w", prefix, r, err)
 		}
 	}
 	return nil
@@ -199,14 +220,21 @@ func cpuFigures(col *collector, prefix string, cm cpuMeter, updates int, what st
 }
 
 func benchIdle(ctx context.Context, c *config, col *collector) error {
-	return benchIdleWith(ctx, c, col, "", "one WatchVariables stream per watch", idleWatches)
+	for r := range c.idleRuns {
+		for _, l := range watchLayouts {
+			if err := idleRun(ctx, c, col, r, l); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
-// benchIdleWith measures the idle watches open makes; prefix starts every
-// figure's name.
-func benchIdleWith(ctx context.Context, c *config, col *collector, prefix, client string,
-	open func(ctx context.Context, addr, session string, n, conns, parallel int) (int, time.Duration, func(), error)) error {
-	for r := range c.idleRuns {
+// idleRun is one run of the idle group on the watches l makes, on a server
+// of its own.
+func idleRun(ctx context.Context, c *config, col *collector, r int, l watchLayout) error {
+	prefix, client, open := l.prefix, l.client, l.idle
+	{
 		err := func() error {
 			srv, stopSrv, err := startServer(c, "idle", "--max-watches", fmt.Sprint(2*c.idleN), "--metrics-listen", "127.0.0.1:0")
 			if err != nil {
@@ -267,7 +295,7 @@ func benchIdleWith(ctx context.Context, c *config, col *collector, prefix, clien
 			if errors.Is(err, context.DeadlineExceeded) {
 				return err
 			}
-			return fmt.Errorf("run %d: %w", r, err)
+			return fmt.Errorf("%srun %d: %w", prefix, r, err)
 		}
 	}
 	return nil
