@@ -44,7 +44,13 @@ class WatchOptions:
     the old value from before the burst and the last value (trailing edge:
     the last value is always delivered). ``batch_window`` (seconds): yield
     lists of the updates collected during the window that opens with the
-    first one (a :class:`~varbridge.watch.BatchWatch`).
+    first one (a :class:`~varbridge.watch.BatchWatch`). ``own_stream``: give
+    the watch a gRPC stream of its own (``WatchVariableBatches``, or
+    ``WatchVariables`` without ``batched``) instead of a place on the
+    bridge's shared ``Watch`` stream, where by default every watch of the
+    bridge (per token) travels with the same guarantees, batched; a watch on
+    its own stream is not held back by a slow reader of another watch.
+    Against a server without the shared stream, every watch has its own.
     """
 
     include_initial: bool = False
@@ -59,6 +65,7 @@ class WatchOptions:
     backoff_cap: float = 30.0
     batched: bool = True
     debounce: float | None = None
+    own_stream: bool = False
     batch_window: float | None = None
 
     def __post_init__(self) -> None:
@@ -95,6 +102,7 @@ class WatchArgs(TypedDict, total=False):
     backoff_cap: float
     batched: bool
     debounce: float | None
+    own_stream: bool
 
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -15,6 +15,7 @@ import grpc.aio
 from google.protobuf import duration_pb2
 
 from varbridge import _convert as cv
+from varbridge._mux import MuxCall, MuxStream
 from varbridge._options import WatchArgs, WatchOptions, with_option_keywords
 from varbridge._typecache import TypeCache, TypeInfo
 from varbridge.errors import (
@@ -198,6 +199,10 @@ class Bridge:
         self._stub: Any = None
         self._watches: weakref.WeakSet[Watch] = weakref.WeakSet()
         self._closed = False
+        # The shared watch streams (varbridge._mux), one per token, and
+        # whether the server lacks them.
+        self._muxes: dict[str | None, MuxStream] = {}
+        self._no_mux = False
 
     @property
     def channel(self) -> grpc.aio.Channel:
@@ -242,8 +247,30 @@ class Bridge:
         self._closed = True
         for w in list(self._watches):
             await w.aclose()
+        for m in list(self._muxes.values()):
+            await m.aclose()
         if self._channel is not None:
             await self._channel.close(grace)
+
+    def _watch_on_mux(self, request: pb.WatchVariablesRequest, token: str | None) -> MuxCall:
+        """Create a watch on the shared stream for ``token``, opening it
+        if there is none."""
+        tok = token or self.token
+        m = self._muxes.get(tok)
+        if m is None or m.error is not None:
+
+            def ended(stream: MuxStream) -> None:
+                if self._muxes.get(tok) is stream:
+                    del self._muxes[tok]
+                if (
+                    stream.error is not None
+                    and stream.error.code() == grpc.StatusCode.UNIMPLEMENTED
+                ):
+                    self._no_mux = True
+
+            m = MuxStream(self.stub, self._metadata(tok), ended)
+            self._muxes[tok] = m
+        return m.open(request)
 
     async def wait_ready(self, timeout: float | None = None) -> None:
         """Wait until the channel is connected (raises TimeoutError)."""
@@ -728,9 +755,11 @@ class SessionContext:
         return w
 
     def _open_watch_stream(
-        self, request: pb.WatchVariablesRequest, *, batched: bool
-    ) -> grpc.aio.UnaryStreamCall[pb.WatchVariablesRequest, Any]:
+        self, request: pb.WatchVariablesRequest, *, batched: bool, shared: bool = False
+    ) -> Any:
         """Open the watch stream (see :class:`varbridge.watch.WatchSource`)."""
+        if shared and not self.bridge._no_mux:
+            return self.bridge._watch_on_mux(request, self.token)
         stub = self.bridge.stub
         rpc = stub.WatchVariableBatches if batched else stub.WatchVariables
         # No timeout: a deadline would become grpc-timeout and kill the stream.

@@ -54,6 +54,7 @@ from typing import Any, Protocol
 import grpc
 import grpc.aio
 
+from varbridge._mux import MuxCall
 from varbridge._options import UpdateFilter, WatchOptions
 from varbridge._typecache import TypeCache
 from varbridge.errors import GaveUp, Unavailable, VarbridgeError, from_rpc_error
@@ -113,9 +114,12 @@ class WatchSource(Protocol):
         ...
 
     def _open_watch_stream(
-        self, request: pb.WatchVariablesRequest, *, batched: bool
-    ) -> grpc.aio.UnaryStreamCall[pb.WatchVariablesRequest, Any]:
-        """Open ``WatchVariableBatches`` (``batched``) or ``WatchVariables``,
+        self, request: pb.WatchVariablesRequest, *, batched: bool, shared: bool = False
+    ) -> Any:
+        """Open the watch on the bridge's shared ``Watch`` stream
+        (``shared``, unless the server lacks it: a :class:`varbridge._mux.MuxCall`,
+        which reads ``VariableUpdateBatch`` messages), or else
+        ``WatchVariableBatches`` (``batched``) or ``WatchVariables``,
         with the session's credentials and no deadline."""
         ...
 
@@ -183,7 +187,11 @@ class Watch(AsyncIterator[VariableUpdate]):
         self.identifiers = list(identifiers)
         self._filter = options.filter  # read for every update
 
-        self._call: grpc.aio.UnaryStreamCall[pb.WatchVariablesRequest, Any] | None = None
+        # A grpc.aio UnaryStreamCall, or a MuxCall on the shared stream.
+        self._call: Any = None
+        self._shared = not options.own_stream
+        """Asking for the shared Watch stream (False once the server lacked it)."""
+        self._on_mux = False  # the open call is on the shared stream: it reads batches
         # The open call's read(): one coroutine per message, lighter than
         # the call's async iterator (never both on one call).
         self._read: Callable[[], Awaitable[Any]] | None = None
@@ -405,7 +413,16 @@ class Watch(AsyncIterator[VariableUpdate]):
                         # Broken before any update: the header may still tell.
                         with contextlib.suppress(Exception):
                             self._note_header(await self._call.initial_metadata())
+                    on_mux = self._on_mux
                     self._drop_call()
+                    if e.code() == grpc.StatusCode.UNIMPLEMENTED and on_mux:
+                        # A server without the shared Watch stream: a stream each.
+                        log.info(
+                            "watch: server lacks the shared Watch stream; using a stream per watch"
+                        )
+                        self._shared = False
+                        self.attempts -= 1
+                        continue
                     if e.code() == grpc.StatusCode.UNIMPLEMENTED and self.batched:
                         # A server without WatchVariableBatches: one update per message.
                         log.info("watch: server lacks WatchVariableBatches; using WatchVariables")
@@ -429,7 +446,7 @@ class Watch(AsyncIterator[VariableUpdate]):
                     continue
                 self._failures = 0
                 # A batch is kept as it came (a repeated field), processed in place.
-                batch = msg.updates if self.batched else (msg,)
+                batch = msg.updates if self.batched or self._on_mux else (msg,)
                 self._end = n = len(batch)
                 self.received += n
                 self._batch = batch
@@ -446,6 +463,7 @@ class Watch(AsyncIterator[VariableUpdate]):
 
     def _drop_call(self) -> None:
         call, self._call, self._read = self._call, None, None
+        self._on_mux = False
         if call is not None:
             call.cancel()
 
@@ -482,7 +500,8 @@ class Watch(AsyncIterator[VariableUpdate]):
             self.reconnects += 1
             log.debug("watch %s: reconnecting at revision %d", s.session_id, req.start_revision)
         self._fast = False  # the stream's first update carries the incarnation
-        self._call = s._open_watch_stream(req, batched=self.batched)
+        self._call = s._open_watch_stream(req, batched=self.batched, shared=self._shared)
+        self._on_mux = isinstance(self._call, MuxCall)
         self._read = self._call.read
 
     async def _registered(self) -> None:
@@ -494,7 +513,21 @@ class Watch(AsyncIterator[VariableUpdate]):
         assert call is not None
         with contextlib.suppress(grpc.aio.AioRpcError):
             self._note_header(await call.initial_metadata())
-        if self.batched and call.done() and await call.code() == grpc.StatusCode.UNIMPLEMENTED:
+        if self._on_mux and call.done() and await call.code() == grpc.StatusCode.UNIMPLEMENTED:
+            # A server without the shared Watch stream: a stream each.
+            log.info("watch: server lacks the shared Watch stream; using a stream per watch")
+            self._drop_call()
+            self._shared = False
+            self.attempts -= 1
+            await self._connect()
+            await self._registered()
+            return
+        if (
+            self.batched
+            and not self._on_mux
+            and call.done()
+            and await call.code() == grpc.StatusCode.UNIMPLEMENTED
+        ):
             # A server without WatchVariableBatches: fall back now (the read
             # loop does the same when the first read fails so).
             log.info("watch: server lacks WatchVariableBatches; using WatchVariables")
