@@ -99,12 +99,18 @@ func Run(ctx context.Context, w *store.Watch, o Options, send Send) error {
 // newFeeder sets up the feed of w, its heartbeat interval bounded. Run
 // drives one feeder from its own goroutine, a Group many from one.
 func newFeeder(ctx context.Context, w *store.Watch, o Options, send Send) *feeder {
-	f := &feeder{ctx: ctx, w: w, o: o, send: send}
+	f := new(feeder)
+	f.init(ctx, w, o, send)
+	return f
+}
+
+// init is newFeeder in place (a Group's member holds its feeder).
+func (f *feeder) init(ctx context.Context, w *store.Watch, o Options, send Send) {
+	*f = feeder{ctx: ctx, w: w, o: o, send: send}
 	if f.o.Heartbeat <= 0 {
 		f.o.Heartbeat = DefaultHeartbeat
 	}
 	f.o.Heartbeat = min(max(f.o.Heartbeat, MinHeartbeat), MaxHeartbeat)
-	return f
 }
 
 // heartbeat sends a HEARTBEAT at the revision the feed has covered.

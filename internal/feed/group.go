@@ -33,7 +33,7 @@ type Group struct {
 
 type member struct {
 	w   *Watch
-	f   *feeder
+	f   feeder    // in the member: one allocation per watch, not two
 	due time.Time // the next heartbeat
 	idx int       // in Group.hb
 }
@@ -60,12 +60,13 @@ func (g *Group) Open(st *store.Store, req *pb.WatchVariablesRequest, hooks Hooks
 // Add makes w, opened by g.Open, a member fed through send, and sends its
 // initial values. When that send fails, w is closed and the error returned.
 func (g *Group) Add(w *Watch, send Send) error {
-	f := newFeeder(g.ctx, w.w, w.o, send)
-	if err := f.sendInitial(); err != nil {
+	m := &member{w: w}
+	m.f.init(g.ctx, w.w, w.o, send)
+	if err := m.f.sendInitial(); err != nil {
 		w.Close()
 		return err
 	}
-	m := &member{w: w, f: f, due: time.Now().Add(f.o.Heartbeat)}
+	m.due = time.Now().Add(m.f.o.Heartbeat)
 	g.members[w.w] = m
 	heap.Push(&g.hb, m)
 	g.arm(m.due)

@@ -43,7 +43,7 @@ type WatchOptions struct {
 type Watch struct {
 	sess   *session
 	all    bool
-	idents map[string]string // variable id -> the identifier as first passed
+	idents identSet // variable id -> the identifier as first passed
 
 	initial []*pb.Variable
 	snapRev int64
@@ -58,7 +58,10 @@ type Watch struct {
 	waker *Waker
 	// queued: the watch is in waker's ready list; guarded by waker.mu.
 	queued bool
-	done   chan struct{}
+	// done is made by the first Done (most owners never ask: it would be
+	// a channel per idle watch); guarded by sess.mu, as ended is.
+	done  chan struct{}
+	ended bool // the session ended the watch; err says why
 	// first: the session had no other watch when this one was registered.
 	first bool
 
@@ -124,17 +127,14 @@ func (st *Store) watch(sess *session, identifiers []string, opts WatchOptions) (
 		return nil, &OutOfRangeError{Session: sess.id, StartRevision: opts.StartRevision, SessionRevision: rev, Incarnation: sess.incarnation}
 	}
 	w := &Watch{
-		sess: sess, all: len(identifiers) == 0, idents: make(map[string]string, len(vars)),
-		done: make(chan struct{}), incarnation: sess.incarnation,
+		sess: sess, all: len(identifiers) == 0, idents: newIdentSet(len(vars)), incarnation: sess.incarnation,
 		named: slices.Clone(identifiers), opts: opts, created: st.opts.Now(), waker: opts.Waker,
 	}
 	if w.waker == nil {
 		w.wake = make(chan struct{}, 1)
 	}
 	for i, v := range vars {
-		if _, dup := w.idents[v.cur.Id]; !dup {
-			w.idents[v.cur.Id] = identifiers[i]
-		}
+		w.idents.add(v.cur.Id, identifiers[i])
 	}
 	w.snapRev = rev
 	switch {
@@ -160,7 +160,7 @@ func (st *Store) watch(sess *session, identifiers []string, opts WatchOptions) (
 	if w.all {
 		sess.watchAll[w] = struct{}{}
 	}
-	for id := range w.idents {
+	for id := range w.idents.ids() {
 		set := sess.watchVar[id]
 		if set == nil {
 			set = map[*Watch]struct{}{}
@@ -180,7 +180,7 @@ func (w *Watch) current() []*pb.Variable {
 			out = append(out, v.cur)
 		}
 	} else {
-		for id := range w.idents {
+		for id := range w.idents.ids() {
 			if v := w.sess.byID[id]; v != nil {
 				out = append(out, v.cur)
 			}
@@ -199,15 +199,17 @@ func (w *Watch) Incarnation() string { return w.incarnation }
 
 // Identifier returns the identifier the caller used for a variable id, or
 // "" when the watch covers every variable.
-func (w *Watch) Identifier(varID string) string { return w.idents[varID] }
+func (w *Watch) Identifier(varID string) string {
+	ident, _ := w.idents.get(varID)
+	return ident
+}
 
 // Concerns reports whether an item is one this watch observes.
 func (w *Watch) Concerns(it Item) bool {
 	if w.all {
 		return true
 	}
-	_, ok := w.idents[it.Var.Id]
-	return ok
+	return w.idents.has(it.Var.Id)
 }
 
 // Wake receives a value when changes may be ready for Poll; nil for a
@@ -215,16 +217,28 @@ func (w *Watch) Concerns(it Item) bool {
 func (w *Watch) Wake() <-chan struct{} { return w.wake }
 
 // Done is closed when the session ends; Err then says why.
-func (w *Watch) Done() <-chan struct{} { return w.done }
+func (w *Watch) Done() <-chan struct{} {
+	s := w.sess
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if w.done == nil {
+		w.done = make(chan struct{})
+		if w.ended {
+			close(w.done)
+		}
+	}
+	return w.done
+}
 
 // Err returns why the watch ended, once Done is closed.
 func (w *Watch) Err() error {
-	select {
-	case <-w.done:
+	s := w.sess
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if w.ended {
 		return w.err
-	default:
-		return nil
 	}
+	return nil
 }
 
 // Close unregisters the watch. It is idempotent.
@@ -255,7 +269,7 @@ func (w *Watch) close() (last bool) {
 		last = true
 	}
 	delete(s.watchAll, w)
-	for id := range w.idents {
+	for id := range w.idents.ids() {
 		if set := s.watchVar[id]; set != nil {
 			delete(set, w)
 			if len(set) == 0 {
@@ -271,8 +285,11 @@ func (w *Watch) close() (last bool) {
 func (w *Watch) end(err error) {
 	if !w.closed {
 		w.closed = true
+		w.ended = true
 		w.err = err
-		close(w.done)
+		if w.done != nil {
+			close(w.done)
+		}
 		w.signal()
 	}
 }
@@ -388,7 +405,7 @@ func (w *Watch) Poll(max int) (Batch, error) {
 		}
 		w.resync = false
 		rs := &Resync{Revision: s.revision, Vars: w.current()}
-		for id := range w.idents {
+		for id := range w.idents.ids() {
 			if s.byID[id] == nil {
 				rs.Gone = append(rs.Gone, id)
 			}
@@ -416,7 +433,7 @@ func (w *Watch) Poll(max int) (Batch, error) {
 
 func (w *Watch) concernsAny(c *Change) bool {
 	for _, it := range c.Items {
-		if _, ok := w.idents[it.Var.Id]; ok {
+		if w.idents.has(it.Var.Id) {
 			return true
 		}
 	}
