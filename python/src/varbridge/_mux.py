@@ -47,6 +47,9 @@ def _rpc_error(
 
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
 
+_CANCELLED = pb.WatchResponse()
+"""Queued by cancel: a read then raises CancelledError, as on a cancelled call."""
+
 
 def _ended_error(r: pb.WatchResponse) -> grpc.aio.AioRpcError:
     """The error a WatchEnded stands for: the status a single watch's stream
@@ -163,6 +166,9 @@ class MuxCall:
             asyncio.get_running_loop().create_future()
         )
         self._error: grpc.aio.AioRpcError | None = None
+        # What the reads ended with (an error, or _CANCELLED): every later
+        # read raises it again, whatever a put already under way adds.
+        self._end: pb.WatchResponse | grpc.aio.AioRpcError | None = None
         self._left = False
 
     async def _put(self, msg: pb.WatchResponse, kind: str | None) -> None:
@@ -189,9 +195,14 @@ class MuxCall:
         self._error = err
         if not self._created.done():
             self._created.set_result(grpc.aio.Metadata())
+        self._finish(err)
+
+    def _finish(self, end: pb.WatchResponse | grpc.aio.AioRpcError) -> None:
+        """Queue what ends the reads, in place of what is queued (there is
+        room then, and a read waiting wakes)."""
         while not self._q.empty():
             self._q.get_nowait()
-        self._q.put_nowait(err)
+        self._q.put_nowait(end)
 
     async def initial_metadata(self) -> grpc.aio.Metadata:
         """The incarnation header of a single watch, once the server created
@@ -201,9 +212,14 @@ class MuxCall:
     async def read(self) -> Any:
         """The next batch of updates (a ``VariableUpdateBatch``); raises the
         ``AioRpcError`` the watch ended with."""
-        item = await self._q.get()
+        item = self._end
+        if item is None:
+            item = await self._q.get()
+            if item is _CANCELLED or isinstance(item, grpc.aio.AioRpcError):
+                self._end = item
+        if item is _CANCELLED:
+            raise asyncio.CancelledError()
         if isinstance(item, grpc.aio.AioRpcError):
-            self._q.put_nowait(item)  # for a later read too
             # A copy: the one kept must not hold the reader's frames (and
             # its Watch) through the traceback raising attaches.
             raise grpc.aio.AioRpcError(
@@ -216,8 +232,9 @@ class MuxCall:
         if self._left:
             return False
         self._left = True
-        while not self._q.empty():  # frees the reader task if it waits on us
-            self._q.get_nowait()
+        # A read waiting raises CancelledError, and the reader task, if it
+        # waits for room here, goes on.
+        self._finish(_CANCELLED)
         self._stream._leave(self)
         return True
 
