@@ -114,11 +114,20 @@ func (r *remote) GetMany(ctx context.Context, identifiers []string) (*pb.GetVari
 	return resp, fromStatus(err)
 }
 
+// Set and SetMany go on the pool's write stream, or unary (writes.go).
 func (r *remote) Set(ctx context.Context, identifier string, val *pb.Value, o backend.WriteOptions) (*pb.Variable, error) {
-	resp, err := r.api().SetVariable(r.ctx(ctx), &pb.SetVariableRequest{
+	req := &pb.SetVariableRequest{
 		SessionId: r.session, VariableIdentifier: identifier, Value: val,
 		Metadata: o.Metadata, ExpectedVersion: o.ExpectedVersion, Source: o.Source,
-	})
+	}
+	ack, err := r.streamWrite(ctx, &pb.WriteRequest{Write: &pb.WriteRequest_SetVariable{SetVariable: req}})
+	if err == nil {
+		return ack.GetSetVariable().GetVariable(), nil
+	}
+	if err != errNotStreamed {
+		return nil, fromStatus(err)
+	}
+	resp, err := r.api().SetVariable(r.ctx(ctx), req)
 	if err != nil {
 		return nil, fromStatus(err)
 	}
@@ -126,9 +135,17 @@ func (r *remote) Set(ctx context.Context, identifier string, val *pb.Value, o ba
 }
 
 func (r *remote) SetMany(ctx context.Context, updates map[string]*pb.Value, o backend.WriteOptions) (map[string]*pb.Variable, error) {
-	resp, err := r.api().SetVariables(r.ctx(ctx), &pb.SetVariablesRequest{
+	req := &pb.SetVariablesRequest{
 		SessionId: r.session, Updates: updates, Metadata: o.Metadata, ExpectedVersions: o.ExpectedVersions, Source: o.Source,
-	})
+	}
+	ack, err := r.streamWrite(ctx, &pb.WriteRequest{Write: &pb.WriteRequest_SetVariables{SetVariables: req}})
+	if err == nil {
+		return ack.GetSetVariables().GetVariables(), nil
+	}
+	if err != errNotStreamed {
+		return nil, fromStatus(err)
+	}
+	resp, err := r.api().SetVariables(r.ctx(ctx), req)
 	if err != nil {
 		return nil, fromStatus(err)
 	}

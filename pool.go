@@ -29,6 +29,8 @@ type connPool struct {
 	refs   int
 	conns  []*pooledConn
 	closed bool
+
+	writes writeStreams // on the first connection (writes.go)
 }
 
 type pooledConn struct {
@@ -210,6 +212,9 @@ func releasePool(p *connPool) {
 		}
 	}
 	p.mu.Unlock()
+	if last {
+		p.writes.close()
+	}
 	for _, pc := range conns {
 		_ = pc.cc.Close()
 	}

@@ -93,6 +93,13 @@ func (b *bridgeService) DeleteVariable(ctx context.Context, r *connect.Request[p
 	return unary(b, ctx, r, b.s.DeleteVariable)
 }
 
+// WriteVariables runs the server's write stream (it needs HTTP/2, as every
+// bidirectional Connect stream does).
+func (b *bridgeService) WriteVariables(ctx context.Context, stream *connect.BidiStream[pb.WriteRequest, pb.WriteResponse]) error {
+	cred := credentials(stream.RequestHeader().Values("Authorization"), stream.Peer().Addr)
+	return connectError(b.s.Writes(ctx, cred, stream.Receive, stream.Send))
+}
+
 // WatchVariables runs the server's watch; the revision and incarnation
 // headers go out as soon as the watch is registered, as on gRPC.
 func (b *bridgeService) WatchVariables(ctx context.Context, r *connect.Request[pb.WatchVariablesRequest], stream *connect.ServerStream[pb.VariableUpdate]) error {

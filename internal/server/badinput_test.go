@@ -10,6 +10,7 @@ package server_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -323,7 +324,55 @@ func biRows() []biCase {
 			{rpc, "oversized message", watch(&pb.WatchVariablesRequest{SessionId: "s", Where: strings.Repeat(" ", biMaxRecvBytes)}), RE, []string{"larger than max"}},
 		}...)
 	}
+
+	// WriteVariables: each write fails as its unary call does, in its ack;
+	// a message over the size limit ends the stream.
+	write := func(req *pb.WriteRequest) func(X, C) error {
+		return func(ctx X, c C) error { return biWriteErr(ctx, c, req) }
+	}
+	wset := func(r *pb.SetVariableRequest) *pb.WriteRequest {
+		return &pb.WriteRequest{Write: &pb.WriteRequest_SetVariable{SetVariable: r}}
+	}
+	wmany := func(r *pb.SetVariablesRequest) *pb.WriteRequest {
+		return &pb.WriteRequest{Write: &pb.WriteRequest_SetVariables{SetVariables: r}}
+	}
+	rows = append(rows, []biCase{
+		{"WriteVariables", "no write", write(&pb.WriteRequest{Id: 1}), IA, []string{"write", "is required"}},
+		{"WriteVariables", "missing session_id", write(wset(&pb.SetVariableRequest{VariableIdentifier: "i", Value: biInt(6)})), IA, []string{"session_id", "is required"}},
+		{"WriteVariables", "unknown session", write(wset(&pb.SetVariableRequest{SessionId: "nope", VariableIdentifier: "i", Value: biInt(6)})), NF, []string{"session not found", `"nope"`}},
+		{"WriteVariables", "unknown variable", write(wset(&pb.SetVariableRequest{SessionId: "s", VariableIdentifier: "nope", Value: biInt(6)})), NF, []string{`session "s" has no variable "nope"`}},
+		{"WriteVariables", "oversized variable_identifier", write(wset(&pb.SetVariableRequest{SessionId: "s", VariableIdentifier: biLong, Value: biInt(6)})), IA, []string{"variable_identifier", "300 bytes"}},
+		{"WriteVariables", "constraint", write(wset(&pb.SetVariableRequest{SessionId: "s", VariableIdentifier: "i", Value: biInt(101)})), IA, []string{"max"}},
+		{"WriteVariables", "too much metadata", write(wset(&pb.SetVariableRequest{SessionId: "s", VariableIdentifier: "i", Value: biInt(6), Metadata: biManyMD})), RE, []string{"max_metadata_entries"}},
+		{"WriteVariables", "batch with an unknown variable", write(wmany(&pb.SetVariablesRequest{SessionId: "s", Updates: map[string]*pb.Value{"i": biInt(7), "nope": biInt(1)}})), NF, []string{`"nope"`}},
+		{"WriteVariables", "oversized message", write(wset(&pb.SetVariableRequest{SessionId: "s", VariableIdentifier: "str", Value: biHugeMsg})), RE, []string{"larger than max"}},
+	}...)
 	return rows
+}
+
+// biWriteErr sends one write on a WriteVariables stream and returns its
+// ack's error as a status error, or the stream's.
+func biWriteErr(ctx context.Context, c pb.BridgeServiceClient, req *pb.WriteRequest) error {
+	s, err := c.WriteVariables(ctx)
+	if err != nil {
+		return err
+	}
+	if err := s.Send(req); err != nil {
+		_, err = s.Recv()
+		return err
+	}
+	ack, err := s.Recv()
+	if err != nil {
+		return err
+	}
+	_ = s.CloseSend()
+	if _, err := s.Recv(); err != io.EOF {
+		return fmt.Errorf("the stream did not end cleanly: %v", err)
+	}
+	if e := ack.GetError(); e != nil {
+		return status.ErrorProto(&spb.Status{Code: e.GetCode(), Message: e.GetMessage(), Details: e.GetDetails()})
+	}
+	return nil
 }
 
 func nan() float64 { var z float64; return z / z }

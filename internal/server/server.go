@@ -209,8 +209,8 @@ func (s *Server) GetVariables(_ context.Context, req *pb.GetVariablesRequest) (*
 }
 
 // SetVariable implements BridgeService.
-func (s *Server) SetVariable(_ context.Context, req *pb.SetVariableRequest) (*pb.SetVariableResponse, error) {
-	res, err := s.st.Set(req.GetSessionId(), []store.Write{{
+func (s *Server) SetVariable(ctx context.Context, req *pb.SetVariableRequest) (*pb.SetVariableResponse, error) {
+	res, err := s.set(ctx, req.GetSessionId(), []store.Write{{
 		Identifier: req.GetVariableIdentifier(), Value: req.GetValue(), ExpectedVersion: req.ExpectedVersion,
 	}}, req.GetMetadata(), req.GetSource())
 	if err != nil {
@@ -222,12 +222,12 @@ func (s *Server) SetVariable(_ context.Context, req *pb.SetVariableRequest) (*pb
 }
 
 // SetVariables implements BridgeService.
-func (s *Server) SetVariables(_ context.Context, req *pb.SetVariablesRequest) (*pb.SetVariablesResponse, error) {
+func (s *Server) SetVariables(ctx context.Context, req *pb.SetVariablesRequest) (*pb.SetVariablesResponse, error) {
 	writes, err := store.BatchWrites(req.GetUpdates(), req.GetExpectedVersions())
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	res, err := s.st.Set(req.GetSessionId(), writes, req.GetMetadata(), req.GetSource())
+	res, err := s.set(ctx, req.GetSessionId(), writes, req.GetMetadata(), req.GetSource())
 	if err != nil {
 		return nil, toStatus(err)
 	}

@@ -476,29 +476,7 @@ type WriteResult struct {
 // Set writes one or more variables atomically: every write is validated
 // before any is applied, and all changes take one revision.
 func (st *Store) Set(sessionID string, writes []Write, md map[string]string, source string) (WriteResult, error) {
-	sess, err := st.session(sessionID)
-	if err != nil {
-		return WriteResult{}, err
-	}
-	if len(writes) == 0 {
-		return WriteResult{}, fieldErr("updates", "is empty")
-	}
-	for _, w := range writes {
-		if w.Identifier == "" {
-			return WriteResult{}, fieldErr("variable_identifier", "is required")
-		}
-		if w.Value == nil || w.Value.Kind == nil {
-			return WriteResult{}, fieldErr("value", "is required for %q", w.Identifier)
-		}
-		if err := st.checkSize(w.Identifier, w.Value); err != nil {
-			return WriteResult{}, err
-		}
-	}
-	source = sourceOf(source, md)
-
-	sess.mu.Lock()
-	res, p, err := st.set(sess, writes, md, source)
-	sess.unlockAndWake()
+	res, sess, p, err := st.apply(sessionID, writes, md, source)
 	if err == nil {
 		err = sess.settle(p, res.Revision)
 	}
@@ -506,6 +484,61 @@ func (st *Store) Set(sessionID string, writes []Write, md map[string]string, sou
 		return WriteResult{}, err
 	}
 	return res, nil
+}
+
+// Settle waits until a write that SetPipelined applied is durable and
+// shows it to the watches; its error is the write's.
+type Settle func() error
+
+// SetPipelined is Set without the wait for durability: the write is
+// applied (it has its revision, and later writes see it) when it returns,
+// and settle, nil when there is nothing to wait for, waits until it is
+// durable. Nobody may be told of the write before settle returns nil.
+// A writer that applies writes one after another and settles them in the
+// same order from another goroutine lets the engine commit them together
+// (one fsync for many), which a writer waiting in Set for each cannot.
+func (st *Store) SetPipelined(sessionID string, writes []Write, md map[string]string, source string) (WriteResult, Settle, error) {
+	res, sess, p, err := st.apply(sessionID, writes, md, source)
+	if err != nil {
+		return WriteResult{}, nil, err
+	}
+	if p == nil {
+		return res, nil, nil
+	}
+	return res, func() error { return sess.settle(p, res.Revision) }, nil
+}
+
+// Durable reports whether the store keeps its state on disk (an Engine),
+// so that writes have something to settle.
+func (st *Store) Durable() bool { return st.opts.Engine != nil }
+
+// apply is Set up to the wait for durability: it checks and applies the
+// writes under the session's lock and returns what to settle.
+func (st *Store) apply(sessionID string, writes []Write, md map[string]string, source string) (WriteResult, *session, Pending, error) {
+	sess, err := st.session(sessionID)
+	if err != nil {
+		return WriteResult{}, nil, nil, err
+	}
+	if len(writes) == 0 {
+		return WriteResult{}, nil, nil, fieldErr("updates", "is empty")
+	}
+	for _, w := range writes {
+		if w.Identifier == "" {
+			return WriteResult{}, nil, nil, fieldErr("variable_identifier", "is required")
+		}
+		if w.Value == nil || w.Value.Kind == nil {
+			return WriteResult{}, nil, nil, fieldErr("value", "is required for %q", w.Identifier)
+		}
+		if err := st.checkSize(w.Identifier, w.Value); err != nil {
+			return WriteResult{}, nil, nil, err
+		}
+	}
+	source = sourceOf(source, md)
+
+	sess.mu.Lock()
+	res, p, err := st.set(sess, writes, md, source)
+	sess.unlockAndWake()
+	return res, sess, p, err
 }
 
 // set is Set's part under sess.mu.

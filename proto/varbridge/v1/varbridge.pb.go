@@ -15,6 +15,7 @@ package varbridgev1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	anypb "google.golang.org/protobuf/types/known/anypb"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
@@ -3346,11 +3347,279 @@ func (x *WatchEnded) GetStatus() []byte {
 	return nil
 }
 
+// WriteRequest is one write on a WriteVariables stream.
+type WriteRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Chosen by the client (unique among its unanswered writes, say a
+	// counter); the response carries it back.
+	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Types that are valid to be assigned to Write:
+	//
+	//	*WriteRequest_SetVariable
+	//	*WriteRequest_SetVariables
+	Write         isWriteRequest_Write `protobuf_oneof:"write"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WriteRequest) Reset() {
+	*x = WriteRequest{}
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WriteRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WriteRequest) ProtoMessage() {}
+
+func (x *WriteRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WriteRequest.ProtoReflect.Descriptor instead.
+func (*WriteRequest) Descriptor() ([]byte, []int) {
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *WriteRequest) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *WriteRequest) GetWrite() isWriteRequest_Write {
+	if x != nil {
+		return x.Write
+	}
+	return nil
+}
+
+func (x *WriteRequest) GetSetVariable() *SetVariableRequest {
+	if x != nil {
+		if x, ok := x.Write.(*WriteRequest_SetVariable); ok {
+			return x.SetVariable
+		}
+	}
+	return nil
+}
+
+func (x *WriteRequest) GetSetVariables() *SetVariablesRequest {
+	if x != nil {
+		if x, ok := x.Write.(*WriteRequest_SetVariables); ok {
+			return x.SetVariables
+		}
+	}
+	return nil
+}
+
+type isWriteRequest_Write interface {
+	isWriteRequest_Write()
+}
+
+type WriteRequest_SetVariable struct {
+	SetVariable *SetVariableRequest `protobuf:"bytes,2,opt,name=set_variable,json=setVariable,proto3,oneof"`
+}
+
+type WriteRequest_SetVariables struct {
+	SetVariables *SetVariablesRequest `protobuf:"bytes,3,opt,name=set_variables,json=setVariables,proto3,oneof"`
+}
+
+func (*WriteRequest_SetVariable) isWriteRequest_Write() {}
+
+func (*WriteRequest_SetVariables) isWriteRequest_Write() {}
+
+// WriteResponse answers the WriteRequest with the same id.
+type WriteResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Types that are valid to be assigned to Result:
+	//
+	//	*WriteResponse_SetVariable
+	//	*WriteResponse_SetVariables
+	//	*WriteResponse_Error
+	Result        isWriteResponse_Result `protobuf_oneof:"result"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WriteResponse) Reset() {
+	*x = WriteResponse{}
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WriteResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WriteResponse) ProtoMessage() {}
+
+func (x *WriteResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WriteResponse.ProtoReflect.Descriptor instead.
+func (*WriteResponse) Descriptor() ([]byte, []int) {
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *WriteResponse) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *WriteResponse) GetResult() isWriteResponse_Result {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+func (x *WriteResponse) GetSetVariable() *SetVariableResponse {
+	if x != nil {
+		if x, ok := x.Result.(*WriteResponse_SetVariable); ok {
+			return x.SetVariable
+		}
+	}
+	return nil
+}
+
+func (x *WriteResponse) GetSetVariables() *SetVariablesResponse {
+	if x != nil {
+		if x, ok := x.Result.(*WriteResponse_SetVariables); ok {
+			return x.SetVariables
+		}
+	}
+	return nil
+}
+
+func (x *WriteResponse) GetError() *WriteStatus {
+	if x != nil {
+		if x, ok := x.Result.(*WriteResponse_Error); ok {
+			return x.Error
+		}
+	}
+	return nil
+}
+
+type isWriteResponse_Result interface {
+	isWriteResponse_Result()
+}
+
+type WriteResponse_SetVariable struct {
+	// The write was a set_variable and succeeded.
+	SetVariable *SetVariableResponse `protobuf:"bytes,2,opt,name=set_variable,json=setVariable,proto3,oneof"`
+}
+
+type WriteResponse_SetVariables struct {
+	// The write was a set_variables and succeeded.
+	SetVariables *SetVariablesResponse `protobuf:"bytes,3,opt,name=set_variables,json=setVariables,proto3,oneof"`
+}
+
+type WriteResponse_Error struct {
+	// The write failed: the status the unary call would have failed with.
+	Error *WriteStatus `protobuf:"bytes,4,opt,name=error,proto3,oneof"`
+}
+
+func (*WriteResponse_SetVariable) isWriteResponse_Result() {}
+
+func (*WriteResponse_SetVariables) isWriteResponse_Result() {}
+
+func (*WriteResponse_Error) isWriteResponse_Result() {}
+
+// WriteStatus is a failed write's status, field for field (and byte for
+// byte on the wire) a google.rpc.Status: its code (a google.rpc.Code), its
+// message, and its details, which hold the google.rpc.ErrorInfo (domain
+// "varbridge.dev", reason, metadata) and the further detail every error of
+// this service carries (see ErrorReason).
+type WriteStatus struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Code          int32                  `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	Message       string                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	Details       []*anypb.Any           `protobuf:"bytes,3,rep,name=details,proto3" json:"details,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WriteStatus) Reset() {
+	*x = WriteStatus{}
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WriteStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WriteStatus) ProtoMessage() {}
+
+func (x *WriteStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WriteStatus.ProtoReflect.Descriptor instead.
+func (*WriteStatus) Descriptor() ([]byte, []int) {
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *WriteStatus) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *WriteStatus) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *WriteStatus) GetDetails() []*anypb.Any {
+	if x != nil {
+		return x.Details
+	}
+	return nil
+}
+
 var File_varbridge_v1_varbridge_proto protoreflect.FileDescriptor
 
 const file_varbridge_v1_varbridge_proto_rawDesc = "" +
 	"\n" +
-	"\x1cvarbridge/v1/varbridge.proto\x12\fvarbridge.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"#\n" +
+	"\x1cvarbridge/v1/varbridge.proto\x12\fvarbridge.v1\x1a\x19google/protobuf/any.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"#\n" +
 	"\tEmbedding\x12\x16\n" +
 	"\x06values\x18\x01 \x03(\x01R\x06values\"H\n" +
 	"\x06Tensor\x12\x14\n" +
@@ -3620,7 +3889,22 @@ const file_varbridge_v1_varbridge_proto_rawDesc = "" +
 	"\rWatchCanceled\"$\n" +
 	"\n" +
 	"WatchEnded\x12\x16\n" +
-	"\x06status\x18\x01 \x01(\fR\x06status*\xb0\x04\n" +
+	"\x06status\x18\x01 \x01(\fR\x06status\"\xb8\x01\n" +
+	"\fWriteRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12E\n" +
+	"\fset_variable\x18\x02 \x01(\v2 .varbridge.v1.SetVariableRequestH\x00R\vsetVariable\x12H\n" +
+	"\rset_variables\x18\x03 \x01(\v2!.varbridge.v1.SetVariablesRequestH\x00R\fsetVariablesB\a\n" +
+	"\x05write\"\xef\x01\n" +
+	"\rWriteResponse\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12F\n" +
+	"\fset_variable\x18\x02 \x01(\v2!.varbridge.v1.SetVariableResponseH\x00R\vsetVariable\x12I\n" +
+	"\rset_variables\x18\x03 \x01(\v2\".varbridge.v1.SetVariablesResponseH\x00R\fsetVariables\x121\n" +
+	"\x05error\x18\x04 \x01(\v2\x19.varbridge.v1.WriteStatusH\x00R\x05errorB\b\n" +
+	"\x06result\"k\n" +
+	"\vWriteStatus\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\x12.\n" +
+	"\adetails\x18\x03 \x03(\v2\x14.google.protobuf.AnyR\adetails*\xb0\x04\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\"\n" +
 	"\x1eERROR_REASON_SESSION_NOT_FOUND\x10\x01\x12\x1f\n" +
@@ -3656,7 +3940,7 @@ const file_varbridge_v1_varbridge_proto_rawDesc = "" +
 	"\x18UPDATE_TYPE_VALUE_CHANGE\x10\x02\x12\x17\n" +
 	"\x13UPDATE_TYPE_DELETED\x10\x03\x12\x19\n" +
 	"\x15UPDATE_TYPE_HEARTBEAT\x10\x04\x12\x16\n" +
-	"\x12UPDATE_TYPE_RESYNC\x10\x052\xdd\v\n" +
+	"\x12UPDATE_TYPE_RESYNC\x10\x052\xac\f\n" +
 	"\rBridgeService\x12d\n" +
 	"\x11InitializeSession\x12&.varbridge.v1.InitializeSessionRequest\x1a'.varbridge.v1.InitializeSessionResponse\x12O\n" +
 	"\n" +
@@ -3671,7 +3955,8 @@ const file_varbridge_v1_varbridge_proto_rawDesc = "" +
 	"\vSetVariable\x12 .varbridge.v1.SetVariableRequest\x1a!.varbridge.v1.SetVariableResponse\x12U\n" +
 	"\fSetVariables\x12!.varbridge.v1.SetVariablesRequest\x1a\".varbridge.v1.SetVariablesResponse\x12X\n" +
 	"\rListVariables\x12\".varbridge.v1.ListVariablesRequest\x1a#.varbridge.v1.ListVariablesResponse\x12[\n" +
-	"\x0eDeleteVariable\x12#.varbridge.v1.DeleteVariableRequest\x1a$.varbridge.v1.DeleteVariableResponse\x12U\n" +
+	"\x0eDeleteVariable\x12#.varbridge.v1.DeleteVariableRequest\x1a$.varbridge.v1.DeleteVariableResponse\x12M\n" +
+	"\x0eWriteVariables\x12\x1a.varbridge.v1.WriteRequest\x1a\x1b.varbridge.v1.WriteResponse(\x010\x01\x12U\n" +
 	"\x0eWatchVariables\x12#.varbridge.v1.WatchVariablesRequest\x1a\x1c.varbridge.v1.VariableUpdate0\x01\x12`\n" +
 	"\x14WatchVariableBatches\x12#.varbridge.v1.WatchVariablesRequest\x1a!.varbridge.v1.VariableUpdateBatch0\x01\x12R\n" +
 	"\vListWatches\x12 .varbridge.v1.ListWatchesRequest\x1a!.varbridge.v1.ListWatchesResponse\x12D\n" +
@@ -3690,7 +3975,7 @@ func file_varbridge_v1_varbridge_proto_rawDescGZIP() []byte {
 }
 
 var file_varbridge_v1_varbridge_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_varbridge_v1_varbridge_proto_msgTypes = make([]protoimpl.MessageInfo, 57)
+var file_varbridge_v1_varbridge_proto_msgTypes = make([]protoimpl.MessageInfo, 60)
 var file_varbridge_v1_varbridge_proto_goTypes = []any{
 	(ErrorReason)(0),                  // 0: varbridge.v1.ErrorReason
 	(VariableType)(0),                 // 1: varbridge.v1.VariableType
@@ -3740,20 +4025,24 @@ var file_varbridge_v1_varbridge_proto_goTypes = []any{
 	(*WatchCreated)(nil),              // 45: varbridge.v1.WatchCreated
 	(*WatchCanceled)(nil),             // 46: varbridge.v1.WatchCanceled
 	(*WatchEnded)(nil),                // 47: varbridge.v1.WatchEnded
-	nil,                               // 48: varbridge.v1.Variable.MetadataEntry
-	nil,                               // 49: varbridge.v1.Session.MetadataEntry
-	nil,                               // 50: varbridge.v1.InitializeSessionRequest.MetadataEntry
-	nil,                               // 51: varbridge.v1.RegisterVariableRequest.MetadataEntry
-	nil,                               // 52: varbridge.v1.GetVariablesResponse.VariablesEntry
-	nil,                               // 53: varbridge.v1.SetVariableRequest.MetadataEntry
-	nil,                               // 54: varbridge.v1.SetVariablesRequest.UpdatesEntry
-	nil,                               // 55: varbridge.v1.SetVariablesRequest.MetadataEntry
-	nil,                               // 56: varbridge.v1.SetVariablesRequest.ExpectedVersionsEntry
-	nil,                               // 57: varbridge.v1.SetVariablesResponse.VariablesEntry
-	nil,                               // 58: varbridge.v1.DeleteVariableRequest.MetadataEntry
-	nil,                               // 59: varbridge.v1.VariableUpdate.UpdateMetadataEntry
-	(*timestamppb.Timestamp)(nil),     // 60: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),       // 61: google.protobuf.Duration
+	(*WriteRequest)(nil),              // 48: varbridge.v1.WriteRequest
+	(*WriteResponse)(nil),             // 49: varbridge.v1.WriteResponse
+	(*WriteStatus)(nil),               // 50: varbridge.v1.WriteStatus
+	nil,                               // 51: varbridge.v1.Variable.MetadataEntry
+	nil,                               // 52: varbridge.v1.Session.MetadataEntry
+	nil,                               // 53: varbridge.v1.InitializeSessionRequest.MetadataEntry
+	nil,                               // 54: varbridge.v1.RegisterVariableRequest.MetadataEntry
+	nil,                               // 55: varbridge.v1.GetVariablesResponse.VariablesEntry
+	nil,                               // 56: varbridge.v1.SetVariableRequest.MetadataEntry
+	nil,                               // 57: varbridge.v1.SetVariablesRequest.UpdatesEntry
+	nil,                               // 58: varbridge.v1.SetVariablesRequest.MetadataEntry
+	nil,                               // 59: varbridge.v1.SetVariablesRequest.ExpectedVersionsEntry
+	nil,                               // 60: varbridge.v1.SetVariablesResponse.VariablesEntry
+	nil,                               // 61: varbridge.v1.DeleteVariableRequest.MetadataEntry
+	nil,                               // 62: varbridge.v1.VariableUpdate.UpdateMetadataEntry
+	(*timestamppb.Timestamp)(nil),     // 63: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 64: google.protobuf.Duration
+	(*anypb.Any)(nil),                 // 65: google.protobuf.Any
 }
 var file_varbridge_v1_varbridge_proto_depIdxs = []int32{
 	3,  // 0: varbridge.v1.Value.embedding_value:type_name -> varbridge.v1.Embedding
@@ -3761,15 +4050,15 @@ var file_varbridge_v1_varbridge_proto_depIdxs = []int32{
 	1,  // 2: varbridge.v1.Variable.type:type_name -> varbridge.v1.VariableType
 	5,  // 3: varbridge.v1.Variable.value:type_name -> varbridge.v1.Value
 	6,  // 4: varbridge.v1.Variable.constraints:type_name -> varbridge.v1.Constraints
-	48, // 5: varbridge.v1.Variable.metadata:type_name -> varbridge.v1.Variable.MetadataEntry
-	60, // 6: varbridge.v1.Variable.updated_at:type_name -> google.protobuf.Timestamp
-	60, // 7: varbridge.v1.Variable.created_at:type_name -> google.protobuf.Timestamp
-	60, // 8: varbridge.v1.Session.created_at:type_name -> google.protobuf.Timestamp
-	60, // 9: varbridge.v1.Session.expires_at:type_name -> google.protobuf.Timestamp
-	61, // 10: varbridge.v1.Session.ttl:type_name -> google.protobuf.Duration
-	49, // 11: varbridge.v1.Session.metadata:type_name -> varbridge.v1.Session.MetadataEntry
-	61, // 12: varbridge.v1.InitializeSessionRequest.ttl:type_name -> google.protobuf.Duration
-	50, // 13: varbridge.v1.InitializeSessionRequest.metadata:type_name -> varbridge.v1.InitializeSessionRequest.MetadataEntry
+	51, // 5: varbridge.v1.Variable.metadata:type_name -> varbridge.v1.Variable.MetadataEntry
+	63, // 6: varbridge.v1.Variable.updated_at:type_name -> google.protobuf.Timestamp
+	63, // 7: varbridge.v1.Variable.created_at:type_name -> google.protobuf.Timestamp
+	63, // 8: varbridge.v1.Session.created_at:type_name -> google.protobuf.Timestamp
+	63, // 9: varbridge.v1.Session.expires_at:type_name -> google.protobuf.Timestamp
+	64, // 10: varbridge.v1.Session.ttl:type_name -> google.protobuf.Duration
+	52, // 11: varbridge.v1.Session.metadata:type_name -> varbridge.v1.Session.MetadataEntry
+	64, // 12: varbridge.v1.InitializeSessionRequest.ttl:type_name -> google.protobuf.Duration
+	53, // 13: varbridge.v1.InitializeSessionRequest.metadata:type_name -> varbridge.v1.InitializeSessionRequest.MetadataEntry
 	8,  // 14: varbridge.v1.InitializeSessionResponse.session:type_name -> varbridge.v1.Session
 	8,  // 15: varbridge.v1.GetSessionResponse.session:type_name -> varbridge.v1.Session
 	8,  // 16: varbridge.v1.HeartbeatResponse.session:type_name -> varbridge.v1.Session
@@ -3777,27 +4066,27 @@ var file_varbridge_v1_varbridge_proto_depIdxs = []int32{
 	1,  // 18: varbridge.v1.RegisterVariableRequest.type:type_name -> varbridge.v1.VariableType
 	5,  // 19: varbridge.v1.RegisterVariableRequest.initial_value:type_name -> varbridge.v1.Value
 	6,  // 20: varbridge.v1.RegisterVariableRequest.constraints:type_name -> varbridge.v1.Constraints
-	51, // 21: varbridge.v1.RegisterVariableRequest.metadata:type_name -> varbridge.v1.RegisterVariableRequest.MetadataEntry
+	54, // 21: varbridge.v1.RegisterVariableRequest.metadata:type_name -> varbridge.v1.RegisterVariableRequest.MetadataEntry
 	7,  // 22: varbridge.v1.RegisterVariableResponse.variable:type_name -> varbridge.v1.Variable
 	7,  // 23: varbridge.v1.GetVariableResponse.variable:type_name -> varbridge.v1.Variable
-	52, // 24: varbridge.v1.GetVariablesResponse.variables:type_name -> varbridge.v1.GetVariablesResponse.VariablesEntry
+	55, // 24: varbridge.v1.GetVariablesResponse.variables:type_name -> varbridge.v1.GetVariablesResponse.VariablesEntry
 	5,  // 25: varbridge.v1.SetVariableRequest.value:type_name -> varbridge.v1.Value
-	53, // 26: varbridge.v1.SetVariableRequest.metadata:type_name -> varbridge.v1.SetVariableRequest.MetadataEntry
+	56, // 26: varbridge.v1.SetVariableRequest.metadata:type_name -> varbridge.v1.SetVariableRequest.MetadataEntry
 	7,  // 27: varbridge.v1.SetVariableResponse.variable:type_name -> varbridge.v1.Variable
-	54, // 28: varbridge.v1.SetVariablesRequest.updates:type_name -> varbridge.v1.SetVariablesRequest.UpdatesEntry
-	55, // 29: varbridge.v1.SetVariablesRequest.metadata:type_name -> varbridge.v1.SetVariablesRequest.MetadataEntry
-	56, // 30: varbridge.v1.SetVariablesRequest.expected_versions:type_name -> varbridge.v1.SetVariablesRequest.ExpectedVersionsEntry
-	57, // 31: varbridge.v1.SetVariablesResponse.variables:type_name -> varbridge.v1.SetVariablesResponse.VariablesEntry
+	57, // 28: varbridge.v1.SetVariablesRequest.updates:type_name -> varbridge.v1.SetVariablesRequest.UpdatesEntry
+	58, // 29: varbridge.v1.SetVariablesRequest.metadata:type_name -> varbridge.v1.SetVariablesRequest.MetadataEntry
+	59, // 30: varbridge.v1.SetVariablesRequest.expected_versions:type_name -> varbridge.v1.SetVariablesRequest.ExpectedVersionsEntry
+	60, // 31: varbridge.v1.SetVariablesResponse.variables:type_name -> varbridge.v1.SetVariablesResponse.VariablesEntry
 	7,  // 32: varbridge.v1.ListVariablesResponse.variables:type_name -> varbridge.v1.Variable
-	58, // 33: varbridge.v1.DeleteVariableRequest.metadata:type_name -> varbridge.v1.DeleteVariableRequest.MetadataEntry
+	61, // 33: varbridge.v1.DeleteVariableRequest.metadata:type_name -> varbridge.v1.DeleteVariableRequest.MetadataEntry
 	7,  // 34: varbridge.v1.DeleteVariableResponse.variable:type_name -> varbridge.v1.Variable
 	37, // 35: varbridge.v1.ListWatchesResponse.watches:type_name -> varbridge.v1.WatchInfo
-	60, // 36: varbridge.v1.WatchInfo.created_at:type_name -> google.protobuf.Timestamp
+	63, // 36: varbridge.v1.WatchInfo.created_at:type_name -> google.protobuf.Timestamp
 	7,  // 37: varbridge.v1.VariableUpdate.variable:type_name -> varbridge.v1.Variable
 	5,  // 38: varbridge.v1.VariableUpdate.old_value:type_name -> varbridge.v1.Value
 	2,  // 39: varbridge.v1.VariableUpdate.update_type:type_name -> varbridge.v1.UpdateType
-	59, // 40: varbridge.v1.VariableUpdate.update_metadata:type_name -> varbridge.v1.VariableUpdate.UpdateMetadataEntry
-	60, // 41: varbridge.v1.VariableUpdate.timestamp:type_name -> google.protobuf.Timestamp
+	62, // 40: varbridge.v1.VariableUpdate.update_metadata:type_name -> varbridge.v1.VariableUpdate.UpdateMetadataEntry
+	63, // 41: varbridge.v1.VariableUpdate.timestamp:type_name -> google.protobuf.Timestamp
 	39, // 42: varbridge.v1.VariableUpdateBatch.updates:type_name -> varbridge.v1.VariableUpdate
 	42, // 43: varbridge.v1.WatchRequest.create:type_name -> varbridge.v1.WatchCreateRequest
 	43, // 44: varbridge.v1.WatchRequest.cancel:type_name -> varbridge.v1.WatchCancelRequest
@@ -3806,48 +4095,56 @@ var file_varbridge_v1_varbridge_proto_depIdxs = []int32{
 	40, // 47: varbridge.v1.WatchResponse.updates:type_name -> varbridge.v1.VariableUpdateBatch
 	46, // 48: varbridge.v1.WatchResponse.canceled:type_name -> varbridge.v1.WatchCanceled
 	47, // 49: varbridge.v1.WatchResponse.ended:type_name -> varbridge.v1.WatchEnded
-	7,  // 50: varbridge.v1.GetVariablesResponse.VariablesEntry.value:type_name -> varbridge.v1.Variable
-	5,  // 51: varbridge.v1.SetVariablesRequest.UpdatesEntry.value:type_name -> varbridge.v1.Value
-	7,  // 52: varbridge.v1.SetVariablesResponse.VariablesEntry.value:type_name -> varbridge.v1.Variable
-	9,  // 53: varbridge.v1.BridgeService.InitializeSession:input_type -> varbridge.v1.InitializeSessionRequest
-	11, // 54: varbridge.v1.BridgeService.GetSession:input_type -> varbridge.v1.GetSessionRequest
-	13, // 55: varbridge.v1.BridgeService.Heartbeat:input_type -> varbridge.v1.HeartbeatRequest
-	15, // 56: varbridge.v1.BridgeService.CleanupSession:input_type -> varbridge.v1.CleanupSessionRequest
-	17, // 57: varbridge.v1.BridgeService.ListSessions:input_type -> varbridge.v1.ListSessionsRequest
-	19, // 58: varbridge.v1.BridgeService.SaveSnapshot:input_type -> varbridge.v1.SaveSnapshotRequest
-	21, // 59: varbridge.v1.BridgeService.RegisterVariable:input_type -> varbridge.v1.RegisterVariableRequest
-	23, // 60: varbridge.v1.BridgeService.GetVariable:input_type -> varbridge.v1.GetVariableRequest
-	25, // 61: varbridge.v1.BridgeService.GetVariables:input_type -> varbridge.v1.GetVariablesRequest
-	27, // 62: varbridge.v1.BridgeService.SetVariable:input_type -> varbridge.v1.SetVariableRequest
-	29, // 63: varbridge.v1.BridgeService.SetVariables:input_type -> varbridge.v1.SetVariablesRequest
-	31, // 64: varbridge.v1.BridgeService.ListVariables:input_type -> varbridge.v1.ListVariablesRequest
-	33, // 65: varbridge.v1.BridgeService.DeleteVariable:input_type -> varbridge.v1.DeleteVariableRequest
-	38, // 66: varbridge.v1.BridgeService.WatchVariables:input_type -> varbridge.v1.WatchVariablesRequest
-	38, // 67: varbridge.v1.BridgeService.WatchVariableBatches:input_type -> varbridge.v1.WatchVariablesRequest
-	35, // 68: varbridge.v1.BridgeService.ListWatches:input_type -> varbridge.v1.ListWatchesRequest
-	41, // 69: varbridge.v1.BridgeService.Watch:input_type -> varbridge.v1.WatchRequest
-	10, // 70: varbridge.v1.BridgeService.InitializeSession:output_type -> varbridge.v1.InitializeSessionResponse
-	12, // 71: varbridge.v1.BridgeService.GetSession:output_type -> varbridge.v1.GetSessionResponse
-	14, // 72: varbridge.v1.BridgeService.Heartbeat:output_type -> varbridge.v1.HeartbeatResponse
-	16, // 73: varbridge.v1.BridgeService.CleanupSession:output_type -> varbridge.v1.CleanupSessionResponse
-	18, // 74: varbridge.v1.BridgeService.ListSessions:output_type -> varbridge.v1.ListSessionsResponse
-	20, // 75: varbridge.v1.BridgeService.SaveSnapshot:output_type -> varbridge.v1.SnapshotChunk
-	22, // 76: varbridge.v1.BridgeService.RegisterVariable:output_type -> varbridge.v1.RegisterVariableResponse
-	24, // 77: varbridge.v1.BridgeService.GetVariable:output_type -> varbridge.v1.GetVariableResponse
-	26, // 78: varbridge.v1.BridgeService.GetVariables:output_type -> varbridge.v1.GetVariablesResponse
-	28, // 79: varbridge.v1.BridgeService.SetVariable:output_type -> varbridge.v1.SetVariableResponse
-	30, // 80: varbridge.v1.BridgeService.SetVariables:output_type -> varbridge.v1.SetVariablesResponse
-	32, // 81: varbridge.v1.BridgeService.ListVariables:output_type -> varbridge.v1.ListVariablesResponse
-	34, // 82: varbridge.v1.BridgeService.DeleteVariable:output_type -> varbridge.v1.DeleteVariableResponse
-	39, // 83: varbridge.v1.BridgeService.WatchVariables:output_type -> varbridge.v1.VariableUpdate
-	40, // 84: varbridge.v1.BridgeService.WatchVariableBatches:output_type -> varbridge.v1.VariableUpdateBatch
-	36, // 85: varbridge.v1.BridgeService.ListWatches:output_type -> varbridge.v1.ListWatchesResponse
-	44, // 86: varbridge.v1.BridgeService.Watch:output_type -> varbridge.v1.WatchResponse
-	70, // [70:87] is the sub-list for method output_type
-	53, // [53:70] is the sub-list for method input_type
-	53, // [53:53] is the sub-list for extension type_name
-	53, // [53:53] is the sub-list for extension extendee
-	0,  // [0:53] is the sub-list for field type_name
+	27, // 50: varbridge.v1.WriteRequest.set_variable:type_name -> varbridge.v1.SetVariableRequest
+	29, // 51: varbridge.v1.WriteRequest.set_variables:type_name -> varbridge.v1.SetVariablesRequest
+	28, // 52: varbridge.v1.WriteResponse.set_variable:type_name -> varbridge.v1.SetVariableResponse
+	30, // 53: varbridge.v1.WriteResponse.set_variables:type_name -> varbridge.v1.SetVariablesResponse
+	50, // 54: varbridge.v1.WriteResponse.error:type_name -> varbridge.v1.WriteStatus
+	65, // 55: varbridge.v1.WriteStatus.details:type_name -> google.protobuf.Any
+	7,  // 56: varbridge.v1.GetVariablesResponse.VariablesEntry.value:type_name -> varbridge.v1.Variable
+	5,  // 57: varbridge.v1.SetVariablesRequest.UpdatesEntry.value:type_name -> varbridge.v1.Value
+	7,  // 58: varbridge.v1.SetVariablesResponse.VariablesEntry.value:type_name -> varbridge.v1.Variable
+	9,  // 59: varbridge.v1.BridgeService.InitializeSession:input_type -> varbridge.v1.InitializeSessionRequest
+	11, // 60: varbridge.v1.BridgeService.GetSession:input_type -> varbridge.v1.GetSessionRequest
+	13, // 61: varbridge.v1.BridgeService.Heartbeat:input_type -> varbridge.v1.HeartbeatRequest
+	15, // 62: varbridge.v1.BridgeService.CleanupSession:input_type -> varbridge.v1.CleanupSessionRequest
+	17, // 63: varbridge.v1.BridgeService.ListSessions:input_type -> varbridge.v1.ListSessionsRequest
+	19, // 64: varbridge.v1.BridgeService.SaveSnapshot:input_type -> varbridge.v1.SaveSnapshotRequest
+	21, // 65: varbridge.v1.BridgeService.RegisterVariable:input_type -> varbridge.v1.RegisterVariableRequest
+	23, // 66: varbridge.v1.BridgeService.GetVariable:input_type -> varbridge.v1.GetVariableRequest
+	25, // 67: varbridge.v1.BridgeService.GetVariables:input_type -> varbridge.v1.GetVariablesRequest
+	27, // 68: varbridge.v1.BridgeService.SetVariable:input_type -> varbridge.v1.SetVariableRequest
+	29, // 69: varbridge.v1.BridgeService.SetVariables:input_type -> varbridge.v1.SetVariablesRequest
+	31, // 70: varbridge.v1.BridgeService.ListVariables:input_type -> varbridge.v1.ListVariablesRequest
+	33, // 71: varbridge.v1.BridgeService.DeleteVariable:input_type -> varbridge.v1.DeleteVariableRequest
+	48, // 72: varbridge.v1.BridgeService.WriteVariables:input_type -> varbridge.v1.WriteRequest
+	38, // 73: varbridge.v1.BridgeService.WatchVariables:input_type -> varbridge.v1.WatchVariablesRequest
+	38, // 74: varbridge.v1.BridgeService.WatchVariableBatches:input_type -> varbridge.v1.WatchVariablesRequest
+	35, // 75: varbridge.v1.BridgeService.ListWatches:input_type -> varbridge.v1.ListWatchesRequest
+	41, // 76: varbridge.v1.BridgeService.Watch:input_type -> varbridge.v1.WatchRequest
+	10, // 77: varbridge.v1.BridgeService.InitializeSession:output_type -> varbridge.v1.InitializeSessionResponse
+	12, // 78: varbridge.v1.BridgeService.GetSession:output_type -> varbridge.v1.GetSessionResponse
+	14, // 79: varbridge.v1.BridgeService.Heartbeat:output_type -> varbridge.v1.HeartbeatResponse
+	16, // 80: varbridge.v1.BridgeService.CleanupSession:output_type -> varbridge.v1.CleanupSessionResponse
+	18, // 81: varbridge.v1.BridgeService.ListSessions:output_type -> varbridge.v1.ListSessionsResponse
+	20, // 82: varbridge.v1.BridgeService.SaveSnapshot:output_type -> varbridge.v1.SnapshotChunk
+	22, // 83: varbridge.v1.BridgeService.RegisterVariable:output_type -> varbridge.v1.RegisterVariableResponse
+	24, // 84: varbridge.v1.BridgeService.GetVariable:output_type -> varbridge.v1.GetVariableResponse
+	26, // 85: varbridge.v1.BridgeService.GetVariables:output_type -> varbridge.v1.GetVariablesResponse
+	28, // 86: varbridge.v1.BridgeService.SetVariable:output_type -> varbridge.v1.SetVariableResponse
+	30, // 87: varbridge.v1.BridgeService.SetVariables:output_type -> varbridge.v1.SetVariablesResponse
+	32, // 88: varbridge.v1.BridgeService.ListVariables:output_type -> varbridge.v1.ListVariablesResponse
+	34, // 89: varbridge.v1.BridgeService.DeleteVariable:output_type -> varbridge.v1.DeleteVariableResponse
+	49, // 90: varbridge.v1.BridgeService.WriteVariables:output_type -> varbridge.v1.WriteResponse
+	39, // 91: varbridge.v1.BridgeService.WatchVariables:output_type -> varbridge.v1.VariableUpdate
+	40, // 92: varbridge.v1.BridgeService.WatchVariableBatches:output_type -> varbridge.v1.VariableUpdateBatch
+	36, // 93: varbridge.v1.BridgeService.ListWatches:output_type -> varbridge.v1.ListWatchesResponse
+	44, // 94: varbridge.v1.BridgeService.Watch:output_type -> varbridge.v1.WatchResponse
+	77, // [77:95] is the sub-list for method output_type
+	59, // [59:77] is the sub-list for method input_type
+	59, // [59:59] is the sub-list for extension type_name
+	59, // [59:59] is the sub-list for extension extendee
+	0,  // [0:59] is the sub-list for field type_name
 }
 
 func init() { file_varbridge_v1_varbridge_proto_init() }
@@ -3875,13 +4172,22 @@ func file_varbridge_v1_varbridge_proto_init() {
 		(*WatchResponse_Canceled)(nil),
 		(*WatchResponse_Ended)(nil),
 	}
+	file_varbridge_v1_varbridge_proto_msgTypes[45].OneofWrappers = []any{
+		(*WriteRequest_SetVariable)(nil),
+		(*WriteRequest_SetVariables)(nil),
+	}
+	file_varbridge_v1_varbridge_proto_msgTypes[46].OneofWrappers = []any{
+		(*WriteResponse_SetVariable)(nil),
+		(*WriteResponse_SetVariables)(nil),
+		(*WriteResponse_Error)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_varbridge_v1_varbridge_proto_rawDesc), len(file_varbridge_v1_varbridge_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   57,
+			NumMessages:   60,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -38,6 +38,7 @@ const (
 	BridgeService_SetVariables_FullMethodName         = "/varbridge.v1.BridgeService/SetVariables"
 	BridgeService_ListVariables_FullMethodName        = "/varbridge.v1.BridgeService/ListVariables"
 	BridgeService_DeleteVariable_FullMethodName       = "/varbridge.v1.BridgeService/DeleteVariable"
+	BridgeService_WriteVariables_FullMethodName       = "/varbridge.v1.BridgeService/WriteVariables"
 	BridgeService_WatchVariables_FullMethodName       = "/varbridge.v1.BridgeService/WatchVariables"
 	BridgeService_WatchVariableBatches_FullMethodName = "/varbridge.v1.BridgeService/WatchVariableBatches"
 	BridgeService_ListWatches_FullMethodName          = "/varbridge.v1.BridgeService/ListWatches"
@@ -88,6 +89,23 @@ type BridgeServiceClient interface {
 	ListVariables(ctx context.Context, in *ListVariablesRequest, opts ...grpc.CallOption) (*ListVariablesResponse, error)
 	// DeleteVariable removes a variable; watchers get a DELETED update.
 	DeleteVariable(ctx context.Context, in *DeleteVariableRequest, opts ...grpc.CallOption) (*DeleteVariableResponse, error)
+	// WriteVariables carries many writes and their acknowledgements on one
+	// long-lived stream, for clients that write often: a write on an open
+	// stream skips the per-call stream set-up, headers and trailers of a
+	// unary SetVariable (about half its round trip). Each WriteRequest holds
+	// a SetVariableRequest or a SetVariablesRequest, any session (auth: the
+	// stream's "authorization" metadata, checked against each request's
+	// session as for the unary call), and a client-chosen id. The server
+	// applies the writes in the order they arrive and answers each, in that
+	// order, with a WriteResponse carrying the same id and either what the
+	// unary call returns or the status it fails with (same code and
+	// details). A failed write ends nothing: the stream goes on. Clients
+	// pipeline: they send the next write without waiting for an ack. The
+	// stream ends when the client closes its side (every write sent before
+	// is answered first). A write whose ack never came (the stream broke)
+	// may or may not have been applied, as with a unary call that failed
+	// UNAVAILABLE.
+	WriteVariables(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[WriteRequest, WriteResponse], error)
 	// WatchVariables streams changes: optional initial values at a snapshot
 	// revision R, then every change after R in revision order, with heartbeats
 	// carrying the revision the stream has fully covered.
@@ -259,9 +277,22 @@ func (c *bridgeServiceClient) DeleteVariable(ctx context.Context, in *DeleteVari
 	return out, nil
 }
 
+func (c *bridgeServiceClient) WriteVariables(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[WriteRequest, WriteResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &BridgeService_ServiceDesc.Streams[1], BridgeService_WriteVariables_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WriteRequest, WriteResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type BridgeService_WriteVariablesClient = grpc.BidiStreamingClient[WriteRequest, WriteResponse]
+
 func (c *bridgeServiceClient) WatchVariables(ctx context.Context, in *WatchVariablesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[VariableUpdate], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &BridgeService_ServiceDesc.Streams[1], BridgeService_WatchVariables_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &BridgeService_ServiceDesc.Streams[2], BridgeService_WatchVariables_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -280,7 +311,7 @@ type BridgeService_WatchVariablesClient = grpc.ServerStreamingClient[VariableUpd
 
 func (c *bridgeServiceClient) WatchVariableBatches(ctx context.Context, in *WatchVariablesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[VariableUpdateBatch], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &BridgeService_ServiceDesc.Streams[2], BridgeService_WatchVariableBatches_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &BridgeService_ServiceDesc.Streams[3], BridgeService_WatchVariableBatches_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -309,7 +340,7 @@ func (c *bridgeServiceClient) ListWatches(ctx context.Context, in *ListWatchesRe
 
 func (c *bridgeServiceClient) Watch(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[WatchRequest, WatchResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &BridgeService_ServiceDesc.Streams[3], BridgeService_Watch_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &BridgeService_ServiceDesc.Streams[4], BridgeService_Watch_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -364,6 +395,23 @@ type BridgeServiceServer interface {
 	ListVariables(context.Context, *ListVariablesRequest) (*ListVariablesResponse, error)
 	// DeleteVariable removes a variable; watchers get a DELETED update.
 	DeleteVariable(context.Context, *DeleteVariableRequest) (*DeleteVariableResponse, error)
+	// WriteVariables carries many writes and their acknowledgements on one
+	// long-lived stream, for clients that write often: a write on an open
+	// stream skips the per-call stream set-up, headers and trailers of a
+	// unary SetVariable (about half its round trip). Each WriteRequest holds
+	// a SetVariableRequest or a SetVariablesRequest, any session (auth: the
+	// stream's "authorization" metadata, checked against each request's
+	// session as for the unary call), and a client-chosen id. The server
+	// applies the writes in the order they arrive and answers each, in that
+	// order, with a WriteResponse carrying the same id and either what the
+	// unary call returns or the status it fails with (same code and
+	// details). A failed write ends nothing: the stream goes on. Clients
+	// pipeline: they send the next write without waiting for an ack. The
+	// stream ends when the client closes its side (every write sent before
+	// is answered first). A write whose ack never came (the stream broke)
+	// may or may not have been applied, as with a unary call that failed
+	// UNAVAILABLE.
+	WriteVariables(grpc.BidiStreamingServer[WriteRequest, WriteResponse]) error
 	// WatchVariables streams changes: optional initial values at a snapshot
 	// revision R, then every change after R in revision order, with heartbeats
 	// carrying the revision the stream has fully covered.
@@ -434,6 +482,9 @@ func (UnimplementedBridgeServiceServer) ListVariables(context.Context, *ListVari
 }
 func (UnimplementedBridgeServiceServer) DeleteVariable(context.Context, *DeleteVariableRequest) (*DeleteVariableResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteVariable not implemented")
+}
+func (UnimplementedBridgeServiceServer) WriteVariables(grpc.BidiStreamingServer[WriteRequest, WriteResponse]) error {
+	return status.Error(codes.Unimplemented, "method WriteVariables not implemented")
 }
 func (UnimplementedBridgeServiceServer) WatchVariables(*WatchVariablesRequest, grpc.ServerStreamingServer[VariableUpdate]) error {
 	return status.Error(codes.Unimplemented, "method WatchVariables not implemented")
@@ -695,6 +746,13 @@ func _BridgeService_DeleteVariable_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _BridgeService_WriteVariables_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(BridgeServiceServer).WriteVariables(&grpc.GenericServerStream[WriteRequest, WriteResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type BridgeService_WriteVariablesServer = grpc.BidiStreamingServer[WriteRequest, WriteResponse]
+
 func _BridgeService_WatchVariables_Handler(srv interface{}, stream grpc.ServerStream) error {
 	m := new(WatchVariablesRequest)
 	if err := stream.RecvMsg(m); err != nil {
@@ -807,6 +865,12 @@ var BridgeService_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "SaveSnapshot",
 			Handler:       _BridgeService_SaveSnapshot_Handler,
 			ServerStreams: true,
+		},
+		{
+			StreamName:    "WriteVariables",
+			Handler:       _BridgeService_WriteVariables_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
 		},
 		{
 			StreamName:    "WatchVariables",

@@ -77,6 +77,9 @@ const (
 	// BridgeServiceDeleteVariableProcedure is the fully-qualified name of the BridgeService's
 	// DeleteVariable RPC.
 	BridgeServiceDeleteVariableProcedure = "/varbridge.v1.BridgeService/DeleteVariable"
+	// BridgeServiceWriteVariablesProcedure is the fully-qualified name of the BridgeService's
+	// WriteVariables RPC.
+	BridgeServiceWriteVariablesProcedure = "/varbridge.v1.BridgeService/WriteVariables"
 	// BridgeServiceWatchVariablesProcedure is the fully-qualified name of the BridgeService's
 	// WatchVariables RPC.
 	BridgeServiceWatchVariablesProcedure = "/varbridge.v1.BridgeService/WatchVariables"
@@ -126,6 +129,23 @@ type BridgeServiceClient interface {
 	ListVariables(context.Context, *connect.Request[v1.ListVariablesRequest]) (*connect.Response[v1.ListVariablesResponse], error)
 	// DeleteVariable removes a variable; watchers get a DELETED update.
 	DeleteVariable(context.Context, *connect.Request[v1.DeleteVariableRequest]) (*connect.Response[v1.DeleteVariableResponse], error)
+	// WriteVariables carries many writes and their acknowledgements on one
+	// long-lived stream, for clients that write often: a write on an open
+	// stream skips the per-call stream set-up, headers and trailers of a
+	// unary SetVariable (about half its round trip). Each WriteRequest holds
+	// a SetVariableRequest or a SetVariablesRequest, any session (auth: the
+	// stream's "authorization" metadata, checked against each request's
+	// session as for the unary call), and a client-chosen id. The server
+	// applies the writes in the order they arrive and answers each, in that
+	// order, with a WriteResponse carrying the same id and either what the
+	// unary call returns or the status it fails with (same code and
+	// details). A failed write ends nothing: the stream goes on. Clients
+	// pipeline: they send the next write without waiting for an ack. The
+	// stream ends when the client closes its side (every write sent before
+	// is answered first). A write whose ack never came (the stream broke)
+	// may or may not have been applied, as with a unary call that failed
+	// UNAVAILABLE.
+	WriteVariables(context.Context) *connect.BidiStreamForClient[v1.WriteRequest, v1.WriteResponse]
 	// WatchVariables streams changes: optional initial values at a snapshot
 	// revision R, then every change after R in revision order, with heartbeats
 	// carrying the revision the stream has fully covered.
@@ -239,6 +259,12 @@ func NewBridgeServiceClient(httpClient connect.HTTPClient, baseURL string, opts 
 			connect.WithSchema(bridgeServiceMethods.ByName("DeleteVariable")),
 			connect.WithClientOptions(opts...),
 		),
+		writeVariables: connect.NewClient[v1.WriteRequest, v1.WriteResponse](
+			httpClient,
+			baseURL+BridgeServiceWriteVariablesProcedure,
+			connect.WithSchema(bridgeServiceMethods.ByName("WriteVariables")),
+			connect.WithClientOptions(opts...),
+		),
 		watchVariables: connect.NewClient[v1.WatchVariablesRequest, v1.VariableUpdate](
 			httpClient,
 			baseURL+BridgeServiceWatchVariablesProcedure,
@@ -281,6 +307,7 @@ type bridgeServiceClient struct {
 	setVariables         *connect.Client[v1.SetVariablesRequest, v1.SetVariablesResponse]
 	listVariables        *connect.Client[v1.ListVariablesRequest, v1.ListVariablesResponse]
 	deleteVariable       *connect.Client[v1.DeleteVariableRequest, v1.DeleteVariableResponse]
+	writeVariables       *connect.Client[v1.WriteRequest, v1.WriteResponse]
 	watchVariables       *connect.Client[v1.WatchVariablesRequest, v1.VariableUpdate]
 	watchVariableBatches *connect.Client[v1.WatchVariablesRequest, v1.VariableUpdateBatch]
 	listWatches          *connect.Client[v1.ListWatchesRequest, v1.ListWatchesResponse]
@@ -352,6 +379,11 @@ func (c *bridgeServiceClient) DeleteVariable(ctx context.Context, req *connect.R
 	return c.deleteVariable.CallUnary(ctx, req)
 }
 
+// WriteVariables calls varbridge.v1.BridgeService.WriteVariables.
+func (c *bridgeServiceClient) WriteVariables(ctx context.Context) *connect.BidiStreamForClient[v1.WriteRequest, v1.WriteResponse] {
+	return c.writeVariables.CallBidiStream(ctx)
+}
+
 // WatchVariables calls varbridge.v1.BridgeService.WatchVariables.
 func (c *bridgeServiceClient) WatchVariables(ctx context.Context, req *connect.Request[v1.WatchVariablesRequest]) (*connect.ServerStreamForClient[v1.VariableUpdate], error) {
 	return c.watchVariables.CallServerStream(ctx, req)
@@ -408,6 +440,23 @@ type BridgeServiceHandler interface {
 	ListVariables(context.Context, *connect.Request[v1.ListVariablesRequest]) (*connect.Response[v1.ListVariablesResponse], error)
 	// DeleteVariable removes a variable; watchers get a DELETED update.
 	DeleteVariable(context.Context, *connect.Request[v1.DeleteVariableRequest]) (*connect.Response[v1.DeleteVariableResponse], error)
+	// WriteVariables carries many writes and their acknowledgements on one
+	// long-lived stream, for clients that write often: a write on an open
+	// stream skips the per-call stream set-up, headers and trailers of a
+	// unary SetVariable (about half its round trip). Each WriteRequest holds
+	// a SetVariableRequest or a SetVariablesRequest, any session (auth: the
+	// stream's "authorization" metadata, checked against each request's
+	// session as for the unary call), and a client-chosen id. The server
+	// applies the writes in the order they arrive and answers each, in that
+	// order, with a WriteResponse carrying the same id and either what the
+	// unary call returns or the status it fails with (same code and
+	// details). A failed write ends nothing: the stream goes on. Clients
+	// pipeline: they send the next write without waiting for an ack. The
+	// stream ends when the client closes its side (every write sent before
+	// is answered first). A write whose ack never came (the stream broke)
+	// may or may not have been applied, as with a unary call that failed
+	// UNAVAILABLE.
+	WriteVariables(context.Context, *connect.BidiStream[v1.WriteRequest, v1.WriteResponse]) error
 	// WatchVariables streams changes: optional initial values at a snapshot
 	// revision R, then every change after R in revision order, with heartbeats
 	// carrying the revision the stream has fully covered.
@@ -517,6 +566,12 @@ func NewBridgeServiceHandler(svc BridgeServiceHandler, opts ...connect.HandlerOp
 		connect.WithSchema(bridgeServiceMethods.ByName("DeleteVariable")),
 		connect.WithHandlerOptions(opts...),
 	)
+	bridgeServiceWriteVariablesHandler := connect.NewBidiStreamHandler(
+		BridgeServiceWriteVariablesProcedure,
+		svc.WriteVariables,
+		connect.WithSchema(bridgeServiceMethods.ByName("WriteVariables")),
+		connect.WithHandlerOptions(opts...),
+	)
 	bridgeServiceWatchVariablesHandler := connect.NewServerStreamHandler(
 		BridgeServiceWatchVariablesProcedure,
 		svc.WatchVariables,
@@ -569,6 +624,8 @@ func NewBridgeServiceHandler(svc BridgeServiceHandler, opts ...connect.HandlerOp
 			bridgeServiceListVariablesHandler.ServeHTTP(w, r)
 		case BridgeServiceDeleteVariableProcedure:
 			bridgeServiceDeleteVariableHandler.ServeHTTP(w, r)
+		case BridgeServiceWriteVariablesProcedure:
+			bridgeServiceWriteVariablesHandler.ServeHTTP(w, r)
 		case BridgeServiceWatchVariablesProcedure:
 			bridgeServiceWatchVariablesHandler.ServeHTTP(w, r)
 		case BridgeServiceWatchVariableBatchesProcedure:
@@ -636,6 +693,10 @@ func (UnimplementedBridgeServiceHandler) ListVariables(context.Context, *connect
 
 func (UnimplementedBridgeServiceHandler) DeleteVariable(context.Context, *connect.Request[v1.DeleteVariableRequest]) (*connect.Response[v1.DeleteVariableResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("varbridge.v1.BridgeService.DeleteVariable is not implemented"))
+}
+
+func (UnimplementedBridgeServiceHandler) WriteVariables(context.Context, *connect.BidiStream[v1.WriteRequest, v1.WriteResponse]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("varbridge.v1.BridgeService.WriteVariables is not implemented"))
 }
 
 func (UnimplementedBridgeServiceHandler) WatchVariables(context.Context, *connect.Request[v1.WatchVariablesRequest], *connect.ServerStream[v1.VariableUpdate]) error {

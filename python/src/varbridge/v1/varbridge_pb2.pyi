@@ -1,5 +1,6 @@
 import datetime
 
+from google.protobuf import any_pb2 as _any_pb2
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -633,3 +634,35 @@ class WatchEnded(_message.Message):
     STATUS_FIELD_NUMBER: _ClassVar[int]
     status: bytes
     def __init__(self, status: _Optional[bytes] = ...) -> None: ...
+
+class WriteRequest(_message.Message):
+    __slots__ = ("id", "set_variable", "set_variables")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SET_VARIABLE_FIELD_NUMBER: _ClassVar[int]
+    SET_VARIABLES_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    set_variable: SetVariableRequest
+    set_variables: SetVariablesRequest
+    def __init__(self, id: _Optional[int] = ..., set_variable: _Optional[_Union[SetVariableRequest, _Mapping]] = ..., set_variables: _Optional[_Union[SetVariablesRequest, _Mapping]] = ...) -> None: ...
+
+class WriteResponse(_message.Message):
+    __slots__ = ("id", "set_variable", "set_variables", "error")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SET_VARIABLE_FIELD_NUMBER: _ClassVar[int]
+    SET_VARIABLES_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    set_variable: SetVariableResponse
+    set_variables: SetVariablesResponse
+    error: WriteStatus
+    def __init__(self, id: _Optional[int] = ..., set_variable: _Optional[_Union[SetVariableResponse, _Mapping]] = ..., set_variables: _Optional[_Union[SetVariablesResponse, _Mapping]] = ..., error: _Optional[_Union[WriteStatus, _Mapping]] = ...) -> None: ...
+
+class WriteStatus(_message.Message):
+    __slots__ = ("code", "message", "details")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    details: _containers.RepeatedCompositeFieldContainer[_any_pb2.Any]
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., details: _Optional[_Iterable[_Union[_any_pb2.Any, _Mapping]]] = ...) -> None: ...

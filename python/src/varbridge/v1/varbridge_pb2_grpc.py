@@ -104,6 +104,11 @@ class BridgeServiceStub:
                 request_serializer=varbridge_dot_v1_dot_varbridge__pb2.DeleteVariableRequest.SerializeToString,
                 response_deserializer=varbridge_dot_v1_dot_varbridge__pb2.DeleteVariableResponse.FromString,
                 _registered_method=True)
+        self.WriteVariables = channel.stream_stream(
+                '/varbridge.v1.BridgeService/WriteVariables',
+                request_serializer=varbridge_dot_v1_dot_varbridge__pb2.WriteRequest.SerializeToString,
+                response_deserializer=varbridge_dot_v1_dot_varbridge__pb2.WriteResponse.FromString,
+                _registered_method=True)
         self.WatchVariables = channel.unary_stream(
                 '/varbridge.v1.BridgeService/WatchVariables',
                 request_serializer=varbridge_dot_v1_dot_varbridge__pb2.WatchVariablesRequest.SerializeToString,
@@ -233,6 +238,28 @@ class BridgeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WriteVariables(self, request_iterator, context):
+        """WriteVariables carries many writes and their acknowledgements on one
+        long-lived stream, for clients that write often: a write on an open
+        stream skips the per-call stream set-up, headers and trailers of a
+        unary SetVariable (about half its round trip). Each WriteRequest holds
+        a SetVariableRequest or a SetVariablesRequest, any session (auth: the
+        stream's "authorization" metadata, checked against each request's
+        session as for the unary call), and a client-chosen id. The server
+        applies the writes in the order they arrive and answers each, in that
+        order, with a WriteResponse carrying the same id and either what the
+        unary call returns or the status it fails with (same code and
+        details). A failed write ends nothing: the stream goes on. Clients
+        pipeline: they send the next write without waiting for an ack. The
+        stream ends when the client closes its side (every write sent before
+        is answered first). A write whose ack never came (the stream broke)
+        may or may not have been applied, as with a unary call that failed
+        UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchVariables(self, request, context):
         """WatchVariables streams changes: optional initial values at a snapshot
         revision R, then every change after R in revision order, with heartbeats
@@ -342,6 +369,11 @@ def add_BridgeServiceServicer_to_server(servicer, server):
                     servicer.DeleteVariable,
                     request_deserializer=varbridge_dot_v1_dot_varbridge__pb2.DeleteVariableRequest.FromString,
                     response_serializer=varbridge_dot_v1_dot_varbridge__pb2.DeleteVariableResponse.SerializeToString,
+            ),
+            'WriteVariables': grpc.stream_stream_rpc_method_handler(
+                    servicer.WriteVariables,
+                    request_deserializer=varbridge_dot_v1_dot_varbridge__pb2.WriteRequest.FromString,
+                    response_serializer=varbridge_dot_v1_dot_varbridge__pb2.WriteResponse.SerializeToString,
             ),
             'WatchVariables': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchVariables,
@@ -720,6 +752,33 @@ class BridgeService:
             '/varbridge.v1.BridgeService/DeleteVariable',
             varbridge_dot_v1_dot_varbridge__pb2.DeleteVariableRequest.SerializeToString,
             varbridge_dot_v1_dot_varbridge__pb2.DeleteVariableResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WriteVariables(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/varbridge.v1.BridgeService/WriteVariables',
+            varbridge_dot_v1_dot_varbridge__pb2.WriteRequest.SerializeToString,
+            varbridge_dot_v1_dot_varbridge__pb2.WriteResponse.FromString,
             options,
             channel_credentials,
             insecure,
