@@ -20,8 +20,11 @@ import (
 // every BridgedState of the pool that sends that token: a write on an open
 // stream skips the per-call HTTP/2 stream, headers and trailers of a unary
 // SetVariable, about half its round trip. Writers do not wait for each
-// other: each sends its write and waits for its own ack, which the server
-// sends in the order the writes arrived.
+// other's acks: each queues its write and waits for its own ack, which the
+// server sends in the order the writes arrived. Whoever holds the send
+// turn sends every write queued by then in one message, so writers that
+// come together share a message (and the server's acks for them share
+// one), while a lone writer sends at once.
 //
 // The stream is opened by the first write, and again by the first write
 // after it broke. A write whose ack was lost with a broken stream fails
@@ -39,6 +42,10 @@ import (
 // maxStreamedWriteBytes is the largest write sent on the stream.
 const maxStreamedWriteBytes = 256 << 10
 
+// maxWriteMessageBytes bounds the writes sent in one message, well under
+// the server's request size limit (8 MiB by default).
+const maxWriteMessageBytes = 1 << 20
+
 // errNotStreamed says a write did not go on the stream and nothing of it
 // reached the server: the caller sends it as a unary call.
 var errNotStreamed = errors.New("write not sent on the write stream")
@@ -51,24 +58,33 @@ type writeStreams struct {
 	closed      bool
 }
 
-// writeStream is one open WriteVariables stream: writers send one at a
-// time (sendMu), and its receiver goroutine hands each ack to the writer
-// waiting for it. The receiver never waits for sendMu: a writer blocked
-// in Send by flow control must not keep the acks that free it from being
-// read.
+// writeStream is one open WriteVariables stream. Writers queue their
+// writes (under mu) and take turns sending what is queued (sendMu); its
+// receiver goroutine hands each ack to the writer waiting for it. The
+// receiver never waits for sendMu: a writer blocked in Send by flow
+// control must not keep the acks that free it from being read.
 type writeStream struct {
 	ws     *writeStreams
 	token  bearer
-	stream grpc.BidiStreamingClient[pb.WriteRequest, pb.WriteResponse]
+	stream grpc.BidiStreamingClient[pb.WriteVariablesRequest, pb.WriteVariablesResponse]
 	cancel context.CancelFunc
 	done   chan struct{} // closed when the receiver has stopped
 
 	sendMu sync.Mutex
-	nextID uint64 // guarded by sendMu
 
 	mu      sync.Mutex
-	waiting map[uint64]chan writeResult
+	nextID  uint64
+	queued  []*queuedWrite // not sent yet, in order
+	waiting map[uint64]*queuedWrite
 	broken  bool
+}
+
+// queuedWrite is a write from its queueing to its ack.
+type queuedWrite struct {
+	req  *pb.WriteRequest
+	size int
+	sent bool // guarded by writeStream.mu
+	ack  chan writeResult
 }
 
 type writeResult struct {
@@ -98,7 +114,7 @@ func (w *writeStreams) stream(cc *grpc.ClientConn, token bearer) *writeStream {
 		cancel()
 		return nil
 	}
-	s := &writeStream{ws: w, token: token, stream: st, cancel: cancel, done: make(chan struct{}), waiting: map[uint64]chan writeResult{}}
+	s := &writeStream{ws: w, token: token, stream: st, cancel: cancel, done: make(chan struct{}), waiting: map[uint64]*queuedWrite{}}
 	if w.byToken == nil {
 		w.byToken = map[bearer]*writeStream{}
 	}
@@ -135,42 +151,78 @@ func (w *writeStreams) forget(s *writeStream, unimplemented bool) {
 // write sends req and waits for its ack: the unary call's response or
 // error, errNotStreamed when the caller must send it unary, or an
 // ErrUnavailable-class status when the stream broke before the ack came.
-func (s *writeStream) write(ctx context.Context, req *pb.WriteRequest) (*pb.WriteResponse, error) {
+func (s *writeStream) write(ctx context.Context, req *pb.WriteRequest, size int) (*pb.WriteResponse, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, status.FromContextError(err).Err()
 	}
-	ch := make(chan writeResult, 1)
-	s.sendMu.Lock()
-	s.nextID++
-	id := s.nextID
+	q := &queuedWrite{req: req, size: size, ack: make(chan writeResult, 1)}
 	s.mu.Lock()
 	if s.broken {
 		s.mu.Unlock()
-		s.sendMu.Unlock()
 		return nil, errNotStreamed
 	}
-	s.waiting[id] = ch // before Send: the ack may come before Send returns
+	s.nextID++
+	req.Id = s.nextID
+	s.queued = append(s.queued, q)
+	s.waiting[req.Id] = q // before it is sent: the ack may come before Send returns
 	s.mu.Unlock()
-	req.Id = id
-	err := s.stream.Send(req)
-	s.sendMu.Unlock()
-	if err != nil {
-		// gRPC sends nothing on a stream that has ended (the receiver
-		// learns why and fails the writes that were sent): this one never
-		// left, and goes unary.
-		s.mu.Lock()
-		delete(s.waiting, id)
-		s.mu.Unlock()
-		return nil, errNotStreamed
-	}
+	s.sendQueued(q)
 	select {
-	case r := <-ch:
+	case r := <-q.ack:
 		return r.resp, r.err
 	case <-ctx.Done():
 		s.mu.Lock()
-		delete(s.waiting, id)
+		delete(s.waiting, req.Id)
 		s.mu.Unlock()
 		return nil, status.FromContextError(ctx.Err()).Err()
+	}
+}
+
+// sendQueued takes send turns until q has been sent (by this writer or
+// another one) or failed; each turn sends what is queued, up to
+// maxWriteMessageBytes, in one message.
+func (s *writeStream) sendQueued(q *queuedWrite) {
+	for {
+		s.sendMu.Lock()
+		s.mu.Lock()
+		if q.sent || s.broken {
+			s.mu.Unlock()
+			s.sendMu.Unlock()
+			return
+		}
+		n, size := 0, 0
+		for n < len(s.queued) && (n == 0 || size+s.queued[n].size <= maxWriteMessageBytes) {
+			size += s.queued[n].size
+			n++
+		}
+		batch := s.queued[:n:n]
+		s.queued = s.queued[n:]
+		msg := &pb.WriteVariablesRequest{Writes: make([]*pb.WriteRequest, n)}
+		for i, b := range batch {
+			b.sent = true
+			msg.Writes[i] = b.req
+		}
+		s.mu.Unlock()
+		err := s.stream.Send(msg)
+		s.sendMu.Unlock()
+		if err != nil {
+			// gRPC sends nothing on a stream that has ended (the receiver
+			// learns why and fails the writes that were sent): these never
+			// left, and go unary; so do the ones queued behind them.
+			s.cancel() // the receiver ends, and forgets the stream
+			s.mu.Lock()
+			s.broken = true
+			batch = append(batch, s.queued...)
+			s.queued = nil
+			for _, b := range batch {
+				if s.waiting[b.req.Id] == b {
+					delete(s.waiting, b.req.Id)
+					b.ack <- writeResult{err: errNotStreamed}
+				}
+			}
+			s.mu.Unlock()
+			return
+		}
 	}
 }
 
@@ -180,39 +232,45 @@ func (s *writeStream) receive() {
 	defer close(s.done)
 	var err error
 	for {
-		var resp *pb.WriteResponse
+		var resp *pb.WriteVariablesResponse
 		if resp, err = s.stream.Recv(); err != nil {
 			break
 		}
 		s.mu.Lock()
-		ch := s.waiting[resp.GetId()]
-		delete(s.waiting, resp.GetId())
-		s.mu.Unlock()
-		if ch != nil {
-			ch <- writeResult{resp: resp}
+		for _, ack := range resp.GetAcks() {
+			if q := s.waiting[ack.GetId()]; q != nil {
+				delete(s.waiting, ack.GetId())
+				q.ack <- writeResult{resp: ack}
+			}
 		}
+		s.mu.Unlock()
 	}
 	s.cancel()
 	unimplemented := status.Code(err) == codes.Unimplemented
 	s.ws.forget(s, unimplemented)
 	// A server without the method refused the stream before reading any
-	// write: they all go unary. Otherwise each may have been applied.
-	fail := errNotStreamed
+	// write: they all go unary. Otherwise each one sent may have been
+	// applied; those never sent go unary.
+	lost := errNotStreamed
 	if !unimplemented {
 		msg := "the write stream broke before the write was acknowledged; it may or may not have been applied"
 		if err != nil && !errors.Is(err, io.EOF) {
 			msg += ": " + status.Convert(err).Message()
 		}
-		fail = status.Error(codes.Unavailable, msg)
+		lost = status.Error(codes.Unavailable, msg)
 	}
 	s.mu.Lock()
 	s.broken = true
-	waiting := s.waiting
-	s.waiting = nil
-	s.mu.Unlock()
-	for _, ch := range waiting {
-		ch <- writeResult{err: fail}
+	for id, q := range s.waiting {
+		if q.sent {
+			q.ack <- writeResult{err: lost}
+		} else {
+			q.ack <- writeResult{err: errNotStreamed}
+		}
+		delete(s.waiting, id)
 	}
+	s.queued = nil
+	s.mu.Unlock()
 }
 
 // ackError is a failed ack's status as a gRPC status error, as the unary
@@ -224,14 +282,15 @@ func ackError(e *pb.WriteStatus) error {
 // streamWrite sends one write on the pool's write stream for the state's
 // token; errNotStreamed when it must go unary.
 func (r *remote) streamWrite(ctx context.Context, req *pb.WriteRequest) (*pb.WriteResponse, error) {
-	if req.SizeVT() > maxStreamedWriteBytes {
+	size := req.SizeVT()
+	if size > maxStreamedWriteBytes {
 		return nil, errNotStreamed
 	}
 	s := r.pool.writes.stream(r.pool.unary(), bearer(r.token))
 	if s == nil {
 		return nil, errNotStreamed
 	}
-	resp, err := s.write(ctx, req)
+	resp, err := s.write(ctx, req, size)
 	if err != nil {
 		return nil, err
 	}

@@ -145,7 +145,7 @@ func TestBridgedWriteLostAckIsUnavailable(t *testing.T) {
 // withoutWriteStream is the server as one from before WriteVariables.
 type withoutWriteStream struct{ *server.Server }
 
-func (withoutWriteStream) WriteVariables(grpc.BidiStreamingServer[pb.WriteRequest, pb.WriteResponse]) error {
+func (withoutWriteStream) WriteVariables(grpc.BidiStreamingServer[pb.WriteVariablesRequest, pb.WriteVariablesResponse]) error {
 	return status.Error(codes.Unimplemented, "method WriteVariables not implemented")
 }
 

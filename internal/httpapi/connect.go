@@ -95,7 +95,7 @@ func (b *bridgeService) DeleteVariable(ctx context.Context, r *connect.Request[p
 
 // WriteVariables runs the server's write stream (it needs HTTP/2, as every
 // bidirectional Connect stream does).
-func (b *bridgeService) WriteVariables(ctx context.Context, stream *connect.BidiStream[pb.WriteRequest, pb.WriteResponse]) error {
+func (b *bridgeService) WriteVariables(ctx context.Context, stream *connect.BidiStream[pb.WriteVariablesRequest, pb.WriteVariablesResponse]) error {
 	cred := credentials(stream.RequestHeader().Values("Authorization"), stream.Peer().Addr)
 	return connectError(b.s.Writes(ctx, cred, stream.Receive, stream.Send))
 }

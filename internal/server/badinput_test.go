@@ -357,14 +357,18 @@ func biWriteErr(ctx context.Context, c pb.BridgeServiceClient, req *pb.WriteRequ
 	if err != nil {
 		return err
 	}
-	if err := s.Send(req); err != nil {
+	if err := s.Send(&pb.WriteVariablesRequest{Writes: []*pb.WriteRequest{req}}); err != nil {
 		_, err = s.Recv()
 		return err
 	}
-	ack, err := s.Recv()
+	resp, err := s.Recv()
 	if err != nil {
 		return err
 	}
+	if len(resp.GetAcks()) != 1 {
+		return fmt.Errorf("%d acks for one write", len(resp.GetAcks()))
+	}
+	ack := resp.GetAcks()[0]
 	_ = s.CloseSend()
 	if _, err := s.Recv(); err != io.EOF {
 		return fmt.Errorf("the stream did not end cleanly: %v", err)

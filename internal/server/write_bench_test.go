@@ -88,11 +88,11 @@ func BenchmarkWritePath(b *testing.B) {
 		}
 		for i := range b.N {
 			req := &pb.WriteRequest{Id: uint64(i), Write: &pb.WriteRequest_SetVariable{SetVariable: &pb.SetVariableRequest{SessionId: "s", VariableIdentifier: "x", Value: intVal(int64(i + 1))}}}
-			if err := stream.Send(req); err != nil {
+			if err := stream.Send(&pb.WriteVariablesRequest{Writes: []*pb.WriteRequest{req}}); err != nil {
 				b.Fatal(err)
 			}
-			if ack, err := stream.Recv(); err != nil || ack.GetError() != nil {
-				b.Fatal(err, ack)
+			if resp, err := stream.Recv(); err != nil || len(resp.GetAcks()) != 1 || resp.GetAcks()[0].GetError() != nil {
+				b.Fatal(err, resp)
 			}
 		}
 	})

@@ -29,13 +29,14 @@ import (
 // reader goes on applying the writes that follow while a second goroutine
 // waits for each write to be durable, in order, and sends its ack, so that
 // a client's pipelined writes share fsyncs (group commit) rather than
-// waiting for one each. At most maxUnackedWrites writes are applied and not
-// yet acknowledged; beyond that the reader stops reading, and gRPC's flow
-// control holds the client back.
+// waiting for one each. At most maxUnackedWrites messages of writes are
+// applied and not yet acknowledged; beyond that the reader stops reading,
+// and gRPC's flow control holds the client back. Writes that arrive in one
+// message are answered in one (or a few, when large).
 
-// maxUnackedWrites bounds the writes of one durable write stream that are
-// applied but not yet acknowledged.
-const maxUnackedWrites = 256
+// maxUnackedWrites bounds the messages of writes of one durable write
+// stream that are applied but not yet acknowledged.
+const maxUnackedWrites = 64
 
 // settleKey carries a *settleSlot from the write stream to the set
 // handlers: a handler that finds one applies its write with
@@ -56,15 +57,15 @@ func (s *Server) set(ctx context.Context, session string, writes []store.Write, 
 }
 
 // WriteVariables implements BridgeService.
-func (s *Server) WriteVariables(stream grpc.BidiStreamingServer[pb.WriteRequest, pb.WriteResponse]) error {
+func (s *Server) WriteVariables(stream grpc.BidiStreamingServer[pb.WriteVariablesRequest, pb.WriteVariablesResponse]) error {
 	return s.serveWrites(stream.Context(), stream.Recv, stream.Send)
 }
 
 // Writes runs a WriteVariables stream that arrived by another transport:
 // recv returns the next request (io.EOF when the client has closed its
-// side), send sends an ack. It returns nil when the client closed and
-// every write was answered, or the status error the stream ends with.
-func (s *Server) Writes(ctx context.Context, cred Credentials, recv func() (*pb.WriteRequest, error), send func(*pb.WriteResponse) error) error {
+// side), send sends acks. It returns nil when the client closed and every
+// write was answered, or the status error the stream ends with.
+func (s *Server) Writes(ctx context.Context, cred Credentials, recv func() (*pb.WriteVariablesRequest, error), send func(*pb.WriteVariablesResponse) error) error {
 	return s.serveWrites(cred.Incoming(ctx), recv, send)
 }
 
@@ -118,22 +119,26 @@ func writeStatus(err error) *pb.WriteStatus {
 	return &pb.WriteStatus{Code: st.GetCode(), Message: st.GetMessage(), Details: st.GetDetails()}
 }
 
-func (s *Server) serveWrites(ctx context.Context, recv func() (*pb.WriteRequest, error), send func(*pb.WriteResponse) error) error {
+func (s *Server) serveWrites(ctx context.Context, recv func() (*pb.WriteVariablesRequest, error), send func(*pb.WriteVariablesResponse) error) error {
 	calls := s.newWriteCalls()
 	if !s.st.Durable() {
 		for {
-			req, err := recvWrite(recv)
+			req, err := recvWrites(recv)
 			if err != nil {
 				return endOfWrites(err)
 			}
-			if err := send(calls.apply(ctx, req)); err != nil {
+			acks := make([]*pb.WriteResponse, len(req.GetWrites()))
+			for i, w := range req.GetWrites() {
+				acks[i] = calls.apply(ctx, w)
+			}
+			if err := sendAcks(acks, send); err != nil {
 				return err
 			}
 		}
 	}
 	type unacked struct {
-		ack    *pb.WriteResponse
-		settle store.Settle
+		acks    []*pb.WriteResponse
+		settles []store.Settle
 	}
 	queue := make(chan unacked, maxUnackedWrites)
 	acked := make(chan error, 1)
@@ -143,24 +148,31 @@ func (s *Server) serveWrites(ctx context.Context, recv func() (*pb.WriteRequest,
 			if failed != nil {
 				continue // the stream is broken: drain, so that the reader never blocks
 			}
-			if u.settle != nil {
-				if err := u.settle(); err != nil {
-					u.ack.Result = &pb.WriteResponse_Error{Error: writeStatus(err)}
+			for i, settle := range u.settles {
+				if settle == nil {
+					continue
+				}
+				if err := settle(); err != nil {
+					u.acks[i].Result = &pb.WriteResponse_Error{Error: writeStatus(err)}
 				}
 			}
-			failed = send(u.ack)
+			failed = sendAcks(u.acks, send)
 		}
 		acked <- failed
 	}()
 	var err error
 	for {
-		var req *pb.WriteRequest
-		if req, err = recvWrite(recv); err != nil {
+		var req *pb.WriteVariablesRequest
+		if req, err = recvWrites(recv); err != nil {
 			break
 		}
-		slot := &settleSlot{}
-		ack := calls.apply(context.WithValue(ctx, settleKey{}, slot), req)
-		queue <- unacked{ack, slot.settle}
+		u := unacked{acks: make([]*pb.WriteResponse, len(req.GetWrites())), settles: make([]store.Settle, len(req.GetWrites()))}
+		for i, w := range req.GetWrites() {
+			slot := &settleSlot{}
+			u.acks[i] = calls.apply(context.WithValue(ctx, settleKey{}, slot), w)
+			u.settles[i] = slot.settle
+		}
+		queue <- u
 	}
 	close(queue)
 	if sendErr := <-acked; sendErr != nil {
@@ -169,9 +181,33 @@ func (s *Server) serveWrites(ctx context.Context, recv func() (*pb.WriteRequest,
 	return endOfWrites(err)
 }
 
-// recvWrite reads the next write, failing a message that did not decode
+// maxAckBytes keeps a message of acks well under the 4 MiB gRPC clients
+// accept by default; a single larger ack still travels alone.
+const maxAckBytes = 1 << 20
+
+// sendAcks sends acks, in order, in messages of about maxAckBytes at most.
+func sendAcks(acks []*pb.WriteResponse, send func(*pb.WriteVariablesResponse) error) error {
+	for len(acks) > 0 {
+		n, size := 0, 0
+		for n < len(acks) {
+			sz := acks[n].SizeVT()
+			if n > 0 && size+sz > maxAckBytes {
+				break
+			}
+			size += sz
+			n++
+		}
+		if err := send(&pb.WriteVariablesResponse{Acks: acks[:n:n]}); err != nil {
+			return err
+		}
+		acks = acks[n:]
+	}
+	return nil
+}
+
+// recvWrites reads the next writes, failing a message that did not decode
 // as the first message of every stream fails (limitsStream).
-func recvWrite(recv func() (*pb.WriteRequest, error)) (*pb.WriteRequest, error) {
+func recvWrites(recv func() (*pb.WriteVariablesRequest, error)) (*pb.WriteVariablesRequest, error) {
 	req, err := recv()
 	if err != nil {
 		return nil, err

@@ -127,6 +127,23 @@ func normalize(m proto.Message) proto.Message {
 	return m
 }
 
+// recvAcks reads n acks, however they come grouped.
+func recvAcks(t *testing.T, stream grpc.BidiStreamingClient[pb.WriteVariablesRequest, pb.WriteVariablesResponse], n int) []*pb.WriteResponse {
+	t.Helper()
+	var acks []*pb.WriteResponse
+	for len(acks) < n {
+		resp, err := stream.Recv()
+		if err != nil {
+			t.Fatalf("after %d acks of %d: %v", len(acks), n, err)
+		}
+		acks = append(acks, resp.GetAcks()...)
+	}
+	if len(acks) != n {
+		t.Fatalf("%d acks, want %d", len(acks), n)
+	}
+	return acks
+}
+
 // sameStatus compares code, message and details (unpacked: an Any's bytes
 // hold maps in any order).
 func sameStatus(a, b *status.Status) bool {
@@ -170,18 +187,16 @@ func TestWriteStreamAnswersAsUnary(t *testing.T) {
 			cases := writeCases()
 			for i, req := range cases {
 				req.Id = uint64(100 + i)
-				if err := stream.Send(req); err != nil {
+				if err := stream.Send(&pb.WriteVariablesRequest{Writes: []*pb.WriteRequest{req}}); err != nil {
 					t.Fatalf("send %d: %v", i, err)
 				}
 			}
 			if err := stream.CloseSend(); err != nil {
 				t.Fatal(err)
 			}
+			acks := recvAcks(t, stream, len(cases))
 			for i, req := range cases {
-				ack, err := stream.Recv()
-				if err != nil {
-					t.Fatalf("ack %d: %v", i, err)
-				}
+				ack := acks[i]
 				if ack.GetId() != req.GetId() {
 					t.Fatalf("ack %d has id %d, want %d (acks come in order)", i, ack.GetId(), req.GetId())
 				}
@@ -244,21 +259,20 @@ func TestWriteStreamPipelinedOrder(t *testing.T) {
 			}
 			const n = 2000
 			sent := make(chan error, 1)
-			go func() {
-				for i := range n {
-					err := stream.Send(&pb.WriteRequest{Id: uint64(i), Write: &pb.WriteRequest_SetVariable{SetVariable: &pb.SetVariableRequest{SessionId: "s", VariableIdentifier: "x", Value: intVal(int64(i%90 + 1))}}})
-					if err != nil {
+			go func() { // messages of 1, 2, 3... writes
+				for i, k := 0, 1; i < n; i, k = i+k, k+1 {
+					msg := &pb.WriteVariablesRequest{}
+					for j := i; j < min(i+k, n); j++ {
+						msg.Writes = append(msg.Writes, &pb.WriteRequest{Id: uint64(j), Write: &pb.WriteRequest_SetVariable{SetVariable: &pb.SetVariableRequest{SessionId: "s", VariableIdentifier: "x", Value: intVal(int64(j%90 + 1))}}})
+					}
+					if err := stream.Send(msg); err != nil {
 						sent <- err
 						return
 					}
 				}
 				sent <- stream.CloseSend()
 			}()
-			for i := range n {
-				ack, err := stream.Recv()
-				if err != nil {
-					t.Fatalf("ack %d: %v", i, err)
-				}
+			for i, ack := range recvAcks(t, stream, n) {
 				r := ack.GetSetVariable()
 				if ack.GetId() != uint64(i) || r.GetRevision() != info.Revision+int64(i)+1 || r.GetVariable().GetValue().GetIntValue() != int64(i%90+1) {
 					t.Fatalf("ack %d = %v; want id %d at revision %d", i, ack, i, info.Revision+int64(i)+1)
@@ -300,14 +314,10 @@ func TestWriteStreamAuth(t *testing.T) {
 		}
 		var acks []*pb.WriteResponse
 		for _, s := range sessions {
-			if err := stream.Send(write(s)); err != nil {
+			if err := stream.Send(&pb.WriteVariablesRequest{Writes: []*pb.WriteRequest{write(s)}}); err != nil {
 				t.Fatal(err)
 			}
-			ack, err := stream.Recv()
-			if err != nil {
-				t.Fatal(err)
-			}
-			acks = append(acks, ack)
+			acks = append(acks, recvAcks(t, stream, 1)...)
 		}
 		_ = stream.CloseSend()
 		if _, err := stream.Recv(); !errors.Is(err, io.EOF) {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"slices"
 
+	"github.com/varbridge/varbridge"
 	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
 
@@ -148,12 +149,12 @@ func benchLatency(ctx context.Context, c *config, col *collector, self string) e
 			return err
 		}
 		end = srv.phase("latency-py")
-		ls, err = pyGRPCLatency(ctx, c, srv.addr, sess, n, fmt.Sprintf("lat_py_%d", r))
+		ls, err = pyBridgedLatency(ctx, c, srv.addr, sess, n, fmt.Sprintf("lat_py_%d", r))
 		end()
 		if err != nil {
 			return fmt.Errorf("grpc py run %d: %w", r, err)
 		}
-		record("grpc_set_to_py_watcher", ls, map[string]any{"client": "varbridge (python) watch_variables", "server": "varbridge serve (in-memory store)", "time_from": "Go writer's SetVariable start, CLOCK_MONOTONIC"})
+		record("grpc_set_to_py_watcher", ls, map[string]any{"client": "varbridge (python) watch_variables; writer: a Go BridgedState's Set", "server": "varbridge serve (in-memory store)", "time_from": "Go writer's Set start, CLOCK_MONOTONIC"})
 
 		end = srv.phase("latency-py-raw")
 		ls, err = pyGRPCLatency(ctx, c, srv.addr, sess, n, fmt.Sprintf("lat_py_raw_%d", r), "--raw")
@@ -217,6 +218,22 @@ func withMissed(samples []int64, warm, n int) []int64 {
 		s = append(s, latTimeout.Nanoseconds())
 	}
 	return s
+}
+
+// pyBridgedLatency runs bench/py/vb_watch.py lat against the server at
+// addr while a Go BridgedState (the client's normal Set path, on its write
+// stream) sets x in sess: what a user of both clients feels.
+func pyBridgedLatency(ctx context.Context, c *config, addr, sess string, n int, profile string) (latSamples, error) {
+	b, err := varbridge.NewBridgedState(ctx, addr, varbridge.WithSessionID(sess), varbridge.WithLogger(quietLog))
+	if err != nil {
+		return latSamples{}, err
+	}
+	defer b.Close()
+	args := append([]string{pyScript(c, "vb_watch.py"), "lat", "--addr", addr, "--session", sess}, pyProfileArgs(c, profile)...)
+	return pyLatency(ctx, c.python, args, n, c.rate, func(v int64) error {
+		_, err := b.Set(ctx, "x", v)
+		return err
+	})
 }
 
 // pyGRPCLatency runs bench/py/vb_watch.py lat (with extra flags, such as

@@ -3347,6 +3347,98 @@ func (x *WatchEnded) GetStatus() []byte {
 	return nil
 }
 
+// WriteVariablesRequest is the next writes of a WriteVariables stream, in
+// order.
+type WriteVariablesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Writes        []*WriteRequest        `protobuf:"bytes,1,rep,name=writes,proto3" json:"writes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WriteVariablesRequest) Reset() {
+	*x = WriteVariablesRequest{}
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WriteVariablesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WriteVariablesRequest) ProtoMessage() {}
+
+func (x *WriteVariablesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WriteVariablesRequest.ProtoReflect.Descriptor instead.
+func (*WriteVariablesRequest) Descriptor() ([]byte, []int) {
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *WriteVariablesRequest) GetWrites() []*WriteRequest {
+	if x != nil {
+		return x.Writes
+	}
+	return nil
+}
+
+// WriteVariablesResponse is the next acks of a WriteVariables stream, in
+// the order of the writes.
+type WriteVariablesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Acks          []*WriteResponse       `protobuf:"bytes,1,rep,name=acks,proto3" json:"acks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WriteVariablesResponse) Reset() {
+	*x = WriteVariablesResponse{}
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WriteVariablesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WriteVariablesResponse) ProtoMessage() {}
+
+func (x *WriteVariablesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WriteVariablesResponse.ProtoReflect.Descriptor instead.
+func (*WriteVariablesResponse) Descriptor() ([]byte, []int) {
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *WriteVariablesResponse) GetAcks() []*WriteResponse {
+	if x != nil {
+		return x.Acks
+	}
+	return nil
+}
+
 // WriteRequest is one write on a WriteVariables stream.
 type WriteRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -3364,7 +3456,7 @@ type WriteRequest struct {
 
 func (x *WriteRequest) Reset() {
 	*x = WriteRequest{}
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[45]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3376,7 +3468,7 @@ func (x *WriteRequest) String() string {
 func (*WriteRequest) ProtoMessage() {}
 
 func (x *WriteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[45]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3389,7 +3481,7 @@ func (x *WriteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteRequest.ProtoReflect.Descriptor instead.
 func (*WriteRequest) Descriptor() ([]byte, []int) {
-	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{45}
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *WriteRequest) GetId() uint64 {
@@ -3456,7 +3548,7 @@ type WriteResponse struct {
 
 func (x *WriteResponse) Reset() {
 	*x = WriteResponse{}
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[46]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3468,7 +3560,7 @@ func (x *WriteResponse) String() string {
 func (*WriteResponse) ProtoMessage() {}
 
 func (x *WriteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[46]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3481,7 +3573,7 @@ func (x *WriteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteResponse.ProtoReflect.Descriptor instead.
 func (*WriteResponse) Descriptor() ([]byte, []int) {
-	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{46}
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *WriteResponse) GetId() uint64 {
@@ -3566,7 +3658,7 @@ type WriteStatus struct {
 
 func (x *WriteStatus) Reset() {
 	*x = WriteStatus{}
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[47]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3578,7 +3670,7 @@ func (x *WriteStatus) String() string {
 func (*WriteStatus) ProtoMessage() {}
 
 func (x *WriteStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_varbridge_v1_varbridge_proto_msgTypes[47]
+	mi := &file_varbridge_v1_varbridge_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3591,7 +3683,7 @@ func (x *WriteStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteStatus.ProtoReflect.Descriptor instead.
 func (*WriteStatus) Descriptor() ([]byte, []int) {
-	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{47}
+	return file_varbridge_v1_varbridge_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *WriteStatus) GetCode() int32 {
@@ -3889,7 +3981,11 @@ const file_varbridge_v1_varbridge_proto_rawDesc = "" +
 	"\rWatchCanceled\"$\n" +
 	"\n" +
 	"WatchEnded\x12\x16\n" +
-	"\x06status\x18\x01 \x01(\fR\x06status\"\xb8\x01\n" +
+	"\x06status\x18\x01 \x01(\fR\x06status\"K\n" +
+	"\x15WriteVariablesRequest\x122\n" +
+	"\x06writes\x18\x01 \x03(\v2\x1a.varbridge.v1.WriteRequestR\x06writes\"I\n" +
+	"\x16WriteVariablesResponse\x12/\n" +
+	"\x04acks\x18\x01 \x03(\v2\x1b.varbridge.v1.WriteResponseR\x04acks\"\xb8\x01\n" +
 	"\fWriteRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12E\n" +
 	"\fset_variable\x18\x02 \x01(\v2 .varbridge.v1.SetVariableRequestH\x00R\vsetVariable\x12H\n" +
@@ -3940,7 +4036,7 @@ const file_varbridge_v1_varbridge_proto_rawDesc = "" +
 	"\x18UPDATE_TYPE_VALUE_CHANGE\x10\x02\x12\x17\n" +
 	"\x13UPDATE_TYPE_DELETED\x10\x03\x12\x19\n" +
 	"\x15UPDATE_TYPE_HEARTBEAT\x10\x04\x12\x16\n" +
-	"\x12UPDATE_TYPE_RESYNC\x10\x052\xac\f\n" +
+	"\x12UPDATE_TYPE_RESYNC\x10\x052\xbe\f\n" +
 	"\rBridgeService\x12d\n" +
 	"\x11InitializeSession\x12&.varbridge.v1.InitializeSessionRequest\x1a'.varbridge.v1.InitializeSessionResponse\x12O\n" +
 	"\n" +
@@ -3955,8 +4051,8 @@ const file_varbridge_v1_varbridge_proto_rawDesc = "" +
 	"\vSetVariable\x12 .varbridge.v1.SetVariableRequest\x1a!.varbridge.v1.SetVariableResponse\x12U\n" +
 	"\fSetVariables\x12!.varbridge.v1.SetVariablesRequest\x1a\".varbridge.v1.SetVariablesResponse\x12X\n" +
 	"\rListVariables\x12\".varbridge.v1.ListVariablesRequest\x1a#.varbridge.v1.ListVariablesResponse\x12[\n" +
-	"\x0eDeleteVariable\x12#.varbridge.v1.DeleteVariableRequest\x1a$.varbridge.v1.DeleteVariableResponse\x12M\n" +
-	"\x0eWriteVariables\x12\x1a.varbridge.v1.WriteRequest\x1a\x1b.varbridge.v1.WriteResponse(\x010\x01\x12U\n" +
+	"\x0eDeleteVariable\x12#.varbridge.v1.DeleteVariableRequest\x1a$.varbridge.v1.DeleteVariableResponse\x12_\n" +
+	"\x0eWriteVariables\x12#.varbridge.v1.WriteVariablesRequest\x1a$.varbridge.v1.WriteVariablesResponse(\x010\x01\x12U\n" +
 	"\x0eWatchVariables\x12#.varbridge.v1.WatchVariablesRequest\x1a\x1c.varbridge.v1.VariableUpdate0\x01\x12`\n" +
 	"\x14WatchVariableBatches\x12#.varbridge.v1.WatchVariablesRequest\x1a!.varbridge.v1.VariableUpdateBatch0\x01\x12R\n" +
 	"\vListWatches\x12 .varbridge.v1.ListWatchesRequest\x1a!.varbridge.v1.ListWatchesResponse\x12D\n" +
@@ -3975,7 +4071,7 @@ func file_varbridge_v1_varbridge_proto_rawDescGZIP() []byte {
 }
 
 var file_varbridge_v1_varbridge_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_varbridge_v1_varbridge_proto_msgTypes = make([]protoimpl.MessageInfo, 60)
+var file_varbridge_v1_varbridge_proto_msgTypes = make([]protoimpl.MessageInfo, 62)
 var file_varbridge_v1_varbridge_proto_goTypes = []any{
 	(ErrorReason)(0),                  // 0: varbridge.v1.ErrorReason
 	(VariableType)(0),                 // 1: varbridge.v1.VariableType
@@ -4025,24 +4121,26 @@ var file_varbridge_v1_varbridge_proto_goTypes = []any{
 	(*WatchCreated)(nil),              // 45: varbridge.v1.WatchCreated
 	(*WatchCanceled)(nil),             // 46: varbridge.v1.WatchCanceled
 	(*WatchEnded)(nil),                // 47: varbridge.v1.WatchEnded
-	(*WriteRequest)(nil),              // 48: varbridge.v1.WriteRequest
-	(*WriteResponse)(nil),             // 49: varbridge.v1.WriteResponse
-	(*WriteStatus)(nil),               // 50: varbridge.v1.WriteStatus
-	nil,                               // 51: varbridge.v1.Variable.MetadataEntry
-	nil,                               // 52: varbridge.v1.Session.MetadataEntry
-	nil,                               // 53: varbridge.v1.InitializeSessionRequest.MetadataEntry
-	nil,                               // 54: varbridge.v1.RegisterVariableRequest.MetadataEntry
-	nil,                               // 55: varbridge.v1.GetVariablesResponse.VariablesEntry
-	nil,                               // 56: varbridge.v1.SetVariableRequest.MetadataEntry
-	nil,                               // 57: varbridge.v1.SetVariablesRequest.UpdatesEntry
-	nil,                               // 58: varbridge.v1.SetVariablesRequest.MetadataEntry
-	nil,                               // 59: varbridge.v1.SetVariablesRequest.ExpectedVersionsEntry
-	nil,                               // 60: varbridge.v1.SetVariablesResponse.VariablesEntry
-	nil,                               // 61: varbridge.v1.DeleteVariableRequest.MetadataEntry
-	nil,                               // 62: varbridge.v1.VariableUpdate.UpdateMetadataEntry
-	(*timestamppb.Timestamp)(nil),     // 63: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),       // 64: google.protobuf.Duration
-	(*anypb.Any)(nil),                 // 65: google.protobuf.Any
+	(*WriteVariablesRequest)(nil),     // 48: varbridge.v1.WriteVariablesRequest
+	(*WriteVariablesResponse)(nil),    // 49: varbridge.v1.WriteVariablesResponse
+	(*WriteRequest)(nil),              // 50: varbridge.v1.WriteRequest
+	(*WriteResponse)(nil),             // 51: varbridge.v1.WriteResponse
+	(*WriteStatus)(nil),               // 52: varbridge.v1.WriteStatus
+	nil,                               // 53: varbridge.v1.Variable.MetadataEntry
+	nil,                               // 54: varbridge.v1.Session.MetadataEntry
+	nil,                               // 55: varbridge.v1.InitializeSessionRequest.MetadataEntry
+	nil,                               // 56: varbridge.v1.RegisterVariableRequest.MetadataEntry
+	nil,                               // 57: varbridge.v1.GetVariablesResponse.VariablesEntry
+	nil,                               // 58: varbridge.v1.SetVariableRequest.MetadataEntry
+	nil,                               // 59: varbridge.v1.SetVariablesRequest.UpdatesEntry
+	nil,                               // 60: varbridge.v1.SetVariablesRequest.MetadataEntry
+	nil,                               // 61: varbridge.v1.SetVariablesRequest.ExpectedVersionsEntry
+	nil,                               // 62: varbridge.v1.SetVariablesResponse.VariablesEntry
+	nil,                               // 63: varbridge.v1.DeleteVariableRequest.MetadataEntry
+	nil,                               // 64: varbridge.v1.VariableUpdate.UpdateMetadataEntry
+	(*timestamppb.Timestamp)(nil),     // 65: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 66: google.protobuf.Duration
+	(*anypb.Any)(nil),                 // 67: google.protobuf.Any
 }
 var file_varbridge_v1_varbridge_proto_depIdxs = []int32{
 	3,  // 0: varbridge.v1.Value.embedding_value:type_name -> varbridge.v1.Embedding
@@ -4050,15 +4148,15 @@ var file_varbridge_v1_varbridge_proto_depIdxs = []int32{
 	1,  // 2: varbridge.v1.Variable.type:type_name -> varbridge.v1.VariableType
 	5,  // 3: varbridge.v1.Variable.value:type_name -> varbridge.v1.Value
 	6,  // 4: varbridge.v1.Variable.constraints:type_name -> varbridge.v1.Constraints
-	51, // 5: varbridge.v1.Variable.metadata:type_name -> varbridge.v1.Variable.MetadataEntry
-	63, // 6: varbridge.v1.Variable.updated_at:type_name -> google.protobuf.Timestamp
-	63, // 7: varbridge.v1.Variable.created_at:type_name -> google.protobuf.Timestamp
-	63, // 8: varbridge.v1.Session.created_at:type_name -> google.protobuf.Timestamp
-	63, // 9: varbridge.v1.Session.expires_at:type_name -> google.protobuf.Timestamp
-	64, // 10: varbridge.v1.Session.ttl:type_name -> google.protobuf.Duration
-	52, // 11: varbridge.v1.Session.metadata:type_name -> varbridge.v1.Session.MetadataEntry
-	64, // 12: varbridge.v1.InitializeSessionRequest.ttl:type_name -> google.protobuf.Duration
-	53, // 13: varbridge.v1.InitializeSessionRequest.metadata:type_name -> varbridge.v1.InitializeSessionRequest.MetadataEntry
+	53, // 5: varbridge.v1.Variable.metadata:type_name -> varbridge.v1.Variable.MetadataEntry
+	65, // 6: varbridge.v1.Variable.updated_at:type_name -> google.protobuf.Timestamp
+	65, // 7: varbridge.v1.Variable.created_at:type_name -> google.protobuf.Timestamp
+	65, // 8: varbridge.v1.Session.created_at:type_name -> google.protobuf.Timestamp
+	65, // 9: varbridge.v1.Session.expires_at:type_name -> google.protobuf.Timestamp
+	66, // 10: varbridge.v1.Session.ttl:type_name -> google.protobuf.Duration
+	54, // 11: varbridge.v1.Session.metadata:type_name -> varbridge.v1.Session.MetadataEntry
+	66, // 12: varbridge.v1.InitializeSessionRequest.ttl:type_name -> google.protobuf.Duration
+	55, // 13: varbridge.v1.InitializeSessionRequest.metadata:type_name -> varbridge.v1.InitializeSessionRequest.MetadataEntry
 	8,  // 14: varbridge.v1.InitializeSessionResponse.session:type_name -> varbridge.v1.Session
 	8,  // 15: varbridge.v1.GetSessionResponse.session:type_name -> varbridge.v1.Session
 	8,  // 16: varbridge.v1.HeartbeatResponse.session:type_name -> varbridge.v1.Session
@@ -4066,27 +4164,27 @@ var file_varbridge_v1_varbridge_proto_depIdxs = []int32{
 	1,  // 18: varbridge.v1.RegisterVariableRequest.type:type_name -> varbridge.v1.VariableType
 	5,  // 19: varbridge.v1.RegisterVariableRequest.initial_value:type_name -> varbridge.v1.Value
 	6,  // 20: varbridge.v1.RegisterVariableRequest.constraints:type_name -> varbridge.v1.Constraints
-	54, // 21: varbridge.v1.RegisterVariableRequest.metadata:type_name -> varbridge.v1.RegisterVariableRequest.MetadataEntry
+	56, // 21: varbridge.v1.RegisterVariableRequest.metadata:type_name -> varbridge.v1.RegisterVariableRequest.MetadataEntry
 	7,  // 22: varbridge.v1.RegisterVariableResponse.variable:type_name -> varbridge.v1.Variable
 	7,  // 23: varbridge.v1.GetVariableResponse.variable:type_name -> varbridge.v1.Variable
-	55, // 24: varbridge.v1.GetVariablesResponse.variables:type_name -> varbridge.v1.GetVariablesResponse.VariablesEntry
+	57, // 24: varbridge.v1.GetVariablesResponse.variables:type_name -> varbridge.v1.GetVariablesResponse.VariablesEntry
 	5,  // 25: varbridge.v1.SetVariableRequest.value:type_name -> varbridge.v1.Value
-	56, // 26: varbridge.v1.SetVariableRequest.metadata:type_name -> varbridge.v1.SetVariableRequest.MetadataEntry
+	58, // 26: varbridge.v1.SetVariableRequest.metadata:type_name -> varbridge.v1.SetVariableRequest.MetadataEntry
 	7,  // 27: varbridge.v1.SetVariableResponse.variable:type_name -> varbridge.v1.Variable
-	57, // 28: varbridge.v1.SetVariablesRequest.updates:type_name -> varbridge.v1.SetVariablesRequest.UpdatesEntry
-	58, // 29: varbridge.v1.SetVariablesRequest.metadata:type_name -> varbridge.v1.SetVariablesRequest.MetadataEntry
-	59, // 30: varbridge.v1.SetVariablesRequest.expected_versions:type_name -> varbridge.v1.SetVariablesRequest.ExpectedVersionsEntry
-	60, // 31: varbridge.v1.SetVariablesResponse.variables:type_name -> varbridge.v1.SetVariablesResponse.VariablesEntry
+	59, // 28: varbridge.v1.SetVariablesRequest.updates:type_name -> varbridge.v1.SetVariablesRequest.UpdatesEntry
+	60, // 29: varbridge.v1.SetVariablesRequest.metadata:type_name -> varbridge.v1.SetVariablesRequest.MetadataEntry
+	61, // 30: varbridge.v1.SetVariablesRequest.expected_versions:type_name -> varbridge.v1.SetVariablesRequest.ExpectedVersionsEntry
+	62, // 31: varbridge.v1.SetVariablesResponse.variables:type_name -> varbridge.v1.SetVariablesResponse.VariablesEntry
 	7,  // 32: varbridge.v1.ListVariablesResponse.variables:type_name -> varbridge.v1.Variable
-	61, // 33: varbridge.v1.DeleteVariableRequest.metadata:type_name -> varbridge.v1.DeleteVariableRequest.MetadataEntry
+	63, // 33: varbridge.v1.DeleteVariableRequest.metadata:type_name -> varbridge.v1.DeleteVariableRequest.MetadataEntry
 	7,  // 34: varbridge.v1.DeleteVariableResponse.variable:type_name -> varbridge.v1.Variable
 	37, // 35: varbridge.v1.ListWatchesResponse.watches:type_name -> varbridge.v1.WatchInfo
-	63, // 36: varbridge.v1.WatchInfo.created_at:type_name -> google.protobuf.Timestamp
+	65, // 36: varbridge.v1.WatchInfo.created_at:type_name -> google.protobuf.Timestamp
 	7,  // 37: varbridge.v1.VariableUpdate.variable:type_name -> varbridge.v1.Variable
 	5,  // 38: varbridge.v1.VariableUpdate.old_value:type_name -> varbridge.v1.Value
 	2,  // 39: varbridge.v1.VariableUpdate.update_type:type_name -> varbridge.v1.UpdateType
-	62, // 40: varbridge.v1.VariableUpdate.update_metadata:type_name -> varbridge.v1.VariableUpdate.UpdateMetadataEntry
-	63, // 41: varbridge.v1.VariableUpdate.timestamp:type_name -> google.protobuf.Timestamp
+	64, // 40: varbridge.v1.VariableUpdate.update_metadata:type_name -> varbridge.v1.VariableUpdate.UpdateMetadataEntry
+	65, // 41: varbridge.v1.VariableUpdate.timestamp:type_name -> google.protobuf.Timestamp
 	39, // 42: varbridge.v1.VariableUpdateBatch.updates:type_name -> varbridge.v1.VariableUpdate
 	42, // 43: varbridge.v1.WatchRequest.create:type_name -> varbridge.v1.WatchCreateRequest
 	43, // 44: varbridge.v1.WatchRequest.cancel:type_name -> varbridge.v1.WatchCancelRequest
@@ -4095,56 +4193,58 @@ var file_varbridge_v1_varbridge_proto_depIdxs = []int32{
 	40, // 47: varbridge.v1.WatchResponse.updates:type_name -> varbridge.v1.VariableUpdateBatch
 	46, // 48: varbridge.v1.WatchResponse.canceled:type_name -> varbridge.v1.WatchCanceled
 	47, // 49: varbridge.v1.WatchResponse.ended:type_name -> varbridge.v1.WatchEnded
-	27, // 50: varbridge.v1.WriteRequest.set_variable:type_name -> varbridge.v1.SetVariableRequest
-	29, // 51: varbridge.v1.WriteRequest.set_variables:type_name -> varbridge.v1.SetVariablesRequest
-	28, // 52: varbridge.v1.WriteResponse.set_variable:type_name -> varbridge.v1.SetVariableResponse
-	30, // 53: varbridge.v1.WriteResponse.set_variables:type_name -> varbridge.v1.SetVariablesResponse
-	50, // 54: varbridge.v1.WriteResponse.error:type_name -> varbridge.v1.WriteStatus
-	65, // 55: varbridge.v1.WriteStatus.details:type_name -> google.protobuf.Any
-	7,  // 56: varbridge.v1.GetVariablesResponse.VariablesEntry.value:type_name -> varbridge.v1.Variable
-	5,  // 57: varbridge.v1.SetVariablesRequest.UpdatesEntry.value:type_name -> varbridge.v1.Value
-	7,  // 58: varbridge.v1.SetVariablesResponse.VariablesEntry.value:type_name -> varbridge.v1.Variable
-	9,  // 59: varbridge.v1.BridgeService.InitializeSession:input_type -> varbridge.v1.InitializeSessionRequest
-	11, // 60: varbridge.v1.BridgeService.GetSession:input_type -> varbridge.v1.GetSessionRequest
-	13, // 61: varbridge.v1.BridgeService.Heartbeat:input_type -> varbridge.v1.HeartbeatRequest
-	15, // 62: varbridge.v1.BridgeService.CleanupSession:input_type -> varbridge.v1.CleanupSessionRequest
-	17, // 63: varbridge.v1.BridgeService.ListSessions:input_type -> varbridge.v1.ListSessionsRequest
-	19, // 64: varbridge.v1.BridgeService.SaveSnapshot:input_type -> varbridge.v1.SaveSnapshotRequest
-	21, // 65: varbridge.v1.BridgeService.RegisterVariable:input_type -> varbridge.v1.RegisterVariableRequest
-	23, // 66: varbridge.v1.BridgeService.GetVariable:input_type -> varbridge.v1.GetVariableRequest
-	25, // 67: varbridge.v1.BridgeService.GetVariables:input_type -> varbridge.v1.GetVariablesRequest
-	27, // 68: varbridge.v1.BridgeService.SetVariable:input_type -> varbridge.v1.SetVariableRequest
-	29, // 69: varbridge.v1.BridgeService.SetVariables:input_type -> varbridge.v1.SetVariablesRequest
-	31, // 70: varbridge.v1.BridgeService.ListVariables:input_type -> varbridge.v1.ListVariablesRequest
-	33, // 71: varbridge.v1.BridgeService.DeleteVariable:input_type -> varbridge.v1.DeleteVariableRequest
-	48, // 72: varbridge.v1.BridgeService.WriteVariables:input_type -> varbridge.v1.WriteRequest
-	38, // 73: varbridge.v1.BridgeService.WatchVariables:input_type -> varbridge.v1.WatchVariablesRequest
-	38, // 74: varbridge.v1.BridgeService.WatchVariableBatches:input_type -> varbridge.v1.WatchVariablesRequest
-	35, // 75: varbridge.v1.BridgeService.ListWatches:input_type -> varbridge.v1.ListWatchesRequest
-	41, // 76: varbridge.v1.BridgeService.Watch:input_type -> varbridge.v1.WatchRequest
-	10, // 77: varbridge.v1.BridgeService.InitializeSession:output_type -> varbridge.v1.InitializeSessionResponse
-	12, // 78: varbridge.v1.BridgeService.GetSession:output_type -> varbridge.v1.GetSessionResponse
-	14, // 79: varbridge.v1.BridgeService.Heartbeat:output_type -> varbridge.v1.HeartbeatResponse
-	16, // 80: varbridge.v1.BridgeService.CleanupSession:output_type -> varbridge.v1.CleanupSessionResponse
-	18, // 81: varbridge.v1.BridgeService.ListSessions:output_type -> varbridge.v1.ListSessionsResponse
-	20, // 82: varbridge.v1.BridgeService.SaveSnapshot:output_type -> varbridge.v1.SnapshotChunk
-	22, // 83: varbridge.v1.BridgeService.RegisterVariable:output_type -> varbridge.v1.RegisterVariableResponse
-	24, // 84: varbridge.v1.BridgeService.GetVariable:output_type -> varbridge.v1.GetVariableResponse
-	26, // 85: varbridge.v1.BridgeService.GetVariables:output_type -> varbridge.v1.GetVariablesResponse
-	28, // 86: varbridge.v1.BridgeService.SetVariable:output_type -> varbridge.v1.SetVariableResponse
-	30, // 87: varbridge.v1.BridgeService.SetVariables:output_type -> varbridge.v1.SetVariablesResponse
-	32, // 88: varbridge.v1.BridgeService.ListVariables:output_type -> varbridge.v1.ListVariablesResponse
-	34, // 89: varbridge.v1.BridgeService.DeleteVariable:output_type -> varbridge.v1.DeleteVariableResponse
-	49, // 90: varbridge.v1.BridgeService.WriteVariables:output_type -> varbridge.v1.WriteResponse
-	39, // 91: varbridge.v1.BridgeService.WatchVariables:output_type -> varbridge.v1.VariableUpdate
-	40, // 92: varbridge.v1.BridgeService.WatchVariableBatches:output_type -> varbridge.v1.VariableUpdateBatch
-	36, // 93: varbridge.v1.BridgeService.ListWatches:output_type -> varbridge.v1.ListWatchesResponse
-	44, // 94: varbridge.v1.BridgeService.Watch:output_type -> varbridge.v1.WatchResponse
-	77, // [77:95] is the sub-list for method output_type
-	59, // [59:77] is the sub-list for method input_type
-	59, // [59:59] is the sub-list for extension type_name
-	59, // [59:59] is the sub-list for extension extendee
-	0,  // [0:59] is the sub-list for field type_name
+	50, // 50: varbridge.v1.WriteVariablesRequest.writes:type_name -> varbridge.v1.WriteRequest
+	51, // 51: varbridge.v1.WriteVariablesResponse.acks:type_name -> varbridge.v1.WriteResponse
+	27, // 52: varbridge.v1.WriteRequest.set_variable:type_name -> varbridge.v1.SetVariableRequest
+	29, // 53: varbridge.v1.WriteRequest.set_variables:type_name -> varbridge.v1.SetVariablesRequest
+	28, // 54: varbridge.v1.WriteResponse.set_variable:type_name -> varbridge.v1.SetVariableResponse
+	30, // 55: varbridge.v1.WriteResponse.set_variables:type_name -> varbridge.v1.SetVariablesResponse
+	52, // 56: varbridge.v1.WriteResponse.error:type_name -> varbridge.v1.WriteStatus
+	67, // 57: varbridge.v1.WriteStatus.details:type_name -> google.protobuf.Any
+	7,  // 58: varbridge.v1.GetVariablesResponse.VariablesEntry.value:type_name -> varbridge.v1.Variable
+	5,  // 59: varbridge.v1.SetVariablesRequest.UpdatesEntry.value:type_name -> varbridge.v1.Value
+	7,  // 60: varbridge.v1.SetVariablesResponse.VariablesEntry.value:type_name -> varbridge.v1.Variable
+	9,  // 61: varbridge.v1.BridgeService.InitializeSession:input_type -> varbridge.v1.InitializeSessionRequest
+	11, // 62: varbridge.v1.BridgeService.GetSession:input_type -> varbridge.v1.GetSessionRequest
+	13, // 63: varbridge.v1.BridgeService.Heartbeat:input_type -> varbridge.v1.HeartbeatRequest
+	15, // 64: varbridge.v1.BridgeService.CleanupSession:input_type -> varbridge.v1.CleanupSessionRequest
+	17, // 65: varbridge.v1.BridgeService.ListSessions:input_type -> varbridge.v1.ListSessionsRequest
+	19, // 66: varbridge.v1.BridgeService.SaveSnapshot:input_type -> varbridge.v1.SaveSnapshotRequest
+	21, // 67: varbridge.v1.BridgeService.RegisterVariable:input_type -> varbridge.v1.RegisterVariableRequest
+	23, // 68: varbridge.v1.BridgeService.GetVariable:input_type -> varbridge.v1.GetVariableRequest
+	25, // 69: varbridge.v1.BridgeService.GetVariables:input_type -> varbridge.v1.GetVariablesRequest
+	27, // 70: varbridge.v1.BridgeService.SetVariable:input_type -> varbridge.v1.SetVariableRequest
+	29, // 71: varbridge.v1.BridgeService.SetVariables:input_type -> varbridge.v1.SetVariablesRequest
+	31, // 72: varbridge.v1.BridgeService.ListVariables:input_type -> varbridge.v1.ListVariablesRequest
+	33, // 73: varbridge.v1.BridgeService.DeleteVariable:input_type -> varbridge.v1.DeleteVariableRequest
+	48, // 74: varbridge.v1.BridgeService.WriteVariables:input_type -> varbridge.v1.WriteVariablesRequest
+	38, // 75: varbridge.v1.BridgeService.WatchVariables:input_type -> varbridge.v1.WatchVariablesRequest
+	38, // 76: varbridge.v1.BridgeService.WatchVariableBatches:input_type -> varbridge.v1.WatchVariablesRequest
+	35, // 77: varbridge.v1.BridgeService.ListWatches:input_type -> varbridge.v1.ListWatchesRequest
+	41, // 78: varbridge.v1.BridgeService.Watch:input_type -> varbridge.v1.WatchRequest
+	10, // 79: varbridge.v1.BridgeService.InitializeSession:output_type -> varbridge.v1.InitializeSessionResponse
+	12, // 80: varbridge.v1.BridgeService.GetSession:output_type -> varbridge.v1.GetSessionResponse
+	14, // 81: varbridge.v1.BridgeService.Heartbeat:output_type -> varbridge.v1.HeartbeatResponse
+	16, // 82: varbridge.v1.BridgeService.CleanupSession:output_type -> varbridge.v1.CleanupSessionResponse
+	18, // 83: varbridge.v1.BridgeService.ListSessions:output_type -> varbridge.v1.ListSessionsResponse
+	20, // 84: varbridge.v1.BridgeService.SaveSnapshot:output_type -> varbridge.v1.SnapshotChunk
+	22, // 85: varbridge.v1.BridgeService.RegisterVariable:output_type -> varbridge.v1.RegisterVariableResponse
+	24, // 86: varbridge.v1.BridgeService.GetVariable:output_type -> varbridge.v1.GetVariableResponse
+	26, // 87: varbridge.v1.BridgeService.GetVariables:output_type -> varbridge.v1.GetVariablesResponse
+	28, // 88: varbridge.v1.BridgeService.SetVariable:output_type -> varbridge.v1.SetVariableResponse
+	30, // 89: varbridge.v1.BridgeService.SetVariables:output_type -> varbridge.v1.SetVariablesResponse
+	32, // 90: varbridge.v1.BridgeService.ListVariables:output_type -> varbridge.v1.ListVariablesResponse
+	34, // 91: varbridge.v1.BridgeService.DeleteVariable:output_type -> varbridge.v1.DeleteVariableResponse
+	49, // 92: varbridge.v1.BridgeService.WriteVariables:output_type -> varbridge.v1.WriteVariablesResponse
+	39, // 93: varbridge.v1.BridgeService.WatchVariables:output_type -> varbridge.v1.VariableUpdate
+	40, // 94: varbridge.v1.BridgeService.WatchVariableBatches:output_type -> varbridge.v1.VariableUpdateBatch
+	36, // 95: varbridge.v1.BridgeService.ListWatches:output_type -> varbridge.v1.ListWatchesResponse
+	44, // 96: varbridge.v1.BridgeService.Watch:output_type -> varbridge.v1.WatchResponse
+	79, // [79:97] is the sub-list for method output_type
+	61, // [61:79] is the sub-list for method input_type
+	61, // [61:61] is the sub-list for extension type_name
+	61, // [61:61] is the sub-list for extension extendee
+	0,  // [0:61] is the sub-list for field type_name
 }
 
 func init() { file_varbridge_v1_varbridge_proto_init() }
@@ -4172,11 +4272,11 @@ func file_varbridge_v1_varbridge_proto_init() {
 		(*WatchResponse_Canceled)(nil),
 		(*WatchResponse_Ended)(nil),
 	}
-	file_varbridge_v1_varbridge_proto_msgTypes[45].OneofWrappers = []any{
+	file_varbridge_v1_varbridge_proto_msgTypes[47].OneofWrappers = []any{
 		(*WriteRequest_SetVariable)(nil),
 		(*WriteRequest_SetVariables)(nil),
 	}
-	file_varbridge_v1_varbridge_proto_msgTypes[46].OneofWrappers = []any{
+	file_varbridge_v1_varbridge_proto_msgTypes[48].OneofWrappers = []any{
 		(*WriteResponse_SetVariable)(nil),
 		(*WriteResponse_SetVariables)(nil),
 		(*WriteResponse_Error)(nil),
@@ -4187,7 +4287,7 @@ func file_varbridge_v1_varbridge_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_varbridge_v1_varbridge_proto_rawDesc), len(file_varbridge_v1_varbridge_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   60,
+			NumMessages:   62,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -92,20 +92,23 @@ type BridgeServiceClient interface {
 	// WriteVariables carries many writes and their acknowledgements on one
 	// long-lived stream, for clients that write often: a write on an open
 	// stream skips the per-call stream set-up, headers and trailers of a
-	// unary SetVariable (about half its round trip). Each WriteRequest holds
-	// a SetVariableRequest or a SetVariablesRequest, any session (auth: the
-	// stream's "authorization" metadata, checked against each request's
+	// unary SetVariable (about half its round trip), and writes that are
+	// ready together travel together. Each WriteRequest holds a
+	// SetVariableRequest or a SetVariablesRequest, any session (auth: the
+	// stream's "authorization" metadata, checked against each write's
 	// session as for the unary call), and a client-chosen id. The server
 	// applies the writes in the order they arrive and answers each, in that
 	// order, with a WriteResponse carrying the same id and either what the
 	// unary call returns or the status it fails with (same code and
-	// details). A failed write ends nothing: the stream goes on. Clients
-	// pipeline: they send the next write without waiting for an ack. The
-	// stream ends when the client closes its side (every write sent before
-	// is answered first). A write whose ack never came (the stream broke)
+	// details); acks that are ready together travel together. A failed write
+	// ends nothing: the stream goes on. Clients pipeline: they send the next
+	// writes without waiting for acks. The stream ends when the client
+	// closes its side (every write sent before is answered first); a
+	// message over the server's request size limit ends it with
+	// RESOURCE_EXHAUSTED. A write whose ack never came (the stream broke)
 	// may or may not have been applied, as with a unary call that failed
 	// UNAVAILABLE.
-	WriteVariables(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[WriteRequest, WriteResponse], error)
+	WriteVariables(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[WriteVariablesRequest, WriteVariablesResponse], error)
 	// WatchVariables streams changes: optional initial values at a snapshot
 	// revision R, then every change after R in revision order, with heartbeats
 	// carrying the revision the stream has fully covered.
@@ -277,18 +280,18 @@ func (c *bridgeServiceClient) DeleteVariable(ctx context.Context, in *DeleteVari
 	return out, nil
 }
 
-func (c *bridgeServiceClient) WriteVariables(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[WriteRequest, WriteResponse], error) {
+func (c *bridgeServiceClient) WriteVariables(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[WriteVariablesRequest, WriteVariablesResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	stream, err := c.cc.NewStream(ctx, &BridgeService_ServiceDesc.Streams[1], BridgeService_WriteVariables_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
-	x := &grpc.GenericClientStream[WriteRequest, WriteResponse]{ClientStream: stream}
+	x := &grpc.GenericClientStream[WriteVariablesRequest, WriteVariablesResponse]{ClientStream: stream}
 	return x, nil
 }
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
-type BridgeService_WriteVariablesClient = grpc.BidiStreamingClient[WriteRequest, WriteResponse]
+type BridgeService_WriteVariablesClient = grpc.BidiStreamingClient[WriteVariablesRequest, WriteVariablesResponse]
 
 func (c *bridgeServiceClient) WatchVariables(ctx context.Context, in *WatchVariablesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[VariableUpdate], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
@@ -398,20 +401,23 @@ type BridgeServiceServer interface {
 	// WriteVariables carries many writes and their acknowledgements on one
 	// long-lived stream, for clients that write often: a write on an open
 	// stream skips the per-call stream set-up, headers and trailers of a
-	// unary SetVariable (about half its round trip). Each WriteRequest holds
-	// a SetVariableRequest or a SetVariablesRequest, any session (auth: the
-	// stream's "authorization" metadata, checked against each request's
+	// unary SetVariable (about half its round trip), and writes that are
+	// ready together travel together. Each WriteRequest holds a
+	// SetVariableRequest or a SetVariablesRequest, any session (auth: the
+	// stream's "authorization" metadata, checked against each write's
 	// session as for the unary call), and a client-chosen id. The server
 	// applies the writes in the order they arrive and answers each, in that
 	// order, with a WriteResponse carrying the same id and either what the
 	// unary call returns or the status it fails with (same code and
-	// details). A failed write ends nothing: the stream goes on. Clients
-	// pipeline: they send the next write without waiting for an ack. The
-	// stream ends when the client closes its side (every write sent before
-	// is answered first). A write whose ack never came (the stream broke)
+	// details); acks that are ready together travel together. A failed write
+	// ends nothing: the stream goes on. Clients pipeline: they send the next
+	// writes without waiting for acks. The stream ends when the client
+	// closes its side (every write sent before is answered first); a
+	// message over the server's request size limit ends it with
+	// RESOURCE_EXHAUSTED. A write whose ack never came (the stream broke)
 	// may or may not have been applied, as with a unary call that failed
 	// UNAVAILABLE.
-	WriteVariables(grpc.BidiStreamingServer[WriteRequest, WriteResponse]) error
+	WriteVariables(grpc.BidiStreamingServer[WriteVariablesRequest, WriteVariablesResponse]) error
 	// WatchVariables streams changes: optional initial values at a snapshot
 	// revision R, then every change after R in revision order, with heartbeats
 	// carrying the revision the stream has fully covered.
@@ -483,7 +489,7 @@ func (UnimplementedBridgeServiceServer) ListVariables(context.Context, *ListVari
 func (UnimplementedBridgeServiceServer) DeleteVariable(context.Context, *DeleteVariableRequest) (*DeleteVariableResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteVariable not implemented")
 }
-func (UnimplementedBridgeServiceServer) WriteVariables(grpc.BidiStreamingServer[WriteRequest, WriteResponse]) error {
+func (UnimplementedBridgeServiceServer) WriteVariables(grpc.BidiStreamingServer[WriteVariablesRequest, WriteVariablesResponse]) error {
 	return status.Error(codes.Unimplemented, "method WriteVariables not implemented")
 }
 func (UnimplementedBridgeServiceServer) WatchVariables(*WatchVariablesRequest, grpc.ServerStreamingServer[VariableUpdate]) error {
@@ -747,11 +753,11 @@ func _BridgeService_DeleteVariable_Handler(srv interface{}, ctx context.Context,
 }
 
 func _BridgeService_WriteVariables_Handler(srv interface{}, stream grpc.ServerStream) error {
-	return srv.(BridgeServiceServer).WriteVariables(&grpc.GenericServerStream[WriteRequest, WriteResponse]{ServerStream: stream})
+	return srv.(BridgeServiceServer).WriteVariables(&grpc.GenericServerStream[WriteVariablesRequest, WriteVariablesResponse]{ServerStream: stream})
 }
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
-type BridgeService_WriteVariablesServer = grpc.BidiStreamingServer[WriteRequest, WriteResponse]
+type BridgeService_WriteVariablesServer = grpc.BidiStreamingServer[WriteVariablesRequest, WriteVariablesResponse]
 
 func _BridgeService_WatchVariables_Handler(srv interface{}, stream grpc.ServerStream) error {
 	m := new(WatchVariablesRequest)

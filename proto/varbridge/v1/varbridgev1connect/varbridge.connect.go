@@ -132,20 +132,23 @@ type BridgeServiceClient interface {
 	// WriteVariables carries many writes and their acknowledgements on one
 	// long-lived stream, for clients that write often: a write on an open
 	// stream skips the per-call stream set-up, headers and trailers of a
-	// unary SetVariable (about half its round trip). Each WriteRequest holds
-	// a SetVariableRequest or a SetVariablesRequest, any session (auth: the
-	// stream's "authorization" metadata, checked against each request's
+	// unary SetVariable (about half its round trip), and writes that are
+	// ready together travel together. Each WriteRequest holds a
+	// SetVariableRequest or a SetVariablesRequest, any session (auth: the
+	// stream's "authorization" metadata, checked against each write's
 	// session as for the unary call), and a client-chosen id. The server
 	// applies the writes in the order they arrive and answers each, in that
 	// order, with a WriteResponse carrying the same id and either what the
 	// unary call returns or the status it fails with (same code and
-	// details). A failed write ends nothing: the stream goes on. Clients
-	// pipeline: they send the next write without waiting for an ack. The
-	// stream ends when the client closes its side (every write sent before
-	// is answered first). A write whose ack never came (the stream broke)
+	// details); acks that are ready together travel together. A failed write
+	// ends nothing: the stream goes on. Clients pipeline: they send the next
+	// writes without waiting for acks. The stream ends when the client
+	// closes its side (every write sent before is answered first); a
+	// message over the server's request size limit ends it with
+	// RESOURCE_EXHAUSTED. A write whose ack never came (the stream broke)
 	// may or may not have been applied, as with a unary call that failed
 	// UNAVAILABLE.
-	WriteVariables(context.Context) *connect.BidiStreamForClient[v1.WriteRequest, v1.WriteResponse]
+	WriteVariables(context.Context) *connect.BidiStreamForClient[v1.WriteVariablesRequest, v1.WriteVariablesResponse]
 	// WatchVariables streams changes: optional initial values at a snapshot
 	// revision R, then every change after R in revision order, with heartbeats
 	// carrying the revision the stream has fully covered.
@@ -259,7 +262,7 @@ func NewBridgeServiceClient(httpClient connect.HTTPClient, baseURL string, opts 
 			connect.WithSchema(bridgeServiceMethods.ByName("DeleteVariable")),
 			connect.WithClientOptions(opts...),
 		),
-		writeVariables: connect.NewClient[v1.WriteRequest, v1.WriteResponse](
+		writeVariables: connect.NewClient[v1.WriteVariablesRequest, v1.WriteVariablesResponse](
 			httpClient,
 			baseURL+BridgeServiceWriteVariablesProcedure,
 			connect.WithSchema(bridgeServiceMethods.ByName("WriteVariables")),
@@ -307,7 +310,7 @@ type bridgeServiceClient struct {
 	setVariables         *connect.Client[v1.SetVariablesRequest, v1.SetVariablesResponse]
 	listVariables        *connect.Client[v1.ListVariablesRequest, v1.ListVariablesResponse]
 	deleteVariable       *connect.Client[v1.DeleteVariableRequest, v1.DeleteVariableResponse]
-	writeVariables       *connect.Client[v1.WriteRequest, v1.WriteResponse]
+	writeVariables       *connect.Client[v1.WriteVariablesRequest, v1.WriteVariablesResponse]
 	watchVariables       *connect.Client[v1.WatchVariablesRequest, v1.VariableUpdate]
 	watchVariableBatches *connect.Client[v1.WatchVariablesRequest, v1.VariableUpdateBatch]
 	listWatches          *connect.Client[v1.ListWatchesRequest, v1.ListWatchesResponse]
@@ -380,7 +383,7 @@ func (c *bridgeServiceClient) DeleteVariable(ctx context.Context, req *connect.R
 }
 
 // WriteVariables calls varbridge.v1.BridgeService.WriteVariables.
-func (c *bridgeServiceClient) WriteVariables(ctx context.Context) *connect.BidiStreamForClient[v1.WriteRequest, v1.WriteResponse] {
+func (c *bridgeServiceClient) WriteVariables(ctx context.Context) *connect.BidiStreamForClient[v1.WriteVariablesRequest, v1.WriteVariablesResponse] {
 	return c.writeVariables.CallBidiStream(ctx)
 }
 
@@ -443,20 +446,23 @@ type BridgeServiceHandler interface {
 	// WriteVariables carries many writes and their acknowledgements on one
 	// long-lived stream, for clients that write often: a write on an open
 	// stream skips the per-call stream set-up, headers and trailers of a
-	// unary SetVariable (about half its round trip). Each WriteRequest holds
-	// a SetVariableRequest or a SetVariablesRequest, any session (auth: the
-	// stream's "authorization" metadata, checked against each request's
+	// unary SetVariable (about half its round trip), and writes that are
+	// ready together travel together. Each WriteRequest holds a
+	// SetVariableRequest or a SetVariablesRequest, any session (auth: the
+	// stream's "authorization" metadata, checked against each write's
 	// session as for the unary call), and a client-chosen id. The server
 	// applies the writes in the order they arrive and answers each, in that
 	// order, with a WriteResponse carrying the same id and either what the
 	// unary call returns or the status it fails with (same code and
-	// details). A failed write ends nothing: the stream goes on. Clients
-	// pipeline: they send the next write without waiting for an ack. The
-	// stream ends when the client closes its side (every write sent before
-	// is answered first). A write whose ack never came (the stream broke)
+	// details); acks that are ready together travel together. A failed write
+	// ends nothing: the stream goes on. Clients pipeline: they send the next
+	// writes without waiting for acks. The stream ends when the client
+	// closes its side (every write sent before is answered first); a
+	// message over the server's request size limit ends it with
+	// RESOURCE_EXHAUSTED. A write whose ack never came (the stream broke)
 	// may or may not have been applied, as with a unary call that failed
 	// UNAVAILABLE.
-	WriteVariables(context.Context, *connect.BidiStream[v1.WriteRequest, v1.WriteResponse]) error
+	WriteVariables(context.Context, *connect.BidiStream[v1.WriteVariablesRequest, v1.WriteVariablesResponse]) error
 	// WatchVariables streams changes: optional initial values at a snapshot
 	// revision R, then every change after R in revision order, with heartbeats
 	// carrying the revision the stream has fully covered.
@@ -695,7 +701,7 @@ func (UnimplementedBridgeServiceHandler) DeleteVariable(context.Context, *connec
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("varbridge.v1.BridgeService.DeleteVariable is not implemented"))
 }
 
-func (UnimplementedBridgeServiceHandler) WriteVariables(context.Context, *connect.BidiStream[v1.WriteRequest, v1.WriteResponse]) error {
+func (UnimplementedBridgeServiceHandler) WriteVariables(context.Context, *connect.BidiStream[v1.WriteVariablesRequest, v1.WriteVariablesResponse]) error {
 	return connect.NewError(connect.CodeUnimplemented, errors.New("varbridge.v1.BridgeService.WriteVariables is not implemented"))
 }
 

@@ -635,6 +635,18 @@ class WatchEnded(_message.Message):
     status: bytes
     def __init__(self, status: _Optional[bytes] = ...) -> None: ...
 
+class WriteVariablesRequest(_message.Message):
+    __slots__ = ("writes",)
+    WRITES_FIELD_NUMBER: _ClassVar[int]
+    writes: _containers.RepeatedCompositeFieldContainer[WriteRequest]
+    def __init__(self, writes: _Optional[_Iterable[_Union[WriteRequest, _Mapping]]] = ...) -> None: ...
+
+class WriteVariablesResponse(_message.Message):
+    __slots__ = ("acks",)
+    ACKS_FIELD_NUMBER: _ClassVar[int]
+    acks: _containers.RepeatedCompositeFieldContainer[WriteResponse]
+    def __init__(self, acks: _Optional[_Iterable[_Union[WriteResponse, _Mapping]]] = ...) -> None: ...
+
 class WriteRequest(_message.Message):
     __slots__ = ("id", "set_variable", "set_variables")
     ID_FIELD_NUMBER: _ClassVar[int]

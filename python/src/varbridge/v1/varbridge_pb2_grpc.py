@@ -106,8 +106,8 @@ class BridgeServiceStub:
                 _registered_method=True)
         self.WriteVariables = channel.stream_stream(
                 '/varbridge.v1.BridgeService/WriteVariables',
-                request_serializer=varbridge_dot_v1_dot_varbridge__pb2.WriteRequest.SerializeToString,
-                response_deserializer=varbridge_dot_v1_dot_varbridge__pb2.WriteResponse.FromString,
+                request_serializer=varbridge_dot_v1_dot_varbridge__pb2.WriteVariablesRequest.SerializeToString,
+                response_deserializer=varbridge_dot_v1_dot_varbridge__pb2.WriteVariablesResponse.FromString,
                 _registered_method=True)
         self.WatchVariables = channel.unary_stream(
                 '/varbridge.v1.BridgeService/WatchVariables',
@@ -242,17 +242,20 @@ class BridgeServiceServicer:
         """WriteVariables carries many writes and their acknowledgements on one
         long-lived stream, for clients that write often: a write on an open
         stream skips the per-call stream set-up, headers and trailers of a
-        unary SetVariable (about half its round trip). Each WriteRequest holds
-        a SetVariableRequest or a SetVariablesRequest, any session (auth: the
-        stream's "authorization" metadata, checked against each request's
+        unary SetVariable (about half its round trip), and writes that are
+        ready together travel together. Each WriteRequest holds a
+        SetVariableRequest or a SetVariablesRequest, any session (auth: the
+        stream's "authorization" metadata, checked against each write's
         session as for the unary call), and a client-chosen id. The server
         applies the writes in the order they arrive and answers each, in that
         order, with a WriteResponse carrying the same id and either what the
         unary call returns or the status it fails with (same code and
-        details). A failed write ends nothing: the stream goes on. Clients
-        pipeline: they send the next write without waiting for an ack. The
-        stream ends when the client closes its side (every write sent before
-        is answered first). A write whose ack never came (the stream broke)
+        details); acks that are ready together travel together. A failed write
+        ends nothing: the stream goes on. Clients pipeline: they send the next
+        writes without waiting for acks. The stream ends when the client
+        closes its side (every write sent before is answered first); a
+        message over the server's request size limit ends it with
+        RESOURCE_EXHAUSTED. A write whose ack never came (the stream broke)
         may or may not have been applied, as with a unary call that failed
         UNAVAILABLE.
         """
@@ -372,8 +375,8 @@ def add_BridgeServiceServicer_to_server(servicer, server):
             ),
             'WriteVariables': grpc.stream_stream_rpc_method_handler(
                     servicer.WriteVariables,
-                    request_deserializer=varbridge_dot_v1_dot_varbridge__pb2.WriteRequest.FromString,
-                    response_serializer=varbridge_dot_v1_dot_varbridge__pb2.WriteResponse.SerializeToString,
+                    request_deserializer=varbridge_dot_v1_dot_varbridge__pb2.WriteVariablesRequest.FromString,
+                    response_serializer=varbridge_dot_v1_dot_varbridge__pb2.WriteVariablesResponse.SerializeToString,
             ),
             'WatchVariables': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchVariables,
@@ -777,8 +780,8 @@ class BridgeService:
             request_iterator,
             target,
             '/varbridge.v1.BridgeService/WriteVariables',
-            varbridge_dot_v1_dot_varbridge__pb2.WriteRequest.SerializeToString,
-            varbridge_dot_v1_dot_varbridge__pb2.WriteResponse.FromString,
+            varbridge_dot_v1_dot_varbridge__pb2.WriteVariablesRequest.SerializeToString,
+            varbridge_dot_v1_dot_varbridge__pb2.WriteVariablesResponse.FromString,
             options,
             channel_credentials,
             insecure,
