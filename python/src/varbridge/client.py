@@ -15,6 +15,7 @@ import grpc.aio
 from google.protobuf import duration_pb2
 
 from varbridge import _convert as cv
+from varbridge import _writes
 from varbridge._mux import MuxCall, MuxStream
 from varbridge._options import WatchArgs, WatchOptions, with_option_keywords
 from varbridge._typecache import TypeCache, TypeInfo
@@ -198,6 +199,7 @@ class Bridge:
         self._channel: grpc.aio.Channel | None = None
         self._stub: Any = None
         self._watches: weakref.WeakSet[Watch] = weakref.WeakSet()
+        self._writes = _writes.WriteStreams()
         self._closed = False
         # The shared watch streams (varbridge._mux), one per token, and
         # whether the server lacks them.
@@ -249,6 +251,7 @@ class Bridge:
             await w.aclose()
         for m in list(self._muxes.values()):
             await m.aclose()
+        await self._writes.close()
         if self._channel is not None:
             await self._channel.close(grace)
 
@@ -297,6 +300,27 @@ class Bridge:
             return await method(request, timeout=self.timeout, metadata=self._metadata(token))
         except grpc.aio.AioRpcError as e:
             raise from_rpc_error(e, write=write, session_rpc=session_rpc) from e
+
+    async def _stream_write(
+        self, req: pb.WriteRequest, token: str | None
+    ) -> pb.WriteResponse | None:
+        """Send a write on the bridge's write stream for token (see
+        :mod:`varbridge._writes`) and return its ack; None when it must go
+        unary. A failed write raises as the unary call would."""
+        size = req.ByteSize()
+        if size > _writes.MAX_STREAMED_WRITE_BYTES:
+            return None
+        tok = token or self.token
+        s = self._writes.stream(self.channel, self.stub, tok, self._metadata(tok))
+        if s is None:
+            return None
+        try:
+            ack = await s.write(req, size, self.timeout)
+        except _writes.NotStreamed:
+            return None
+        if ack.HasField("error"):
+            raise _writes.ack_error(ack.error)
+        return ack
 
     # -- sessions ---------------------------------------------------------
 
@@ -471,6 +495,18 @@ class SessionContext:
             method, request, token=self.token, write=write, session_rpc=session_rpc
         )
 
+    async def _set_one(self, req: pb.SetVariableRequest) -> pb.SetVariableResponse:
+        ack = await self.bridge._stream_write(pb.WriteRequest(set_variable=req), self.token)
+        if ack is None:
+            return await self._call(self.bridge.stub.SetVariable, req, write=True)
+        return ack.set_variable
+
+    async def _set_many(self, req: pb.SetVariablesRequest) -> pb.SetVariablesResponse:
+        ack = await self.bridge._stream_write(pb.WriteRequest(set_variables=req), self.token)
+        if ack is None:
+            return await self._call(self.bridge.stub.SetVariables, req, write=True)
+        return ack.set_variables
+
     def _source(self, source: str | None) -> str:
         return source if source is not None else (self.bridge.source or "")
 
@@ -609,7 +645,7 @@ class SessionContext:
             return req
 
         try:
-            resp = await self._call(self.bridge.stub.SetVariable, build(t, dtype), write=True)
+            resp = await self._set_one(build(t, dtype))
         except (ConstraintViolation, VariableNotFound):
             if not cached:
                 raise
@@ -617,7 +653,7 @@ class SessionContext:
             fresh = await self._type_of(identifier, refresh=True)
             if fresh == (t, dtype):
                 raise
-            resp = await self._call(self.bridge.stub.SetVariable, build(*fresh), write=True)
+            resp = await self._set_one(build(*fresh))
         self._types.remember(resp.variable, identifier)
         return Variable.from_pb(resp.variable)
 
@@ -651,14 +687,14 @@ class SessionContext:
 
         before = {i: self._types.get(i) for i in idents}
         try:
-            resp = await self._call(self.bridge.stub.SetVariables, build(), write=True)
+            resp = await self._set_many(build())
         except (ConstraintViolation, VariableNotFound):
             if len(unknown) == len(idents):
                 raise  # every type was just fetched: not stale
             await self._fetch_types(idents)
             if all(self._types.get(i) == before[i] for i in idents):
                 raise
-            resp = await self._call(self.bridge.stub.SetVariables, build(), write=True)
+            resp = await self._set_many(build())
         variables = {}
         for ident, v in resp.variables.items():
             self._types.remember(v, ident)
