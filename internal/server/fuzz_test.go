@@ -15,13 +15,16 @@ package server_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	spb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -58,6 +61,7 @@ var fzMethods = []struct {
 	{"WatchVariables", true, func() proto.Message { return &pb.WatchVariablesRequest{} }},
 	{"WatchVariableBatches", true, func() proto.Message { return &pb.WatchVariablesRequest{} }},
 	{"ListWatches", false, func() proto.Message { return &pb.ListWatchesRequest{} }},
+	{"WriteVariables", true, func() proto.Message { return &pb.WriteVariablesRequest{} }},
 }
 
 // rawCodec sends and receives message bytes as they are.
@@ -148,6 +152,9 @@ func (t *fzTarget) call(method string, stream bool, body []byte) error {
 	if !stream {
 		return t.conn.Invoke(ctx, full, &rawMsg{body}, new(rawMsg))
 	}
+	if method == "WriteVariables" {
+		return t.writes(ctx, full, body)
+	}
 	s, err := t.conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, full)
 	if err != nil {
 		return err
@@ -166,6 +173,40 @@ func (t *fzTarget) call(method string, stream bool, body []byte) error {
 		return nil // the watch is registered; cancel ends it
 	}
 	return s.RecvMsg(new(rawMsg))
+}
+
+// writes sends body as the one message of a write stream and returns the
+// stream's end, or the first failed ack's status.
+func (t *fzTarget) writes(ctx context.Context, full string, body []byte) error {
+	s, err := t.conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}, full)
+	if err != nil {
+		return err
+	}
+	if err := s.SendMsg(&rawMsg{body}); err != nil {
+		return s.RecvMsg(new(rawMsg))
+	}
+	if err := s.CloseSend(); err != nil {
+		return err
+	}
+	var failed error
+	for {
+		m := new(rawMsg)
+		if err := s.RecvMsg(m); err != nil {
+			if errors.Is(err, io.EOF) {
+				return failed
+			}
+			return err
+		}
+		var resp pb.WriteVariablesResponse
+		if err := proto.Unmarshal(m.b, &resp); err != nil {
+			return status.Errorf(codes.Internal, "an ack that does not decode: %v", err)
+		}
+		for _, a := range resp.GetAcks() {
+			if e := a.GetError(); e != nil && failed == nil {
+				failed = status.ErrorProto(&spb.Status{Code: e.GetCode(), Message: e.GetMessage(), Details: e.GetDetails()})
+			}
+		}
+	}
 }
 
 func fzMarshal(m proto.Message) []byte {
@@ -218,6 +259,11 @@ func fzServerSeeds() []struct {
 		add("WatchVariables", w)
 		add("WatchVariableBatches", w)
 	}
+	add("WriteVariables", &pb.WriteVariablesRequest{Writes: []*pb.WriteRequest{
+		{Id: 1, Write: &pb.WriteRequest_SetVariable{SetVariable: &pb.SetVariableRequest{SessionId: "s", VariableIdentifier: "i", Value: biInt(9)}}},
+		{Id: 2, Write: &pb.WriteRequest_SetVariables{SetVariables: &pb.SetVariablesRequest{SessionId: "s", Updates: map[string]*pb.Value{"f": biFloat(2.5), "nope": biInt(1)}}}},
+		{Id: 3},
+	}})
 	return seeds
 }
 
