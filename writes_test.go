@@ -55,7 +55,7 @@ func TestBridgedWritesOnStream(t *testing.T) {
 					errs <- fmt.Errorf("writer %d, write %d: %+v, %v", w, i, v, err)
 					return
 				}
-				if _, err := b.SetMany(ctx, map[string]any{"n": int64(w*each + i)}); err != nil {
+				if _, err := b.SetMany(ctx, map[string]any{"n": int64(w*each + i + 1)}); err != nil {
 					errs <- err
 					return
 				}
