@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"sync"
+	"time"
 
 	spb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
@@ -26,8 +27,12 @@ import (
 // come together share a message (and the server's acks for them share
 // one), while a lone writer sends at once.
 //
-// The stream is opened by the first write, and again by the first write
-// after it broke. A write whose ack was lost with a broken stream fails
+// The stream is for writers that write often: a write opens it when the
+// previous write for the token came less than writeStreamIdle before (a
+// lone write goes unary, and costs the server no stream), and it closes
+// itself cleanly after writeStreamIdle without writes (an idle stream would
+// hold a server goroutine for nothing). A write after it broke opens a new
+// one, under the same rule. A write whose ack was lost with a broken stream fails
 // with ErrUnavailable, as a unary call cut off by a lost connection does:
 // it may or may not have been applied, so it is never sent again behind
 // the caller's back. Writes go unary instead when the stream cannot be
@@ -38,6 +43,11 @@ import (
 // server), and when the write is large (maxStreamedWriteBytes), where the
 // stream saves nothing worth the risk of a message the server refuses
 // ending the stream for every write on it.
+
+// writeStreamIdle is how recent the previous write must be for a write to
+// open a stream, and how long an open stream waits for a write before it
+// closes.
+const writeStreamIdle = 2 * time.Second
 
 // maxStreamedWriteBytes is the largest write sent on the stream.
 const maxStreamedWriteBytes = 256 << 10
@@ -54,7 +64,8 @@ var errNotStreamed = errors.New("write not sent on the write stream")
 type writeStreams struct {
 	mu          sync.Mutex
 	byToken     map[bearer]*writeStream
-	unsupported bool // the server answered UNIMPLEMENTED: no more streams
+	lastWrite   map[bearer]time.Time // writes made without a stream
+	unsupported bool                 // the server answered UNIMPLEMENTED: no more streams
 	closed      bool
 }
 
@@ -72,11 +83,14 @@ type writeStream struct {
 
 	sendMu sync.Mutex
 
-	mu      sync.Mutex
-	nextID  uint64
-	queued  []*queuedWrite // not sent yet, in order
-	waiting map[uint64]*queuedWrite
-	broken  bool
+	idle *time.Timer // runs closeIfIdle
+
+	mu       sync.Mutex
+	nextID   uint64
+	queued   []*queuedWrite // not sent yet, in order
+	waiting  map[uint64]*queuedWrite
+	broken   bool
+	lastUsed time.Time
 }
 
 // queuedWrite is a write from its queueing to its ack.
@@ -103,6 +117,15 @@ func (w *writeStreams) stream(cc *grpc.ClientConn, token bearer) *writeStream {
 	if s := w.byToken[token]; s != nil {
 		return s
 	}
+	now := time.Now()
+	last, seen := w.lastWrite[token]
+	if w.lastWrite == nil {
+		w.lastWrite = map[bearer]time.Time{}
+	}
+	w.lastWrite[token] = now
+	if !seen || now.Sub(last) >= writeStreamIdle {
+		return nil // a lone write
+	}
 	if cc.GetState() != connectivity.Ready {
 		return nil // the unary call waits for the connection, within its deadline
 	}
@@ -119,8 +142,33 @@ func (w *writeStreams) stream(cc *grpc.ClientConn, token bearer) *writeStream {
 		w.byToken = map[bearer]*writeStream{}
 	}
 	w.byToken[token] = s
+	delete(w.lastWrite, token)
+	s.lastUsed = now
+	s.idle = time.AfterFunc(writeStreamIdle, s.closeIfIdle)
 	go s.receive()
 	return s
+}
+
+// closeIfIdle closes s cleanly (the server answers every write sent and
+// ends the stream) when no write used it for writeStreamIdle, and checks
+// again later otherwise.
+func (s *writeStream) closeIfIdle() {
+	s.mu.Lock()
+	if s.broken {
+		s.mu.Unlock()
+		return
+	}
+	if wait := writeStreamIdle - time.Since(s.lastUsed); wait > 0 || len(s.waiting) > 0 || len(s.queued) > 0 {
+		s.idle.Reset(max(wait, writeStreamIdle/10))
+		s.mu.Unlock()
+		return
+	}
+	s.broken = true // later writes go elsewhere
+	s.mu.Unlock()
+	s.ws.forget(s, false)
+	s.sendMu.Lock()
+	_ = s.stream.CloseSend() // the receiver sees the end, and stops
+	s.sendMu.Unlock()
 }
 
 // close ends every stream and waits for their receivers.
@@ -131,6 +179,7 @@ func (w *writeStreams) close() {
 	w.byToken = nil
 	w.mu.Unlock()
 	for _, s := range streams {
+		s.idle.Stop()
 		s.cancel()
 		<-s.done
 	}
@@ -162,6 +211,7 @@ func (s *writeStream) write(ctx context.Context, req *pb.WriteRequest, size int)
 		return nil, errNotStreamed
 	}
 	s.nextID++
+	s.lastUsed = time.Now()
 	req.Id = s.nextID
 	s.queued = append(s.queued, q)
 	s.waiting[req.Id] = q // before it is sent: the ack may come before Send returns

@@ -105,8 +105,10 @@ func TestBridgedWriteLostAckIsUnavailable(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), WaitTimeout)
 	defer cancel()
 	MustRegister(t, b, "x", TypeInteger, 0)
-	if _, err := b.Set(ctx, "x", int64(1)); err != nil {
-		t.Fatal(err)
+	for v := range int64(2) { // the first write goes unary; the next opens the stream
+		if _, err := b.Set(ctx, "x", v+1); err != nil {
+			t.Fatal(err)
+		}
 	}
 	s := openWriteStream(b)
 	if s == nil {
@@ -180,5 +182,37 @@ func TestBridgedWritesWithoutWriteStream(t *testing.T) {
 	defer w.mu.Unlock()
 	if !w.unsupported || len(w.byToken) != 0 {
 		t.Fatalf("write streams %+v: want none, the server marked as without them", w.byToken)
+	}
+}
+
+// A lone write goes unary; writes that follow each other open the stream,
+// which closes cleanly once idle, leaving nothing behind.
+func TestBridgedWriteStreamOpensAndIdles(t *testing.T) {
+	srv := servertest.Start(t, store.Options{})
+	b := DialBridged(t, srv.Addr)
+	ctx, cancel := context.WithTimeout(context.Background(), WaitTimeout)
+	defer cancel()
+	MustRegister(t, b, "x", TypeInteger, 0)
+	if _, err := b.Set(ctx, "x", int64(1)); err != nil {
+		t.Fatal(err)
+	}
+	if s := openWriteStream(b); s != nil {
+		t.Fatal("a lone write opened a write stream")
+	}
+	if _, err := b.Set(ctx, "x", int64(2)); err != nil {
+		t.Fatal(err)
+	}
+	s := openWriteStream(b)
+	if s == nil {
+		t.Fatal("no write stream after two writes in a row")
+	}
+	Eventually(t, "the idle write stream to close", func() bool { return openWriteStream(b) == nil })
+	select {
+	case <-s.done:
+	case <-time.After(WaitTimeout):
+		t.Fatal("the closed stream's receiver did not stop")
+	}
+	if v, err := b.Get(ctx, "x"); err != nil || v.Value != int64(2) {
+		t.Fatalf("x = %+v, %v", v, err)
 	}
 }
