@@ -40,12 +40,14 @@ async def test_concurrent_writes_share_the_stream(session: varbridge.SessionCont
 
 async def test_stream_errors_are_the_unary_ones(session: varbridge.SessionContext) -> None:
     await session.register_variable("x", "integer", 0, constraints={"max": 10})
-    await session.set_variable("x", 1)
+    await session.set_variable("x", 1)  # a lone write goes unary
+    assert _stream_of(session.bridge) is None
+    await session.set_variable("x", 2)  # the next one opens the stream
     assert _stream_of(session.bridge) is not None
     with pytest.raises(varbridge.VersionConflict) as vc:
-        await session.set_variable("x", 2, expected_version=1)
+        await session.set_variable("x", 3, expected_version=1)
     assert vc.value.expected_version == 1
-    assert vc.value.actual_version == 2
+    assert vc.value.actual_version == 3
     with pytest.raises(varbridge.ConstraintViolation) as ce:
         await session.set_variable("x", 11)
     assert "max" in str(ce.value)
@@ -59,7 +61,24 @@ async def test_bridge_close_ends_the_stream(addr: str, session_id: str) -> None:
         s = await bridge.session(session_id)
         await s.register_variable("x", "integer", 0)
         await s.set_variable("x", 1)
+        await s.set_variable("x", 2)
         stream = _stream_of(bridge)
         assert stream is not None
         await s.cleanup()
     assert stream.broken
+
+
+async def test_idle_stream_closes(session: varbridge.SessionContext) -> None:
+    """An idle write stream closes itself cleanly; writes go on after."""
+    await session.register_variable("x", "integer", 0)
+    await session.set_variable("x", 1)
+    await session.set_variable("x", 2)
+    stream = _stream_of(session.bridge)
+    assert stream is not None
+    for _ in range(200):
+        if _stream_of(session.bridge) is None and stream not in session.bridge._writes._live:
+            break
+        await asyncio.sleep(0.05)
+    assert _stream_of(session.bridge) is None
+    assert stream not in session.bridge._writes._live
+    assert (await session.set_variable("x", 3)).value == 3

@@ -9,8 +9,12 @@ order the writes arrived; whoever finds no send in progress sends every
 write queued by then in one message, so writers that come together share a
 message while a lone writer sends at once.
 
-The stream is opened by the first write made while the channel is
-connected, and again after it broke. A write whose ack was lost with a
+The stream is for writers that write often: a write opens it (when the
+channel is connected) only when the previous write for the token came less
+than :data:`IDLE_SECONDS` before, so a lone write goes unary and costs the
+server no stream; an open stream closes itself cleanly after
+:data:`IDLE_SECONDS` without writes; a write after it broke opens a new one
+under the same rule. A write whose ack was lost with a
 broken stream raises :class:`~varbridge.errors.Unavailable`, as a unary call
 cut off by a lost connection does: it may or may not have been applied, so
 it is never sent again behind the caller's back. Writes go unary instead
@@ -37,6 +41,9 @@ from varbridge.v1 import varbridge_pb2 as pb
 # The largest write sent on the stream, and the most bytes of writes in
 # one message (well under the server's 8 MiB request limit).
 MAX_STREAMED_WRITE_BYTES = 256 << 10
+# How recent the previous write must be for a write to open a stream, and
+# how long an open stream waits for a write before it closes.
+IDLE_SECONDS = 2.0
 MAX_MESSAGE_BYTES = 1 << 20
 
 
@@ -68,7 +75,25 @@ class WriteStream:
         self._waiting: dict[int, _Queued] = {}
         self._sending = False
         self.broken = False
-        self._reader = asyncio.get_running_loop().create_task(self._receive())
+        loop = asyncio.get_running_loop()
+        self._last_used = loop.time()
+        self._closing: asyncio.Task[None] | None = None
+        self._idle = loop.call_later(IDLE_SECONDS, self._close_if_idle)
+        self._reader = loop.create_task(self._receive())
+
+    def _close_if_idle(self) -> None:
+        """Close the stream cleanly (the server answers what was sent, then
+        ends it) once no write used it for IDLE_SECONDS; else check later."""
+        if self.broken:
+            return
+        loop = asyncio.get_running_loop()
+        wait = IDLE_SECONDS - (loop.time() - self._last_used)
+        if wait > 0 or self._waiting or self._queued:
+            self._idle = loop.call_later(max(wait, IDLE_SECONDS / 10), self._close_if_idle)
+            return
+        self.broken = True  # later writes go elsewhere
+        self._streams.forget(self, False)
+        self._closing = loop.create_task(self._call.done_writing())
 
     async def write(
         self, req: pb.WriteRequest, size: int, timeout: float | None
@@ -76,6 +101,7 @@ class WriteStream:
         if self.broken:
             raise NotStreamed
         self._next_id += 1
+        self._last_used = asyncio.get_running_loop().time()
         req.id = self._next_id
         q = _Queued(req, size, asyncio.get_running_loop().create_future())
         self._queued.append(q)
@@ -136,6 +162,7 @@ class WriteStream:
                 and err.code() == grpc.StatusCode.UNIMPLEMENTED
             )
             self._break(err, unimplemented)
+            self._streams.ended(self)
 
     def _break(self, err: BaseException | None = None, unimplemented: bool = False) -> None:
         self.broken = True
@@ -164,9 +191,13 @@ class WriteStream:
         return self._key
 
     async def close(self) -> None:
+        self._idle.cancel()
         self._call.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._reader
+        if self._closing is not None:
+            with contextlib.suppress(asyncio.CancelledError, grpc.RpcError):
+                await self._closing
 
 
 class WriteStreams:
@@ -174,6 +205,8 @@ class WriteStreams:
 
     def __init__(self) -> None:
         self._by_key: dict[str | None, WriteStream] = {}
+        self._live: set[WriteStream] = set()  # open or closing
+        self._last_write: dict[str | None, float] = {}  # writes made without a stream
         self._unsupported = False
         self._closed = False
 
@@ -185,11 +218,21 @@ class WriteStreams:
         s = self._by_key.get(token)
         if s is not None:
             return s
+        now = asyncio.get_running_loop().time()
+        last = self._last_write.get(token)
+        self._last_write[token] = now
+        if last is None or now - last >= IDLE_SECONDS:
+            return None  # a lone write
         if channel.get_state() != grpc.ChannelConnectivity.READY:
             return None  # the unary call waits for the connection, within its deadline
         s = WriteStream(self, token, stub.WriteVariables(metadata=metadata))
         self._by_key[token] = s
+        self._live.add(s)
+        del self._last_write[token]
         return s
+
+    def ended(self, s: WriteStream) -> None:
+        self._live.discard(s)
 
     def forget(self, s: WriteStream, unimplemented: bool) -> None:
         if self._by_key.get(s.key) is s:
@@ -199,8 +242,8 @@ class WriteStreams:
 
     async def close(self) -> None:
         self._closed = True
-        streams, self._by_key = list(self._by_key.values()), {}
-        for s in streams:
+        self._by_key = {}
+        for s in list(self._live):
             await s.close()
 
 
