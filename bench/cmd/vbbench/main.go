@@ -176,7 +176,7 @@ func run(c *config) error {
 	group("http", func() error { return benchHTTP(ctx, c, col) })
 	group("writes", func() error { return benchWrites(ctx, c, col) })
 	group("stream", func() error { return benchStream(ctx, c, col) })
-	group("fanout", func() error { return benchFanout(ctx, c, col) })
+	group("fanout", func() error { return benchFanout(ctx, c, col, self) })
 	group("idle", func() error { return benchIdle(ctx, c, col) })
 
 	col.add("loadavg_1m_at_end", "load", loadavg(), nil)

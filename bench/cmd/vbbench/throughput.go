@@ -133,19 +133,43 @@ var watchLayouts = []watchLayout{
 	{"mux_", "generated grpc-go client, one Watch stream per connection carrying its watches, with the Go client's codec and compact updates, one process", openMuxFanout, muxIdleWatches},
 }
 
-func benchFanout(ctx context.Context, c *config, col *collector) error {
+func benchFanout(ctx context.Context, c *config, col *collector, self string) error {
 	srv, stopSrv, err := startServer(c, "fanout")
 	if err != nil {
 		return err
 	}
 	defer stopSrv()
+	// etcd's watch with the same layout, in the same run (issue 15).
+	edir, err := os.MkdirTemp("", "vbbench-etcd-fanout-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(edir)
+	esrv, err := startEtcd(self, edir)
+	if err != nil {
+		return err
+	}
+	defer esrv.stop()
 	for r := range c.runs {
 		for _, l := range watchLayouts {
 			if err := fanoutRun(ctx, c, col, srv, r, l); err != nil {
 				return err
 			}
 		}
+		p50, p99, pmax, opened, err := etcdFanout(ctx, esrv.addr, c.fanN, c.fanConns, c.fanWrites)
+		if err != nil {
+			return fmt.Errorf("etcd run %d: %w", r, err)
+		}
+		fmt.Fprintf(os.Stderr, "   etcd run %d: opened %d watchers in %s; write->all p50 %.2f ms p99 %.2f ms max %.2f ms\n",
+			r, c.fanN, opened.Round(time.Millisecond), p50/1e3, p99/1e3, pmax/1e3)
+		pr := map[string]any{"watches": c.fanN, "connections": c.fanConns, "client": "clientv3 Watch, one client per connection (its watchers share one gRPC stream); writer: another clientv3 client's Put; etcd 3.7 in its own process",
+			"how": fmt.Sprintf("%d spaced writes (2 warm-up dropped), p99 over every delivery, send start -> receipt", c.fanWrites)}
+		col.add("etcd_fanout_10k_watchers_p99_ms", "ms", p99/1e3, pr)
+		col.add("etcd_fanout_10k_watchers_p50_ms", "ms", p50/1e3, pr)
+		col.add("etcd_fanout_10k_watchers_max_ms", "ms", pmax/1e3, pr)
 	}
+	col.ratio("mux_vs_etcd_fanout_10k_watchers_p99_ratio", "mux_fanout_10k_watchers_p99_ms", "etcd_fanout_10k_watchers_p99_ms",
+		map[string]any{"target": "<= 0.5 (issue 15)"})
 	return nil
 }
 
