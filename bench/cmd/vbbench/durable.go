@@ -48,16 +48,11 @@ func benchDurable(ctx context.Context, c *config, col *collector, self string) e
 		return err
 	}
 	defer stopMem()
-	edir, err := os.MkdirTemp("", "vbbench-etcd-")
+	esrv, stopEtcd, err := startEtcdTemp(self)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(edir)
-	esrv, err := startEtcd(self, edir)
-	if err != nil {
-		return err
-	}
-	defer esrv.stop()
+	defer stopEtcd()
 	var nsrv *proc
 	if c.natsOn {
 		ndir, err := os.MkdirTemp("", "vbbench-nats-sync-")

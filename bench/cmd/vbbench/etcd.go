@@ -67,6 +67,20 @@ func startEtcd(self, dir string) (*proc, error) {
 	return startListener("etcd", self, "etcd-serve", "-dir", dir)
 }
 
+// startEtcdTemp starts etcd on a data directory of its own, which stop
+// removes.
+func startEtcdTemp(self string) (p *proc, stop func(), err error) {
+	dir, err := os.MkdirTemp("", "vbbench-etcd-")
+	if err != nil {
+		return nil, nil, err
+	}
+	if p, err = startEtcd(self, dir); err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, nil, err
+	}
+	return p, func() { p.stop(); _ = os.RemoveAll(dir) }, nil
+}
+
 func etcdClient(addr string) (*clientv3.Client, error) {
 	return clientv3.New(clientv3.Config{Endpoints: []string{addr}, DialTimeout: 10 * time.Second, Logger: zap.NewNop()})
 }

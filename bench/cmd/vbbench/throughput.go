@@ -140,16 +140,11 @@ func benchFanout(ctx context.Context, c *config, col *collector, self string) er
 	}
 	defer stopSrv()
 	// etcd's watch with the same layout, in the same run (issue 15).
-	edir, err := os.MkdirTemp("", "vbbench-etcd-fanout-")
+	esrv, stopEtcd, err := startEtcdTemp(self)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(edir)
-	esrv, err := startEtcd(self, edir)
-	if err != nil {
-		return err
-	}
-	defer esrv.stop()
+	defer stopEtcd()
 	for r := range c.runs {
 		for _, l := range watchLayouts {
 			if err := fanoutRun(ctx, c, col, srv, r, l); err != nil {
