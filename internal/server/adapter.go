@@ -100,12 +100,17 @@ func (s *Server) ServeWatch(ctx context.Context, method string, cred Credentials
 		return s.watch(req, stream, send)
 	}
 	info := &grpc.StreamServerInfo{FullMethod: method, IsServerStream: true}
-	in := s.streamInterceptors()
+	return chainStream(s.streamInterceptors(), info, h)(s, ss)
+}
+
+// chainStream wraps h in the interceptors, the first outermost, as grpc-go
+// chains a server's stream interceptors.
+func chainStream(in []grpc.StreamServerInterceptor, info *grpc.StreamServerInfo, h grpc.StreamHandler) grpc.StreamHandler {
 	for i := len(in) - 1; i >= 0; i-- {
 		next, icpt := h, in[i]
 		h = func(srv any, stream grpc.ServerStream) error { return icpt(srv, stream, info, next) }
 	}
-	return h(s, ss)
+	return h
 }
 
 // adapterStream is the grpc.ServerStream the stream interceptors and watch
@@ -158,12 +163,7 @@ func (s *Server) ServeWatchStream(ctx context.Context, method string, cred Crede
 	ss := &bidiAdapter{ctx: cred.Incoming(ctx), recv: recv, send: send}
 	h := func(_ any, stream grpc.ServerStream) error { return s.serveMux(stream) }
 	info := &grpc.StreamServerInfo{FullMethod: method, IsClientStream: true, IsServerStream: true}
-	in := s.streamInterceptors()
-	for i := len(in) - 1; i >= 0; i-- {
-		next, icpt := h, in[i]
-		h = func(srv any, stream grpc.ServerStream) error { return icpt(srv, stream, info, next) }
-	}
-	return h(s, ss)
+	return chainStream(s.streamInterceptors(), info, h)(s, ss)
 }
 
 // bidiAdapter is the grpc.ServerStream of a multiplexed watch stream from
