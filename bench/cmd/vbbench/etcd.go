@@ -142,13 +142,8 @@ func etcdLatencyGo(ctx context.Context, addr, key string, n, rate int) (latSampl
 	}); err != nil {
 		return ls, err
 	}
-	select {
-	case err := <-recvErr:
-		if err != nil {
-			return ls, err
-		}
-	case <-time.After(latTimeout):
-		return ls, fmt.Errorf("etcd watcher did not see the stop value within %s", latTimeout)
+	if err := awaitStop(recvErr, "etcd watcher"); err != nil {
+		return ls, err
 	}
 	ls.missed = n - len(ls.send)
 	return ls, nil

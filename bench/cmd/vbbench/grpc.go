@@ -66,6 +66,17 @@ func pacedWriter(ctx context.Context, n, rate int, write func(v int64) error) er
 	return write(-1)
 }
 
+// awaitStop waits for a watcher's receiver to report on recvErr: nil once
+// it saw the stop value, or why it failed; latTimeout at most.
+func awaitStop(recvErr <-chan error, who string) error {
+	select {
+	case err := <-recvErr:
+		return err
+	case <-time.After(latTimeout):
+		return fmt.Errorf("%s did not see the stop value within %s", who, latTimeout)
+	}
+}
+
 // latTimeout is a latency run's timeout: how long the harness waits for a
 // watcher's stop value (and a Python watcher's samples) after the last
 // write. A value a watcher never saw counts as this in the percentiles.
@@ -136,13 +147,8 @@ func grpcLatencyRaw(ctx context.Context, addr, session string, n, rate int) (lat
 	if werr != nil {
 		return ls, werr
 	}
-	select {
-	case err := <-recvErr:
-		if err != nil {
-			return ls, err
-		}
-	case <-time.After(latTimeout):
-		return ls, fmt.Errorf("watcher did not see the stop value within %s", latTimeout)
+	if err := awaitStop(recvErr, "watcher"); err != nil {
+		return ls, err
 	}
 	ls.missed = n - len(ls.send)
 	_, _ = wc.CleanupSession(ctx, &pb.CleanupSessionRequest{SessionId: session})

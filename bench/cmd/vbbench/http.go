@@ -158,13 +158,8 @@ func sseLatency(ctx context.Context, grpcAddr, base, session string, n, rate int
 	}); err != nil {
 		return ls, err
 	}
-	select {
-	case err := <-recvErr:
-		if err != nil {
-			return ls, err
-		}
-	case <-time.After(latTimeout):
-		return ls, fmt.Errorf("SSE watcher did not see the stop value within %s", latTimeout)
+	if err := awaitStop(recvErr, "SSE watcher"); err != nil {
+		return ls, err
 	}
 	ls.missed = n - len(ls.send)
 	return ls, nil

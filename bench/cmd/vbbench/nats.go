@@ -177,13 +177,8 @@ func natsLatencyGo(ctx context.Context, url, bucket string, st natsStorage, n, r
 	if err := pacedWriter(ctx, n, rate, natsWriter(ctx, kv, "x")); err != nil {
 		return ls, err
 	}
-	select {
-	case err := <-recvErr:
-		if err != nil {
-			return ls, err
-		}
-	case <-time.After(latTimeout):
-		return ls, fmt.Errorf("nats watcher did not see the stop value within %s", latTimeout)
+	if err := awaitStop(recvErr, "nats watcher"); err != nil {
+		return ls, err
 	}
 	ls.missed = n - len(ls.send)
 	return ls, nil
