@@ -4,14 +4,12 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"io"
 	"net/http"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -156,25 +154,6 @@ func TestServeFlagErrors(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for the server's log writes and the
-// test's reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // runServe starts "varbridge serve --listen 127.0.0.1:0 args..." with its log
 // in logs; it returns the address and stop, which sends the interrupt and
 // returns how long serve took to return.
@@ -268,7 +247,7 @@ func TestServeShutdownNotServingThenDrain(t *testing.T) {
 // duration; refused credentials logged once per 10 s; the plaintext-auth
 // warning once; no values, no tokens.
 func TestServeLogs(t *testing.T) {
-	var logs syncBuffer
+	var logs servertest.SyncBuffer
 	addr, stop := runServe(t, &logs, "--log-format", "json", "--log-level", "debug", "--require-auth")
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -336,7 +315,7 @@ func TestServeLogs(t *testing.T) {
 	}
 
 	// Text format, and a bad format is refused.
-	var textLogs syncBuffer
+	var textLogs servertest.SyncBuffer
 	_, stop = runServe(t, &textLogs, "--log-format", "text")
 	stop()
 	if !strings.Contains(textLogs.String(), "level=INFO msg=\"varbridge serving\"") {
@@ -349,7 +328,7 @@ func TestServeLogs(t *testing.T) {
 
 // A session that expires is logged (rate-limited like refusals).
 func TestServeLogsSessionExpiry(t *testing.T) {
-	var logs syncBuffer
+	var logs servertest.SyncBuffer
 	addr, stop := runServe(t, &logs, "--log-format", "json", "--session-ttl", "300ms")
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {

@@ -6,11 +6,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 
 	"github.com/varbridge/varbridge/internal/disk"
+	"github.com/varbridge/varbridge/internal/servertest"
 	"github.com/varbridge/varbridge/internal/store"
 	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
@@ -119,7 +119,7 @@ func TestFullDiskRefusesWritesThenRecovers(t *testing.T) {
 func TestFullDiskBallastKeepsPebbleGoing(t *testing.T) {
 	mnt := smallDisk(t, "40m")
 	dir := filepath.Join(mnt, "data")
-	var logs syncBuffer
+	var logs servertest.SyncBuffer
 	do := disk.Options{Reserve: 4 << 20, Fsync: disk.FsyncAlways, Logger: slog.New(slog.NewTextHandler(&logs, nil))}
 	so := store.Options{HistoryLimit: 1000, HistoryBytes: 1 << 30}
 	st, _ := open(t, dir, so, do)
@@ -161,22 +161,4 @@ func TestFullDiskBallastKeepsPebbleGoing(t *testing.T) {
 	if err != nil || v.Version != int64(acked+1) {
 		t.Fatalf("after restart: version %d, %v; want %d", v.GetVersion(), err, acked+1)
 	}
-}
-
-// syncBuffer collects log lines from the engine's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

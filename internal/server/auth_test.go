@@ -1,12 +1,10 @@
 package server_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -31,29 +29,12 @@ type secEnv struct {
 	conn *grpc.ClientConn
 	c    pb.BridgeServiceClient
 	ctx  context.Context
-	logs *syncBuffer
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	logs *servertest.SyncBuffer
 }
 
 func startSecure(t *testing.T, auth bool) *secEnv {
 	t.Helper()
-	e := &secEnv{t: t, tls: servertest.SelfSignedTLS(t), logs: &syncBuffer{}}
+	e := &secEnv{t: t, tls: servertest.SelfSignedTLS(t), logs: &servertest.SyncBuffer{}}
 	opts := []server.Option{
 		e.tls.ServerOption(),
 		server.WithLogger(slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))),
