@@ -45,6 +45,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/sstable"
 	"github.com/cockroachdb/pebble/v2/vfs"
 
+	"github.com/varbridge/varbridge/internal/record"
 	"github.com/varbridge/varbridge/internal/store"
 	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
@@ -354,15 +355,15 @@ func (e *Engine) Save(m *store.Mutation) (store.Pending, error) {
 		// after its drop) goes with the new one's first write.
 		_ = b.DeleteRange(sessionPrefix(id), sessionEnd(id), nil)
 		edits = append(edits, chunkEdit{session: id})
-		_ = b.Set(sessionKey(id, kindHeader), encodeHeader(m.Session), nil)
-		_ = b.Set(sessionKey(id, kindExpiry), encodeExpiry(m.Session.Incarnation, m.Expiry), nil)
+		_ = b.Set(sessionKey(id, kindHeader), record.EncodeHeader(m.Session), nil)
+		_ = b.Set(sessionKey(id, kindExpiry), record.EncodeExpiry(m.Session.Incarnation, m.Expiry), nil)
 	case m.Change != nil:
 		if err := e.addChange(b, &edits, m); err != nil {
 			_ = b.Close()
 			return nil, err
 		}
 	case m.Expiry != nil:
-		_ = b.Set(sessionKey(m.Session.ID, kindExpiry), encodeExpiry(m.Session.Incarnation, m.Expiry), nil)
+		_ = b.Set(sessionKey(m.Session.ID, kindExpiry), record.EncodeExpiry(m.Session.Incarnation, m.Expiry), nil)
 	default:
 		_ = b.Close()
 		return nil, errors.New("disk: empty mutation")
@@ -384,11 +385,11 @@ func (e *Engine) Save(m *store.Mutation) (store.Pending, error) {
 func (e *Engine) addChange(b *pebble.Batch, edits *[]chunkEdit, m *store.Mutation) error {
 	id := m.Session.ID
 	encoded := make(map[*pb.Variable][]byte, len(m.Change.Items))
-	rec, err := encodeChange(m.Change, encoded)
+	rec, err := record.EncodeChange(m.Change, encoded)
 	if err != nil {
 		return fmt.Errorf("disk: encoding revision %d of session %q: %w", m.Change.Revision, id, err)
 	}
-	_ = b.Set(sessionKey(id, kindHeader), encodeHeader(m.Session), nil)
+	_ = b.Set(sessionKey(id, kindHeader), record.EncodeHeader(m.Session), nil)
 	e.put(b, edits, id, historyKey(id, m.Change.Revision), rec)
 	for _, v := range m.Put {
 		enc, ok := encoded[v]

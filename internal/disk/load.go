@@ -5,6 +5,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 
+	"github.com/varbridge/varbridge/internal/record"
 	"github.com/varbridge/varbridge/internal/store"
 	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
@@ -53,16 +54,16 @@ func (e *Engine) scan(fn func(*store.Saved) error) error {
 		}
 		switch kind {
 		case kindHeader:
-			if cur.Session, err = decodeHeader(id, val); err != nil {
+			if cur.Session, err = record.DecodeHeader(id, val); err != nil {
 				return e.loadErr(id, fmt.Errorf("session record: %w", err))
 			}
 			header = true
 		case kindExpiry:
-			if expInc, exp, err = decodeExpiry(val); err != nil {
+			if expInc, exp, err = record.DecodeExpiry(val); err != nil {
 				return e.loadErr(id, fmt.Errorf("expiry record: %w", err))
 			}
 		case kindHistory:
-			c, err := decodeChange(val)
+			c, err := record.DecodeChange(val)
 			if err != nil {
 				return e.loadErr(id, fmt.Errorf("history record %x: %w", suffix, err))
 			}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 
+	"github.com/varbridge/varbridge/internal/record"
 	"github.com/varbridge/varbridge/internal/store"
 )
 
@@ -178,10 +179,10 @@ func (e *Engine) finishRestore() error {
 	err := e.scan(func(sv *store.Saved) error {
 		r := sv.Session
 		r.Incarnation = store.NewIncarnation()
-		_ = b.Set(sessionKey(r.ID, kindHeader), encodeHeader(&r), nil)
+		_ = b.Set(sessionKey(r.ID, kindHeader), record.EncodeHeader(&r), nil)
 		// A restore counts as use: a snapshot restored days later would
 		// otherwise come back with every session expired.
-		_ = b.Set(sessionKey(r.ID, kindExpiry), encodeExpiry(r.Incarnation, &store.Expiry{Deadline: time.Now().Add(r.TTL)}), nil)
+		_ = b.Set(sessionKey(r.ID, kindExpiry), record.EncodeExpiry(r.Incarnation, &store.Expiry{Deadline: time.Now().Add(r.TTL)}), nil)
 		return nil
 	})
 	if err != nil {
