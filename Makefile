@@ -3,7 +3,7 @@
 #   make venv         Python virtualenv in .venv (grpcio-tools, pytest, ruff, numpy, ./python)
 #   make proto        regenerate Go and Python code from proto/
 #   make proto-check  fail when the committed generated code is stale; buf lint
-#   make build        .bin/varbridge
+#   make build        .bin/varbridge and .bin/etcd (tools/etcd pins etcd)
 #   make test         vet, go test -race, pytest, ruff, mypy --strict (after venv, proto-check, build)
 #   make demo         live Go <-> Python reactive demo on a fresh server
 #   make fuzz         each fuzz target for FUZZTIME (default 2m; 5s inside make test)
@@ -23,6 +23,9 @@ VENV_STAMP := $(VENV)/.varbridge-stamp
 PY := $(VENV)/bin/python
 PY_PACKAGES := grpcio==1.85.1 grpcio-tools==1.85.1 protobuf pytest pytest-asyncio pytest-timeout ruff numpy
 BIN := .bin/varbridge
+# etcd (issue 12: servers over an etcd cluster) is built from the Go module
+# proxy at the version pinned in tools/etcd/go.mod; internal/etcdtest runs it.
+ETCD_BIN := .bin/etcd
 GO_TEST_TIMEOUT ?= 15m
 # buf is pinned in its own module (tools/buf); paths given to it are relative to tools/buf.
 BUF := cd tools/buf && go tool buf
@@ -61,8 +64,9 @@ buf-lint:
 
 # --- Go ----------------------------------------------------------------------
 build:
-	@echo "==> build: $(BIN)"
+	@echo "==> build: $(BIN) $(ETCD_BIN)"
 	go build -o $(BIN) ./cmd/varbridge
+	cd tools/etcd && go build -o ../../$(ETCD_BIN) go.etcd.io/etcd/server/v3
 
 # --- Tests -------------------------------------------------------------------
 test: venv proto-check build
@@ -141,7 +145,8 @@ CHAOS_ENV := VARBRIDGE_CHAOS_UPDATES=$(CHAOS_UPDATES) VARBRIDGE_CHAOS_BLACKHOLES
 # runs it with 5 kills. systest's Python parts use the venv's python and
 # must not be skipped here, and its server tests take the binary just built.
 CRASH_KILLS ?= 25
-SYSTEST_ENV := VARBRIDGE_REQUIRE_PYTHON=1 VARBRIDGE_PYTHON="$(CURDIR)/$(PY)" VARBRIDGE_BIN="$(CURDIR)/$(BIN)"
+SYSTEST_ENV := VARBRIDGE_REQUIRE_PYTHON=1 VARBRIDGE_PYTHON="$(CURDIR)/$(PY)" VARBRIDGE_BIN="$(CURDIR)/$(BIN)" \
+  VARBRIDGE_ETCD_BIN="$(CURDIR)/$(ETCD_BIN)"
 chaos: venv build
 	@echo "==> chaos: Go fault suite and leaks ($(CHAOS_UPDATES) updates, race detector on)"
 	$(CHAOS_ENV) go test -race -count=1 -timeout 30m -v -run '^(TestChaos|TestLeak)' ./systest
