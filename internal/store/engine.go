@@ -48,6 +48,9 @@ type SessionRecord struct {
 	// requires auth; the store keeps it for the server.
 	TokenHash []byte
 	Revision  int64
+	// Lease is the id of the lease that carries the session's TTL, on an
+	// engine that has leases (etcd); others leave it 0.
+	Lease int64
 }
 
 // Expiry is a session's expiry deadline as last recorded. Watched says the
@@ -75,6 +78,12 @@ type Mutation struct {
 	TrimBelow int64
 	Expiry    *Expiry
 	Drop      string // session id
+	// Fence is, for a Shared engine, the version of the session the
+	// mutation was made against (see Shared): Save refuses it with
+	// ErrStale when another server has changed the session since, and on
+	// success sets Fence to the version it made (and Session.Lease, for a
+	// Create). Other engines ignore it.
+	Fence int64
 }
 
 // Saved is one session as an engine gives it back.
@@ -85,6 +94,9 @@ type Saved struct {
 	// History holds the kept changes in revision order. Items' Var and Old
 	// are complete; variables in Variables and items are separate copies.
 	History []*Change
+	// Fence is the version of the session this was read at (Shared
+	// engines; see Mutation.Fence).
+	Fence int64
 }
 
 // ErrStorage is matched by every error of an engine's storage: the disk is

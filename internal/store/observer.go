@@ -91,6 +91,9 @@ func (st *Store) Watch(sessionID string, identifiers []string, opts WatchOptions
 	}
 	sess.mu.Lock()
 	w, err := st.watch(sess, identifiers, opts)
+	if err == nil && w.first {
+		st.follow(sess)
+	}
 	sess.mu.Unlock()
 	if err != nil {
 		return nil, err
@@ -248,6 +251,7 @@ func (w *Watch) Close() {
 	last := w.close()
 	s.mu.Unlock()
 	if last {
+		s.stopFollowing()
 		s.saveExpiry(true)
 	}
 }

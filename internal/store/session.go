@@ -69,6 +69,14 @@ type session struct {
 	toWake   []*Watch                       // marked by commits, woken on unlock
 
 	filterBudget *Budget // spent by the where filters of all its watches
+
+	// On a Shared engine: lease carries the session's TTL there, fence is
+	// the engine's version of the session at revision (both guarded by
+	// mu), and unfollow stops the engine telling this server of other
+	// servers' changes, which it does while the session is watched here.
+	lease    int64
+	fence    int64
+	unfollow func()
 }
 
 func newSession(id string, ttl time.Duration, md map[string]string, opts *Options) *session {
@@ -122,7 +130,7 @@ func (s *session) saveExpiry(force bool) {
 	}
 	s.savedDeadline.Store(d)
 	p, err := eng.Save(&Mutation{
-		Session: &SessionRecord{ID: s.id, Incarnation: s.incarnation},
+		Session: &SessionRecord{ID: s.id, Incarnation: s.incarnation, Lease: s.lease},
 		Expiry:  &Expiry{Deadline: time.Unix(0, d), Watched: s.watched.Load() > 0},
 	})
 	if err == nil && p != nil {
@@ -222,10 +230,12 @@ func (s *session) commit(now time.Time, ts *timestamppb.Timestamp, source string
 				m.Put = append(m.Put, it.Var)
 			}
 		}
+		m.Fence = s.fence
 		var err error
 		if p, err = eng.Save(m); err != nil {
 			return 0, nil, err
 		}
+		s.fence = m.Fence
 	}
 	s.revision = c.Revision
 	s.history.append(c)
@@ -240,7 +250,7 @@ func (s *session) commit(now time.Time, ts *timestamppb.Timestamp, source string
 func (s *session) record(rev int64) *SessionRecord {
 	return &SessionRecord{
 		ID: s.id, Incarnation: s.incarnation, TTL: s.ttl, CreatedAt: s.createdAt,
-		Metadata: s.metadata, TokenHash: s.tokenHash, Revision: rev,
+		Metadata: s.metadata, TokenHash: s.tokenHash, Revision: rev, Lease: s.lease,
 	}
 }
 
@@ -310,7 +320,7 @@ type Register struct {
 
 // Register creates a variable and returns it with the revision it took.
 func (st *Store) Register(sessionID string, r Register) (*pb.Variable, int64, error) {
-	sess, err := st.session(sessionID)
+	sess, err := st.writable(sessionID)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -334,9 +344,15 @@ func (st *Store) Register(sessionID string, r Register) (*pb.Variable, int64, er
 	if err := rl.check(r.Name, r.Value); err != nil {
 		return nil, 0, err
 	}
-	sess.mu.Lock()
-	pv, rev, p, err := st.register(sess, r, rl)
-	sess.unlockAndWake()
+	var (
+		pv  *pb.Variable
+		rev int64
+		p   Pending
+	)
+	err = st.locked(sess, func() (bool, error) {
+		pv, rev, p, err = st.register(sess, r, rl)
+		return err == nil, err
+	})
 	if err == nil {
 		err = sess.settle(p, rev)
 	}
@@ -515,7 +531,7 @@ func (st *Store) Durable() bool { return st.opts.Engine != nil }
 // apply is Set up to the wait for durability: it checks and applies the
 // writes under the session's lock and returns what to settle.
 func (st *Store) apply(sessionID string, writes []Write, md map[string]string, source string) (WriteResult, *session, Pending, error) {
-	sess, err := st.session(sessionID)
+	sess, err := st.writable(sessionID)
 	if err != nil {
 		return WriteResult{}, nil, nil, err
 	}
@@ -535,9 +551,20 @@ func (st *Store) apply(sessionID string, writes []Write, md map[string]string, s
 	}
 	source = sourceOf(source, md)
 
-	sess.mu.Lock()
-	res, p, err := st.set(sess, writes, md, source)
-	sess.unlockAndWake()
+	var (
+		res WriteResult
+		p   Pending
+	)
+	if st.sh == nil { // the hot path, without locked's closure
+		sess.mu.Lock()
+		res, p, err = st.set(sess, writes, md, source)
+		sess.unlockAndWake()
+		return res, sess, p, err
+	}
+	err = st.locked(sess, func() (bool, error) {
+		res, p, err = st.set(sess, writes, md, source)
+		return len(res.Changed) > 0, err
+	})
 	return res, sess, p, err
 }
 
@@ -657,16 +684,22 @@ func (st *Store) List(sessionID, pattern string) ([]*pb.Variable, int64, error) 
 
 // Delete removes a variable and returns it as it was.
 func (st *Store) Delete(sessionID, ident string, md map[string]string, source string) (*pb.Variable, int64, error) {
-	sess, err := st.session(sessionID)
+	sess, err := st.writable(sessionID)
 	if err != nil {
 		return nil, 0, err
 	}
 	if ident == "" {
 		return nil, 0, fieldErr("variable_identifier", "is required")
 	}
-	sess.mu.Lock()
-	old, rev, p, err := st.delete(sess, ident, md, source)
-	sess.unlockAndWake()
+	var (
+		old *pb.Variable
+		rev int64
+		p   Pending
+	)
+	err = st.locked(sess, func() (bool, error) {
+		old, rev, p, err = st.delete(sess, ident, md, source)
+		return err == nil, err
+	})
 	if err == nil {
 		err = sess.settle(p, rev)
 	}

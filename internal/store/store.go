@@ -95,6 +95,7 @@ func (o *Options) withDefaults() {
 // stall the others.
 type Store struct {
 	opts Options
+	sh   Shared // opts.Engine, when other servers write to it too
 
 	mu       sync.RWMutex
 	sessions map[string]*session
@@ -128,6 +129,7 @@ type Recovered struct {
 func Open(opts Options) (*Store, Recovered, error) {
 	opts.withDefaults()
 	s := &Store{opts: opts, sessions: map[string]*session{}, stop: make(chan struct{})}
+	s.sh, _ = opts.Engine.(Shared)
 	var rec Recovered
 	if opts.Engine != nil {
 		var err error
@@ -153,6 +155,7 @@ func (s *Store) Close() {
 		s.mu.Unlock()
 		for _, sess := range all {
 			sess.close(ClosedShutdown)
+			sess.stopFollowing()
 		}
 		if s.opts.Engine != nil {
 			_ = s.opts.Engine.Close()
@@ -185,7 +188,9 @@ func (s *Store) Sweep() []string {
 		if sess.expired(now) {
 			delete(s.sessions, id)
 			expired = append(expired, sess)
-			saved = append(saved, s.drop(id))
+			if s.sh == nil {
+				saved = append(saved, s.drop(id))
+			}
 		}
 	}
 	s.mu.Unlock()
@@ -198,6 +203,12 @@ func (s *Store) Sweep() []string {
 	for i, sess := range expired {
 		sess.close(ClosedExpired)
 		ids[i] = sess.id
+	}
+	if s.sh != nil {
+		// On a shared engine a session idle here may be in use elsewhere:
+		// this server only drops its copy. The session's lease decides
+		// when it expires, for every server at once.
+		return nil
 	}
 	if len(ids) > 0 && s.opts.OnExpire != nil {
 		s.opts.OnExpire(ids)
@@ -239,6 +250,9 @@ func (s *Store) CreateSessionWithToken(id string, ttl time.Duration, metadata ma
 	if ttl == 0 {
 		ttl = s.opts.TTL
 	}
+	if s.sh != nil {
+		return s.createShared(id, ttl, metadata, tokenHash)
+	}
 	s.mu.Lock()
 	if sess, ok := s.sessions[id]; ok {
 		s.mu.Unlock()
@@ -276,6 +290,13 @@ func (s *Store) CreateSessionWithToken(id string, ttl time.Duration, metadata ma
 // TokenHash returns the token hash a session was created with (nil when
 // none), and whether the session exists.
 func (s *Store) TokenHash(id string) ([]byte, bool) {
+	if s.sh != nil {
+		sess, err := s.sharedSession(s.sh, id, false)
+		if err != nil {
+			return nil, false
+		}
+		return sess.tokenHash, true
+	}
 	s.mu.RLock()
 	sess, ok := s.sessions[id]
 	s.mu.RUnlock()
@@ -295,16 +316,33 @@ func (s *Store) drop(id string) Pending {
 	return p
 }
 
-// session returns a live session and marks it used.
-func (s *Store) session(id string) (*session, error) {
+// session returns a live session, current on a shared engine, and marks
+// it used.
+func (s *Store) session(id string) (*session, error) { return s.use(id, true) }
+
+// writable is session for a write: on a shared engine the write itself
+// finds out whether the copy was current (see Shared), sparing a round
+// trip.
+func (s *Store) writable(id string) (*session, error) { return s.use(id, false) }
+
+func (s *Store) use(id string, current bool) (*session, error) {
 	if id == "" {
 		return nil, fieldErr("session_id", "is required")
 	}
-	s.mu.RLock()
-	sess, ok := s.sessions[id]
-	s.mu.RUnlock()
-	if !ok {
-		return nil, sessionNotFound(id)
+	var sess *session
+	if s.sh != nil {
+		var err error
+		if sess, err = s.sharedSession(s.sh, id, current); err != nil {
+			return nil, err
+		}
+	} else {
+		s.mu.RLock()
+		var ok bool
+		sess, ok = s.sessions[id]
+		s.mu.RUnlock()
+		if !ok {
+			return nil, sessionNotFound(id)
+		}
 	}
 	sess.touch(s.opts.Now())
 	sess.saveExpiry(false)
@@ -313,6 +351,13 @@ func (s *Store) session(id string) (*session, error) {
 
 // GetSession describes a session without extending its TTL.
 func (s *Store) GetSession(id string) (SessionInfo, error) {
+	if s.sh != nil && id != "" {
+		sess, err := s.sharedSession(s.sh, id, true)
+		if err != nil {
+			return SessionInfo{}, err
+		}
+		return sess.info(), nil
+	}
 	s.mu.RLock()
 	sess, ok := s.sessions[id]
 	s.mu.RUnlock()
@@ -340,6 +385,9 @@ func (s *Store) CleanupSession(id string) (int, error) {
 	if id == "" {
 		return 0, fieldErr("session_id", "is required")
 	}
+	if s.sh != nil {
+		return s.cleanupShared(id)
+	}
 	s.mu.Lock()
 	sess, ok := s.sessions[id]
 	if !ok {
@@ -363,6 +411,9 @@ func (s *Store) CleanupSession(id string) (int, error) {
 func (s *Store) ListSessions(pattern string) ([]SessionInfo, error) {
 	if _, err := path.Match(pattern, ""); err != nil {
 		return nil, fieldErr("pattern", "%q is not a valid glob: %v", pattern, err)
+	}
+	if s.sh != nil {
+		return s.listShared(pattern)
 	}
 	s.mu.RLock()
 	all := make([]*session, 0, len(s.sessions))
