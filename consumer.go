@@ -9,6 +9,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
@@ -50,6 +51,7 @@ type streamConsumer struct {
 	skip       map[string]struct{} // after a break inside partialRev's group: partialIDs, to skip when resent
 	gone       map[string]bool     // identifiers whose variable was deleted
 	failures   int                 // consecutive failures; a message resets it
+	failovers  int                 // consecutive failovers (failover); a message resets it
 	failedAt   time.Time           // when the current run of failures began
 	single     bool                // the server lacks WatchVariableBatches
 	noMux      bool                // the server lacks Watch, or the watch opted out
@@ -318,7 +320,7 @@ func (c *streamConsumer) consume(stream updateStream) error {
 		if err != nil {
 			return err
 		}
-		c.failures = 0
+		c.failures, c.failovers = 0, 0
 		for _, u := range us {
 			c.process(u)
 		}
@@ -415,6 +417,9 @@ func (c *streamConsumer) failed(ctx context.Context, err error) error {
 	if !again {
 		return err
 	}
+	if c.failover() {
+		return c.wait(ctx, backoff(w.cfg.backoffBase, w.cfg.backoffCap, 1))
+	}
 	c.failures++
 	if c.failures == 1 {
 		c.failedAt = time.Now()
@@ -422,7 +427,12 @@ func (c *streamConsumer) failed(ctx context.Context, err error) error {
 	if c.failures >= w.cfg.maxFailures {
 		return &GaveUpError{Attempts: c.failures, Elapsed: time.Since(c.failedAt), Last: err}
 	}
-	t := time.NewTimer(backoff(w.cfg.backoffBase, w.cfg.backoffCap, c.failures))
+	return c.wait(ctx, backoff(w.cfg.backoffBase, w.cfg.backoffCap, c.failures))
+}
+
+// wait waits d, or until ctx ends (then it returns ctx.Err()).
+func (c *streamConsumer) wait(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
@@ -430,6 +440,31 @@ func (c *streamConsumer) failed(ctx context.Context, err error) error {
 	case <-t.C:
 		return nil
 	}
+}
+
+// maxFailovers bounds the consecutive failovers of a watch, so that servers
+// that are up but refuse its stream with a retryable status (one cut off
+// from its storage, say) cannot make it spin: past it, each failure counts
+// towards giving up on the backoff schedule.
+const maxFailovers = 3
+
+// failover reports whether a retryable failure is a failover: the watch's
+// target names several servers and its connection still has one up (gRPC
+// already dropped the one that failed from the rotation, so the next stream
+// opens on a live server). A failover neither waits the backoff (only the
+// first attempt's jitter, which spreads the watches of a dead server over
+// a moment) nor counts towards giving up: another server is there to take
+// the watch. A target with one server never fails over.
+func (c *streamConsumer) failover() bool {
+	if c.conn.pool == nil || !c.conn.pool.balanced || c.failovers >= maxFailovers {
+		return false
+	}
+	if c.conn.lease.cc.GetState() != connectivity.Ready {
+		return false
+	}
+	c.failovers++
+	c.w.failovers.Add(1)
+	return true
 }
 
 // retryable reports whether a stream error may go away by reconnecting: a

@@ -21,7 +21,8 @@ import (
 // credentials, reference-counted, and closed with their last user.
 type connPool struct {
 	key      string // "" for a private pool
-	target   string
+	target   string // the gRPC target dialed (targets.go)
+	balanced bool   // the target may name several servers
 	dialOpts []grpc.DialOption
 	limit    int
 
@@ -52,6 +53,10 @@ var pools = struct {
 // acquirePool returns the shared pool for o's target and credentials, or a
 // private one when o has extra dial options.
 func acquirePool(target string, o *options) (*connPool, error) {
+	dt, err := parseTarget(target)
+	if err != nil {
+		return nil, err
+	}
 	creds := insecure.NewCredentials()
 	credKey := "insecure"
 	if o.tlsConfig != nil {
@@ -64,7 +69,6 @@ func acquirePool(target string, o *options) (*connPool, error) {
 		// of failing at once while it is (re)connecting, say just after a
 		// server restart; watch streams opt out (see streamConsumer.open).
 		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(codec.Client), grpc.WaitForReady(true)),
-		grpc.WithDefaultServiceConfig(serviceConfig),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{
 			Time: o.keepTime, Timeout: o.keepTimeout, PermitWithoutStream: true,
 		}),
@@ -74,13 +78,14 @@ func acquirePool(target string, o *options) (*connPool, error) {
 			Backoff:           grpcbackoff.Config{BaseDelay: DefaultBackoffBase, Multiplier: 1.6, Jitter: 0.2, MaxDelay: DefaultBackoffCap},
 			MinConnectTimeout: 20 * time.Second,
 		}),
-	}, o.dialOpts...)
+	}, dt.opts...) // the service config and resolver (targets.go)
+	dialOpts = append(dialOpts, o.dialOpts...)
 	key := fmt.Sprintf("%s|%s|%s|%s", target, credKey, o.keepTime, o.keepTimeout)
 	if len(o.dialOpts) > 0 {
 		key = "" // options we cannot compare: not shared
 	}
 	newPool := func() (*connPool, error) {
-		p := &connPool{key: key, target: target, dialOpts: dialOpts, limit: o.streamsPerConn, refs: 1}
+		p := &connPool{key: key, target: dt.grpcTarget, balanced: dt.balanced, dialOpts: dialOpts, limit: o.streamsPerConn, refs: 1}
 		if _, err := p.dial(); err != nil {
 			return nil, err
 		}
@@ -105,13 +110,12 @@ func acquirePool(target string, o *options) (*connPool, error) {
 	return p, nil
 }
 
-// serviceConfig makes gRPC itself retry the idempotent reads when they fail
+// retryMethodConfig makes gRPC itself retry the idempotent reads when they fail
 // UNAVAILABLE (a connection lost mid-call), with the schedule the Python
 // client uses too: up to 5 attempts, backoff from 0.1 s doubling to 1 s.
 // Writes are not retried: one that reached the server before the
 // connection broke would apply twice.
-const serviceConfig = `{
-  "methodConfig": [{
+const retryMethodConfig = `[{
     "name": [
       {"service": "varbridge.v1.BridgeService", "method": "GetSession"},
       {"service": "varbridge.v1.BridgeService", "method": "GetVariable"},
@@ -127,8 +131,7 @@ const serviceConfig = `{
       "backoffMultiplier": 2,
       "retryableStatusCodes": ["UNAVAILABLE"]
     }
-  }]
-}`
+  }]`
 
 // dial adds a connection; p.mu is held or p is not yet shared.
 func (p *connPool) dial() (*pooledConn, error) {

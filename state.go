@@ -139,6 +139,10 @@ type WatchInfo struct {
 	Errors          int64 // stream errors and failed (re)connects
 	Panics          int64 // watcher and filter panics, recovered
 	Reconnects      int64 // streams re-opened after a break
+	// Failovers counts the breaks a BridgedState watch on several servers
+	// retried at once on another server that was up, without backoff and
+	// without counting them towards giving up.
+	Failovers int64
 	// DuplicatesSkipped counts updates a resumed stream sent again (the
 	// members of a batch delivered before a cut) and the watch dropped.
 	DuplicatesSkipped int64

@@ -32,7 +32,7 @@ type watch struct {
 	// it; a watch of every variable has none and uses the variable's name.
 	identOf func(varID string) (string, bool)
 
-	received, filtered, errors, panics, reconnects, duplicates atomic.Int64
+	received, filtered, errors, panics, reconnects, failovers, duplicates atomic.Int64
 	// lastRev is the watch's progress, recorded in this one place
 	// (Complete): the last revision whose updates were all delivered. It is
 	// what ListWatchers reports and what a BridgedState stream resumes after
@@ -328,7 +328,7 @@ func (w *watch) info() WatchInfo {
 	return WatchInfo{
 		Ref: w.ref, Identifiers: slices.Clone(w.identifiers), Alive: w.alive, Reason: w.reason,
 		UpdatesReceived: w.received.Load(), UpdatesFiltered: w.filtered.Load(),
-		Errors: w.errors.Load(), Panics: w.panics.Load(), Reconnects: w.reconnects.Load(), DuplicatesSkipped: w.duplicates.Load(),
+		Errors: w.errors.Load(), Panics: w.panics.Load(), Reconnects: w.reconnects.Load(), Failovers: w.failovers.Load(), DuplicatesSkipped: w.duplicates.Load(),
 		StartedAt: w.started, Uptime: time.Since(w.started), LastRevision: max(w.lastRev.Load(), 0), LastError: w.lastErr,
 		Incarnation: w.currentIncarnation(),
 	}
