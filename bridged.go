@@ -38,6 +38,19 @@ var _ StateProvider = (*BridgedState)(nil)
 // for the connection (a server still starting, or restarting) until ctx
 // ends, rather than failing at the first refused connect: give ctx a
 // deadline.
+//
+// Several servers that share their sessions (varbridge servers over one
+// etcd cluster) are named by a comma-separated list, "h1:p1,h2:p2,h3:p3",
+// or by a DNS name with a record per server, "dns:///name:port". Calls
+// and watch streams then spread over the servers that are up (gRPC's
+// round_robin), and a server that dies leaves the rotation at once: a
+// watch on it resumes on another from its revision and incarnation, with
+// nothing lost or repeated and without waiting out its backoff or counting
+// towards WithMaxFailures (WatchInfo.Failovers counts these); reads cut off
+// are retried on another server; a write in flight fails with
+// ErrUnavailable (it may or may not have been applied, so it is never sent
+// again), and later writes go to a server that is up. A malformed list
+// fails with ErrInvalidArgument.
 func NewBridgedState(ctx context.Context, target string, opts ...Option) (*BridgedState, error) {
 	o := newOptions(opts)
 	pool, err := acquirePool(target, &o)
@@ -82,7 +95,8 @@ func (t bearer) attach(ctx context.Context) context.Context {
 // Hand it to other clients, Go or Python, that join the session.
 func (b *BridgedState) Token() string { return b.rb.token }
 
-// Target returns the server address the state was created with.
+// Target returns the server address the state was created with (a list,
+// for several servers, as given).
 func (b *BridgedState) Target() string { return b.rb.target }
 
 var _ backend.Backend = (*remote)(nil)

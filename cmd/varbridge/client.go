@@ -27,6 +27,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/varbridge/varbridge"
+	"github.com/varbridge/varbridge/internal/target"
 	varbridgev1 "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
 
@@ -58,7 +59,9 @@ type globalOptions struct {
 // command prints; the first is the default.
 func (g *globalOptions) clientFlags(cmd *cobra.Command, outputs ...string) {
 	f := cmd.Flags()
-	f.String("addr", "127.0.0.1:50051", "server address host:port (env "+envAddr+")")
+	f.String("addr", "127.0.0.1:50051",
+		"server address host:port, or several servers sharing their sessions as host:port,host:port,... "+
+			"or dns:///name:port (calls go to the servers that are up in turn; watch moves to another when its server dies) (env "+envAddr+")")
 	f.String("session", "default", "session id (env "+envSession+")")
 	f.String("token", "",
 		"token sent as 'authorization: Bearer <token>': the session's, or for 'sessions' the operator's (env "+envToken+")")
@@ -147,9 +150,28 @@ func (g *globalOptions) outputFormat(cmd *cobra.Command) (string, error) {
 
 // checkAddr rejects an address gRPC could not dial with a message that says
 // what is wrong, before dialing: gRPC's own ("produced zero addresses") does
-// not. Targets with a scheme (dns:///, unix:, ...) are left to gRPC.
+// not. A list of servers (host:port,host:port) has each of its addresses
+// checked. Targets with a scheme (dns:///, unix:, ...) are left to gRPC.
 func checkAddr(addr string) error {
 	if strings.Contains(addr, ":///") || strings.HasPrefix(addr, "unix:") || strings.HasPrefix(addr, "unix-abstract:") {
+		return nil
+	}
+	list, isList := strings.CutPrefix(addr, "ipv4:")
+	if !isList {
+		list, isList = strings.CutPrefix(addr, "ipv6:")
+	}
+	if isList || strings.Contains(addr, ",") {
+		if !isList {
+			list = addr
+		}
+		for _, a := range strings.Split(strings.TrimLeft(list, "/"), ",") {
+			if strings.TrimSpace(a) == "" {
+				return fmt.Errorf("server address list %q (--addr or $%s) has an empty address: want host:port,host:port,...", addr, envAddr)
+			}
+			if err := checkAddr(strings.TrimSpace(a)); err != nil {
+				return err
+			}
+		}
 		return nil
 	}
 	const want = "want host:port, such as 127.0.0.1:50051"
@@ -194,7 +216,17 @@ func (cc *clientConfig) dial() (*grpc.ClientConn, error) {
 	if cc.tls != nil {
 		creds = credentials.NewTLS(cc.tls)
 	}
-	conn, err := grpc.NewClient(cc.addr, grpc.WithTransportCredentials(creds))
+	// One address, or several servers (package target): the same parsing,
+	// resolver and balancing as the Go client's.
+	t, err := target.Parse(cc.addr)
+	if err != nil {
+		return nil, err
+	}
+	opts := append(t.Options, grpc.WithTransportCredentials(creds))
+	if t.Balanced {
+		opts = append(opts, grpc.WithDefaultServiceConfig(target.ServiceConfig(true, "")))
+	}
+	conn, err := grpc.NewClient(t.Target, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to %s: %w", cc.addr, err)
 	}
@@ -313,6 +345,9 @@ func (c *client) hint(err error) error {
 			envToken, quoteIfNeeded(c.session))}
 	case codes.Unavailable:
 		h := fmt.Sprintf("is 'varbridge serve' running at %s?", c.cfg.addr)
+		if strings.Contains(c.cfg.addr, ",") {
+			h = fmt.Sprintf("is 'varbridge serve' running at any of %s?", c.cfg.addr)
+		}
 		if c.cfg.tls == nil {
 			h += " If it serves TLS, pass --tls-ca (or --tls)."
 		}
