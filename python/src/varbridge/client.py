@@ -18,6 +18,7 @@ from varbridge import _convert as cv
 from varbridge import _writes
 from varbridge._mux import MuxCall, MuxStream
 from varbridge._options import WatchArgs, WatchOptions, with_option_keywords
+from varbridge._targets import channel_target
 from varbridge._typecache import TypeCache, TypeInfo
 from varbridge.errors import (
     ConstraintViolation,
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
 __all__ = [
+    "BALANCED_SERVICE_CONFIG",
     "DEFAULT_OPTIONS",
     "SERVICE_CONFIG",
     "Bridge",
@@ -103,7 +105,20 @@ SERVICE_CONFIG: dict[str, Any] = {
 }
 """The gRPC service config every channel gets (wait-for-ready on unary calls,
 a retryPolicy for idempotent reads); override with the ``grpc.service_config``
-channel option."""
+channel option. A bridge on several servers gets :data:`BALANCED_SERVICE_CONFIG`."""
+
+BALANCED_SERVICE_CONFIG: dict[str, Any] = {
+    "loadBalancingConfig": [{"round_robin": {}}],
+    **SERVICE_CONFIG,
+}
+"""The service config of a bridge on several servers: :data:`SERVICE_CONFIG`
+with gRPC's ``round_robin`` policy. Each call, and each stream when it opens,
+goes to the next server that is up; a server whose connection drops leaves
+the rotation at once (gRPC redials it in the background). A stream stays on
+its server for its life: a watch whose server dies resumes on another from
+its revision and incarnation, a read cut off is retried there, and a write
+in flight fails with :class:`~varbridge.errors.Unavailable` (it may or may
+not have been applied, so it is never sent again)."""
 
 # Deliberate keepalive settings, matched by the server, which permits client
 # pings every 10 s: ping an idle connection every 30 s, give up on a peer
@@ -131,7 +146,7 @@ DEFAULT_OPTIONS: tuple[tuple[str, Any], ...] = (
 
 
 def connect(
-    target: str,
+    target: str | Sequence[str],
     *,
     credentials: grpc.ChannelCredentials | None = None,
     token: str | None = None,
@@ -143,6 +158,18 @@ def connect(
 
     Use as ``async with varbridge.connect("127.0.0.1:50051") as bridge:`` (or
     ``bridge = await varbridge.connect(...)`` and ``await bridge.close()``).
+
+    ``target``: the server's ``"host:port"`` (or any gRPC target), or several
+    servers that share their sessions (varbridge servers over one etcd
+    cluster): a list ``["h1:p1", "h2:p2"]``, the same as one string
+    ``"h1:p1,h2:p2"``, or ``"dns:///name:port"`` with a record per server.
+    Calls and watches then spread over the servers that are up
+    (:data:`BALANCED_SERVICE_CONFIG`), and a watch whose server dies resumes
+    on another at once, from its revision and incarnation, nothing lost or
+    repeated, without counting towards its ``max_retries``. Host names in a
+    list are resolved when the bridge is made (gRPC's address lists take IP
+    addresses); a malformed list raises
+    :class:`~varbridge.errors.InvalidArgument`.
 
     ``credentials``: TLS channel credentials (plaintext when None).
     ``token``: a bearer token sent on every call (sessions created with auth
@@ -167,8 +194,12 @@ def connect(
 
 def _merge_options(
     options: Mapping[str, Any] | Sequence[tuple[str, Any]] | None,
+    *,
+    balanced: bool = False,
 ) -> list[tuple[str, Any]]:
     merged = dict(DEFAULT_OPTIONS)
+    if balanced:
+        merged["grpc.service_config"] = json.dumps(BALANCED_SERVICE_CONFIG)
     if options:
         items = options.items() if isinstance(options, Mapping) else options
         merged.update(dict(items))
@@ -176,11 +207,12 @@ def _merge_options(
 
 
 class Bridge:
-    """A connection to a varbridge server: one gRPC channel shared by all calls."""
+    """A connection to a varbridge server, or to several (see :func:`connect`):
+    one gRPC channel shared by all calls."""
 
     def __init__(
         self,
-        target: str,
+        target: str | Sequence[str],
         *,
         credentials: grpc.ChannelCredentials | None = None,
         token: str | None = None,
@@ -188,12 +220,14 @@ class Bridge:
         timeout: float | None = 30.0,
         source: str | None = None,
     ) -> None:
-        self.target = target
+        self.target, self.balanced = channel_target(target)
+        """The gRPC target the channel dials (an ``ipv4:``/``ipv6:`` list for
+        a list of servers), and whether it names several servers."""
         self.token = token
         self.timeout = timeout
         self.source = source
         self._credentials = credentials
-        self._options = _merge_options(options)
+        self._options = _merge_options(options, balanced=self.balanced)
         # Made on first use, inside the event loop that uses it (a grpc.aio
         # channel belongs to the loop it was created in).
         self._channel: grpc.aio.Channel | None = None
@@ -218,6 +252,16 @@ class Bridge:
             else:
                 self._channel = grpc.aio.insecure_channel(self.target, options=self._options)
         return self._channel
+
+    def _failover_ready(self) -> bool:
+        """Whether a watch that just lost its stream can resume at once on
+        another server: the bridge names several and one of them is up (the
+        one that failed has left gRPC's rotation)."""
+        return (
+            self.balanced
+            and self._channel is not None
+            and self._channel.get_state(try_to_connect=False) == grpc.ChannelConnectivity.READY
+        )
 
     @property
     def stub(self) -> Any:
@@ -789,6 +833,10 @@ class SessionContext:
         if opts.batch_window is not None:
             return BatchWatch(w, opts.batch_window)
         return w
+
+    def _failover_ready(self) -> bool:
+        """See :class:`varbridge.watch.WatchSource`."""
+        return self.bridge._failover_ready()
 
     def _open_watch_stream(
         self, request: pb.WatchVariablesRequest, *, batched: bool, shared: bool = False

@@ -87,7 +87,7 @@ class _LoopThread:
 
 
 def connect(
-    target: str,
+    target: str | Sequence[str],
     *,
     credentials: grpc.ChannelCredentials | None = None,
     token: str | None = None,
@@ -95,7 +95,13 @@ def connect(
     timeout: float | None = 30.0,
     source: str | None = None,
 ) -> SyncBridge:
-    """Blocking twin of :func:`varbridge.connect`; close it or use ``with``."""
+    """Blocking twin of :func:`varbridge.connect`; close it or use ``with``.
+
+    ``target`` is one server's ``"host:port"`` or several servers that share
+    their sessions (``["h1:p1", "h2:p2"]``, ``"h1:p1,h2:p2"`` or
+    ``"dns:///name:port"``): calls spread over the servers that are up and a
+    watch whose server dies resumes on another (see :func:`varbridge.connect`).
+    """
     return SyncBridge(
         target,
         credentials=credentials,
@@ -109,7 +115,7 @@ def connect(
 class SyncBridge:
     """A connection whose methods block; see :class:`varbridge.client.Bridge`."""
 
-    def __init__(self, target: str, **kwargs: Any) -> None:
+    def __init__(self, target: str | Sequence[str], **kwargs: Any) -> None:
         self._lt = _LoopThread()
 
         async def make() -> Bridge:

@@ -28,6 +28,11 @@ a break waits a random fraction (up to 10 %) of ``backoff_base``; attempt
 n >= 2 waits ``backoff_base * 2**(n-2)``, capped at ``backoff_cap``, +-10 %.
 At the ``max_retries``-th consecutive failure the watch raises
 :class:`GaveUp` ("gave up after N attempts over T: last error: ...").
+On a bridge with several servers (``connect(["h1:p1", "h2:p2"])``), a break
+while another server is up is a failover: the next stream opens on that
+server after only the first attempt's jitter, and it does not count towards
+``max_retries`` (``failovers`` counts them; a few in a row, then the schedule
+above applies again).
 
 Leaving the loop (``break``, an exception, cancelling the task, ``aclose()``
 or the ``async with`` block) cancels the RPC at once.
@@ -100,6 +105,11 @@ def backoff(base: float, cap: float, failures: int) -> float:
 
 log = logging.getLogger("varbridge.watch")
 
+# The consecutive failovers a watch makes before each failure counts towards
+# giving up again, so that servers that are up but refuse its stream with a
+# retryable status (one cut off from its storage, say) cannot make it spin.
+_MAX_FAILOVERS = 3
+
 
 class WatchSource(Protocol):
     """What a watch needs of its session (a
@@ -111,6 +121,11 @@ class WatchSource(Protocol):
 
     async def get_info(self) -> SessionInfo:
         """The session's current description (for a watch "from now")."""
+        ...
+
+    def _failover_ready(self) -> bool:
+        """Whether a broken stream can be resumed at once on another server
+        that is up (a bridge on several servers; see :meth:`Watch._backoff`)."""
         ...
 
     def _open_watch_stream(
@@ -164,7 +179,7 @@ class Watch(AsyncIterator[VariableUpdate]):
     session.watch_variables([...]) as watch: async for update in watch:``.
 
     Counters for monitoring: ``received`` (messages off the wire), ``yielded``,
-    ``filtered`` (by ``filter=``), ``filter_errors``, ``reconnects``,
+    ``filtered`` (by ``filter=``), ``filter_errors``, ``reconnects``, ``failovers``,
     ``duplicates_skipped``, ``mid_group_resumes`` and ``last_revision`` (the last revision received
     completely; a resume starts after it).
     """
@@ -213,6 +228,7 @@ class Watch(AsyncIterator[VariableUpdate]):
         self._filed = self._types.filed
         self._closed = False
         self._failures = 0  # consecutive failed attempts
+        self._failovers = 0  # consecutive failovers (see _backoff)
         self._failing_since = 0.0  # monotonic time of the first of them
 
         # The session incarnation the resume point belongs to ("" unknown),
@@ -246,6 +262,9 @@ class Watch(AsyncIterator[VariableUpdate]):
         self.filtered = 0
         self.filter_errors = 0
         self.reconnects = 0
+        self.failovers = 0
+        """Breaks resumed at once on another server that was up (a bridge on
+        several servers), without backoff and not counted towards ``max_retries``."""
         self.duplicates_skipped = 0
         self.mid_group_resumes = 0
         self.attempts = 0
@@ -444,7 +463,7 @@ class Watch(AsyncIterator[VariableUpdate]):
                         Unavailable("watch stream ended by the server", grpc.StatusCode.UNAVAILABLE)
                     )
                     continue
-                self._failures = 0
+                self._failures = self._failovers = 0
                 # A batch is kept as it came (a repeated field), processed in place.
                 batch = msg.updates if self.batched or self._on_mux else (msg,)
                 self._end = n = len(batch)
@@ -549,11 +568,23 @@ class Watch(AsyncIterator[VariableUpdate]):
                 return
 
     async def _backoff(self, err: VarbridgeError) -> None:
+        opts = self.options
+        if self._failovers < _MAX_FAILOVERS and self.session._failover_ready():
+            # A failover: the bridge names several servers and one is up
+            # (gRPC already dropped the one that failed from its rotation),
+            # so the next stream opens there. It waits only the first
+            # attempt's jitter, which spreads a dead server's watches over a
+            # moment, and does not count towards giving up.
+            self._failovers += 1
+            self.failovers += 1
+            delay = backoff(opts.backoff_base, opts.backoff_cap, 1)
+            log.info("watch %s: %s; failing over in %.2fs", self.session.session_id, err, delay)
+            await asyncio.sleep(delay)
+            return
         now = time.monotonic()
         if self._failures == 0:
             self._failing_since = now
         self._failures += 1
-        opts = self.options
         if self._failures >= opts.max_retries:
             raise GaveUp(self._failures, now - self._failing_since, err) from err
         delay = backoff(opts.backoff_base, opts.backoff_cap, self._failures)
