@@ -1,0 +1,155 @@
+package etcdtest
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/goleak"
+	"go.uber.org/zap"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestSingleMember(t *testing.T) {
+	c := Start(t, 1)
+	if eps := c.Endpoints(); len(eps) != 1 || !strings.HasPrefix(eps[0], "127.0.0.1:") {
+		t.Fatalf("Endpoints() = %v, want one 127.0.0.1 address", eps)
+	}
+	ctx := timeout(t)
+	cli := c.Client()
+	mustPut(ctx, t, cli, "k", "v")
+	if got := get(ctx, t, cli, "k"); got != "v" {
+		t.Fatalf("k = %q, want v", got)
+	}
+	if i, err := c.Leader(ctx); err != nil || i != 0 {
+		t.Fatalf("Leader() = %d, %v; want 0", i, err)
+	}
+}
+
+// TestFailover kills the leader of three members: another is elected and
+// writes go on; the killed member, restarted, has the writes it missed.
+// Then all three are killed and restarted together on their data.
+func TestFailover(t *testing.T) {
+	c := Start(t, 3)
+	ctx := timeout(t)
+	cli := c.Client()
+	mustPut(ctx, t, cli, "k", "v1")
+
+	old, err := c.Leader(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Kill(old)
+	leader, err := c.Leader(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if leader == old {
+		t.Fatalf("member %d still leads after it was killed", old)
+	}
+	mustPut(ctx, t, cli, "k", "v2")
+
+	c.Restart(old)
+	// Restart returned once the member read linearizably, so it has
+	// applied v2: a read of its own data alone must see it.
+	if got := get(ctx, t, memberClient(t, c, old), "k", clientv3.WithSerializable()); got != "v2" {
+		t.Fatalf("restarted member %d: k = %q, want v2", old, got)
+	}
+
+	c.Stop()
+	c.Restart(0, 1, 2)
+	mustPut(ctx, t, cli, "k2", "v3")
+	for i := range 3 {
+		if got := get(ctx, t, memberClient(t, c, i), "k", clientv3.WithSerializable()); got != "v2" {
+			t.Fatalf("member %d after a full restart: k = %q, want v2", i, got)
+		}
+	}
+}
+
+// TestNoProcessLeftBehind checks that the members of a finished test, a
+// killed and restarted one included, are gone.
+func TestNoProcessLeftBehind(t *testing.T) {
+	var pids []int
+	t.Run("cluster", func(t *testing.T) {
+		c := Start(t, 3)
+		pids = append(pids, c.pid(1))
+		c.Kill(1)
+		c.Restart(1)
+		for i := range 3 {
+			pids = append(pids, c.pid(i))
+		}
+	})
+	for _, pid := range pids {
+		if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
+			t.Errorf("etcd pid %d: kill(0) = %v, want ESRCH (no such process)", pid, err)
+		}
+	}
+}
+
+// TestMemberThatExits checks that a member that cannot start ends the wait
+// for readiness at once, with an error saying so.
+func TestMemberThatExits(t *testing.T) {
+	c := &Cluster{tb: t, bin: Binary(t), dir: t.TempDir(), cfg: config{flags: []string{"--no-such-flag"}}}
+	c.setup(1, 1)
+	defer c.Stop()
+	err := c.run([]int{0})
+	if err == nil || !strings.Contains(err.Error(), "exited by itself") {
+		t.Fatalf("run with a bad flag: %v, want an error saying the member exited", err)
+	}
+}
+
+func (c *Cluster) pid(i int) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.members[i].proc.Process.Pid
+}
+
+func timeout(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// memberClient is a client of member i alone.
+func memberClient(t *testing.T, c *Cluster, i int) *clientv3.Client {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints()[i : i+1], Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cli.Close() })
+	return cli
+}
+
+// mustPut writes until etcd acknowledges: a write sent to a member just
+// killed fails and is sent again.
+func mustPut(ctx context.Context, t *testing.T, cli *clientv3.Client, k, v string) {
+	t.Helper()
+	for {
+		_, err := cli.Put(ctx, k, v)
+		if err == nil {
+			return
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("put %s: %v", k, err)
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+}
+
+func get(ctx context.Context, t *testing.T, cli *clientv3.Client, k string, opts ...clientv3.OpOption) string {
+	t.Helper()
+	resp, err := cli.Get(ctx, k, opts...)
+	if err != nil {
+		t.Fatalf("get %s: %v", k, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return ""
+	}
+	return string(resp.Kvs[0].Value)
+}
