@@ -29,6 +29,11 @@
 //   - durable_restart_test.go: durable restarts with watchers idle,
 //     mid-batch and behind the history window; session expiry across a
 //     restart.
+//   - failover_test.go: clients given two addresses (Go writer and watcher,
+//     Python watcher) carry on at the second when the durable server on the
+//     first is SIGKILLed and one on the same data directory starts there:
+//     every change exactly once, in order, no RESYNC; a write cut off fails
+//     ErrUnavailable and is never sent again.
 //
 // The Python parts run crash_client.py (testdata) with the repository's
 // virtualenv (.venv, or $VARBRIDGE_PYTHON) and are skipped without one,
