@@ -39,17 +39,25 @@ log = logging.getLogger(__name__)
 
 
 def test_channel_target() -> None:
-    assert channel_target("127.0.0.1:1") == ("127.0.0.1:1", False)
-    assert channel_target(["127.0.0.1:1"]) == ("127.0.0.1:1", False)
-    assert channel_target("localhost:1") == ("localhost:1", False)
-    assert channel_target("dns:///example.com:443") == ("dns:///example.com:443", True)
-    assert channel_target("ipv4:127.0.0.1:1,127.0.0.1:2") == ("ipv4:127.0.0.1:1,127.0.0.1:2", True)
-    want = ("ipv4:127.0.0.1:1,127.0.0.2:2", True)
+    assert channel_target("127.0.0.1:1") == ("127.0.0.1:1", False, None)
+    assert channel_target(["127.0.0.1:1"]) == ("127.0.0.1:1", False, None)
+    assert channel_target("localhost:1") == ("localhost:1", False, None)
+    assert channel_target("dns:///example.com:443") == ("dns:///example.com:443", True, None)
+    assert channel_target("ipv4:127.0.0.1:1,127.0.0.1:2") == (
+        "ipv4:127.0.0.1:1,127.0.0.1:2",
+        True,
+        None,
+    )
+    want = ("ipv4:127.0.0.1:1,127.0.0.2:2", True, "127.0.0.1:1")
     assert channel_target(["127.0.0.1:1", "127.0.0.2:2"]) == want
     assert channel_target(("127.0.0.1:1", "127.0.0.2:2")) == want
     assert channel_target("127.0.0.1:1, 127.0.0.2:2") == want
-    assert channel_target(["[::1]:1", "[::1]:2"]) == ("ipv6:[::1]:1,[::1]:2", True)
-    assert channel_target("localhost:1,127.0.0.1:2") == ("ipv4:127.0.0.1:1,127.0.0.1:2", True)
+    assert channel_target(["[::1]:1", "[::1]:2"]) == ("ipv6:[::1]:1,[::1]:2", True, "[::1]:1")
+    assert channel_target("localhost:1,127.0.0.1:2") == (
+        "ipv4:127.0.0.1:1,127.0.0.1:2",
+        True,
+        "localhost:1",
+    )
     for bad in (
         [],
         "127.0.0.1:1,",
@@ -70,10 +78,12 @@ def test_balanced_channel_options() -> None:
     assert b.target == "ipv4:127.0.0.1:1,127.0.0.1:2"
     opts = dict(b._options)
     assert '"round_robin"' in opts["grpc.service_config"]
+    assert opts["grpc.default_authority"] == "127.0.0.1:1"
     assert BALANCED_SERVICE_CONFIG["methodConfig"] == varbridge.SERVICE_CONFIG["methodConfig"]
     single = varbridge.connect("127.0.0.1:1")
     assert not single.balanced
     assert "round_robin" not in dict(single._options)["grpc.service_config"]
+    assert "grpc.default_authority" not in dict(single._options)
 
 
 @pytest.mark.integration

@@ -24,12 +24,13 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import grpc
 
 from varbridge.errors import InvalidArgument
 
-__all__ = ["channel_target", "split_address"]
+__all__ = ["ChannelTarget", "channel_target", "split_address"]
 
 
 def _bad(target: object, why: str) -> InvalidArgument:
@@ -106,8 +107,22 @@ def _static_target(target: object, addresses: Sequence[str]) -> str:
     )
 
 
-def channel_target(target: str | Sequence[str]) -> tuple[str, bool]:
-    """The gRPC target for ``target`` and whether it names several servers.
+class ChannelTarget(NamedTuple):
+    """What a bridge's channel dials."""
+
+    target: str
+    """The gRPC target."""
+    balanced: bool
+    """Whether it names several servers (round_robin)."""
+    authority: str | None
+    """For a list: its first address as given, the ``:authority`` the
+    channel sends and, with TLS, the name the servers' certificates are
+    checked against (the list itself is no valid authority); else None."""
+
+
+def channel_target(target: str | Sequence[str]) -> ChannelTarget:
+    """The gRPC target for ``target``, whether it names several servers, and
+    the authority of a list.
 
     Raises :class:`~varbridge.errors.InvalidArgument` for a malformed list.
     """
@@ -115,11 +130,12 @@ def channel_target(target: str | Sequence[str]) -> tuple[str, bool]:
         addresses = list(target)
         if len(addresses) == 1:
             return channel_target(addresses[0])
-        return _static_target(target, addresses), True
+        return ChannelTarget(_static_target(target, addresses), True, addresses[0].strip())
     if target.startswith(("ipv4:", "ipv6:")):
-        return target, "," in target
+        return ChannelTarget(target, "," in target, None)
     if target.startswith("dns:"):
-        return target, True
+        return ChannelTarget(target, True, None)
     if "," in target and "://" not in target:
-        return _static_target(target, target.split(",")), True
-    return target, False
+        addresses = target.split(",")
+        return ChannelTarget(_static_target(target, addresses), True, addresses[0].strip())
+    return ChannelTarget(target, False, None)

@@ -169,7 +169,9 @@ def connect(
     repeated, without counting towards its ``max_retries``. Host names in a
     list are resolved when the bridge is made (gRPC's address lists take IP
     addresses); a malformed list raises
-    :class:`~varbridge.errors.InvalidArgument`.
+    :class:`~varbridge.errors.InvalidArgument`. A list's first address is the
+    channel's authority: with TLS, the servers' certificates must carry its
+    host name (or set the ``grpc.ssl_target_name_override`` option).
 
     ``credentials``: TLS channel credentials (plaintext when None).
     ``token``: a bearer token sent on every call (sessions created with auth
@@ -196,10 +198,13 @@ def _merge_options(
     options: Mapping[str, Any] | Sequence[tuple[str, Any]] | None,
     *,
     balanced: bool = False,
+    authority: str | None = None,
 ) -> list[tuple[str, Any]]:
     merged = dict(DEFAULT_OPTIONS)
     if balanced:
         merged["grpc.service_config"] = json.dumps(BALANCED_SERVICE_CONFIG)
+    if authority is not None:
+        merged["grpc.default_authority"] = authority
     if options:
         items = options.items() if isinstance(options, Mapping) else options
         merged.update(dict(items))
@@ -220,14 +225,17 @@ class Bridge:
         timeout: float | None = 30.0,
         source: str | None = None,
     ) -> None:
-        self.target, self.balanced = channel_target(target)
+        dial = channel_target(target)
+        self.target = dial.target
         """The gRPC target the channel dials (an ``ipv4:``/``ipv6:`` list for
-        a list of servers), and whether it names several servers."""
+        a list of servers)."""
+        self.balanced = dial.balanced
+        """Whether the bridge names several servers (see :func:`connect`)."""
         self.token = token
         self.timeout = timeout
         self.source = source
         self._credentials = credentials
-        self._options = _merge_options(options, balanced=self.balanced)
+        self._options = _merge_options(options, balanced=dial.balanced, authority=dial.authority)
         # Made on first use, inside the event loop that uses it (a grpc.aio
         # channel belongs to the loop it was created in).
         self._channel: grpc.aio.Channel | None = None
