@@ -61,8 +61,9 @@ func WithFlags(flags ...string) Option {
 	return func(c *config) { c.flags = append(c.flags, flags...) }
 }
 
-// Cluster is a running etcd cluster. Its methods may be called from several
-// goroutines.
+// Cluster is a running etcd cluster. Endpoints, Leader, Kill and Stop may be
+// called from any goroutine; Client and Restart fail the test when they
+// fail, so, like Start, they belong to the test's goroutine.
 type Cluster struct {
 	tb  testing.TB
 	bin string

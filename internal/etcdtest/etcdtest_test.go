@@ -31,6 +31,21 @@ func TestSingleMember(t *testing.T) {
 	}
 }
 
+// TestWithFlags checks that a flag given to Start overrides etcd's default:
+// here the number of operations one transaction may hold.
+func TestWithFlags(t *testing.T) {
+	c := Start(t, 1, WithFlags("--max-txn-ops=2"))
+	ctx := timeout(t)
+	ops := []clientv3.Op{clientv3.OpPut("a", "1"), clientv3.OpPut("b", "2"), clientv3.OpPut("c", "3")}
+	_, err := c.Client().Txn(ctx).Then(ops...).Commit()
+	if err == nil || !strings.Contains(err.Error(), "too many operations") {
+		t.Fatalf("a transaction of 3 operations with --max-txn-ops=2: %v, want too many operations", err)
+	}
+	if _, err := c.Client().Txn(ctx).Then(ops[:2]...).Commit(); err != nil {
+		t.Fatalf("a transaction of 2 operations: %v", err)
+	}
+}
+
 // TestFailover kills the leader of three members: another is elected and
 // writes go on; the killed member, restarted, has the writes it missed.
 // Then all three are killed and restarted together on their data.
