@@ -50,6 +50,24 @@ func TestListSpreadsCalls(t *testing.T) {
 	t.Logf("%d sessions: %d and %d", n, d1, d2)
 }
 
+// A DNS name with several records balances too: "localhost" may resolve to
+// 127.0.0.1 and ::1, and the server listens on the first only.
+func TestDNSTarget(t *testing.T) {
+	srv := servertest.Start(t, store.Options{})
+	_, port, _ := strings.Cut(srv.Addr, ":")
+	b := DialBridged(t, "dns:///localhost:"+port)
+	if !b.rb.pool.balanced {
+		t.Fatal("a dns:/// target is not balanced")
+	}
+	MustRegister(t, b, "x", TypeInteger, int64(0))
+	if _, err := b.Set(context.Background(), "x", int64(1)); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := b.Get(context.Background(), "x"); err != nil || v.Value != int64(1) {
+		t.Fatalf("x through dns:///localhost: %+v, %v", v, err)
+	}
+}
+
 // A watch on a list of two servers whose server goes away fails over to
 // the other, which is up, at once (no backoff, not counted towards giving
 // up) and resumes from its revision: nothing lost, nothing repeated, no
