@@ -25,6 +25,7 @@ type dataFlags struct {
 	memory  bool
 	fsync   string
 	restore string
+	etcd    etcdFlags // serve_etcd.go
 }
 
 func (d *dataFlags) register(f *pflag.FlagSet) {
@@ -38,11 +39,20 @@ func (d *dataFlags) register(f *pflag.FlagSet) {
 			"never (handed to the OS, synced when it likes)")
 	f.StringVar(&d.restore, "restore", "",
 		"before starting, make --data-dir (new or empty) from this snapshot file (varbridge snapshot save)")
+	d.etcd.register(f)
 }
 
 // open returns the engine serve's store keeps its data in (nil with
 // --memory) and logs what it did.
-func (d *dataFlags) open(log *slog.Logger, changed func(string) bool) (*disk.Engine, error) {
+func (d *dataFlags) open(log *slog.Logger, changed func(string) bool) (store.Engine, error) {
+	if len(d.etcd.endpoints) > 0 {
+		for _, f := range []string{"memory", "data-dir", "fsync", "restore"} {
+			if changed(f) {
+				return nil, fmt.Errorf("--etcd-endpoints keeps the data in etcd; it does not go with --%s", f)
+			}
+		}
+		return d.etcd.open(log)
+	}
 	if d.memory {
 		for _, f := range []string{"data-dir", "fsync", "restore"} {
 			if changed(f) {
@@ -89,20 +99,28 @@ func (d *dataFlags) restoreSnapshot(log *slog.Logger) error {
 
 // openStore opens the store on eng (memory only when nil) and logs what
 // it recovered.
-func openStore(log *slog.Logger, so store.Options, eng *disk.Engine) (*store.Store, []server.Option, error) {
+func openStore(log *slog.Logger, so store.Options, eng store.Engine) (*store.Store, []server.Option, error) {
 	if eng == nil {
 		st, _, err := store.Open(so)
 		return st, nil, err
 	}
 	so.Engine = eng
+	de, ok := eng.(*disk.Engine)
+	if !ok { // etcd: sessions are loaded as they are used
+		st, _, err := store.Open(so)
+		if err != nil {
+			_ = eng.Close()
+		}
+		return st, nil, err
+	}
 	start := time.Now()
 	st, rec, err := store.Open(so)
 	if err != nil {
 		_ = eng.Close()
 		return nil, nil, err
 	}
-	log.Info("data recovered", "data_dir", eng.Dir(), "sessions", rec.Sessions, "variables", rec.Variables,
+	log.Info("data recovered", "data_dir", de.Dir(), "sessions", rec.Sessions, "variables", rec.Variables,
 		"revisions", rec.Changes, "expired_while_down", rec.Expired, "took", time.Since(start).Round(time.Millisecond))
-	snap := func(w io.Writer) error { _, err := eng.Snapshot(w); return err }
+	snap := func(w io.Writer) error { _, err := de.Snapshot(w); return err }
 	return st, []server.Option{server.WithSnapshots(snap)}, nil
 }

@@ -49,6 +49,7 @@ func toStatus(err error) error {
 
 		full   *store.StorageFullError
 		failed *store.StorageFailedError
+		unav   *store.UnavailableError
 	)
 	msg := err.Error()
 	switch {
@@ -73,6 +74,9 @@ func toStatus(err error) error {
 		}
 		return statusError(codes.NotFound, pb.ErrorReason_ERROR_REASON_VARIABLE_NOT_FOUND, msg,
 			map[string]string{"session_id": nf.Session, "identifiers": strings.Join(nf.Identifiers, "\n")}, details...)
+	case errors.As(err, &sc) && sc.Cause == store.ClosedUnavailable:
+		return statusError(codes.Unavailable, pb.ErrorReason_ERROR_REASON_STORAGE_UNAVAILABLE, msg,
+			map[string]string{"session_id": sc.Session, "cause": string(sc.Cause)})
 	case errors.As(err, &sc):
 		return statusError(codes.NotFound, pb.ErrorReason_ERROR_REASON_SESSION_CLOSED, msg,
 			map[string]string{"session_id": sc.Session, "cause": string(sc.Cause)},
@@ -97,6 +101,8 @@ func toStatus(err error) error {
 		return statusError(codes.ResourceExhausted, pb.ErrorReason_ERROR_REASON_STORAGE_FULL, msg,
 			map[string]string{"data_dir": full.Dir, "available_bytes": strconv.FormatUint(full.Available, 10), "reserve_bytes": strconv.FormatUint(full.Reserve, 10)},
 			&errdetails.QuotaFailure{Violations: []*errdetails.QuotaFailure_Violation{{Subject: "disk", Description: msg}}})
+	case errors.As(err, &unav):
+		return statusError(codes.Unavailable, pb.ErrorReason_ERROR_REASON_STORAGE_UNAVAILABLE, msg, map[string]string{"engine": unav.Engine})
 	case errors.As(err, &failed):
 		return statusError(codes.Unavailable, pb.ErrorReason_ERROR_REASON_STORAGE_FAILED, msg, map[string]string{"data_dir": failed.Dir})
 	case errors.Is(err, store.ErrSessionNotFound):

@@ -139,3 +139,24 @@ func (e *StorageFailedError) Is(target error) bool { return target == ErrStorage
 
 // Unwrap returns the engine's error.
 func (e *StorageFailedError) Unwrap() error { return e.Err }
+
+// UnavailableError reports that a shared engine (etcd) could not be reached
+// in time. A write that meets it may or may not have been made: its
+// outcome is unknown, as when a server dies mid-call. Clients retry, on
+// another server if this one stays cut off.
+type UnavailableError struct {
+	Engine string // e.g. "etcd at h1:2379,h2:2379"
+	What   string // what was being done
+	Err    error
+}
+
+// Error names the engine, what failed and why.
+func (e *UnavailableError) Error() string {
+	return fmt.Sprintf("%v: %s: %s is unavailable (%v); the outcome of a write is unknown: retry, or use another server", ErrStorage, e.What, e.Engine, e.Err)
+}
+
+// Is makes an UnavailableError match ErrStorage.
+func (e *UnavailableError) Is(target error) bool { return target == ErrStorage }
+
+// Unwrap returns the engine's error.
+func (e *UnavailableError) Unwrap() error { return e.Err }

@@ -34,6 +34,10 @@ const (
 	ClosedCleanedUp CloseCause = "cleaned_up"
 	ClosedExpired   CloseCause = "expired"
 	ClosedShutdown  CloseCause = "shutdown"
+	// ClosedUnavailable: this server lost touch with its shared engine
+	// (etcd), so it cannot promise its watches are current. The session
+	// goes on; the watch resumes on a server that has not.
+	ClosedUnavailable CloseCause = "unavailable"
 )
 
 // SessionClosedError ends the watches of a session that went away.
@@ -51,6 +55,8 @@ func (e *SessionClosedError) Error() string {
 		why = "it expired after " + e.TTL.String() + " without use"
 	case ClosedShutdown:
 		why = "the server is shutting down"
+	case ClosedUnavailable:
+		return fmt.Sprintf("%v: this server lost touch with the shared store, so the watch of session %q cannot be kept current here: resume it on another server", ErrSessionClosed, e.Session)
 	}
 	return fmt.Sprintf("%v: session %q ended because %s", ErrSessionClosed, e.Session, why)
 }

@@ -239,9 +239,14 @@ func (s *session) commit(now time.Time, ts *timestamppb.Timestamp, source string
 	}
 	s.revision = c.Revision
 	s.history.append(c)
-	if s.opts.Engine == nil {
+	if s.opts.Engine == nil || s.opts.shared {
+		// Nothing to wait for: no engine, or a shared one, whose Save
+		// returns once the change is committed. (Changes other servers
+		// make arrive in between, so marking it durable later could
+		// come after a later revision's.)
 		s.durable = s.revision
 		s.notify(c)
+		return s.revision, nil, nil
 	}
 	return s.revision, p, nil
 }

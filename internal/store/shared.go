@@ -66,6 +66,10 @@ type FollowEvent struct {
 	Gone   bool
 	Cause  CloseCause
 	Behind bool
+	// Lost: the engine lost touch with the shared truth, so this server
+	// cannot keep the session's watches current; they end (UNAVAILABLE)
+	// and resume elsewhere. The follower has stopped.
+	Lost bool
 }
 
 // ErrStale is a Shared engine's refusal of a mutation made against a
@@ -234,7 +238,9 @@ func (s *session) reload(sv *Saved) error {
 }
 
 // follow starts following a session that became watched here; the caller
-// holds sess.mu for writing.
+// holds sess.mu for writing. Follow's stop only cancels, so calling it
+// from anywhere, the follower included, cannot deadlock; the engine's
+// Close waits for its followers.
 func (st *Store) follow(sess *session) {
 	sh := st.sh
 	if sh == nil || sess.unfollow != nil {
@@ -245,8 +251,8 @@ func (st *Store) follow(sess *session) {
 	})
 }
 
-// stopFollowing stops following a session no longer watched here. Called
-// without sess.mu: stop waits for the follower, which may want it.
+// stopFollowing stops following a session no longer watched here, or
+// closed. Called without sess.mu.
 func (s *session) stopFollowing() {
 	s.mu.Lock()
 	stop := s.unfollow
@@ -264,13 +270,17 @@ func (s *session) stopFollowing() {
 // onFollow takes in what Follow tells of a session.
 func (st *Store) onFollow(sh Shared, sess *session, ev FollowEvent) {
 	switch {
-	case ev.Gone:
+	case ev.Gone, ev.Lost:
+		cause := ev.Cause
+		if ev.Lost {
+			cause = ClosedUnavailable
+		}
 		st.mu.Lock()
 		if st.sessions[sess.id] == sess {
 			delete(st.sessions, sess.id)
 		}
 		st.mu.Unlock()
-		sess.close(ev.Cause) // stopping the follower is its caller's
+		sess.close(cause) // the follower has stopped itself
 		return
 	case ev.Change != nil:
 		sess.mu.Lock()

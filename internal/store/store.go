@@ -56,6 +56,8 @@ type Options struct {
 	// Engine, when set, keeps the store's state across restarts (see
 	// Engine); Open loads what it holds. Nil keeps everything in memory.
 	Engine Engine
+
+	shared bool // Engine is a Shared one; set by Open
 }
 
 func (o *Options) withDefaults() {
@@ -129,7 +131,7 @@ type Recovered struct {
 func Open(opts Options) (*Store, Recovered, error) {
 	opts.withDefaults()
 	s := &Store{opts: opts, sessions: map[string]*session{}, stop: make(chan struct{})}
-	s.sh, _ = opts.Engine.(Shared)
+	s.sh, s.opts.shared = opts.Engine.(Shared)
 	var rec Recovered
 	if opts.Engine != nil {
 		var err error

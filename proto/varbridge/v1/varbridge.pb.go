@@ -84,6 +84,11 @@ const (
 	// FAILED_PRECONDITION: SaveSnapshot on a server that keeps nothing on
 	// disk (serve --memory).
 	ErrorReason_ERROR_REASON_NO_DATA_DIR ErrorReason = 15
+	// UNAVAILABLE: the server could not reach its shared store (etcd, serve
+	// --etcd-endpoints) in time. A write that got it may or may not have been
+	// made; retry, on another server if this one stays cut off. A watch that
+	// ends with it resumes on another server. metadata: engine.
+	ErrorReason_ERROR_REASON_STORAGE_UNAVAILABLE ErrorReason = 16
 )
 
 // Enum value maps for ErrorReason.
@@ -105,6 +110,7 @@ var (
 		13: "ERROR_REASON_STORAGE_FULL",
 		14: "ERROR_REASON_STORAGE_FAILED",
 		15: "ERROR_REASON_NO_DATA_DIR",
+		16: "ERROR_REASON_STORAGE_UNAVAILABLE",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":           0,
@@ -123,6 +129,7 @@ var (
 		"ERROR_REASON_STORAGE_FULL":          13,
 		"ERROR_REASON_STORAGE_FAILED":        14,
 		"ERROR_REASON_NO_DATA_DIR":           15,
+		"ERROR_REASON_STORAGE_UNAVAILABLE":   16,
 	}
 )
 
@@ -4000,7 +4007,7 @@ const file_varbridge_v1_varbridge_proto_rawDesc = "" +
 	"\vWriteStatus\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12.\n" +
-	"\adetails\x18\x03 \x03(\v2\x14.google.protobuf.AnyR\adetails*\xb0\x04\n" +
+	"\adetails\x18\x03 \x03(\v2\x14.google.protobuf.AnyR\adetails*\xd6\x04\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\"\n" +
 	"\x1eERROR_REASON_SESSION_NOT_FOUND\x10\x01\x12\x1f\n" +
@@ -4018,7 +4025,8 @@ const file_varbridge_v1_varbridge_proto_rawDesc = "" +
 	"\x1aERROR_REASON_TOKEN_INVALID\x10\f\x12\x1d\n" +
 	"\x19ERROR_REASON_STORAGE_FULL\x10\r\x12\x1f\n" +
 	"\x1bERROR_REASON_STORAGE_FAILED\x10\x0e\x12\x1c\n" +
-	"\x18ERROR_REASON_NO_DATA_DIR\x10\x0f*\x81\x02\n" +
+	"\x18ERROR_REASON_NO_DATA_DIR\x10\x0f\x12$\n" +
+	" ERROR_REASON_STORAGE_UNAVAILABLE\x10\x10*\x81\x02\n" +
 	"\fVariableType\x12\x1d\n" +
 	"\x19VARIABLE_TYPE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15VARIABLE_TYPE_INTEGER\x10\x01\x12\x17\n" +

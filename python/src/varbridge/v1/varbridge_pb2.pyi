@@ -30,6 +30,7 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_REASON_STORAGE_FULL: _ClassVar[ErrorReason]
     ERROR_REASON_STORAGE_FAILED: _ClassVar[ErrorReason]
     ERROR_REASON_NO_DATA_DIR: _ClassVar[ErrorReason]
+    ERROR_REASON_STORAGE_UNAVAILABLE: _ClassVar[ErrorReason]
 
 class VariableType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -67,6 +68,7 @@ ERROR_REASON_TOKEN_INVALID: ErrorReason
 ERROR_REASON_STORAGE_FULL: ErrorReason
 ERROR_REASON_STORAGE_FAILED: ErrorReason
 ERROR_REASON_NO_DATA_DIR: ErrorReason
+ERROR_REASON_STORAGE_UNAVAILABLE: ErrorReason
 VARIABLE_TYPE_UNSPECIFIED: VariableType
 VARIABLE_TYPE_INTEGER: VariableType
 VARIABLE_TYPE_FLOAT: VariableType
