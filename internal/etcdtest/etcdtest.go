@@ -10,6 +10,7 @@ package etcdtest
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -51,6 +52,7 @@ type Option func(*config)
 
 type config struct {
 	flags []string
+	tls   bool
 }
 
 // WithFlags adds etcd flags to every member's command line, after the
@@ -70,6 +72,11 @@ type Cluster struct {
 	dir string
 	cfg config
 
+	scheme    string       // of the client URLs: http, or https WithTLS
+	tlsFiles  *TLSFiles    // WithTLS
+	tlsConfig *tls.Config  // of a client, WithTLS
+	http      *http.Client // asks members whether they serve
+
 	mu      sync.Mutex // guards members' processes
 	members []*member
 }
@@ -83,10 +90,7 @@ func Start(tb testing.TB, n int, opts ...Option) *Cluster {
 	if n < 1 {
 		tb.Fatalf("etcdtest.Start: %d members", n)
 	}
-	c := &Cluster{tb: tb, bin: Binary(tb), dir: tb.TempDir()}
-	for _, o := range opts {
-		o(&c.cfg)
-	}
+	c := newCluster(tb, opts)
 	tb.Cleanup(c.cleanup)
 	// Ports are free when picked, but another process may bind one before
 	// etcd does; such a start is retried on other ports.
@@ -103,6 +107,28 @@ func Start(tb testing.TB, n int, opts ...Option) *Cluster {
 		}
 		tb.Logf("etcdtest.Start: %v; trying other ports", err)
 	}
+}
+
+func newCluster(tb testing.TB, opts []Option) *Cluster {
+	tb.Helper()
+	c := &Cluster{tb: tb, bin: Binary(tb), dir: tb.TempDir(), scheme: "http"}
+	for _, o := range opts {
+		o(&c.cfg)
+	}
+	if c.cfg.tls {
+		var err error
+		if c.tlsFiles, c.tlsConfig, err = makeTLS(c.dir); err != nil {
+			tb.Fatalf("etcdtest: %v", err)
+		}
+		c.scheme = "https"
+	}
+	// Without keep-alives no connection, and no goroutine of its, outlives
+	// a request.
+	c.http = &http.Client{
+		Timeout:   time.Second,
+		Transport: &http.Transport{DisableKeepAlives: true, TLSClientConfig: c.tlsConfig},
+	}
+	return c
 }
 
 // setup makes n member slots on fresh ports and directories.
@@ -130,8 +156,8 @@ func (c *Cluster) setup(n, attempt int) {
 		m.args = append([]string{
 			"--name", name,
 			"--data-dir", filepath.Join(c.dir, fmt.Sprintf("%s-try%d.etcd", name, attempt)),
-			"--listen-client-urls", "http://" + m.clientAddr,
-			"--advertise-client-urls", "http://" + m.clientAddr,
+			"--listen-client-urls", c.scheme + "://" + m.clientAddr,
+			"--advertise-client-urls", c.scheme + "://" + m.clientAddr,
 			"--listen-peer-urls", "http://" + m.peerAddr,
 			"--initial-advertise-peer-urls", "http://" + m.peerAddr,
 			"--initial-cluster", strings.Join(initial, ","),
@@ -141,6 +167,10 @@ func (c *Cluster) setup(n, attempt int) {
 			"--election-timeout", strconv.Itoa(electionMs),
 			"--log-format", "console",
 		}, c.cfg.flags...)
+		if c.cfg.tls {
+			m.args = append(m.args, "--cert-file", serverCertFile(c.dir), "--key-file", serverKeyFile(c.dir),
+				"--client-cert-auth", "--trusted-ca-file", c.tlsFiles.CAFile)
+		}
 	}
 	c.mu.Lock()
 	c.members = members
@@ -148,7 +178,8 @@ func (c *Cluster) setup(n, attempt int) {
 }
 
 // Endpoints returns every member's client address, "127.0.0.1:port", in
-// member order, whether the member runs or not.
+// member order, whether the member runs or not. WithTLS, they speak TLS
+// only (see TLS).
 func (c *Cluster) Endpoints() []string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -171,8 +202,13 @@ func (c *Cluster) Client() *clientv3.Client {
 }
 
 func (c *Cluster) newClient() (*clientv3.Client, error) {
+	var tc *tls.Config
+	if c.tlsConfig != nil {
+		tc = c.tlsConfig.Clone()
+	}
 	return clientv3.New(clientv3.Config{
 		Endpoints:   c.Endpoints(),
+		TLS:         tc,
 		DialTimeout: 5 * time.Second,
 		Logger:      zap.NewNop(), // its retries would flood the test output
 	})
@@ -281,19 +317,19 @@ func (c *Cluster) run(indexes []int) error {
 		if err != nil {
 			return fmt.Errorf("member %d: %w", i, err)
 		}
-		if err := poll(deadline, indexes[k:k+1], dones[k:k+1], []string{"http://" + m.peerAddr + "/version"}); err != nil {
+		if err := c.poll(deadline, indexes[k:k+1], dones[k:k+1], []string{"http://" + m.peerAddr + "/version"}); err != nil {
 			return err
 		}
-		urls[k] = "http://" + m.clientAddr + "/readyz"
+		urls[k] = c.scheme + "://" + m.clientAddr + "/readyz"
 	}
-	return poll(deadline, indexes, dones, urls)
+	return c.poll(deadline, indexes, dones, urls)
 }
 
 // poll waits until each url answers 200 (/readyz: the member serves
 // clients, has a leader and reads linearizably) or until the member it
 // belongs to exits or the deadline passes. Its members' processes are
 // polled together, since one may not get ready before another does.
-func poll(deadline time.Time, members []int, dones []chan struct{}, urls []string) error {
+func (c *Cluster) poll(deadline time.Time, members []int, dones []chan struct{}, urls []string) error {
 	ok := make([]bool, len(urls))
 	for {
 		var pending []int
@@ -306,7 +342,7 @@ func poll(deadline time.Time, members []int, dones []chan struct{}, urls []strin
 				return fmt.Errorf("member %d exited by itself", members[k])
 			default:
 			}
-			if ok[k] = get200(url); !ok[k] {
+			if ok[k] = c.get200(url); !ok[k] {
 				pending = append(pending, members[k])
 			}
 		}
@@ -425,16 +461,9 @@ func (m *member) kill() {
 	<-m.done
 }
 
-// httpClient asks members whether they serve. Without keep-alives no
-// connection, and no goroutine of its, outlives a request.
-var httpClient = &http.Client{
-	Timeout:   time.Second,
-	Transport: &http.Transport{DisableKeepAlives: true},
-}
-
 // get200 reports whether a GET of url answers 200.
-func get200(url string) bool {
-	resp, err := httpClient.Get(url)
+func (c *Cluster) get200(url string) bool {
+	resp, err := c.http.Get(url)
 	if err != nil {
 		return false
 	}

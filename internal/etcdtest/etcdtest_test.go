@@ -2,7 +2,11 @@ package etcdtest
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
+	"net/http"
+	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -43,6 +47,49 @@ func TestWithFlags(t *testing.T) {
 	}
 	if _, err := c.Client().Txn(ctx).Then(ops[:2]...).Commit(); err != nil {
 		t.Fatalf("a transaction of 2 operations: %v", err)
+	}
+}
+
+// TestTLS checks that members started WithTLS serve the client that has
+// the cluster's files and refuse one without a client certificate.
+func TestTLS(t *testing.T) {
+	c := Start(t, 1, WithTLS())
+	ctx := timeout(t)
+	mustPut(ctx, t, c.Client(), "k", "v")
+	if i, err := c.Leader(ctx); err != nil || i != 0 {
+		t.Fatalf("Leader() = %d, %v; want 0", i, err)
+	}
+
+	files := c.TLS()
+	caPEM, err := os.ReadFile(files.CAFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		t.Fatal("no certificate in the CA file")
+	}
+	cert, err := tls.LoadX509KeyPair(files.CertFile, files.KeyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := "https://" + c.Endpoints()[0] + "/version"
+	for _, tc := range []struct {
+		name   string
+		config *tls.Config
+		ok     bool
+	}{
+		{"with the client certificate", &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}}, true},
+		{"without a client certificate", &tls.Config{RootCAs: pool}, false},
+	} {
+		hc := &http.Client{Transport: &http.Transport{TLSClientConfig: tc.config, DisableKeepAlives: true}}
+		resp, err := hc.Get(url)
+		if err == nil {
+			resp.Body.Close()
+		}
+		if ok := err == nil && resp.StatusCode == http.StatusOK; ok != tc.ok {
+			t.Errorf("GET %s %s: %v, want success %v", url, tc.name, err, tc.ok)
+		}
 	}
 }
 
@@ -109,7 +156,7 @@ func TestNoProcessLeftBehind(t *testing.T) {
 // TestMemberThatExits checks that a member that cannot start ends the wait
 // for readiness at once, with an error saying so.
 func TestMemberThatExits(t *testing.T) {
-	c := &Cluster{tb: t, bin: Binary(t), dir: t.TempDir(), cfg: config{flags: []string{"--no-such-flag"}}}
+	c := newCluster(t, []Option{WithFlags("--no-such-flag")})
 	c.setup(1, 1)
 	defer c.Stop()
 	err := c.run([]int{0})
