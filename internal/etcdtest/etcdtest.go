@@ -51,8 +51,9 @@ const logTailLines = 100
 type Option func(*config)
 
 type config struct {
-	flags []string
-	tls   bool
+	flags          []string
+	tls            bool
+	user, password string
 }
 
 // WithFlags adds etcd flags to every member's command line, after the
@@ -61,6 +62,14 @@ type config struct {
 // "--auto-compaction-retention=1".
 func WithFlags(flags ...string) Option {
 	return func(c *config) { c.flags = append(c.flags, flags...) }
+}
+
+// WithAuth turns etcd's authentication on once the members serve: Start
+// makes user, with password and the root role, and Client and Leader log in
+// as that user. etcd turns authentication on only with a user named root:
+// when user is another, Start makes root too, with the same password.
+func WithAuth(user, password string) Option {
+	return func(c *config) { c.user, c.password = user, password }
 }
 
 // Cluster is a running etcd cluster. Endpoints, Leader, Kill and Stop may be
@@ -98,6 +107,11 @@ func Start(tb testing.TB, n int, opts ...Option) *Cluster {
 		c.setup(n, attempt)
 		err := c.run(allIndexes(n))
 		if err == nil {
+			if c.cfg.user != "" {
+				if err := c.enableAuth(); err != nil {
+					tb.Fatalf("etcdtest.Start: turning authentication on: %v", err)
+				}
+			}
 			return c
 		}
 		taken := c.portTaken()
@@ -129,6 +143,31 @@ func newCluster(tb testing.TB, opts []Option) *Cluster {
 		Transport: &http.Transport{DisableKeepAlives: true, TLSClientConfig: c.tlsConfig},
 	}
 	return c
+}
+
+// enableAuth makes the users WithAuth asks for and turns authentication on.
+func (c *Cluster) enableAuth() error {
+	cli, err := c.newClient()
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
+	defer cancel()
+	users := []string{c.cfg.user}
+	if c.cfg.user != "root" {
+		users = append(users, "root")
+	}
+	for _, u := range users {
+		if _, err := cli.UserAdd(ctx, u, c.cfg.password); err != nil {
+			return err
+		}
+		if _, err := cli.UserGrantRole(ctx, u, "root"); err != nil {
+			return err
+		}
+	}
+	_, err = cli.AuthEnable(ctx)
+	return err
 }
 
 // setup makes n member slots on fresh ports and directories.
@@ -209,6 +248,8 @@ func (c *Cluster) newClient() (*clientv3.Client, error) {
 	return clientv3.New(clientv3.Config{
 		Endpoints:   c.Endpoints(),
 		TLS:         tc,
+		Username:    c.cfg.user,
+		Password:    c.cfg.password,
 		DialTimeout: 5 * time.Second,
 		Logger:      zap.NewNop(), // its retries would flood the test output
 	})

@@ -93,6 +93,29 @@ func TestTLS(t *testing.T) {
 	}
 }
 
+// TestAuth checks that a cluster started WithAuth refuses a client without
+// credentials, while Client and Leader, which have them, work on after a
+// member restarts.
+func TestAuth(t *testing.T) {
+	c := Start(t, 3, WithAuth("varbridge", "secret"))
+	ctx := timeout(t)
+	mustPut(ctx, t, c.Client(), "k", "v")
+	anon := memberClient(t, c, 0)
+	if _, err := anon.Put(ctx, "k", "anonymous"); err == nil || !strings.Contains(err.Error(), "user name is empty") {
+		t.Fatalf("a write without credentials: %v, want user name is empty", err)
+	}
+	leader, err := c.Leader(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Kill(leader)
+	c.Restart(leader)
+	if _, err := c.Leader(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mustPut(ctx, t, c.Client(), "k", "v2")
+}
+
 // TestFailover kills the leader of three members: another is elected and
 // writes go on; the killed member, restarted, has the writes it missed.
 // Then all three are killed and restarted together on their data.
