@@ -4,7 +4,14 @@
 // module needs no etcd server code.
 //
 // A cluster lives as long as its test. Members log to files in the test's
-// temporary directory; when the test fails their tails are printed.
+// temporary directory; when the test fails their tails are printed. A test
+// uses it like this:
+//
+//	c := etcdtest.Start(t, 3)          // or 1; WithTLS, WithAuth, WithFlags
+//	srv := startServer(c.Endpoints())  // "127.0.0.1:port" each
+//	leader, err := c.Leader(ctx)
+//	c.Kill(leader)                     // SIGKILL; another member is elected
+//	c.Restart(leader)                  // same data and ports; waits until it serves
 package etcdtest
 
 import (
@@ -123,6 +130,8 @@ func Start(tb testing.TB, n int, opts ...Option) *Cluster {
 	}
 }
 
+// newCluster applies the options and makes the TLS files; it starts no
+// member.
 func newCluster(tb testing.TB, opts []Option) *Cluster {
 	tb.Helper()
 	c := &Cluster{tb: tb, bin: Binary(tb), dir: tb.TempDir(), scheme: "http"}
