@@ -111,7 +111,10 @@ func fieldErr(field, format string, args ...any) error {
 }
 
 // SessionNotFoundError names a session that does not exist.
-type SessionNotFoundError struct{ Session string }
+type SessionNotFoundError struct {
+	Session string
+	dropped bool // see session.goneErr
+}
 
 // Error names the session.
 func (e *SessionNotFoundError) Error() string {
@@ -122,6 +125,14 @@ func (e *SessionNotFoundError) Error() string {
 func (e *SessionNotFoundError) Is(target error) bool { return target == ErrSessionNotFound }
 
 func sessionNotFound(id string) error { return &SessionNotFoundError{Session: id} }
+
+// goneErr is the error of a call that found its session closed under it.
+// On a Shared engine that may be this server dropping its copy (see
+// Store.reread), which another read of the engine tells apart from the
+// session ending.
+func (s *session) goneErr() error {
+	return &SessionNotFoundError{Session: s.id, dropped: s.opts.shared}
+}
 
 func quoteList(ss []string) string {
 	q := make([]string, len(ss))

@@ -78,7 +78,12 @@ type Watch struct {
 // Watch registers an observer of the identified variables (ids or names; none
 // means every variable, including ones registered later). Identifiers that
 // name nothing fail the call, all of them listed.
-func (st *Store) Watch(sessionID string, identifiers []string, opts WatchOptions) (*Watch, error) {
+func (st *Store) Watch(sessionID string, identifiers []string, opts WatchOptions) (w *Watch, err error) {
+	err = st.reread(func() error { w, err = st.watchSession(sessionID, identifiers, opts); return err })
+	return w, err
+}
+
+func (st *Store) watchSession(sessionID string, identifiers []string, opts WatchOptions) (*Watch, error) {
 	sess, err := st.session(sessionID)
 	if err != nil {
 		return nil, err
@@ -115,7 +120,7 @@ func (st *Store) Watch(sessionID string, identifiers []string, opts WatchOptions
 // watch is Watch's part under sess.mu.
 func (st *Store) watch(sess *session, identifiers []string, opts WatchOptions) (*Watch, error) {
 	if sess.closed {
-		return nil, sessionNotFound(sess.id)
+		return nil, sess.goneErr()
 	}
 	if len(sess.watches) >= st.opts.MaxWatches {
 		return nil, &LimitError{Limit: "max_watches_per_session", Max: int64(st.opts.MaxWatches), What: fmt.Sprintf("session %q has %d watches", sess.id, len(sess.watches))}

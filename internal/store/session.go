@@ -354,7 +354,7 @@ func (st *Store) Register(sessionID string, r Register) (*pb.Variable, int64, er
 		rev int64
 		p   Pending
 	)
-	err = st.locked(sess, func() (bool, error) {
+	err = st.locked(&sess, func(sess *session) (bool, error) {
 		pv, rev, p, err = st.register(sess, r, rl)
 		return err == nil, err
 	})
@@ -396,7 +396,12 @@ func (st *Store) register(sess *session, r Register, rl *rules) (*pb.Variable, i
 }
 
 // Get reads one variable and the revision it was read at.
-func (st *Store) Get(sessionID, ident string) (*pb.Variable, int64, error) {
+func (st *Store) Get(sessionID, ident string) (v *pb.Variable, rev int64, err error) {
+	err = st.reread(func() error { v, rev, err = st.get(sessionID, ident); return err })
+	return v, rev, err
+}
+
+func (st *Store) get(sessionID, ident string) (*pb.Variable, int64, error) {
 	sess, err := st.session(sessionID)
 	if err != nil {
 		return nil, 0, err
@@ -407,7 +412,7 @@ func (st *Store) Get(sessionID, ident string) (*pb.Variable, int64, error) {
 	sess.mu.RLock()
 	if sess.closed {
 		sess.mu.RUnlock()
-		return nil, 0, sessionNotFound(sessionID)
+		return nil, 0, sess.goneErr()
 	}
 	v := sess.lookup(ident)
 	if v == nil {
@@ -425,6 +430,11 @@ func (st *Store) Get(sessionID, ident string) (*pb.Variable, int64, error) {
 // GetMany reads variables at one revision; found is keyed by the identifier
 // as passed, and missing lists those that name nothing.
 func (st *Store) GetMany(sessionID string, idents []string) (found map[string]*pb.Variable, missing []string, rev int64, err error) {
+	err = st.reread(func() error { found, missing, rev, err = st.getMany(sessionID, idents); return err })
+	return found, missing, rev, err
+}
+
+func (st *Store) getMany(sessionID string, idents []string) (found map[string]*pb.Variable, missing []string, rev int64, err error) {
 	sess, err := st.session(sessionID)
 	if err != nil {
 		return nil, nil, 0, err
@@ -435,7 +445,7 @@ func (st *Store) GetMany(sessionID string, idents []string) (found map[string]*p
 	sess.mu.RLock()
 	if sess.closed {
 		sess.mu.RUnlock()
-		return nil, nil, 0, sessionNotFound(sessionID)
+		return nil, nil, 0, sess.goneErr()
 	}
 	found = make(map[string]*pb.Variable, len(idents))
 	for _, id := range idents {
@@ -566,7 +576,7 @@ func (st *Store) apply(sessionID string, writes []Write, md map[string]string, s
 		sess.unlockAndWake()
 		return res, sess, p, err
 	}
-	err = st.locked(sess, func() (bool, error) {
+	err = st.locked(&sess, func(sess *session) (bool, error) {
 		res, p, err = st.set(sess, writes, md, source)
 		return len(res.Changed) > 0, err
 	})
@@ -576,7 +586,7 @@ func (st *Store) apply(sessionID string, writes []Write, md map[string]string, s
 // set is Set's part under sess.mu.
 func (st *Store) set(sess *session, writes []Write, md map[string]string, source string) (WriteResult, Pending, error) {
 	if sess.closed {
-		return WriteResult{}, nil, sessionNotFound(sess.id)
+		return WriteResult{}, nil, sess.goneErr()
 	}
 	idents := make([]string, len(writes))
 	for i, w := range writes {
@@ -663,7 +673,12 @@ func (r readPending) Wait() error { return r.sess.settleRead(r.rev) }
 
 // List returns the variables whose names match a glob pattern (all when
 // empty), sorted by name.
-func (st *Store) List(sessionID, pattern string) ([]*pb.Variable, int64, error) {
+func (st *Store) List(sessionID, pattern string) (vars []*pb.Variable, rev int64, err error) {
+	err = st.reread(func() error { vars, rev, err = st.list(sessionID, pattern); return err })
+	return vars, rev, err
+}
+
+func (st *Store) list(sessionID, pattern string) ([]*pb.Variable, int64, error) {
 	sess, err := st.session(sessionID)
 	if err != nil {
 		return nil, 0, err
@@ -672,6 +687,10 @@ func (st *Store) List(sessionID, pattern string) ([]*pb.Variable, int64, error) 
 		return nil, 0, fieldErr("pattern", "%q is not a valid glob: %v", pattern, err)
 	}
 	sess.mu.RLock()
+	if sess.closed {
+		sess.mu.RUnlock()
+		return nil, 0, sess.goneErr()
+	}
 	out := make([]*pb.Variable, 0, len(sess.byName))
 	for name, v := range sess.byName {
 		if ok, _ := path.Match(pattern, name); pattern == "" || ok {
@@ -701,7 +720,7 @@ func (st *Store) Delete(sessionID, ident string, md map[string]string, source st
 		rev int64
 		p   Pending
 	)
-	err = st.locked(sess, func() (bool, error) {
+	err = st.locked(&sess, func(sess *session) (bool, error) {
 		old, rev, p, err = st.delete(sess, ident, md, source)
 		return err == nil, err
 	})

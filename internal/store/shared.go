@@ -297,17 +297,18 @@ func (st *Store) onFollow(sh Shared, sess *session, ev FollowEvent) {
 	}
 }
 
-// locked runs a write's part under the session's lock (write is called
-// with sess.mu held for writing and reports whether it changed anything);
-// on a Shared engine, through retryShared.
-func (st *Store) locked(sess *session, write func() (bool, error)) error {
-	attempt := func() (bool, error) {
-		sess.mu.Lock()
-		defer sess.unlockAndWake()
-		return write()
+// locked runs a write's part under the session's lock: write is called
+// with the session, its mu held for writing, and reports whether it
+// changed anything. On a Shared engine it goes through retryShared, which
+// may replace *sess with a fresh copy.
+func (st *Store) locked(sess **session, write func(*session) (bool, error)) error {
+	attempt := func(s *session) (bool, error) {
+		s.mu.Lock()
+		defer s.unlockAndWake()
+		return write(s)
 	}
 	if st.sh == nil {
-		_, err := attempt()
+		_, err := attempt(*sess)
 		return err
 	}
 	return st.retryShared(sess, attempt)
@@ -317,29 +318,46 @@ func (st *Store) locked(sess *session, write func() (bool, error)) error {
 // Shared engine, it may have been decided on a stale copy: the engine
 // refused it (ErrStale), or it was refused or changed nothing on what this
 // server held, which the engine never saw. It syncs in between; when the
-// copy was current, the first answer stands.
-func (st *Store) retryShared(sess *session, attempt func() (changed bool, err error)) error {
+// copy was current, the first answer stands. A copy this server dropped
+// meanwhile (the session ended, or the server lost the engine, or the
+// copy went unused) is read again from the engine, whose answer stands.
+func (st *Store) retryShared(sess **session, attempt func(*session) (changed bool, err error)) error {
 	sh := st.sh
 	for try := 0; ; try++ {
-		changed, err := attempt()
-		if sh == nil || (err == nil && changed) {
-			return err
+		changed, err := attempt(*sess)
+		if err == nil && changed {
+			return nil
 		}
 		if errors.Is(err, ErrStorage) || isLimit(err) {
 			return err
 		}
-		exists, synced, serr := st.sync(sh, sess)
+		exists, synced, serr := st.sync(sh, *sess)
 		switch {
 		case serr != nil:
 			return serr
 		case !exists:
-			return sessionNotFound(sess.id)
+			fresh, ferr := st.sharedSession(sh, (*sess).id, true)
+			if ferr != nil {
+				return ferr
+			}
+			*sess = fresh
 		case !synced && !errors.Is(err, ErrStale):
 			return err // decided on a current copy
-		case try >= maxStaleRetries:
-			if err == nil {
-				return nil
-			}
+		}
+		if try >= maxStaleRetries {
+			return err
+		}
+	}
+}
+
+// reread runs a read again when it found its session's copy closed under
+// it on a Shared engine (session.goneErr): the next try reads the session
+// from the engine, which says whether it still exists.
+func (st *Store) reread(read func() error) error {
+	for try := 0; ; try++ {
+		err := read()
+		var snf *SessionNotFoundError
+		if try == 3 || !errors.As(err, &snf) || !snf.dropped {
 			return err
 		}
 	}
@@ -396,7 +414,7 @@ func (st *Store) cleanupShared(id string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	err = st.retryShared(sess, func() (bool, error) {
+	err = st.retryShared(&sess, func(sess *session) (bool, error) {
 		sess.mu.Lock()
 		defer sess.mu.Unlock()
 		if sess.closed {
