@@ -518,7 +518,7 @@ func (e *Engine) IDs() ([]string, error) {
 // keys builds the engine's keys under its prefix.
 type keys string
 
-func (k keys) format() string       { return string(k) + formatKey }
+func (k keys) format() string { return string(k) + formatKey }
 func (k keys) session(id string) string {
 	return string(k) + "s/" + url.PathEscape(id) + "/"
 }
