@@ -144,6 +144,7 @@ CHAOS_ENV := VARBRIDGE_CHAOS_UPDATES=$(CHAOS_UPDATES) VARBRIDGE_CHAOS_BLACKHOLES
 # CRASH_KILLS times under Go and Python writers and watchers; make test
 # runs it with 5 kills. systest's Python parts use the venv's python and
 # must not be skipped here, and its server tests take the binary just built.
+CLUSTER_FAULTS ?= 16
 CRASH_KILLS ?= 25
 SYSTEST_ENV := VARBRIDGE_REQUIRE_PYTHON=1 VARBRIDGE_PYTHON="$(CURDIR)/$(PY)" VARBRIDGE_BIN="$(CURDIR)/$(BIN)" \
   VARBRIDGE_ETCD_BIN="$(CURDIR)/$(ETCD_BIN)"
@@ -157,6 +158,8 @@ chaos: venv build
 	  $(PY) -m pytest -s python/tests/test_chaos.py python/tests/test_slow_consumer.py
 	@echo "==> chaos: crash test ($(CRASH_KILLS) SIGKILLs of the durable server) and durable restarts"
 	$(SYSTEST_ENV) VARBRIDGE_CRASH_KILLS=$(CRASH_KILLS) go test -race -count=1 -timeout 20m -v -run '^(TestCrash|TestDurable)' ./systest
+	@echo "==> chaos: cluster ($(CLUSTER_FAULTS) faults: varbridge server kills, etcd leader kills, a server cut off from etcd)"
+	$(SYSTEST_ENV) VARBRIDGE_CLUSTER_FAULTS=$(CLUSTER_FAULTS) go test -race -count=1 -timeout 20m -v -run '^TestClusterChaos' ./systest
 	@echo "==> chaos: all passed"
 
 # Not in CI: minutes of 2,400 watches, writes, churn and cuts; prints the
