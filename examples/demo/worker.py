@@ -1,8 +1,12 @@
-"""The Python half of `make demo`: react to `temperature`, write `fan_speed`.
+"""The Python half of `make demo` and `make cluster-demo`.
 
 The Go controller tunes `temperature`; this worker watches it and answers
 each change with a fan speed, tagged with the revision it answers and how
-long the change took to reach this loop. It stops when `control` says "stop".
+long the change took to reach this loop. When `control` says "stop" (with
+how many changes the controller wrote), it reports what its watch saw as
+`control` = "worker-done": each change once, in order, is what the demo
+checks. Given several servers (--addr h1:p1,h2:p2) it carries on when one
+dies: its watch resumes on another.
 """
 
 from __future__ import annotations
@@ -27,11 +31,14 @@ async def wait_for_variables(
         await asyncio.sleep(0.05)
 
 
-async def main(addr: str) -> None:
+async def main(addr: str) -> int:
     async with varbridge.connect(addr) as bridge:
         session = await bridge.session("demo")
         await wait_for_variables(session, ["temperature", "fan_speed", "control"])
-        answered = 0
+        answered = repeated = out_of_order = 0
+        seen: set[int] = set()  # revisions of the temperature changes seen
+        last = 0
+        writes = -1  # how many the controller says it wrote, from "stop"
         async with session.watch_variables(
             ["temperature", "control"], include_initial=False
         ) as watch:
@@ -43,8 +50,16 @@ async def main(addr: str) -> None:
             async for update in watch:
                 if update.variable_name == "control":
                     if update.value == "stop":
+                        writes = int(update.metadata.get("temperature_writes", "-1"))
                         break
                     continue
+                if update.revision in seen:
+                    repeated += 1
+                    continue
+                if update.revision < last:
+                    out_of_order += 1
+                seen.add(update.revision)
+                last = max(last, update.revision)
                 committed = (
                     update.timestamp.timestamp() if update.timestamp else time.time()
                 )
@@ -67,12 +82,33 @@ async def main(addr: str) -> None:
                 )
                 answered += 1
         print(
-            f"[py] stopping after {answered} answers; {watch.reconnects} reconnects",
+            f"[py] stopping: saw {len(seen)} of {writes} temperature changes "
+            f"({repeated} repeated, {out_of_order} out of order), answered {answered}; "
+            f"{watch.failovers} failovers, {watch.reconnects} reconnects",
             flush=True,
         )
+        await session.set_variable(
+            "control",
+            "worker-done",
+            metadata={
+                "source": "py-worker",
+                "temperature_seen": str(len(seen)),
+                "repeated": str(repeated),
+                "out_of_order": str(out_of_order),
+                "fan_speed_writes": str(answered),
+                "failovers": str(watch.failovers),
+                "reconnects": str(watch.reconnects),
+            },
+        )
+        ok = len(seen) == writes and repeated == 0 and out_of_order == 0
+        return 0 if ok else 1
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--addr", default="127.0.0.1:50051")
-    asyncio.run(main(parser.parse_args().addr))
+    parser.add_argument(
+        "--addr",
+        default="127.0.0.1:50051",
+        help="varbridge server, or several that share their sessions: host:port,host:port",
+    )
+    raise SystemExit(asyncio.run(main(parser.parse_args().addr)))

@@ -1,6 +1,13 @@
-// Command controller is the Go half of `make demo`: it tunes `temperature`,
-// a Python worker reacts by writing `fan_speed`, and the controller reacts to
-// that in turn. It prints each exchange live and a summary at the end.
+// Command controller is the Go half of `make demo` and `make cluster-demo`:
+// it tunes `temperature`, a Python worker reacts by writing `fan_speed`,
+// and the controller reacts to that in turn. It prints each exchange live
+// and a summary at the end, which checks that each side saw every write of
+// the other exactly once and in order: the Python worker reports what it
+// saw when it stops, the controller counts what its own watch saw.
+//
+// Given several servers (--addr h1:p1,h2:p2, servers over one etcd
+// cluster) it carries on when one dies. --pause-at stops it between two
+// exchanges, with no write in flight, until a script has killed a server.
 package main
 
 import (
@@ -19,11 +26,17 @@ import (
 )
 
 func main() {
-	addr := flag.String("addr", "127.0.0.1:50051", "varbridge server")
+	addr := flag.String("addr", "127.0.0.1:50051", "varbridge server, or several that share their sessions: host:port,host:port")
 	steps := flag.Int("steps", 24, "temperature changes to make")
 	interval := flag.Duration("interval", 400*time.Millisecond, "time between changes")
+	pauseAt := flag.Int("pause-at", 0, "after this many answered changes, create --pause-file and wait until it is removed (0: never)")
+	pauseFile := flag.String("pause-file", "", "file that signals the pause (with --pause-at)")
 	flag.Parse()
-	if err := run(*addr, *steps, *interval); err != nil {
+	if (*pauseAt > 0) != (*pauseFile != "") {
+		fmt.Fprintln(os.Stderr, "controller: --pause-at and --pause-file go together")
+		os.Exit(2)
+	}
+	if err := run(*addr, *steps, *interval, *pauseAt, *pauseFile); err != nil {
 		fmt.Fprintln(os.Stderr, "controller:", err)
 		os.Exit(1)
 	}
@@ -38,8 +51,19 @@ type exchange struct {
 	fan  int64
 }
 
-func run(addr string, steps int, interval time.Duration) error {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+// tally is what the controller's watch saw, for the summary's checks. Its
+// fields are guarded by the watcher's mutex.
+type tally struct {
+	fanSeen    int            // fan_speed changes delivered
+	repeated   int            // changes delivered again (a revision seen before)
+	outOfOrder int            // changes with a revision below the last one
+	answers    map[int64]int  // temperature revision -> fan_speed answers to it
+	revs       map[int64]bool // revisions delivered
+	lastRev    int64
+}
+
+func run(addr string, steps int, interval time.Duration, pauseAt int, pauseFile string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	bridge, err := varbridge.NewBridgedState(ctx, addr, varbridge.WithSessionID("demo"))
 	if err != nil {
@@ -64,33 +88,50 @@ func run(addr string, steps int, interval time.Duration) error {
 	}
 
 	ready := make(chan struct{})
-	var once sync.Once
+	var readyOnce sync.Once
+	workerDone := make(chan map[string]string, 1)
 	replies := make(chan exchange, steps)
 	var mu sync.Mutex
 	pending := map[int64]time.Time{} // temperature revision -> write time
-	var lastRev int64
-	outOfOrder := 0
+	seen := tally{answers: map[int64]int{}, revs: map[int64]bool{}}
 
 	_, err = bridge.WatchVariables(ctx, []string{"fan_speed", "control"}, func(id string, _, new any, meta varbridge.UpdateMeta) {
 		now := time.Now()
-		if meta.Revision < lastRev { // initial values share one revision
-
-			outOfOrder++
+		mu.Lock()
+		defer mu.Unlock()
+		if !meta.Initial { // initial values share one revision
+			switch {
+			case seen.revs[meta.Revision]:
+				seen.repeated++
+			case meta.Revision < seen.lastRev:
+				seen.outOfOrder++
+			}
+			seen.revs[meta.Revision] = true
 		}
-		lastRev = meta.Revision
+		seen.lastRev = max(seen.lastRev, meta.Revision)
 		switch id {
 		case "control":
-			if new == "worker-ready" {
-				once.Do(func() { close(ready) })
+			switch new {
+			case "worker-ready":
+				readyOnce.Do(func() { close(ready) })
+			case "worker-done":
+				if !meta.Initial {
+					select {
+					case workerDone <- meta.Metadata:
+					default:
+					}
+				}
 			}
 		case "fan_speed":
+			if meta.Initial {
+				return
+			}
+			seen.fanSeen++
 			rev, _ := strconv.ParseInt(meta.Metadata["temperature_revision"], 10, 64)
 			pyUs, _ := strconv.ParseInt(meta.Metadata["reaction_us"], 10, 64)
-			mu.Lock()
-			sent, ok := pending[rev]
-			delete(pending, rev)
-			mu.Unlock()
-			if ok {
+			seen.answers[rev]++
+			if sent, ok := pending[rev]; ok {
+				delete(pending, rev)
 				replies <- exchange{rev: rev, sent: sent, rtt: now.Sub(sent), pyUs: pyUs, fan: new.(int64)}
 			}
 		}
@@ -109,6 +150,11 @@ func run(addr string, steps int, interval time.Duration) error {
 
 	var done []exchange
 	for i := range steps {
+		if pauseAt > 0 && i == pauseAt {
+			if err := pause(ctx, pauseFile, i, steps); err != nil {
+				return err
+			}
+		}
 		t := math.Round((1.0+0.9*math.Sin(float64(i)/3))*1000) / 1000
 		fmt.Printf("[go] set temperature = %.3f\n", t)
 		mu.Lock() // hold the lock across the write so the reply cannot beat the bookkeeping
@@ -125,19 +171,55 @@ func run(addr string, steps int, interval time.Duration) error {
 			done = append(done, x)
 			fmt.Printf("[go] saw fan_speed = %d from py-worker for revision %d: Go->Py %s, round trip %s\n",
 				x.fan, x.rev, time.Duration(x.pyUs)*time.Microsecond, x.rtt.Round(time.Microsecond))
-		case <-time.After(5 * time.Second):
+		case <-time.After(10 * time.Second):
 			return fmt.Errorf("no reaction to temperature revision %d", v.Revision)
 		}
 		time.Sleep(interval)
 	}
-	if _, err := bridge.Set(ctx, "control", "stop", varbridge.WithSource("go-controller")); err != nil {
+	// The worker answers "stop" with "worker-done" and what it saw. Updates
+	// arrive in revision order, so any fan_speed delivered again would
+	// arrive before it.
+	_, err = bridge.Set(ctx, "control", "stop", varbridge.WithSource("go-controller"),
+		varbridge.WithMetadata(map[string]string{"temperature_writes": strconv.Itoa(steps)}))
+	if err != nil {
 		return err
 	}
-	summarize(done, steps, outOfOrder, bridge.ListWatchers())
-	return nil
+	var report map[string]string
+	select {
+	case report = <-workerDone:
+	case <-time.After(10 * time.Second):
+		return errors.New("the Python worker did not report what it saw")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	return summarize(done, steps, seen, report, bridge.ListWatchers())
 }
 
-func summarize(xs []exchange, steps, outOfOrder int, ws []varbridge.WatchInfo) {
+// pause creates file and waits until it is removed: the cluster demo kills
+// a server meanwhile, with no write of the demo in flight.
+func pause(ctx context.Context, file string, answered, steps int) error {
+	if err := os.WriteFile(file, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+		return err
+	}
+	fmt.Printf("[go] half-way (%d of %d changes answered, no write in flight): pausing until %s is removed\n", answered, steps, file)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if _, err := os.Stat(file); errors.Is(err, os.ErrNotExist) {
+			fmt.Println("[go] going on")
+			return nil
+		}
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			return fmt.Errorf("paused until %s was removed: %w", file, ctx.Err())
+		}
+	}
+}
+
+// summarize prints the summary and fails when a write of either side was
+// lost, repeated or seen out of order by the other side.
+func summarize(xs []exchange, steps int, seen tally, worker map[string]string, ws []varbridge.WatchInfo) error {
 	rtts := make([]time.Duration, len(xs))
 	py := make([]int64, len(xs))
 	for i, x := range xs {
@@ -146,14 +228,58 @@ func summarize(xs []exchange, steps, outOfOrder int, ws []varbridge.WatchInfo) {
 	slices.Sort(rtts)
 	slices.Sort(py)
 	pct := func(n int, p float64) int { return min(n-1, int(float64(n)*p)) }
+	num := func(key string) int {
+		n, err := strconv.Atoi(worker[key])
+		if err != nil {
+			return -1 // a report without it fails the checks below
+		}
+		return n
+	}
+	pySeen, pyRepeated, pyOutOfOrder := num("temperature_seen"), num("repeated"), num("out_of_order")
+	pyWrites := num("fan_speed_writes")
+	unanswered, answeredTwice := 0, 0
+	for _, x := range xs {
+		switch n := seen.answers[x.rev]; {
+		case n == 0:
+			unanswered++
+		case n > 1:
+			answeredTwice++
+		}
+	}
+
 	fmt.Println()
 	fmt.Println("== summary ==")
-	fmt.Printf("exchanges:            %d of %d answered, %d out of order\n", len(xs), steps, outOfOrder)
-	fmt.Printf("Go -> Python:         p50 %s  max %s  (commit to Python watch loop)\n",
-		time.Duration(py[pct(len(py), 0.5)])*time.Microsecond, time.Duration(py[len(py)-1])*time.Microsecond)
-	fmt.Printf("round trip Go->Py->Go: p50 %s  max %s  (two writes, two watch deliveries)\n",
-		rtts[pct(len(rtts), 0.5)].Round(time.Microsecond), rtts[len(rtts)-1].Round(time.Microsecond))
-	for _, w := range ws {
-		fmt.Printf("go watch %v: %d updates, %d reconnects, last revision %d\n", w.Identifiers, w.UpdatesReceived, w.Reconnects, w.LastRevision)
+	fmt.Printf("exchanges:             %d of %d answered\n", len(xs), steps)
+	fmt.Printf("temperature (Go):      %d written, Python saw %d: %d lost, %d repeated, %d out of order\n",
+		steps, pySeen, max(steps-pySeen, 0), pyRepeated, pyOutOfOrder)
+	fmt.Printf("fan_speed (Python):    %d written, Go saw %d: %d lost, %d repeated, %d out of order\n",
+		pyWrites, seen.fanSeen, max(pyWrites-seen.fanSeen, 0), seen.repeated, seen.outOfOrder)
+	if len(py) > 0 {
+		fmt.Printf("Go -> Python:          p50 %s  max %s  (commit to Python watch loop)\n",
+			time.Duration(py[pct(len(py), 0.5)])*time.Microsecond, time.Duration(py[len(py)-1])*time.Microsecond)
+		fmt.Printf("round trip Go->Py->Go: p50 %s  max %s  (two writes, two watch deliveries)\n",
+			rtts[pct(len(rtts), 0.5)].Round(time.Microsecond), rtts[len(rtts)-1].Round(time.Microsecond))
 	}
+	for _, w := range ws {
+		fmt.Printf("go watch %v:  %d updates, %d failovers, %d reconnects, last revision %d\n",
+			w.Identifiers, w.UpdatesReceived, w.Failovers, w.Reconnects, w.LastRevision)
+	}
+	fmt.Printf("python watch [temperature control]: %s failovers, %s reconnects\n", worker["failovers"], worker["reconnects"])
+
+	var bad []string
+	if len(xs) != steps || unanswered > 0 || answeredTwice > 0 {
+		bad = append(bad, fmt.Sprintf("%d of %d changes answered once, %d answered twice", len(xs)-unanswered-answeredTwice, steps, answeredTwice))
+	}
+	if pySeen != steps || pyRepeated != 0 || pyOutOfOrder != 0 {
+		bad = append(bad, "Python did not see every temperature write exactly once, in order")
+	}
+	if pyWrites != steps || seen.fanSeen != pyWrites || seen.repeated != 0 || seen.outOfOrder != 0 {
+		bad = append(bad, "Go did not see every fan_speed write exactly once, in order")
+	}
+	if len(bad) > 0 {
+		fmt.Println("check: FAILED")
+		return errors.New(fmt.Sprint(bad))
+	}
+	fmt.Println("check: every write seen once by the other side, in order: nothing lost or repeated")
+	return nil
 }
