@@ -111,7 +111,8 @@ func openStore(log *slog.Logger, so store.Options, eng store.Engine) (*store.Sto
 		if err != nil {
 			_ = eng.Close()
 		}
-		return st, nil, err
+		why := server.WithoutSnapshots("this server keeps its data in etcd (serve --etcd-endpoints): snapshot etcd itself (etcdctl snapshot save)")
+		return st, []server.Option{why}, err
 	}
 	start := time.Now()
 	st, rec, err := store.Open(so)

@@ -32,7 +32,9 @@ func startServe(t *testing.T, args ...string) map[string]string {
 	pr, pw := io.Pipe()
 	root := newRootCmd()
 	base := []string{"serve", "--listen", "127.0.0.1:0", "--log-level", "error"}
-	if !slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--data-dir") }) {
+	if !slices.ContainsFunc(args, func(a string) bool {
+		return strings.HasPrefix(a, "--data-dir") || strings.HasPrefix(a, "--etcd-endpoints")
+	}) {
 		base = append(base, "--memory") // no stray ./varbridge.data
 	}
 	root.SetArgs(append(base, args...))

@@ -57,6 +57,7 @@ type options struct {
 	// WithOperatorToken, see sessions.go
 	operatorToken string
 	snapshot      func(io.Writer) error // WithSnapshots, see snapshot.go
+	noSnapshot    string                // WithoutSnapshots
 }
 
 // Option configures a Server.

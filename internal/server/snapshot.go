@@ -21,6 +21,13 @@ func WithSnapshots(save func(w io.Writer) error) Option {
 	return func(o *options) { o.snapshot = save }
 }
 
+// WithoutSnapshots says why SaveSnapshot has nothing to save, when the
+// reason is not that the server keeps nothing on disk (its data is in
+// etcd, which has snapshots of its own).
+func WithoutSnapshots(why string) Option {
+	return func(o *options) { o.noSnapshot = why }
+}
+
 // SaveSnapshot implements BridgeService.
 func (s *Server) SaveSnapshot(_ *pb.SaveSnapshotRequest, stream grpc.ServerStreamingServer[pb.SnapshotChunk]) error {
 	return s.StreamSnapshot(stream.Context(), stream.Send)
@@ -33,8 +40,11 @@ func (s *Server) StreamSnapshot(ctx context.Context, send func(*pb.SnapshotChunk
 		return err
 	}
 	if s.opts.snapshot == nil {
-		return statusError(codes.FailedPrecondition, pb.ErrorReason_ERROR_REASON_NO_DATA_DIR,
-			"this server keeps nothing on disk (serve --memory), so there is nothing to snapshot", nil)
+		why := s.opts.noSnapshot
+		if why == "" {
+			why = "this server keeps nothing on disk (serve --memory), so there is nothing to snapshot"
+		}
+		return statusError(codes.FailedPrecondition, pb.ErrorReason_ERROR_REASON_NO_DATA_DIR, why, nil)
 	}
 	w := &chunkWriter{ctx: ctx, send: send, buf: make([]byte, 0, snapshotChunkBytes)}
 	if err := s.opts.snapshot(w); err != nil {

@@ -1,0 +1,63 @@
+package main
+
+import (
+	"io"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+
+	"github.com/varbridge/varbridge/internal/etcdtest"
+)
+
+// Two serve commands on one etcd share sessions: what one is told, the
+// other serves, and a client given both carries on at either.
+func TestServeOnEtcd(t *testing.T) {
+	clearEnv(t)
+	etcd := etcdtest.Start(t, 1)
+	eps := "--etcd-endpoints=" + strings.Join(etcd.Endpoints(), ",")
+	a := startServe(t, eps, "--etcd-prefix", "/cli/")["listening on"]
+	b := startServe(t, eps, "--etcd-prefix", "/cli/")["listening on"]
+	mustCLI(t, a, "register", "lr", "float", "0.01", "--min", "0", "--max", "1")
+	mustCLI(t, b, "set", "lr", "0.5")
+	if out := mustCLI(t, a, "get", "lr"); !strings.Contains(out, "value=0.5") || !strings.Contains(out, "version=2") {
+		t.Errorf("A reads B's write: %q", out)
+	}
+	failCLI(t, a, codes.InvalidArgument, "set", "lr", "2") // B's constraint, checked on A
+	if out := mustCLI(t, a+","+b, "get", "lr"); !strings.Contains(out, "value=0.5") {
+		t.Errorf("a client given both servers: %q", out)
+	}
+	// Another prefix is another cluster of servers.
+	other := startServe(t, eps, "--etcd-prefix", "/other/")["listening on"]
+	failCLI(t, other, codes.NotFound, "get", "lr")
+
+	errText := failCLI(t, a, codes.FailedPrecondition, "snapshot", "save", filepath.Join(t.TempDir(), "x.vbsnap"))
+	if !strings.Contains(errText, "etcdctl snapshot save") {
+		t.Errorf("snapshot of an etcd server: %q, want the way to snapshot etcd", errText)
+	}
+}
+
+func TestServeEtcdFlagErrors(t *testing.T) {
+	dir := t.TempDir()
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--etcd-endpoints", "127.0.0.1:1", "--memory"}, "--memory"},
+		{[]string{"--etcd-endpoints", "127.0.0.1:1", "--data-dir", dir}, "--data-dir"},
+		{[]string{"--etcd-endpoints", "127.0.0.1:1", "--fsync", "never"}, "--fsync"},
+		{[]string{"--etcd-endpoints", "127.0.0.1:1", "--etcd-cert", "c.pem"}, "--etcd-key"},
+		{[]string{"--etcd-endpoints", "127.0.0.1:1", "--etcd-cacert", filepath.Join(dir, "none.pem")}, "--etcd-cacert"},
+		// Nothing listens there: refused within --etcd-timeout, naming it.
+		{[]string{"--etcd-endpoints", "127.0.0.1:1", "--etcd-timeout", "500ms"}, "127.0.0.1:1"},
+	} {
+		root := newRootCmd()
+		root.SetArgs(append([]string{"serve", "--listen", "127.0.0.1:0"}, c.args...))
+		root.SetOut(io.Discard)
+		root.SetErr(io.Discard)
+		if err := root.Execute(); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("serve %v: %v, want an error naming %s", c.args, err, c.want)
+		}
+	}
+}
