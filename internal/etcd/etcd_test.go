@@ -407,3 +407,105 @@ func TestCutOffFromEtcd(t *testing.T) {
 type tWriter struct{ t *testing.T }
 
 func (w tWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return len(p), nil }
+
+// A server whose copy fell behind the history window (kept in etcd, and
+// trimmed there by the writing server) reloads the session whole, and a
+// resume from before the window resyncs, as on one server.
+func TestCopyBehindTheWindowReloads(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	s := servers(t, c, 2, func(_ *etcd.Options, so *store.Options) { so.HistoryLimit = 5 })
+	a, b := s[0], s[1]
+	if _, _, err := a.CreateSession("win", 0, nil); err != nil {
+		t.Fatal(err)
+	}
+	register(t, a, "win", "v", 0)
+	if _, _, err := b.Get("win", "v"); err != nil { // B holds a copy at revision 1
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		set(t, a, "win", map[string]int64{"v": int64(i + 1)})
+	}
+	v, rev, err := b.Get("win", "v")
+	if err != nil || v.Value.GetIntValue() != 20 || v.Version != 21 || rev != 21 {
+		t.Fatalf("B after the window moved on: %v rev %d %v", v, rev, err)
+	}
+	info, err := b.GetSession("win")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := b.Watch("win", nil, store.WatchOptions{StartRevision: 3, Incarnation: info.Incarnation})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if got := collect(t, w, 21); got.resyncs != 1 || len(got.revs) != 0 {
+		t.Fatalf("resume from before the window: %+v", got)
+	}
+	w2, err := b.Watch("win", nil, store.WatchOptions{StartRevision: 18, Incarnation: info.Incarnation})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w2.Close()
+	if got := collect(t, w2, 21); got.resyncs != 0 || len(got.revs) != 4 {
+		t.Fatalf("resume inside the window: %+v", got)
+	}
+}
+
+// A follower that starts (or restarts) below etcd's compaction revision
+// says it is behind, so that the store syncs from varbridge's own history,
+// and then goes on with the changes after.
+func TestFollowBelowCompaction(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	eng, err := etcd.Open(ctx, etcd.Options{Endpoints: c.Endpoints(), Prefix: "/compact/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _, err := store.Open(store.Options{Engine: eng})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if _, _, err := st.CreateSession("c", 0, nil); err != nil {
+		t.Fatal(err)
+	}
+	register(t, st, "c", "v", 0)
+	sv, err := eng.Find("c")
+	if err != nil || sv == nil {
+		t.Fatalf("find: %v %v", sv, err)
+	}
+	for i := range 5 {
+		set(t, st, "c", map[string]int64{"v": int64(i + 1)})
+	}
+	cli := c.Client()
+	resp, err := cli.Get(ctx, "/compact/format")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Compact(ctx, resp.Header.Revision); err != nil {
+		t.Fatal(err)
+	}
+	events := make(chan store.FollowEvent, 100)
+	stop := eng.Follow(&sv.Session, sv.Fence, func(ev store.FollowEvent) { events <- ev })
+	defer stop()
+	next := func() store.FollowEvent {
+		select {
+		case ev := <-events:
+			return ev
+		case <-ctx.Done():
+			t.Fatal("no follow event")
+			return store.FollowEvent{}
+		}
+	}
+	if ev := next(); !ev.Behind {
+		t.Fatalf("first event below the compaction: %+v, want Behind", ev)
+	}
+	set(t, st, "c", map[string]int64{"v": 99})
+	for {
+		ev := next()
+		if ev.Change != nil && ev.Change.Revision == 7 {
+			break
+		}
+	}
+}
