@@ -61,3 +61,29 @@ func TestServeEtcdFlagErrors(t *testing.T) {
 		}
 	}
 }
+
+// serve reaches an etcd that wants TLS with client certificates and a
+// user and password (the password from the environment, never a flag).
+func TestServeOnEtcdWithTLSAndAuth(t *testing.T) {
+	clearEnv(t)
+	etcd := etcdtest.Start(t, 1, etcdtest.WithTLS(), etcdtest.WithAuth("root", "s3cret"))
+	files := etcd.TLS()
+	base := []string{"--etcd-endpoints=" + strings.Join(etcd.Endpoints(), ","), "--etcd-timeout", "2s",
+		"--etcd-cacert", files.CAFile, "--etcd-cert", files.CertFile, "--etcd-key", files.KeyFile, "--etcd-username", "root"}
+
+	// Without the password etcd refuses, and serve says so.
+	root := newRootCmd()
+	root.SetArgs(append([]string{"serve", "--listen", "127.0.0.1:0"}, base...))
+	root.SetOut(io.Discard)
+	root.SetErr(io.Discard)
+	if err := root.Execute(); err == nil {
+		t.Fatal("serve without the etcd password started")
+	}
+
+	t.Setenv(envEtcdPassword, "s3cret")
+	a := startServe(t, base...)["listening on"]
+	mustCLI(t, a, "register", "n", "int", "1")
+	if out := mustCLI(t, a, "get", "n"); !strings.Contains(out, "value=1") {
+		t.Errorf("get over TLS and auth to etcd: %q", out)
+	}
+}
