@@ -5,7 +5,7 @@
 #
 #   bench/run.sh -out bench/results.json   # make bench: full sizes, 5 runs per figure
 #   bench/run.sh -smoke                    # make bench-smoke: tiny sizes, seconds
-#   bench/run.sh -only latency -runs 3     # one group (local, latency, durable, writes, http, stream, fanout, idle)
+#   bench/run.sh -only latency -runs 3     # one group (local, latency, durable, writes, http, stream, fanout, idle, cluster)
 #   bench/run.sh -perf /tmp/perf -pyprofile /tmp/pyprof   # profiles (see bench/README.md)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)

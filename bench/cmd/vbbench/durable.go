@@ -94,12 +94,12 @@ func benchDurable(ctx context.Context, c *config, col *collector, self string) e
 	}
 	for r := range c.runs {
 		// Interleaved run by run, so drift in machine load hits each alike.
-		ls, err := bridgedLatency(ctx, srv.addr, sessionName("dur-lat"), n, c.rate)
+		ls, err := bridgedLatency(ctx, srv.addr, srv.addr, sessionName("dur-lat"), n, c.rate)
 		if err != nil {
 			return fmt.Errorf("durable latency run %d: %w", r, err)
 		}
 		record("durable_set_to_go_watcher", ls, map[string]any{"client": "varbridge.BridgedState watcher; writer: another BridgedState's Set", "server": durableServerDesc})
-		ls, err = etcdLatencyGo(ctx, esrv.addr, fmt.Sprintf("lat-%d", r), n, c.rate)
+		ls, err = etcdLatencyGo(ctx, esrv.addr, esrv.addr, fmt.Sprintf("lat-%d", r), n, c.rate)
 		if err != nil {
 			return fmt.Errorf("etcd latency run %d: %w", r, err)
 		}

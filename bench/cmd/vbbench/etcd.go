@@ -8,7 +8,10 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -16,26 +19,58 @@ import (
 	"go.uber.org/zap"
 )
 
-// etcdServe runs a single-member etcd (embedded, go.etcd.io/etcd/server/v3
-// from the Go module proxy) with its data in dir, on loopback, with etcd's
+// etcdMember is how an etcd-serve child joins a cluster: its name, its
+// client, peer and metrics URLs, and the cluster's every name=peerURL. The
+// zero value is a single member on free loopback ports.
+type etcdMember struct {
+	name, client, peer, metrics, cluster string
+}
+
+// etcdServe runs one etcd member (embedded, go.etcd.io/etcd/server/v3 from
+// the Go module proxy) with its data in dir, on loopback, with etcd's
 // defaults otherwise (the WAL fsynced before a write is acknowledged), until
 // stdin closes. It is the "etcd-serve" subcommand, run as a child process
-// so that etcd has a process (and CPU accounting) of its own.
-func etcdServe(dir string) error {
-	client, err := freeLoopbackURL()
+// so that etcd has a process (and CPU accounting) of its own. A member of a
+// larger cluster (m.cluster set) is ready once the cluster has a leader, so
+// the parent starts every member before waiting for any.
+func etcdServe(dir string, m etcdMember) error {
+	for _, p := range []*string{&m.client, &m.peer} {
+		if *p == "" {
+			u, err := freeLoopbackURL()
+			if err != nil {
+				return err
+			}
+			*p = u.String()
+		}
+	}
+	client, err := url.Parse(m.client)
 	if err != nil {
 		return err
 	}
-	peer, err := freeLoopbackURL()
+	peer, err := url.Parse(m.peer)
 	if err != nil {
 		return err
 	}
 	cfg := embed.NewConfig()
 	cfg.Name = "vbbench"
+	if m.name != "" {
+		cfg.Name = m.name
+	}
 	cfg.Dir = dir
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*client}, []url.URL{*client}
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*peer}, []url.URL{*peer}
 	cfg.InitialCluster = cfg.Name + "=" + peer.String()
+	if m.cluster != "" {
+		cfg.InitialCluster = m.cluster
+		cfg.InitialClusterToken = "vbbench-cluster"
+	}
+	if m.metrics != "" {
+		mu, err := url.Parse(m.metrics)
+		if err != nil {
+			return err
+		}
+		cfg.ListenMetricsUrls = []url.URL{*mu}
+	}
 	cfg.LogLevel = "error"
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
@@ -46,6 +81,9 @@ func etcdServe(dir string) error {
 	case <-e.Server.ReadyNotify():
 	case <-time.After(30 * time.Second):
 		return errors.New("etcd not ready within 30s")
+	}
+	if m.metrics != "" {
+		fmt.Printf("metrics on %s/metrics\n", m.metrics)
 	}
 	fmt.Printf("listening on %s\n", client.Host)
 	_, _ = io.Copy(io.Discard, os.Stdin) // the parent closes stdin to stop us
@@ -67,6 +105,56 @@ func startEtcd(self, dir string) (*proc, error) {
 	return startListener("etcd", self, "etcd-serve", "-dir", dir)
 }
 
+// startEtcdCluster starts an etcd cluster of n members on loopback, each
+// an etcd-serve child with its data in a temporary directory and its
+// Prometheus metrics on a URL of its own (proc.metrics); stop stops every
+// member and removes the data.
+func startEtcdCluster(self string, n int) (members []*proc, stop func(), err error) {
+	dir, err := os.MkdirTemp("", "vbbench-etcd-cluster-")
+	if err != nil {
+		return nil, nil, err
+	}
+	ms := make([]etcdMember, n)
+	var peers []string
+	for i := range ms {
+		var us [3]*url.URL
+		for j := range us {
+			if us[j], err = freeLoopbackURL(); err != nil {
+				_ = os.RemoveAll(dir)
+				return nil, nil, err
+			}
+		}
+		ms[i] = etcdMember{name: fmt.Sprintf("m%d", i), client: us[0].String(), peer: us[1].String(), metrics: us[2].String()}
+		peers = append(peers, ms[i].name+"="+ms[i].peer)
+	}
+	members = make([]*proc, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i, m := range ms {
+		wg.Add(1)
+		go func() { // every member starts before any is ready (quorum)
+			defer wg.Done()
+			members[i], errs[i] = startListener("etcd-"+m.name, self, "etcd-serve", "-dir", filepath.Join(dir, m.name),
+				"-name", m.name, "-client-url", m.client, "-peer-url", m.peer, "-metrics-url", m.metrics,
+				"-initial-cluster", strings.Join(peers, ","))
+		}()
+	}
+	wg.Wait()
+	stop = func() {
+		for _, p := range members {
+			if p != nil {
+				p.stop()
+			}
+		}
+		_ = os.RemoveAll(dir)
+	}
+	if err := errors.Join(errs...); err != nil {
+		stop()
+		return nil, nil, err
+	}
+	return members, stop, nil
+}
+
 // startEtcdTemp starts etcd on a data directory of its own, which stop
 // removes.
 func startEtcdTemp(self string) (p *proc, stop func(), err error) {
@@ -85,18 +173,19 @@ func etcdClient(addr string) (*clientv3.Client, error) {
 	return clientv3.New(clientv3.Config{Endpoints: []string{addr}, DialTimeout: 10 * time.Second, Logger: zap.NewNop()})
 }
 
-// etcdLatencyGo measures clientv3 Put -> a clientv3 Watch on another
-// client (connection), the same workload as the varbridge latency runs:
+// etcdLatencyGo measures clientv3 Put (a client of writerAddr) -> a
+// clientv3 Watch on another client (of watcherAddr: the same member, or
+// another member of a cluster), the same workload as the varbridge latency runs:
 // values are the writer's CLOCK_MONOTONIC send times, -1 stops. etcd has no
 // commit timestamp, so only the from-send samples are taken.
-func etcdLatencyGo(ctx context.Context, addr, key string, n, rate int) (latSamples, error) {
+func etcdLatencyGo(ctx context.Context, writerAddr, watcherAddr, key string, n, rate int) (latSamples, error) {
 	var ls latSamples
-	wcli, err := etcdClient(addr)
+	wcli, err := etcdClient(writerAddr)
 	if err != nil {
 		return ls, err
 	}
 	defer wcli.Close()
-	rcli, err := etcdClient(addr)
+	rcli, err := etcdClient(watcherAddr)
 	if err != nil {
 		return ls, err
 	}

@@ -109,7 +109,7 @@ func benchLatency(ctx context.Context, c *config, col *collector, self string) e
 	for r := range c.runs {
 		// Interleaved, so drift in machine load hits every client alike.
 		end := srv.phase("latency-bridged")
-		ls, err := bridgedLatency(ctx, srv.addr, sessionName("lat-bridged"), n, c.rate)
+		ls, err := bridgedLatency(ctx, srv.addr, srv.addr, sessionName("lat-bridged"), n, c.rate)
 		end()
 		if err != nil {
 			return fmt.Errorf("grpc go (BridgedState) run %d: %w", r, err)

@@ -42,6 +42,10 @@ type config struct {
 	idleN, idleConns       int
 	idleRuns               int
 
+	// cluster group (issue 12): connections of its fan-out watchers, and
+	// the sessions watched for the cost per watched session.
+	clusterConns, clusterSessions int
+
 	// durable group (issue 11): write throughput per run, and the data
 	// dir restart_recovery_s recovers (sessions x variables, and writes
 	// per session on top of the registrations).
@@ -71,9 +75,22 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "etcd-serve" {
 		fs := flag.NewFlagSet("etcd-serve", flag.ExitOnError)
 		dir := fs.String("dir", "", "etcd data directory")
+		var m etcdMember
+		fs.StringVar(&m.name, "name", "", "member name (default vbbench)")
+		fs.StringVar(&m.client, "client-url", "", "client URL, http://127.0.0.1:PORT (default: a free port)")
+		fs.StringVar(&m.peer, "peer-url", "", "peer URL (default: a free port)")
+		fs.StringVar(&m.metrics, "metrics-url", "", "serve /metrics on this URL too (--listen-metrics-urls)")
+		fs.StringVar(&m.cluster, "initial-cluster", "", "every member's name=peer-url, comma-separated (default: this member alone)")
 		_ = fs.Parse(os.Args[2:])
-		if err := etcdServe(*dir); err != nil {
+		if err := etcdServe(*dir, m); err != nil {
 			fmt.Fprintln(os.Stderr, "etcd-serve:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if len(os.Args) > 1 && os.Args[1] == "cluster-watch" {
+		if err := clusterWatch(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "cluster-watch:", err)
 			os.Exit(1)
 		}
 		return
@@ -93,7 +110,7 @@ func main() {
 	flag.StringVar(&c.server, "server", ".bin/varbridge", "varbridge binary")
 	flag.StringVar(&c.python, "python", ".venv/bin/python", "python with varbridge and nats-py installed")
 	flag.StringVar(&c.pydir, "pydir", "bench/py", "directory of the Python helper scripts")
-	flag.StringVar(&only, "only", "", "regexp: run only the groups it matches (local, latency, durable, writes, http, stream, fanout, idle)")
+	flag.StringVar(&only, "only", "", "regexp: run only the groups it matches (local, latency, durable, writes, http, stream, fanout, idle, cluster)")
 	flag.BoolVar(&c.natsOn, "nats", true, "run the NATS comparison")
 	flag.BoolVar(&c.recoveryOn, "recovery", true, "durable group: build the 1M-revision data dir and time restarts (restart_recovery_s)")
 	flag.StringVar(&c.perfDir, "perf", "", "record each server group with `perf record -g` into this directory")
@@ -112,12 +129,14 @@ func main() {
 	flag.Parse()
 	c.latWarm, c.fanWrites, c.fanBurst, c.liveDur, c.idleRuns = 500, 30, 50, 3*time.Second, min(c.runs, 3)
 	c.tputDur, c.recSessions, c.recVars, c.recWrites, c.recRuns = 3*time.Second, 100, 1000, 10_000, 3
+	c.clusterConns, c.clusterSessions = 100, 1000
 	if c.smoke {
 		c.tputDur, c.recSessions, c.recVars, c.recWrites, c.recRuns = 300*time.Millisecond, 4, 50, 200, 1
 		c.runs, c.latN, c.latWarm = 1, 100, 20
 		c.goTputRevs, c.goTputVars, c.pyTputN, c.liveDur, c.localN = 50, 100, 2000, 300*time.Millisecond, 2000
 		c.fanN, c.fanConns, c.fanWrites, c.fanBurst = 200, 4, 5, 5
 		c.idleN, c.idleConns, c.idleRuns = 500, 4, 1
+		c.clusterConns, c.clusterSessions = 4, 20
 	}
 	c.only = regexp.MustCompile(only)
 	c.memoryFlag = strings.Contains(cmdOut(c.server, "serve", "--help"), "--memory")
@@ -178,6 +197,7 @@ func run(c *config) error {
 	group("stream", func() error { return benchStream(ctx, c, col) })
 	group("fanout", func() error { return benchFanout(ctx, c, col, self) })
 	group("idle", func() error { return benchIdle(ctx, c, col) })
+	group("cluster", func() error { return benchCluster(ctx, c, col, self) })
 
 	col.add("loadavg_1m_at_end", "load", loadavg(), nil)
 	rs := col.results()

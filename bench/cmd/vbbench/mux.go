@@ -30,6 +30,12 @@ type muxStream = grpc.BidiStreamingClient[pb.WatchRequest, pb.WatchResponse]
 // later response of stream k.
 func openMuxStreams(ctx context.Context, clients []pb.BridgeServiceClient, session string, n int,
 	onResp func(k int, r *pb.WatchResponse), errs *atomic.Int64) ([]muxStream, error) {
+	return openMuxStreamsOf(ctx, clients, func(int) string { return session }, n, onResp, errs)
+}
+
+// openMuxStreamsOf is openMuxStreams with watch i on session sessionOf(i).
+func openMuxStreamsOf(ctx context.Context, clients []pb.BridgeServiceClient, sessionOf func(i int) string, n int,
+	onResp func(k int, r *pb.WatchResponse), errs *atomic.Int64) ([]muxStream, error) {
 	conns := len(clients)
 	streams := make([]muxStream, conns)
 	var wg sync.WaitGroup
@@ -48,7 +54,7 @@ func openMuxStreams(ctx context.Context, clients []pb.BridgeServiceClient, sessi
 			for i := k; i < n; i += conns {
 				mine++
 				if err := st.Send(&pb.WatchRequest{Request: &pb.WatchRequest_Create{Create: &pb.WatchCreateRequest{
-					WatchId: int64(i), Watch: &pb.WatchVariablesRequest{SessionId: session, VariableIdentifiers: []string{"x"}, Compact: true},
+					WatchId: int64(i), Watch: &pb.WatchVariablesRequest{SessionId: sessionOf(i), VariableIdentifiers: []string{"x"}, Compact: true},
 				}}}); err != nil {
 					errc <- fmt.Errorf("stream %d: create %d: %w", k, i, err)
 					return
@@ -95,23 +101,37 @@ func openMuxStreams(ctx context.Context, clients []pb.BridgeServiceClient, sessi
 
 // openMuxFanout is openFanout on Watch streams: one per connection.
 func openMuxFanout(ctx context.Context, addr, session string, n, conns, maxWrites int) (*fanout, error) {
-	f := &fanout{addr: addr, session: session, n: n, recvd: make([]atomic.Int64, maxWrites), lat: make([][]int64, maxWrites), allDone: make([]chan struct{}, maxWrites)}
+	wconn, writer, err := dial(addr)
+	if err != nil {
+		return nil, err
+	}
+	if err := newSession(ctx, writer, session, "x"); err != nil {
+		_ = wconn.Close()
+		return nil, err
+	}
+	f, err := openMuxWatchers(ctx, []string{addr}, session, n, conns, maxWrites)
+	if err != nil {
+		_, _ = writer.CleanupSession(context.Background(), &pb.CleanupSessionRequest{SessionId: session})
+		_ = wconn.Close()
+		return nil, err
+	}
+	f.wconn, f.writer = wconn, writer
+	return f, nil
+}
+
+// openMuxWatchers opens the watches of openMuxFanout, of a session that
+// exists, without a writer: connection i goes to addrs[i%len(addrs)] (the
+// cluster group splits the watchers over two servers, in a process of
+// their own).
+func openMuxWatchers(ctx context.Context, addrs []string, session string, n, conns, maxWrites int) (*fanout, error) {
+	f := &fanout{addr: addrs[0], session: session, n: n, recvd: make([]atomic.Int64, maxWrites), lat: make([][]int64, maxWrites), allDone: make([]chan struct{}, maxWrites)}
 	for i := range f.lat {
 		f.lat[i] = make([]int64, n)
 		f.allDone[i] = make(chan struct{})
 	}
-	var err error
-	f.wconn, f.writer, err = dial(addr)
-	if err != nil {
-		return nil, err
-	}
-	if err := newSession(ctx, f.writer, session, "x"); err != nil {
-		f.close()
-		return nil, err
-	}
 	clients := make([]pb.BridgeServiceClient, conns)
 	for i := range conns {
-		cc, c, err := dial(addr, grpc.WithDefaultCallOptions(grpc.ForceCodecV2(codec.Client)))
+		cc, c, err := dial(addrs[i%len(addrs)], grpc.WithDefaultCallOptions(grpc.ForceCodecV2(codec.Client)))
 		if err != nil {
 			f.close()
 			return nil, err
@@ -123,7 +143,7 @@ func openMuxFanout(ctx context.Context, addr, session string, n, conns, maxWrite
 	f.cancel = cancel
 	writes := make([]int, n) // per watch: the writes it received; only its stream's reader touches it
 	t0 := time.Now()
-	_, err = openMuxStreams(sctx, clients, session, n, func(_ int, r *pb.WatchResponse) {
+	_, err := openMuxStreams(sctx, clients, session, n, func(_ int, r *pb.WatchResponse) {
 		now := mono()
 		i := int(r.GetWatchId())
 		for _, u := range r.GetUpdates().GetUpdates() {

@@ -117,10 +117,12 @@ func localThroughput(ctx context.Context, n int) (float64, int64, error) {
 	return float64(got.Load()) / time.Since(t0).Seconds(), resyncs.Load(), nil
 }
 
-// bridgedLatency: a BridgedState watcher and another BridgedState writer
-// (its own connections), as two programs would be.
-func bridgedLatency(ctx context.Context, addr, session string, n, rate int) (latSamples, error) {
-	wr, err := varbridge.NewBridgedState(ctx, addr, varbridge.WithSessionID(session), varbridge.WithLogger(quietLog))
+// bridgedLatency: a BridgedState watcher (of watcherAddr) and another
+// BridgedState writer (of writerAddr; its own connections), as two programs
+// would be. The addresses are the same server, or two servers sharing one
+// storage engine (the cluster group).
+func bridgedLatency(ctx context.Context, writerAddr, watcherAddr, session string, n, rate int) (latSamples, error) {
+	wr, err := varbridge.NewBridgedState(ctx, writerAddr, varbridge.WithSessionID(session), varbridge.WithLogger(quietLog))
 	if err != nil {
 		return latSamples{}, err
 	}
@@ -128,7 +130,7 @@ func bridgedLatency(ctx context.Context, addr, session string, n, rate int) (lat
 	if _, err := wr.Register(ctx, "x", varbridge.TypeInteger, int64(0)); err != nil {
 		return latSamples{}, err
 	}
-	w, err := varbridge.NewBridgedState(ctx, addr, varbridge.WithSessionID(session), varbridge.WithLogger(quietLog))
+	w, err := varbridge.NewBridgedState(ctx, watcherAddr, varbridge.WithSessionID(session), varbridge.WithLogger(quietLog))
 	if err != nil {
 		return latSamples{}, err
 	}

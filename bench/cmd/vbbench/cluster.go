@@ -1,0 +1,381 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+
+	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
+)
+
+// The cluster group (issue 12): two varbridge servers, A and B, keeping
+// their sessions in one three-member etcd cluster (--etcd-endpoints), all
+// on loopback, each in a process of its own. Every run measures, in turn:
+//
+//   - a write through A to a watcher on B (cluster_set_to_go_watcher_*),
+//     and beside it a bare etcd Put through one member to a clientv3 Watch
+//     on another (etcd_cluster_set_to_go_watcher_*): the same workload and
+//     method as the latency group;
+//   - one write through A to 10,000 watches of one session, the watches in
+//     a process of their own ("vbbench cluster-watch"), their connections
+//     split between A and B (cluster_fanout_10k_watchers_*);
+//   - what a server pays per session it has watchers for: B (restarted, so
+//     its memory starts clean) gets one watch on each of N sessions from a
+//     process of their own; its RSS growth and the etcd watches the members
+//     gained, per session.
+
+const clusterMembers = 3
+
+func benchCluster(ctx context.Context, c *config, col *collector, self string) error {
+	members, stopEtcd, err := startEtcdCluster(self, clusterMembers)
+	if err != nil {
+		return err
+	}
+	defer stopEtcd()
+	var eps []string
+	for _, m := range members {
+		eps = append(eps, m.addr)
+	}
+	startVB := func(name string) (*proc, func(), error) {
+		return startServerArgs(c, "cluster-"+name, "--etcd-endpoints", strings.Join(eps, ","), "--http-listen", "")
+	}
+	a, stopA, err := startVB("a")
+	if err != nil {
+		return err
+	}
+	defer stopA()
+	b, stopB, err := startVB("b")
+	if err != nil {
+		return err
+	}
+	defer func() { stopB() }()
+
+	n := c.latN + c.latWarm
+	latParams := map[string]any{
+		"rate_per_s": c.rate, "samples_per_run": c.latN, "warmup": c.latWarm,
+		"missed_count_as_us": float64(latTimeout.Microseconds()),
+		"time_from":          "writer's call start, CLOCK_MONOTONIC",
+		"etcd":               fmt.Sprintf("%d-member etcd 3.7 cluster on loopback, each member its own process, default fsync", clusterMembers),
+	}
+	record := func(prefix string, ls latSamples, extra map[string]any) {
+		pr := withKV(latParams, "client", extra["client"])
+		p50, p99, pmax := latencyStats(withMissed(ls.send, c.latWarm, c.latN))
+		col.add(prefix+"_p50_us", "us", p50, pr)
+		col.add(prefix+"_p99_us", "us", p99, pr)
+		col.add(prefix+"_max_us", "us", pmax, pr)
+		col.add(prefix+"_missed", "updates", float64(ls.missed), pr)
+		fmt.Fprintf(os.Stderr, "   %-34s p50 %7.1f us  p99 %7.1f us  max %8.1f us  missed %d\n", prefix, p50, p99, pmax, ls.missed)
+	}
+	for r := range c.runs {
+		// Interleaved run by run, so drift in machine load hits both alike.
+		end := a.phase("cluster-latency")
+		ls, err := bridgedLatency(ctx, a.addr, b.addr, sessionName("cl-lat"), n, c.rate)
+		end()
+		if err != nil {
+			return fmt.Errorf("latency run %d: %w", r, err)
+		}
+		record("cluster_set_to_go_watcher", ls, map[string]any{"client": "writer: a BridgedState of server A only; watcher: a BridgedState of server B only; A and B share the etcd cluster"})
+		ls, err = etcdLatencyGo(ctx, members[0].addr, members[1].addr, fmt.Sprintf("cluster-lat-%d", r), n, c.rate)
+		if err != nil {
+			return fmt.Errorf("etcd latency run %d: %w", r, err)
+		}
+		record("etcd_cluster_set_to_go_watcher", ls, map[string]any{"client": "writer: clientv3 Put through member 0; watcher: clientv3 Watch through member 1"})
+
+		if err := clusterFanoutRun(ctx, c, col, self, a, b, r); err != nil {
+			return fmt.Errorf("fanout run %d: %w", r, err)
+		}
+
+		// B restarted: its memory baseline is a fresh server's, as in the
+		// idle group.
+		stopB()
+		if b, stopB, err = startVB("b"); err != nil {
+			return err
+		}
+		if err := clusterSessionsRun(ctx, c, col, self, a, b, members, r); err != nil {
+			return fmt.Errorf("sessions run %d: %w", r, err)
+		}
+	}
+	for _, p := range []string{"p50", "p99"} {
+		col.ratio("cluster_vs_etcd_"+p, "cluster_set_to_go_watcher_"+p+"_us", "etcd_cluster_set_to_go_watcher_"+p+"_us",
+			map[string]any{"target": "<= 1.2 (issue 12)"})
+	}
+	return nil
+}
+
+// clusterFanoutRun: one session with 10,000 watches from a cluster-watch
+// process, over connections half to A and half to B; c.fanWrites spaced
+// writes through A (the first two warm up).
+func clusterFanoutRun(ctx context.Context, c *config, col *collector, self string, a, b *proc, r int) error {
+	session := sessionName("cl-fan")
+	wcc, wc, err := dial(a.addr)
+	if err != nil {
+		return err
+	}
+	defer wcc.Close()
+	if err := newSession(ctx, wc, session, "x"); err != nil {
+		return err
+	}
+	defer func() { _, _ = wc.CleanupSession(context.Background(), &pb.CleanupSessionRequest{SessionId: session}) }()
+	w, err := startPython(ctx, self, "cluster-watch", "-mode", "fanout", "-addrs", a.addr+","+b.addr, "-session", session,
+		"-n", fmt.Sprint(c.fanN), "-conns", fmt.Sprint(c.clusterConns), "-writes", fmt.Sprint(c.fanWrites))
+	if err != nil {
+		return err
+	}
+	defer w.kill()
+	line, err := w.waitLine(2 * time.Minute)
+	if err != nil {
+		return err
+	}
+	if !strings.HasPrefix(line, "ready") {
+		return fmt.Errorf("cluster-watch: %q", line)
+	}
+	for i := range c.fanWrites {
+		if _, err := wc.SetVariable(ctx, &pb.SetVariableRequest{SessionId: session, VariableIdentifier: "x", Value: intValue(mono())}); err != nil {
+			return err
+		}
+		line, err := w.waitLine(time.Minute)
+		if err != nil {
+			return err
+		}
+		if line != fmt.Sprint("got ", i) {
+			return fmt.Errorf("cluster-watch: %q", line)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	line, err = w.waitLine(time.Minute)
+	if err != nil {
+		return err
+	}
+	var res fanoutResult
+	if err := json.Unmarshal([]byte(line), &res); err != nil {
+		return fmt.Errorf("cluster-watch: %q: %w", line, err)
+	}
+	fmt.Fprintf(os.Stderr, "   cluster fanout run %d: opened %d watches in %d ms; write->all p50 %.2f ms p99 %.2f ms max %.2f ms\n",
+		r, c.fanN, res.OpenedMs, res.P50/1e3, res.P99/1e3, res.Max/1e3)
+	pr := map[string]any{
+		"watches": c.fanN, "connections": c.clusterConns,
+		"layout": "one Watch stream per connection (mux), connections alternately to server A and server B; the watchers in a process of their own (vbbench cluster-watch); writer: SetVariable through A",
+		"how":    fmt.Sprintf("%d spaced writes (2 warm-up dropped), every delivery, send start -> receipt", c.fanWrites),
+	}
+	col.add("cluster_fanout_10k_watchers_p99_ms", "ms", res.P99/1e3, pr)
+	col.add("cluster_fanout_10k_watchers_p50_ms", "ms", res.P50/1e3, pr)
+	col.add("cluster_fanout_10k_watchers_max_ms", "ms", res.Max/1e3, pr)
+	col.add("cluster_fanout_10k_watchers_last_ms", "ms", res.LastP50/1e3, withKV(pr, "how", "median over the spaced writes of the time to the write's last delivery"))
+	return nil
+}
+
+// fanoutResult is the cluster-watch fanout mode's last line: latencies in
+// microseconds.
+type fanoutResult struct {
+	P50, P99, Max float64
+	LastP50       float64 // median over writes of each write's slowest delivery
+	OpenedMs      int64
+}
+
+// clusterSessionsRun: c.clusterSessions sessions made through A; a
+// cluster-watch process opens one watch on each, all on B; B's RSS and the
+// members' etcd_debugging_mvcc_watcher_total before and after.
+func clusterSessionsRun(ctx context.Context, c *config, col *collector, self string, a, b *proc, members []*proc, r int) error {
+	prefix := sessionName("cl-sess")
+	wcc, wc, err := dial(a.addr)
+	if err != nil {
+		return err
+	}
+	defer wcc.Close()
+	n := c.clusterSessions
+	forEach := func(f func(i int) error) error {
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		errs := make([]error, 16)
+		for k := range errs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := int(next.Add(1)) - 1; i < n+1 && errs[k] == nil; i = int(next.Add(1)) - 1 {
+					errs[k] = f(i)
+				}
+			}()
+		}
+		wg.Wait()
+		return errors.Join(errs...)
+	}
+	// Sessions 0..n-1 are measured; session n warms B up.
+	name := func(i int) string { return fmt.Sprintf("%s-%d", prefix, i) }
+	err = forEach(func(i int) error { return newSession(ctx, wc, name(i), "x") })
+	defer func() {
+		_ = forEach(func(i int) error {
+			_, err := wc.CleanupSession(context.Background(), &pb.CleanupSessionRequest{SessionId: name(i)})
+			return err
+		})
+	}()
+	if err != nil {
+		return err
+	}
+	if err := clusterWarm(ctx, b.addr, name(n)); err != nil {
+		return err
+	}
+	time.Sleep(500 * time.Millisecond)
+	rss0, err := rssBytes(b.pid())
+	if err != nil {
+		return err
+	}
+	w0, err := etcdWatchers(members)
+	if err != nil {
+		return err
+	}
+	w, err := startPython(ctx, self, "cluster-watch", "-mode", "sessions", "-addrs", b.addr, "-session", prefix,
+		"-n", fmt.Sprint(n), "-conns", fmt.Sprint(min(c.clusterConns, n)))
+	if err != nil {
+		return err
+	}
+	defer w.kill()
+	line, err := w.waitLine(2 * time.Minute)
+	if err != nil {
+		return err
+	}
+	if !strings.HasPrefix(line, "ready") {
+		return fmt.Errorf("cluster-watch: %q", line)
+	}
+	time.Sleep(2 * time.Second) // let the server settle
+	rss1, err := rssBytes(b.pid())
+	if err != nil {
+		return err
+	}
+	w1, err := etcdWatchers(members)
+	if err != nil {
+		return err
+	}
+	_ = w.cmd.Process.Signal(syscall.SIGTERM)
+	if _, err := w.waitLine(30 * time.Second); err == nil {
+		return errors.New("cluster-watch: unexpected output after ready")
+	}
+	perBytes := float64(rss1-rss0) / float64(n)
+	perWatch := (w1 - w0) / float64(n)
+	fmt.Fprintf(os.Stderr, "   cluster sessions run %d: %d sessions watched on B; B RSS %d -> %d MiB: %.0f bytes/session; etcd watchers %.0f -> %.0f: %.2f per session\n",
+		r, n, rss0>>20, rss1>>20, perBytes, w0, w1, perWatch)
+	pr := map[string]any{"sessions": n, "watches_per_session": 1, "connections": min(c.clusterConns, n),
+		"client": "one Watch stream per connection (mux), every watch on server B, from a process of their own (vbbench cluster-watch); the sessions made through server A"}
+	col.add("cluster_server_bytes_per_watched_session", "bytes", perBytes, withKV(pr, "how", "server B's VmRSS delta / sessions, 2 s after the last watch opened; B restarted before, warmed with one watched session"))
+	col.add("cluster_etcd_watches_per_watched_session", "watches", perWatch, withKV(pr, "how", "etcd_debugging_mvcc_watcher_total summed over the members' /metrics (--listen-metrics-urls), after - before, / sessions"))
+	return nil
+}
+
+// clusterWarm opens and closes one watch of session on addr.
+func clusterWarm(ctx context.Context, addr, session string) error {
+	cc, c, err := dial(addr)
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	_, err = openMuxStreams(sctx, []pb.BridgeServiceClient{c}, session, 1, nil, nil)
+	return err
+}
+
+// etcdWatchers sums etcd_debugging_mvcc_watcher_total (the watchers a
+// member serves) over the members.
+func etcdWatchers(members []*proc) (float64, error) {
+	const name = "etcd_debugging_mvcc_watcher_total"
+	var sum float64
+	for _, m := range members {
+		g, err := promGauges(m.metrics, name)
+		if err != nil {
+			return 0, err
+		}
+		v, ok := g[name]
+		if !ok {
+			return 0, fmt.Errorf("%s: no %s", m.metrics, name)
+		}
+		sum += v
+	}
+	return sum, nil
+}
+
+// clusterWatch is the "cluster-watch" subcommand: the cluster group's
+// watchers, in a process of their own so that they do not share the
+// harness's runtime with the writer. Mode fanout opens n watches of
+// variable x of one session (openMuxWatchers) and prints "ready", then
+// "got W" once write W reached every watch, and after the last write a
+// fanoutResult as JSON. Mode sessions opens one watch of x on each of the
+// sessions SESSION-0 .. SESSION-(n-1), prints "ready" and keeps them open
+// until SIGTERM.
+func clusterWatch(args []string) error {
+	fs := flag.NewFlagSet("cluster-watch", flag.ExitOnError)
+	mode := fs.String("mode", "fanout", "fanout or sessions")
+	addrs := fs.String("addrs", "", "server addresses, comma-separated: connection i goes to the (i mod len)-th")
+	session := fs.String("session", "", "fanout: the session; sessions: the sessions' prefix")
+	n := fs.Int("n", 1, "watches")
+	conns := fs.Int("conns", 1, "connections")
+	writes := fs.Int("writes", 1, "fanout: writes to wait for")
+	_ = fs.Parse(args)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	as := strings.Split(*addrs, ",")
+	switch *mode {
+	case "fanout":
+		f, err := openMuxWatchers(ctx, as, *session, *n, *conns, *writes)
+		if err != nil {
+			return err
+		}
+		defer f.close()
+		fmt.Println("ready")
+		var all, last []int64
+		for w := range *writes {
+			if err := f.wait(w, time.Minute); err != nil {
+				return err
+			}
+			fmt.Println("got", w)
+			if w >= 2 { // the first two warm up
+				all = append(all, f.lat[w]...)
+				last = append(last, pct(f.lat[w], 100))
+			}
+		}
+		if e := f.errs.Load(); e > 0 {
+			return fmt.Errorf("%d watch streams failed", e)
+		}
+		p50, p99, pmax := latencyStats(all)
+		lp50, _, _ := latencyStats(last)
+		b, err := json.Marshal(fanoutResult{P50: p50, P99: p99, Max: pmax, LastP50: lp50, OpenedMs: f.opened.Milliseconds()})
+		if err != nil {
+			return err
+		}
+		fmt.Println(string(b))
+		return nil
+	case "sessions":
+		clients := make([]pb.BridgeServiceClient, *conns)
+		var ccs []*grpc.ClientConn
+		defer func() {
+			for _, cc := range ccs {
+				_ = cc.Close()
+			}
+		}()
+		for i := range clients {
+			cc, c, err := dial(as[i%len(as)])
+			if err != nil {
+				return err
+			}
+			ccs = append(ccs, cc)
+			clients[i] = c
+		}
+		if _, err := openMuxStreamsOf(ctx, clients, func(i int) string { return *session + "-" + strconv.Itoa(i) }, *n, nil, nil); err != nil {
+			return err
+		}
+		fmt.Println("ready")
+		<-ctx.Done()
+		return nil
+	}
+	return fmt.Errorf("unknown mode %q", *mode)
+}
