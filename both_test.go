@@ -12,18 +12,43 @@ import (
 	"testing"
 
 	. "github.com/varbridge/varbridge"
-	"github.com/varbridge/varbridge/internal/servertest"
 	"github.com/varbridge/varbridge/internal/store"
 	"github.com/varbridge/varbridge/internal/testhooks"
 	"github.com/varbridge/varbridge/local"
 )
 
 // env is a provider under test plus direct access to the store behind it:
-// the local.State's, or the store of the server the BridgedState talks to.
+// the local.State's, or the store of the server the BridgedState talks to
+// (in cluster mode, see StartServer, the second server's: the state's calls
+// and watches go to both).
 type env struct {
-	name string
-	p    StateProvider
-	st   *store.Store
+	name   string
+	p      StateProvider
+	st     *store.Store
+	stores []*store.Store // every server's, st among them
+}
+
+// watchCount is the number of watches on every server.
+func (e env) watchCount() int {
+	n := 0
+	for _, st := range e.stores {
+		n += st.WatchCount()
+	}
+	return n
+}
+
+// sessionWatchCount is the session's watch count summed over every server.
+func (e env) sessionWatchCount(t testing.TB) int64 {
+	t.Helper()
+	var n int64
+	for _, st := range e.stores {
+		info, err := st.GetSession(e.p.SessionID())
+		if err != nil {
+			t.Fatalf("session %s: %v", e.p.SessionID(), err)
+		}
+		n += int64(info.WatchCount)
+	}
+	return n
 }
 
 // set writes through the store, not through the provider.
@@ -77,14 +102,14 @@ func newLocalEnvOn(t testing.TB, st *store.Store, opts ...Option) env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = l.Close() })
-	return env{name: "local", p: l, st: st}
+	return env{name: "local", p: l, st: st, stores: []*store.Store{st}}
 }
 
-func newBridgedEnv(t testing.TB, storeOpts store.Options, opts ...Option) (env, *servertest.Server) {
+func newBridgedEnv(t testing.TB, storeOpts store.Options, opts ...Option) (env, *TestServer) {
 	t.Helper()
-	srv := servertest.Start(t, storeOpts)
+	srv := StartServer(t, storeOpts)
 	b := DialBridged(t, srv.Addr, opts...)
-	return env{name: "bridged", p: b, st: srv.Store}, srv
+	return env{name: "bridged", p: b, st: srv.Store, stores: srv.Stores()}, srv
 }
 
 // both runs f against a local.State and a BridgedState.

@@ -21,7 +21,9 @@ import (
 	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// TestMain checks for leaks after the tests; in cluster mode (see
+// StartServer) it starts the etcd cluster they share before them.
+func TestMain(m *testing.M) { goleak.VerifyTestMain(clusterMain{m}) }
 
 // WaitTimeout bounds every wait on a channel or a condition in these tests.
 const WaitTimeout = 10 * time.Second

@@ -13,7 +13,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/varbridge/varbridge/internal/server"
-	"github.com/varbridge/varbridge/internal/servertest"
 	"github.com/varbridge/varbridge/internal/store"
 	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
@@ -34,7 +33,7 @@ func muxSubs(b *BridgedState) (watches, streams int) {
 // its own variable's writes, unwatching one drops it from the stream and
 // the server, and the stream closes with its last watch.
 func TestWatchesShareOneStream(t *testing.T) {
-	srv := servertest.Start(t, store.Options{})
+	srv := StartServer(t, store.Options{})
 	b := DialBridged(t, srv.Addr)
 	ctx := context.Background()
 	const n = 50
@@ -65,7 +64,7 @@ func TestWatchesShareOneStream(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	Eventually(t, "the server to drop the unwatched", func() bool { return srv.Store.WatchCount() == n/2 })
+	Eventually(t, "the server to drop the unwatched", func() bool { return srv.WatchCount() == n/2 })
 	if w, s := muxSubs(b); w != n/2 || s != 1 {
 		t.Fatalf("%d watches on %d shared streams after unwatching half", w, s)
 	}
@@ -74,7 +73,7 @@ func TestWatchesShareOneStream(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	Eventually(t, "the server to drop every watch", func() bool { return srv.Store.WatchCount() == 0 })
+	Eventually(t, "the server to drop every watch", func() bool { return srv.WatchCount() == 0 })
 	if w, s := muxSubs(b); w != 0 || s != 0 {
 		t.Fatalf("%d watches on %d shared streams after unwatching all", w, s)
 	}
@@ -84,7 +83,7 @@ func TestWatchesShareOneStream(t *testing.T) {
 // that a proxy cuts over and over: each gets every change it watches
 // exactly once, in order, resumed from its own revision.
 func TestSharedStreamCutsExactlyOnce(t *testing.T) {
-	srv := servertest.Start(t, store.Options{HistoryLimit: 100_000})
+	srv := StartServer(t, store.Options{HistoryLimit: 100_000})
 	proxy := newProxy(t, srv.Addr)
 	b := DialBridged(t, proxy.Addr(), fastRedial)
 	names := []string{"a", "b", "c", "d"}
@@ -114,7 +113,7 @@ func TestSharedStreamCutsExactlyOnce(t *testing.T) {
 	}()
 	want := make([][]string, watches)
 	var last int64
-	for k := range 3000 {
+	for k := range Size(3000, 1000) {
 		n := names[k%4]
 		res, err := srv.Store.Set(b.SessionID(), []store.Write{{Identifier: n, Value: &pb.Value{Kind: &pb.Value_IntValue{IntValue: int64(k + 1)}}}}, nil, "w")
 		if err != nil {
@@ -167,7 +166,7 @@ func TestSharedStreamFallsBack(t *testing.T) {
 		}
 		return h(srv, ss)
 	})
-	srv := servertest.Start(t, store.Options{}, server.WithGRPCOptions(old))
+	srv := StartServer(t, store.Options{}, server.WithGRPCOptions(old))
 	b := DialBridged(t, srv.Addr)
 	MustRegister(t, b, "x", TypeInteger, 0)
 	recs := []*Recorder{NewRecorder(), NewRecorder()}

@@ -14,7 +14,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/varbridge/varbridge/internal/server"
-	"github.com/varbridge/varbridge/internal/servertest"
 	"github.com/varbridge/varbridge/internal/store"
 	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
@@ -31,13 +30,13 @@ func openWriteStream(b *BridgedState) *writeStream {
 // pipelined: every write is acknowledged with its own result, and the
 // errors are the unary calls' (typed, with their fields).
 func TestBridgedWritesOnStream(t *testing.T) {
-	srv := servertest.Start(t, store.Options{})
+	srv := StartServer(t, store.Options{})
 	b := DialBridged(t, srv.Addr)
 	ctx, cancel := context.WithTimeout(context.Background(), WaitTimeout)
 	defer cancel()
 	maxN := 1e9
 	MustRegister(t, b, "n", TypeInteger, 0, WithConstraints(Constraints{Max: &maxN}))
-	const writers, each = 16, 200
+	writers, each := int64(16), int64(Size(200, 40))
 	var wg sync.WaitGroup
 	errs := make(chan error, writers)
 	for w := range writers {
@@ -99,7 +98,7 @@ func TestBridgedWritesOnStream(t *testing.T) {
 // have been applied: it is never sent again behind the caller's back); the
 // next write opens a new stream.
 func TestBridgedWriteLostAckIsUnavailable(t *testing.T) {
-	srv := servertest.Start(t, store.Options{})
+	srv := StartServer(t, store.Options{})
 	proxy := newProxy(t, srv.Addr)
 	b := DialBridged(t, proxy.Addr(), fastRedial)
 	ctx, cancel := context.WithTimeout(context.Background(), WaitTimeout)
@@ -188,7 +187,7 @@ func TestBridgedWritesWithoutWriteStream(t *testing.T) {
 // A lone write goes unary; writes that follow each other open the stream,
 // which closes cleanly once idle, leaving nothing behind.
 func TestBridgedWriteStreamOpensAndIdles(t *testing.T) {
-	srv := servertest.Start(t, store.Options{})
+	srv := StartServer(t, store.Options{})
 	b := DialBridged(t, srv.Addr)
 	ctx, cancel := context.WithTimeout(context.Background(), WaitTimeout)
 	defer cancel()
