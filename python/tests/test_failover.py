@@ -27,7 +27,6 @@ import pytest
 import varbridge
 import varbridge.sync
 from varbridge._targets import channel_target
-from varbridge.client import BALANCED_SERVICE_CONFIG
 from varbridge.v1 import varbridge_pb2 as pb
 from varbridge.v1 import varbridge_pb2_grpc as pb_grpc
 
@@ -79,7 +78,10 @@ def test_balanced_channel_options() -> None:
     opts = dict(b._options)
     assert '"round_robin"' in opts["grpc.service_config"]
     assert opts["grpc.default_authority"] == "127.0.0.1:1"
-    assert BALANCED_SERVICE_CONFIG["methodConfig"] == varbridge.SERVICE_CONFIG["methodConfig"]
+    assert (
+        varbridge.BALANCED_SERVICE_CONFIG["methodConfig"]
+        == varbridge.SERVICE_CONFIG["methodConfig"]
+    )
     single = varbridge.connect("127.0.0.1:1")
     assert not single.balanced
     assert "round_robin" not in dict(single._options)["grpc.service_config"]

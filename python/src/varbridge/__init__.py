@@ -20,6 +20,7 @@ from importlib import metadata as _metadata
 from varbridge._convert import Tensor, have_numpy
 from varbridge._options import WatchOptions
 from varbridge.client import (
+    BALANCED_SERVICE_CONFIG,
     DEFAULT_OPTIONS,
     SERVICE_CONFIG,
     Bridge,
@@ -65,6 +66,7 @@ except _metadata.PackageNotFoundError:  # imported from a source tree, not insta
     __version__ = "0+unknown"
 
 __all__ = [
+    "BALANCED_SERVICE_CONFIG",
     "DEFAULT_OPTIONS",
     "SERVICE_CONFIG",
     "AlreadyExists",
