@@ -29,26 +29,41 @@ steps=${DEMO_STEPS:-24}
 interval=${DEMO_INTERVAL:-400ms}
 work=$(mktemp -d "${TMPDIR:-/tmp}/varbridge-cluster-demo.XXXXXX")
 
-pids=() # every process started, stopped by cleanup
-cleanup() {
-  local status=$? p
-  trap - EXIT INT TERM
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  # Bounded: what has not stopped after 5 s is killed.
+# Every process started, by tier: stopped clients first, then servers, then
+# etcd, so that no server waits on an etcd already gone. Each runs in a
+# session of its own (setsid, where there is one): Ctrl-C reaches this script
+# alone, and cleanup stops the rest in that order.
+tier_etcd=() tier_servers=() tier_clients=()
+detach=()
+command -v setsid >/dev/null && detach=(setsid)
+# stop PID...: SIGTERM, then SIGKILL what is left after 5 s.
+stop() {
+  local p alive
+  for p in "$@"; do kill -TERM "$p" 2>/dev/null || true; done
   for _ in $(seq 1 50); do
-    local alive=0
-    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    alive=0
+    for p in "$@"; do kill -0 "$p" 2>/dev/null && alive=1; done
     ((alive)) || break
     sleep 0.1
   done
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  for p in "$@"; do kill -KILL "$p" 2>/dev/null || true; done
+}
+cleanup() {
+  local status=$? f
+  trap - EXIT INT TERM
+  stop "${tier_clients[@]}" "${tier_servers[@]}"
+  # etcd members told to stop together wait seconds for one another (the
+  # leader hands over first); their data is thrown away, so they are killed.
+  for f in "${tier_etcd[@]}"; do kill -KILL "$f" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  if ((status != 0)); then
+  if ((status == 130 || status == 143)); then
+    echo "cluster-demo: interrupted; everything it started is stopped" >&2
+  elif ((status != 0)); then
     echo "cluster-demo: FAILED (exit $status); logs:" >&2
     for f in "$work"/*.log; do
       [[ -s $f ]] || continue
-      echo "--- $(basename "$f") (last 20 lines)" >&2
-      tail -n 20 "$f" >&2
+      echo "--- $(basename "$f") (last 15 lines)" >&2
+      tail -n 15 "$f" >&2
     done
   fi
   rm -rf "$work"
@@ -117,14 +132,14 @@ for attempt in 1 2 3; do
   for i in 0 1 2; do
     client=127.0.0.1:${ports[2 * i]}
     peer=127.0.0.1:${ports[2 * i + 1]}
-    "$etcd" --name "m$i" --data-dir "$work/etcd-m$i-try$attempt" \
+    "${detach[@]}" "$etcd" --name "m$i" --data-dir "$work/etcd-m$i-try$attempt" \
       --listen-client-urls "http://$client" --advertise-client-urls "http://$client" \
       --listen-peer-urls "http://$peer" --initial-advertise-peer-urls "http://$peer" \
       --initial-cluster "$initial" --initial-cluster-state new \
       --initial-cluster-token "varbridge-cluster-demo-$$-$attempt" \
       --log-level warn >"$work/etcd-m$i.log" 2>&1 &
     etcd_pids+=($!)
-    pids+=($!)
+    tier_etcd+=($!)
   done
   ok=0
   for _ in $(seq 1 300); do # 30 s
@@ -145,12 +160,13 @@ done
 say "etcd cluster up: 3 members, clients on $endpoints"
 
 # --- 2. two varbridge servers on it -------------------------------------------
+declare -A pid=() addr=() http=() holds=() # by server name, A or B
 # Port 0: the kernel picks; serve prints "listening on ADDR" and "http on URL".
 start_server() { # NAME
-  "$bin" serve --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --etcd-endpoints "$endpoints" \
+  "${detach[@]}" "$bin" serve --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --etcd-endpoints "$endpoints" \
     --drain-timeout 1s --log-level warn >"$work/$1.out" 2>"$work/server-$1.log" &
-  pids+=($!)
-  eval "pid_$1=$!"
+  tier_servers+=($!)
+  pid[$1]=$!
 }
 server_up() { # NAME
   grep -q '^listening on ' "$work/$1.out" && grep -q '^http on ' "$work/$1.out"
@@ -159,68 +175,65 @@ start_server A
 start_server B
 for s in A B; do
   wait_for 20 server_up "$s" || fail "varbridge server $s did not start"
-  eval "addr_$s=\$(awk '/^listening on /{print \$3; exit}' \"\$work/$s.out\")"
-  eval "http_$s=\$(awk '/^http on /{print \$3; exit}' \"\$work/$s.out\")"
+  addr[$s]=$(awk '/^listening on /{print $3; exit}' "$work/$s.out")
+  http[$s]=$(awk '/^http on /{print $3; exit}' "$work/$s.out")
 done
-# shellcheck disable=SC2154 # set by the eval above
-say "varbridge servers up on etcd: A on $addr_A (pid $pid_A), B on $addr_B (pid $pid_B)"
+say "varbridge servers up on etcd: A on ${addr[A]} (pid ${pid[A]}), B on ${addr[B]} (pid ${pid[B]})"
 
 # watches NAME: which of the demo's watches server NAME holds, from
 # ListWatches (a server lists the watches it serves itself).
 watches() {
-  local url out who=()
-  url=$(eval "echo \$http_$1")
+  local out who=()
   out=$(curl -sf --max-time 2 -H 'Content-Type: application/json' -d '{"sessionId":"demo"}' \
-    "$url/varbridge.v1.BridgeService/ListWatches") || {
+    "${http[$1]}/varbridge.v1.BridgeService/ListWatches") || {
     echo "unknown (ListWatches failed)"
     return
   }
   grep -q '"fan_speed"' <<<"$out" && who+=("the Go controller's watch")
   grep -q '"temperature"' <<<"$out" && who+=("the Python worker's watch")
-  if ((${#who[@]} == 0)); then echo "no watch"; else
-    local IFS=,
-    echo "${who[*]}" | sed 's/,/ and /'
-  fi
+  case ${#who[@]} in
+  0) echo "no watch" ;;
+  1) echo "${who[0]}" ;;
+  *) echo "${who[0]} and ${who[1]}" ;;
+  esac
 }
 
 # --- 3. the demo's two sides, each given both servers -------------------------
 say "Python worker on B,A; Go controller on A,B ($steps changes, killing a server after $((steps / 2)))"
-"$py" "$root/examples/demo/worker.py" --addr "$addr_B,$addr_A" &
+"${detach[@]}" "$py" "$root/examples/demo/worker.py" --addr "${addr[B]},${addr[A]}" &
 worker=$!
-pids+=("$worker")
+tier_clients+=("$worker")
 pause=$work/pause
-timeout 150 "$work/controller" --addr "$addr_A,$addr_B" --steps "$steps" --interval "$interval" \
+timeout 150 "$work/controller" --addr "${addr[A]},${addr[B]}" --steps "$steps" --interval "$interval" \
   --pause-at $((steps / 2)) --pause-file "$pause" &
 controller=$!
-pids+=("$controller")
+tier_clients+=("$controller")
 
 paused() { [[ -e $pause ]]; }
-controller_alive() { kill -0 "$controller" 2>/dev/null; }
 for _ in $(seq 1 1200); do # 120 s
   paused && break
-  controller_alive || break
+  kill -0 "$controller" 2>/dev/null || break
   sleep 0.1
 done
 paused || fail "the controller did not reach half-way"
 
 # --- 4. kill the server holding the controller's watch ------------------------
-on_A=$(watches A)
-on_B=$(watches B)
-say "half-way: server A holds $on_A; server B holds $on_B"
-if [[ $on_A == *"Go controller"* ]]; then
+holds[A]=$(watches A)
+holds[B]=$(watches B)
+say "half-way: server A holds ${holds[A]}; server B holds ${holds[B]}"
+if [[ ${holds[A]} == *"Go controller"* ]]; then
   victim=A survivor=B
-elif [[ $on_B == *"Go controller"* ]]; then
+elif [[ ${holds[B]} == *"Go controller"* ]]; then
   victim=B survivor=A
 else
   fail "neither server lists the controller's watch"
 fi
-victim_pid=$(eval "echo \$pid_$victim")
-victim_addr=$(eval "echo \$addr_$victim")
-survivor_addr=$(eval "echo \$addr_$survivor")
-victim_held=$(eval "echo \$on_$victim")
-say "kill -9 server $victim ($victim_addr, pid $victim_pid): the Go controller's server"
-kill -KILL "$victim_pid"
-wait "$victim_pid" 2>/dev/null || true
+say "kill -9 server $victim (${addr[$victim]}, pid ${pid[$victim]}): the Go controller's server"
+{ # (bash would report the job it reaps as "Killed")
+  kill -KILL "${pid[$victim]}"
+  wait "${pid[$victim]}" || true
+} 2>/dev/null
+tier_servers=("${pid[$survivor]}") # the victim is reaped: its pid is never signalled again
 t0=$(date +%s%N)
 both_on_survivor() {
   local w
@@ -229,7 +242,7 @@ both_on_survivor() {
 }
 wait_for 20 both_on_survivor || fail "the watches did not move to server $survivor: it holds $(watches "$survivor")"
 ms=$((($(date +%s%N) - t0) / 1000000))
-say "failover seen: server $survivor ($survivor_addr) now holds $(watches "$survivor") (${ms} ms after the kill)"
+say "failover seen: server $survivor (${addr[$survivor]}) now holds $(watches "$survivor") (${ms} ms after the kill)"
 rm -f "$pause"
 
 # --- 5. the rest of the demo, on the server left -------------------------------
@@ -240,17 +253,24 @@ for _ in $(seq 1 200); do # 20 s
   kill -0 "$worker" 2>/dev/null || break
   sleep 0.1
 done
+kill -0 "$worker" 2>/dev/null && fail "the Python worker did not stop"
 wstatus=0
 wait "$worker" || wstatus=$?
 ((wstatus == 0)) || fail "the Python worker failed (exit $wstatus)"
 
 echo
-say "the session's final state, from the CLI given both servers (server $victim is dead): varbridge list --addr $addr_A,$addr_B --session demo"
-"$bin" list --addr "$addr_A,$addr_B" --session demo
+say "the session's final state, from the CLI given both servers (server $victim is dead): varbridge list --addr ${addr[A]},${addr[B]} --session demo"
+"$bin" list --addr "${addr[A]},${addr[B]}" --session demo
 
 echo
 say "cluster summary"
 echo "etcd:         3 members ($endpoints)"
-echo "servers:      A $addr_A, B $addr_B; server $victim SIGKILLed half-way (it held $victim_held)"
+echo "servers:      A ${addr[A]}, B ${addr[B]}; server $victim SIGKILLed half-way"
+echo "Go watch:     on server $victim until the kill, then on server $survivor"
+if [[ ${holds[$victim]} == *"Python worker"* ]]; then
+  echo "Python watch: on server $victim until the kill, then on server $survivor"
+else
+  echo "Python watch: on server $survivor throughout"
+fi
 echo "failover:     server $survivor held both watches ${ms} ms after the kill; the rest ran through it"
 echo "check:        passed (the summary above: every write seen once by the other side, in order)"
