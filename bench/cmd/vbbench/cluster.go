@@ -49,7 +49,7 @@ func benchCluster(ctx context.Context, c *config, col *collector, self string) e
 		eps = append(eps, m.addr)
 	}
 	startVB := func(name string) (*proc, func(), error) {
-		return startServerArgs(c, "cluster-"+name, "--etcd-endpoints", strings.Join(eps, ","), "--http-listen", "")
+		return startServerArgs(c, "cluster-"+name, "--etcd-endpoints", strings.Join(eps, ","), "--http-listen", "", "--metrics-listen", "127.0.0.1:0")
 	}
 	a, stopA, err := startVB("a")
 	if err != nil {
@@ -235,6 +235,11 @@ func clusterSessionsRun(ctx context.Context, c *config, col *collector, self str
 	if err != nil {
 		return err
 	}
+	gauges := []string{"go_goroutines", "go_memstats_heap_inuse_bytes", "go_memstats_stack_inuse_bytes"}
+	g0, err := promGauges(b.metrics, gauges...)
+	if err != nil {
+		return err
+	}
 	w, err := startPython(ctx, self, "cluster-watch", "-mode", "sessions", "-addrs", b.addr, "-session", prefix,
 		"-n", fmt.Sprint(n), "-conns", fmt.Sprint(min(c.clusterConns, n)))
 	if err != nil {
@@ -257,17 +262,25 @@ func clusterSessionsRun(ctx context.Context, c *config, col *collector, self str
 	if err != nil {
 		return err
 	}
+	g1, err := promGauges(b.metrics, gauges...)
+	if err != nil {
+		return err
+	}
 	_ = w.cmd.Process.Signal(syscall.SIGTERM)
 	if _, err := w.waitLine(30 * time.Second); err == nil {
 		return errors.New("cluster-watch: unexpected output after ready")
 	}
 	perBytes := float64(rss1-rss0) / float64(n)
 	perWatch := (w1 - w0) / float64(n)
-	fmt.Fprintf(os.Stderr, "   cluster sessions run %d: %d sessions watched on B; B RSS %d -> %d MiB: %.0f bytes/session; etcd watchers %.0f -> %.0f: %.2f per session\n",
-		r, n, rss0>>20, rss1>>20, perBytes, w0, w1, perWatch)
+	fmt.Fprintf(os.Stderr, "   cluster sessions run %d: %d sessions watched on B; B RSS %d -> %d MiB: %.0f bytes/session (heap %.0f, goroutines %.1f); etcd watchers %.0f -> %.0f: %.2f per session\n",
+		r, n, rss0>>20, rss1>>20, perBytes, (g1["go_memstats_heap_inuse_bytes"]-g0["go_memstats_heap_inuse_bytes"])/float64(n), (g1["go_goroutines"]-g0["go_goroutines"])/float64(n), w0, w1, perWatch)
 	pr := map[string]any{"sessions": n, "watches_per_session": 1, "connections": min(c.clusterConns, n),
 		"client": "one Watch stream per connection (mux), every watch on server B, from a process of their own (vbbench cluster-watch); the sessions made through server A"}
 	col.add("cluster_server_bytes_per_watched_session", "bytes", perBytes, withKV(pr, "how", "server B's VmRSS delta / sessions, 2 s after the last watch opened; B restarted before, warmed with one watched session"))
+	gpr := withKV(pr, "how", "server B's /metrics delta / sessions")
+	col.add("cluster_server_heap_bytes_per_watched_session", "bytes", (g1["go_memstats_heap_inuse_bytes"]-g0["go_memstats_heap_inuse_bytes"])/float64(n), gpr)
+	col.add("cluster_server_stack_bytes_per_watched_session", "bytes", (g1["go_memstats_stack_inuse_bytes"]-g0["go_memstats_stack_inuse_bytes"])/float64(n), gpr)
+	col.add("cluster_server_goroutines_per_watched_session", "goroutines", (g1["go_goroutines"]-g0["go_goroutines"])/float64(n), gpr)
 	col.add("cluster_etcd_watches_per_watched_session", "watches", perWatch, withKV(pr, "how", "etcd_debugging_mvcc_watcher_total summed over the members' /metrics (--listen-metrics-urls), after - before, / sessions"))
 	return nil
 }
