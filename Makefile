@@ -6,6 +6,7 @@
 #   make build        .bin/varbridge and .bin/etcd (tools/etcd pins etcd)
 #   make test         vet, go test -race, pytest, ruff, mypy --strict (after venv, proto-check, build)
 #   make demo         live Go <-> Python reactive demo on a fresh server
+#   make cluster-demo the demo on 2 servers over a 3-member etcd cluster, one SIGKILLed half-way
 #   make fuzz         each fuzz target for FUZZTIME (default 2m; 5s inside make test)
 #   make chaos        fault suite, leaks, slow consumers and the crash test at full size (short runs are in make test)
 #   make soak         minutes of thousands of watches and writes, memory printed over time (SOAK=3m)
@@ -30,7 +31,7 @@ GO_TEST_TIMEOUT ?= 15m
 # buf is pinned in its own module (tools/buf); paths given to it are relative to tools/buf.
 BUF := cd tools/buf && go tool buf
 
-.PHONY: venv proto proto-check build test demo fmt lint buf-lint fuzz chaos soak dashboard-assets elixir-test
+.PHONY: venv proto proto-check build test demo cluster-demo fmt lint buf-lint fuzz chaos soak dashboard-assets elixir-test
 
 # --- Python environment ------------------------------------------------------
 # The stamp is rebuilt when this Makefile or python/pyproject.toml changes.
@@ -93,6 +94,9 @@ test: venv proto-check build
 	  (cd python && ../$(VENV)/bin/mypy -p varbridge); \
 	fi
 	@$(MAKE) --no-print-directory elixir-test
+	@echo "==> cluster-demo, short ($(CLUSTER_DEMO_CI_STEPS) changes; its output only when it fails)"
+	@out=$$($(CLUSTER_DEMO_ENV) DEMO_STEPS=$(CLUSTER_DEMO_CI_STEPS) DEMO_INTERVAL=50ms scripts/cluster-demo.sh 2>&1) \
+	  || { echo "$$out" >&2; exit 1; }; echo "$$out" | sed -n '/^== cluster summary/,$$p'
 	@echo "==> test: all passed"
 
 # --- Elixir client (clients/elixir) --------------------------------------------
@@ -180,6 +184,15 @@ dashboard-assets:
 demo: venv build
 	@echo "==> demo"
 	@VARBRIDGE_BIN="$(CURDIR)/$(BIN)" scripts/demo.sh
+
+# The demo on two varbridge servers over a 3-member etcd cluster (.bin/etcd),
+# the Go controller's server SIGKILLed half-way (scripts/cluster-demo.sh).
+# make test runs a short one (CLUSTER_DEMO_CI_STEPS changes, seconds).
+CLUSTER_DEMO_ENV := VARBRIDGE_BIN="$(CURDIR)/$(BIN)" VARBRIDGE_ETCD_BIN="$(CURDIR)/$(ETCD_BIN)" PYTHON="$(CURDIR)/$(PY)"
+CLUSTER_DEMO_CI_STEPS ?= 12
+cluster-demo: venv build
+	@echo "==> cluster-demo"
+	@$(CLUSTER_DEMO_ENV) scripts/cluster-demo.sh
 
 # --- Formatting and lint -----------------------------------------------------
 fmt: venv

@@ -104,6 +104,7 @@ EOF
 
 (cd "$root" && go build -o "$work/controller" ./examples/demo/controller)
 [[ -x $bin && -x $etcd ]] || fail "$bin or $etcd missing: run make build"
+command -v curl >/dev/null || fail "needs curl (it asks the servers which watches they hold)"
 
 # --- 1. etcd: three members ---------------------------------------------------
 etcd_pids=()
