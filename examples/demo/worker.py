@@ -84,7 +84,7 @@ async def main(addr: str) -> int:
         print(
             f"[py] stopping: saw {len(seen)} of {writes} temperature changes "
             f"({repeated} repeated, {out_of_order} out of order), answered {answered}; "
-            f"{watch.failovers} failovers, {watch.reconnects} reconnects",
+            f"failovers {watch.failovers}, reconnects {watch.reconnects}",
             flush=True,
         )
         await session.set_variable(

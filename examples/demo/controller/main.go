@@ -261,10 +261,10 @@ func summarize(xs []exchange, steps int, seen tally, worker map[string]string, w
 			rtts[pct(len(rtts), 0.5)].Round(time.Microsecond), rtts[len(rtts)-1].Round(time.Microsecond))
 	}
 	for _, w := range ws {
-		fmt.Printf("go watch %v:  %d updates, %d failovers, %d reconnects, last revision %d\n",
+		fmt.Printf("go watch %v:       %d updates, failovers %d, reconnects %d, last revision %d\n",
 			w.Identifiers, w.UpdatesReceived, w.Failovers, w.Reconnects, w.LastRevision)
 	}
-	fmt.Printf("python watch [temperature control]: %s failovers, %s reconnects\n", worker["failovers"], worker["reconnects"])
+	fmt.Printf("python watch [temperature control]: failovers %s, reconnects %s\n", worker["failovers"], worker["reconnects"])
 
 	var bad []string
 	if len(xs) != steps || unanswered > 0 || answeredTwice > 0 {
