@@ -6,6 +6,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/signal"
 	"strconv"
@@ -81,17 +83,36 @@ func benchCluster(ctx context.Context, c *config, col *collector, self string) e
 	for r := range c.runs {
 		// Interleaved run by run, so drift in machine load hits both alike.
 		end := a.phase("cluster-latency")
+		rpcs0, err := etcdRPCs(members)
+		if err != nil {
+			return err
+		}
 		ls, err := bridgedLatency(ctx, a.addr, b.addr, sessionName("cl-lat"), n, c.rate)
 		end()
 		if err != nil {
 			return fmt.Errorf("latency run %d: %w", r, err)
 		}
+		rpcs1, err := etcdRPCs(members)
+		if err != nil {
+			return err
+		}
+		for _, m := range []string{"Txn", "Range"} {
+			per := (rpcs1[m] - rpcs0[m]) / float64(n+1)
+			col.add("cluster_etcd_"+strings.ToLower(m)+"s_per_set", "requests", per, map[string]any{
+				"how": "etcd's grpc_server_handled_total{grpc_method=\"" + m + "\"} summed over the members, over the cluster_set_to_go_watcher run (its session's creation and registration included) / its writes"})
+			fmt.Fprintf(os.Stderr, "   etcd %s per Set: %.2f\n", m, per)
+		}
 		record("cluster_set_to_go_watcher", ls, map[string]any{"client": "writer: a BridgedState of server A only; watcher: a BridgedState of server B only; A and B share the etcd cluster"})
-		ls, err = etcdLatencyGo(ctx, members[0].addr, members[1].addr, fmt.Sprintf("cluster-lat-%d", r), n, c.rate)
+		// The pair of members turns with the run: a watch on the leader
+		// sees a commit before one on a follower does, and varbridge's
+		// servers spread their etcd calls over every member.
+		wm, rm := r%len(members), (r+1)%len(members)
+		ls, err = etcdLatencyGo(ctx, members[wm].addr, members[rm].addr, fmt.Sprintf("cluster-lat-%d", r), n, c.rate)
 		if err != nil {
 			return fmt.Errorf("etcd latency run %d: %w", r, err)
 		}
-		record("etcd_cluster_set_to_go_watcher", ls, map[string]any{"client": "writer: clientv3 Put through member 0; watcher: clientv3 Watch through member 1"})
+		record("etcd_cluster_set_to_go_watcher", ls, map[string]any{"client": "writer: clientv3 Put through member r mod 3 (run r); watcher: clientv3 Watch through member r+1 mod 3"})
+		fmt.Fprintf(os.Stderr, "   (etcd writer member %d, watcher member %d, leader member %d)\n", wm, rm, etcdLeader(members))
 
 		if err := clusterFanoutRun(ctx, c, col, self, a, b, r); err != nil {
 			return fmt.Errorf("fanout run %d: %w", r, err)
@@ -296,6 +317,50 @@ func clusterWarm(ctx context.Context, addr, session string) error {
 	defer cancel()
 	_, err = openMuxStreams(sctx, []pb.BridgeServiceClient{c}, session, 1, nil, nil)
 	return err
+}
+
+// etcdLeader is the index of the member whose etcd_server_is_leader is 1,
+// or -1.
+func etcdLeader(members []*proc) int {
+	for i, m := range members {
+		if g, err := promGauges(m.metrics, "etcd_server_is_leader"); err == nil && g["etcd_server_is_leader"] == 1 {
+			return i
+		}
+	}
+	return -1
+}
+
+// etcdRPCs sums grpc_server_handled_total (etcd's gRPC calls handled, by
+// method) over the members.
+func etcdRPCs(members []*proc) (map[string]float64, error) {
+	out := map[string]float64{}
+	for _, m := range members {
+		resp, err := http.Get(m.metrics)
+		if err != nil {
+			return nil, err
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			return nil, err
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			rest, ok := strings.CutPrefix(line, "grpc_server_handled_total{")
+			if !ok {
+				continue
+			}
+			_, after, ok := strings.Cut(rest, `grpc_method="`)
+			if !ok {
+				continue
+			}
+			method, _, _ := strings.Cut(after, `"`)
+			f := strings.Fields(line)
+			if v, err := strconv.ParseFloat(f[len(f)-1], 64); err == nil {
+				out[method] += v
+			}
+		}
+	}
+	return out, nil
 }
 
 // etcdWatchers sums etcd_debugging_mvcc_watcher_total (the watchers a
