@@ -9,6 +9,7 @@ package varbridge_test
 
 import (
 	"fmt"
+	"sync/atomic"
 	"testing"
 
 	. "github.com/varbridge/varbridge"
@@ -18,14 +19,22 @@ import (
 )
 
 // env is a provider under test plus direct access to the store behind it:
-// the local.State's, or the store of the server the BridgedState talks to
-// (in cluster mode, see StartServer, the second server's: the state's calls
-// and watches go to both).
+// the local.State's, or the store of the server the BridgedState talks to.
+// In cluster mode (see StartServer) the state's calls and watches go to
+// both servers, st is the second server's, and set and setMany take turns
+// at the two servers' stores, so that every watch sees writes made through
+// the server it is not on, wherever it opened.
 type env struct {
 	name   string
 	p      StateProvider
 	st     *store.Store
 	stores []*store.Store // every server's, st among them
+	turn   *atomic.Int64  // of set and setMany, at stores
+}
+
+// writeStore is the store the next direct write goes through.
+func (e env) writeStore() *store.Store {
+	return e.stores[int(e.turn.Add(1))%len(e.stores)]
 }
 
 // watchCount is the number of watches on every server.
@@ -58,7 +67,7 @@ func (e env) set(t testing.TB, ident string, v any, md map[string]string) int64 
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := e.st.Set(e.p.SessionID(), []store.Write{{Identifier: ident, Value: val}}, md, "")
+	res, err := e.writeStore().Set(e.p.SessionID(), []store.Write{{Identifier: ident, Value: val}}, md, "")
 	if err != nil {
 		t.Fatalf("store set %s=%v: %v", ident, v, err)
 	}
@@ -76,7 +85,7 @@ func (e env) setMany(t testing.TB, vals map[string]any) int64 {
 		}
 		ws = append(ws, store.Write{Identifier: id, Value: val})
 	}
-	res, err := e.st.Set(e.p.SessionID(), ws, nil, "batch")
+	res, err := e.writeStore().Set(e.p.SessionID(), ws, nil, "batch")
 	if err != nil {
 		t.Fatalf("store set many: %v", err)
 	}
@@ -102,14 +111,14 @@ func newLocalEnvOn(t testing.TB, st *store.Store, opts ...Option) env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = l.Close() })
-	return env{name: "local", p: l, st: st, stores: []*store.Store{st}}
+	return env{name: "local", p: l, st: st, stores: []*store.Store{st}, turn: new(atomic.Int64)}
 }
 
 func newBridgedEnv(t testing.TB, storeOpts store.Options, opts ...Option) (env, *TestServer) {
 	t.Helper()
 	srv := StartServer(t, storeOpts)
 	b := DialBridged(t, srv.Addr, opts...)
-	return env{name: "bridged", p: b, st: srv.Store, stores: srv.Stores()}, srv
+	return env{name: "bridged", p: b, st: srv.Store, stores: srv.Stores(), turn: new(atomic.Int64)}, srv
 }
 
 // both runs f against a local.State and a BridgedState.
