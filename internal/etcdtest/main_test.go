@@ -27,7 +27,7 @@ func TestStartMain(t *testing.T) {
 	if _, err := os.Stat(dir); !os.IsNotExist(err) {
 		t.Fatalf("the data directory after stop: %v", err)
 	}
-	if c.get200("http://"+c.Endpoints()[0]+"/readyz") {
+	if c.get200("http://" + c.Endpoints()[0] + "/readyz") {
 		t.Fatal("the member still serves after stop")
 	}
 
