@@ -87,7 +87,10 @@ func benchCluster(ctx context.Context, c *config, col *collector, self string) e
 		if err != nil {
 			return err
 		}
+		cpuA, cpuB, cpuE := cpuSeconds(a.pid()), cpuSeconds(b.pid()), membersCPU(members)
+		t0 := time.Now()
 		ls, err := bridgedLatency(ctx, a.addr, b.addr, sessionName("cl-lat"), n, c.rate)
+		el := time.Since(t0)
 		end()
 		if err != nil {
 			return fmt.Errorf("latency run %d: %w", r, err)
@@ -96,21 +99,36 @@ func benchCluster(ctx context.Context, c *config, col *collector, self string) e
 		if err != nil {
 			return err
 		}
+		perSet := func(s0, s1 float64) float64 { return (s1 - s0) * 1e6 / float64(n+1) }
+		cpr := map[string]any{"how": "process CPU time (/proc) over the cluster_set_to_go_watcher run / its writes"}
+		col.add("cluster_server_a_cpu_us_per_set", "us", perSet(cpuA, cpuSeconds(a.pid())), withKV(cpr, "what", "server A (takes the writes)"))
+		col.add("cluster_server_b_cpu_us_per_set", "us", perSet(cpuB, cpuSeconds(b.pid())), withKV(cpr, "what", "server B (follows the session in etcd, serves the watcher)"))
+		col.add("cluster_etcd_cpu_us_per_set", "us", perSet(cpuE, membersCPU(members)), withKV(cpr, "what", "the three etcd members together"))
 		for _, m := range []string{"Txn", "Range"} {
 			per := (rpcs1[m] - rpcs0[m]) / float64(n+1)
 			col.add("cluster_etcd_"+strings.ToLower(m)+"s_per_set", "requests", per, map[string]any{
 				"how": "etcd's grpc_server_handled_total{grpc_method=\"" + m + "\"} summed over the members, over the cluster_set_to_go_watcher run (its session's creation and registration included) / its writes"})
 			fmt.Fprintf(os.Stderr, "   etcd %s per Set: %.2f\n", m, per)
 		}
+		achieved := func(name string, el time.Duration) {
+			rate := float64(n+1) / el.Seconds()
+			col.add(name, "writes/s", rate, map[string]any{"how": fmt.Sprintf("the writes of the run / its wall time (session set-up included): the writer is paced at %d/s but each write waits for the one before", c.rate)})
+			fmt.Fprintf(os.Stderr, "   %-34s %.0f writes/s achieved\n", name, rate)
+		}
+		achieved("cluster_latency_writes_per_s", el)
 		record("cluster_set_to_go_watcher", ls, map[string]any{"client": "writer: a BridgedState of server A only; watcher: a BridgedState of server B only; A and B share the etcd cluster"})
 		// The pair of members turns with the run: a watch on the leader
 		// sees a commit before one on a follower does, and varbridge's
 		// servers spread their etcd calls over every member.
 		wm, rm := r%len(members), (r+1)%len(members)
+		cpuE = membersCPU(members)
+		t0 = time.Now()
 		ls, err = etcdLatencyGo(ctx, members[wm].addr, members[rm].addr, fmt.Sprintf("cluster-lat-%d", r), n, c.rate)
 		if err != nil {
 			return fmt.Errorf("etcd latency run %d: %w", r, err)
 		}
+		achieved("etcd_cluster_latency_writes_per_s", time.Since(t0))
+		col.add("etcd_cluster_cpu_us_per_put", "us", (membersCPU(members)-cpuE)*1e6/float64(n+1), map[string]any{"how": "the three etcd members' CPU time (/proc) over the etcd_cluster_set_to_go_watcher run / its Puts"})
 		record("etcd_cluster_set_to_go_watcher", ls, map[string]any{"client": "writer: clientv3 Put through member r mod 3 (run r); watcher: clientv3 Watch through member r+1 mod 3"})
 		fmt.Fprintf(os.Stderr, "   (etcd writer member %d, watcher member %d, leader member %d)\n", wm, rm, etcdLeader(members))
 
@@ -121,7 +139,7 @@ func benchCluster(ctx context.Context, c *config, col *collector, self string) e
 		// B restarted: its memory baseline is a fresh server's, as in the
 		// idle group.
 		stopB()
-		if b, stopB, err = startVB("b"); err != nil {
+		if b, stopB, err = startVB(fmt.Sprintf("b-restarted-%d", r)); err != nil { // its own -perf file
 			return err
 		}
 		if err := clusterSessionsRun(ctx, c, col, self, a, b, members, r); err != nil {
@@ -317,6 +335,15 @@ func clusterWarm(ctx context.Context, addr, session string) error {
 	defer cancel()
 	_, err = openMuxStreams(sctx, []pb.BridgeServiceClient{c}, session, 1, nil, nil)
 	return err
+}
+
+// membersCPU is the etcd members' CPU time together, in seconds.
+func membersCPU(members []*proc) float64 {
+	var s float64
+	for _, m := range members {
+		s += cpuSeconds(m.pid())
+	}
+	return s
 }
 
 // etcdLeader is the index of the member whose etcd_server_is_leader is 1,
