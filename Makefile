@@ -7,6 +7,7 @@
 #   make test         vet, go test -race, pytest, ruff, mypy --strict (after venv, proto-check, build)
 #   make demo         live Go <-> Python reactive demo on a fresh server
 #   make cluster-demo the demo on 2 servers over a 3-member etcd cluster, one SIGKILLed half-way
+#   make test-cluster the watch guarantee tests (Go, Python) on 2 servers over a 3-member etcd cluster (inside make test)
 #   make fuzz         each fuzz target for FUZZTIME (default 2m; 5s inside make test)
 #   make chaos        fault suite, leaks, slow consumers and the crash test at full size (short runs are in make test)
 #   make soak         minutes of thousands of watches and writes, memory printed over time (SOAK=3m)
@@ -31,7 +32,7 @@ GO_TEST_TIMEOUT ?= 15m
 # buf is pinned in its own module (tools/buf); paths given to it are relative to tools/buf.
 BUF := cd tools/buf && go tool buf
 
-.PHONY: venv proto proto-check build test demo cluster-demo fmt lint buf-lint fuzz chaos soak dashboard-assets elixir-test
+.PHONY: venv proto proto-check build test demo cluster-demo test-cluster fmt lint buf-lint fuzz chaos soak dashboard-assets elixir-test
 
 # --- Python environment ------------------------------------------------------
 # The stamp is rebuilt when this Makefile or python/pyproject.toml changes.
@@ -94,10 +95,26 @@ test: venv proto-check build
 	  (cd python && ../$(VENV)/bin/mypy -p varbridge); \
 	fi
 	@$(MAKE) --no-print-directory elixir-test
+	@$(MAKE) --no-print-directory test-cluster
 	@echo "==> cluster-demo, short ($(CLUSTER_DEMO_CI_STEPS) changes; its output only when it fails)"
 	@out=$$($(CLUSTER_DEMO_ENV) DEMO_STEPS=$(CLUSTER_DEMO_CI_STEPS) DEMO_INTERVAL=50ms scripts/cluster-demo.sh 2>&1) \
 	  || { echo "$$out" >&2; exit 1; }; echo "$$out" | sed -n '/^== cluster summary/,$$p'
 	@echo "==> test: all passed"
+
+# --- The guarantee tests on a cluster (issue 12) ------------------------------
+# VARBRIDGE_TEST_CLUSTER=1 runs the root package's scenario, watch and write
+# tests (Go client) and these Python files on two servers over one
+# three-member etcd cluster, the clients given both addresses; the largest
+# ones run shorter there (each write is an etcd transaction). Python's mypy
+# checks of the API do not need a server and run in pytest above.
+CLUSTER_PYTESTS := test_cuts test_batch_order test_mux test_writes test_integration test_options test_shaping \
+  test_sync test_crosslang test_errors
+CLUSTER_ENV := VARBRIDGE_TEST_CLUSTER=1 VARBRIDGE_BIN="$(CURDIR)/$(BIN)" VARBRIDGE_ETCD_BIN="$(CURDIR)/$(ETCD_BIN)"
+test-cluster: venv build
+	@echo "==> test-cluster: go test -race (root package) on 2 servers over 3 etcd members"
+	$(CLUSTER_ENV) go test -race -count=1 -timeout 10m .
+	@echo "==> test-cluster: pytest on 2 servers over 3 etcd members"
+	$(CLUSTER_ENV) $(PY) -m pytest -q -k 'not mypy' $(patsubst %,python/tests/%.py,$(CLUSTER_PYTESTS))
 
 # --- Elixir client (clients/elixir) --------------------------------------------
 # Debian's elixir and erlang-jiffy come from apt-get when mix or jiffy is

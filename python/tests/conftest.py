@@ -1,4 +1,13 @@
-"""Fixtures: the real Go server, built from this repo (or $VARBRIDGE_BIN)."""
+"""Fixtures: the real Go server, built from this repo (or $VARBRIDGE_BIN).
+
+Cluster mode (VARBRIDGE_TEST_CLUSTER=1, ``make test-cluster``): the shared
+server is two servers over one three-member etcd cluster (the etcd binary is
+$VARBRIDGE_ETCD_BIN, else .bin/etcd from ``make build``), and ``addr`` lists
+both (``ipv4:127.0.0.1:p1,127.0.0.1:p2``, which ``varbridge.connect`` and gRPC
+channels take), so a test's calls and watches spread over the two and a watch
+on one sees the writes made through the other. Servers a test starts itself
+stay single.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -21,6 +31,14 @@ from varbridge.v1 import varbridge_pb2 as pb
 from varbridge.v1 import varbridge_pb2_grpc as pb_grpc
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+CLUSTER = os.environ.get("VARBRIDGE_TEST_CLUSTER") == "1"
+CLUSTER_SERVERS = 2
+ETCD_MEMBERS = 3
+# etcd's request limit in cluster mode, above its default 1.5 MiB: a write
+# is one etcd request holding its variables and their history record, and
+# the tests' largest batches (test_cuts) are a few MiB.
+ETCD_MAX_REQUEST_BYTES = str(16 << 20)
 
 
 def free_port() -> int:
@@ -120,7 +138,7 @@ def start_server(
     has_memory = "--memory" in help_text.stdout + help_text.stderr
 
     def start(*flags: str, port: int | None = None) -> Server:
-        if has_memory and "--data-dir" not in flags and "--memory" not in flags:
+        if has_memory and not {"--data-dir", "--memory", "--etcd-endpoints"} & set(flags):
             # Test servers keep nothing, unless a test asks for a data dir:
             # a durable default would put every one in the same ./varbridge.data.
             flags = (*flags, "--memory")
@@ -147,17 +165,117 @@ def start_server(
         s.stop()
 
 
+def etcd_bin() -> Path:
+    """The etcd binary: $VARBRIDGE_ETCD_BIN, else the .bin/etcd `make build` makes."""
+    p = Path(os.environ.get("VARBRIDGE_ETCD_BIN") or REPO_ROOT / ".bin" / "etcd")
+    if not p.is_file():
+        pytest.fail(f"no etcd binary at {p}: run `make build` or set VARBRIDGE_ETCD_BIN")
+    return p
+
+
+def get_200(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
 @pytest.fixture(scope="session")
-def server(start_server: Callable[..., Server]) -> Server:
-    """One shared server for the whole run."""
-    return start_server()
+def etcd_endpoints(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A three-member etcd cluster for the whole run: its client endpoints,
+    comma-separated, once every member serves (/readyz)."""
+    base = tmp_path_factory.mktemp("etcd")
+    members = [(f"m{i}", free_port(), free_port()) for i in range(ETCD_MEMBERS)]
+    initial = ",".join(f"{name}=http://127.0.0.1:{peer}" for name, _, peer in members)
+    token = f"pytest-{uuid.uuid4().hex}"
+    # etcd takes ETCD_ variables as flags.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD_")}
+    procs: list[tuple[subprocess.Popen[bytes], Path]] = []
+    for name, client, peer in members:
+        log = base / f"{name}.log"
+        with log.open("wb") as fh:
+            proc = subprocess.Popen(
+                [
+                    str(etcd_bin()),
+                    *("--name", name, "--data-dir", str(base / f"{name}.etcd")),
+                    *("--listen-client-urls", f"http://127.0.0.1:{client}"),
+                    *("--advertise-client-urls", f"http://127.0.0.1:{client}"),
+                    *("--listen-peer-urls", f"http://127.0.0.1:{peer}"),
+                    *("--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}"),
+                    *("--initial-cluster", initial, "--initial-cluster-state", "new"),
+                    *("--initial-cluster-token", token),
+                    # As internal/etcdtest: short elections, ten heartbeats each.
+                    *("--heartbeat-interval", "50", "--election-timeout", "500"),
+                    *("--max-request-bytes", ETCD_MAX_REQUEST_BYTES),
+                    # The tests keep nothing across a crash of the machine.
+                    "--unsafe-no-fsync",
+                ],
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        procs.append((proc, log))
+
+    def stop() -> None:
+        for proc, _ in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+
+    deadline = time.monotonic() + 60
+    pending = list(range(ETCD_MEMBERS))
+    while pending:
+        for i in list(pending):
+            proc, log = procs[i]
+            if proc.poll() is not None:
+                stop()
+                tail = log.read_text(errors="replace")[-4000:]
+                pytest.fail(f"etcd member {i} exited with {proc.returncode}:\n{tail}")
+            if get_200(f"http://127.0.0.1:{members[i][1]}/readyz"):
+                pending.remove(i)
+        if pending and time.monotonic() > deadline:
+            stop()
+            pytest.fail(f"etcd members {pending} not ready after 60 s")
+        time.sleep(0.05)
+    yield ",".join(f"127.0.0.1:{client}" for _, client, _ in members)
+    stop()
+
+
+@pytest.fixture(scope="session")
+def servers(start_server: Callable[..., Server], request: pytest.FixtureRequest) -> list[Server]:
+    """The shared servers for the whole run: one, or in cluster mode two on
+    the shared etcd cluster."""
+    if not CLUSTER:
+        return [start_server()]
+    endpoints = request.getfixturevalue("etcd_endpoints")
+    flags = ("--etcd-endpoints", endpoints, "--etcd-max-request-bytes", ETCD_MAX_REQUEST_BYTES)
+    return [start_server(*flags) for _ in range(CLUSTER_SERVERS)]
+
+
+@pytest.fixture(scope="session")
+def server(servers: list[Server]) -> Server:
+    """The shared server (in cluster mode the first): a test that needs one
+    server's address or process."""
+    return servers[0]
 
 
 @pytest.fixture
-def addr(server: Server) -> str:
-    if server.proc.poll() is not None:
-        pytest.fail(f"the shared server died:\n{server.log_tail()}")
-    return server.addr
+def addr(servers: list[Server]) -> str:
+    """What the tests dial: the shared server, or in cluster mode the list
+    of both."""
+    for s in servers:
+        if s.proc.poll() is not None:
+            pytest.fail(f"a shared server died:\n{s.log_tail()}")
+    if len(servers) == 1:
+        return servers[0].addr
+    return "ipv4:" + ",".join(s.addr for s in servers)
+
+
+def first_addr(addr: str) -> str:
+    """The first server of what ``addr`` gives: the one a proxy stands in
+    front of."""
+    return addr.removeprefix("ipv4:").split(",")[0]
 
 
 @pytest.fixture

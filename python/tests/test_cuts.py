@@ -15,6 +15,7 @@ import pytest
 
 import varbridge
 
+from .conftest import first_addr
 from .faultproxy import FaultProxy
 
 pytestmark = [pytest.mark.integration]
@@ -29,7 +30,9 @@ def rss_bytes() -> int:
 
 @pytest.fixture
 async def proxy(addr: str) -> AsyncIterator[FaultProxy]:
-    async with FaultProxy(addr) as p:
+    # In cluster mode in front of the first server: the watches through it
+    # see the writes the session makes through both.
+    async with FaultProxy(first_addr(addr)) as p:
         yield p
 
 
