@@ -63,75 +63,10 @@ func benchCluster(ctx context.Context, c *config, col *collector, self string) e
 		return err
 	}
 	defer func() { stopB() }()
-
-	n := c.latN + c.latWarm
-	latParams := map[string]any{
-		"rate_per_s": c.rate, "samples_per_run": c.latN, "warmup": c.latWarm,
-		"missed_count_as_us": float64(latTimeout.Microseconds()),
-		"time_from":          "writer's call start, CLOCK_MONOTONIC",
-		"etcd":               fmt.Sprintf("%d-member etcd 3.7 cluster on loopback, each member its own process, default fsync", clusterMembers),
-	}
-	record := func(prefix string, ls latSamples, extra map[string]any) {
-		pr := withKV(latParams, "client", extra["client"])
-		p50, p99, pmax := latencyStats(withMissed(ls.send, c.latWarm, c.latN))
-		col.add(prefix+"_p50_us", "us", p50, pr)
-		col.add(prefix+"_p99_us", "us", p99, pr)
-		col.add(prefix+"_max_us", "us", pmax, pr)
-		col.add(prefix+"_missed", "updates", float64(ls.missed), pr)
-		fmt.Fprintf(os.Stderr, "   %-34s p50 %7.1f us  p99 %7.1f us  max %8.1f us  missed %d\n", prefix, p50, p99, pmax, ls.missed)
-	}
 	for r := range c.runs {
-		// Interleaved run by run, so drift in machine load hits both alike.
-		end := a.phase("cluster-latency")
-		rpcs0, err := etcdRPCs(members)
-		if err != nil {
-			return err
-		}
-		cpuA, cpuB, cpuE := cpuSeconds(a.pid()), cpuSeconds(b.pid()), membersCPU(members)
-		t0 := time.Now()
-		ls, err := bridgedLatency(ctx, a.addr, b.addr, sessionName("cl-lat"), n, c.rate)
-		el := time.Since(t0)
-		end()
-		if err != nil {
+		if err := clusterLatencyRun(ctx, c, col, a, b, members, r); err != nil {
 			return fmt.Errorf("latency run %d: %w", r, err)
 		}
-		rpcs1, err := etcdRPCs(members)
-		if err != nil {
-			return err
-		}
-		perSet := func(s0, s1 float64) float64 { return (s1 - s0) * 1e6 / float64(n+1) }
-		cpr := map[string]any{"how": "process CPU time (/proc) over the cluster_set_to_go_watcher run / its writes"}
-		col.add("cluster_server_a_cpu_us_per_set", "us", perSet(cpuA, cpuSeconds(a.pid())), withKV(cpr, "what", "server A (takes the writes)"))
-		col.add("cluster_server_b_cpu_us_per_set", "us", perSet(cpuB, cpuSeconds(b.pid())), withKV(cpr, "what", "server B (follows the session in etcd, serves the watcher)"))
-		col.add("cluster_etcd_cpu_us_per_set", "us", perSet(cpuE, membersCPU(members)), withKV(cpr, "what", "the three etcd members together"))
-		for _, m := range []string{"Txn", "Range"} {
-			per := (rpcs1[m] - rpcs0[m]) / float64(n+1)
-			col.add("cluster_etcd_"+strings.ToLower(m)+"s_per_set", "requests", per, map[string]any{
-				"how": "etcd's grpc_server_handled_total{grpc_method=\"" + m + "\"} summed over the members, over the cluster_set_to_go_watcher run (its session's creation and registration included) / its writes"})
-			fmt.Fprintf(os.Stderr, "   etcd %s per Set: %.2f\n", m, per)
-		}
-		achieved := func(name string, el time.Duration) {
-			rate := float64(n+1) / el.Seconds()
-			col.add(name, "writes/s", rate, map[string]any{"how": fmt.Sprintf("the writes of the run / its wall time (session set-up included): the writer is paced at %d/s but each write waits for the one before", c.rate)})
-			fmt.Fprintf(os.Stderr, "   %-34s %.0f writes/s achieved\n", name, rate)
-		}
-		achieved("cluster_latency_writes_per_s", el)
-		record("cluster_set_to_go_watcher", ls, map[string]any{"client": "writer: a BridgedState of server A only; watcher: a BridgedState of server B only; A and B share the etcd cluster"})
-		// The pair of members turns with the run: a watch on the leader
-		// sees a commit before one on a follower does, and varbridge's
-		// servers spread their etcd calls over every member.
-		wm, rm := r%len(members), (r+1)%len(members)
-		cpuE = membersCPU(members)
-		t0 = time.Now()
-		ls, err = etcdLatencyGo(ctx, members[wm].addr, members[rm].addr, fmt.Sprintf("cluster-lat-%d", r), n, c.rate)
-		if err != nil {
-			return fmt.Errorf("etcd latency run %d: %w", r, err)
-		}
-		achieved("etcd_cluster_latency_writes_per_s", time.Since(t0))
-		col.add("etcd_cluster_cpu_us_per_put", "us", (membersCPU(members)-cpuE)*1e6/float64(n+1), map[string]any{"how": "the three etcd members' CPU time (/proc) over the etcd_cluster_set_to_go_watcher run / its Puts"})
-		record("etcd_cluster_set_to_go_watcher", ls, map[string]any{"client": "writer: clientv3 Put through member r mod 3 (run r); watcher: clientv3 Watch through member r+1 mod 3"})
-		fmt.Fprintf(os.Stderr, "   (etcd writer member %d, watcher member %d, leader member %d)\n", wm, rm, etcdLeader(members))
-
 		if err := clusterFanoutRun(ctx, c, col, self, a, b, r); err != nil {
 			return fmt.Errorf("fanout run %d: %w", r, err)
 		}
@@ -150,6 +85,76 @@ func benchCluster(ctx context.Context, c *config, col *collector, self string) e
 		col.ratio("cluster_vs_etcd_"+p, "cluster_set_to_go_watcher_"+p+"_us", "etcd_cluster_set_to_go_watcher_"+p+"_us",
 			map[string]any{"target": "<= 1.2 (issue 12)"})
 	}
+	return nil
+}
+
+// clusterLatencyRun is one run of the latency pair, interleaved (so drift
+// in machine load hits both alike): a BridgedState of A writing to a
+// BridgedState of B, then a clientv3 Put through one member to a Watch
+// through another; with the etcd calls and the CPU time each write cost.
+func clusterLatencyRun(ctx context.Context, c *config, col *collector, a, b *proc, members []*proc, r int) error {
+	n := c.latN + c.latWarm
+	latParams := map[string]any{
+		"rate_per_s": c.rate, "samples_per_run": c.latN, "warmup": c.latWarm,
+		"missed_count_as_us": float64(latTimeout.Microseconds()),
+		"time_from":          "writer's call start, CLOCK_MONOTONIC",
+		"etcd":               fmt.Sprintf("%d-member etcd 3.7 cluster on loopback, each member its own process, default fsync", len(members)),
+	}
+	record := func(prefix, client string, ls latSamples, el time.Duration) {
+		pr := withKV(latParams, "client", client)
+		p50, p99, pmax := latencyStats(withMissed(ls.send, c.latWarm, c.latN))
+		col.add(prefix+"_p50_us", "us", p50, pr)
+		col.add(prefix+"_p99_us", "us", p99, pr)
+		col.add(prefix+"_max_us", "us", pmax, pr)
+		col.add(prefix+"_missed", "updates", float64(ls.missed), pr)
+		rate := float64(n+1) / el.Seconds()
+		name := strings.TrimSuffix(prefix, "_set_to_go_watcher") + "_latency_writes_per_s"
+		col.add(name, "writes/s", rate, map[string]any{"how": fmt.Sprintf("the writes of the run / its wall time (session set-up included): the writer is paced at %d/s but each write waits for the one before", c.rate)})
+		fmt.Fprintf(os.Stderr, "   %-34s p50 %7.1f us  p99 %7.1f us  max %8.1f us  missed %d  (%.0f writes/s achieved)\n", prefix, p50, p99, pmax, ls.missed, rate)
+	}
+	perWrite := func(s0, s1 float64) float64 { return (s1 - s0) * 1e6 / float64(n+1) }
+
+	end := a.phase("cluster-latency")
+	rpcs0, err := etcdRPCs(members)
+	if err != nil {
+		return err
+	}
+	cpuA, cpuB, cpuE := cpuSeconds(a.pid()), cpuSeconds(b.pid()), membersCPU(members)
+	t0 := time.Now()
+	ls, err := bridgedLatency(ctx, a.addr, b.addr, sessionName("cl-lat"), n, c.rate)
+	el := time.Since(t0)
+	end()
+	if err != nil {
+		return err
+	}
+	cpr := map[string]any{"how": "process CPU time (/proc) over the cluster_set_to_go_watcher run / its writes"}
+	col.add("cluster_server_a_cpu_us_per_set", "us", perWrite(cpuA, cpuSeconds(a.pid())), withKV(cpr, "what", "server A (takes the writes)"))
+	col.add("cluster_server_b_cpu_us_per_set", "us", perWrite(cpuB, cpuSeconds(b.pid())), withKV(cpr, "what", "server B (follows the session in etcd, serves the watcher)"))
+	col.add("cluster_etcd_cpu_us_per_set", "us", perWrite(cpuE, membersCPU(members)), withKV(cpr, "what", "the three etcd members together"))
+	rpcs1, err := etcdRPCs(members)
+	if err != nil {
+		return err
+	}
+	for _, m := range []string{"Txn", "Range"} {
+		col.add("cluster_etcd_"+strings.ToLower(m)+"s_per_set", "requests", (rpcs1[m]-rpcs0[m])/float64(n+1), map[string]any{
+			"how": "etcd's grpc_server_handled_total{grpc_method=\"" + m + "\"} summed over the members, over the cluster_set_to_go_watcher run (its session's creation and registration included) / its writes"})
+	}
+	record("cluster_set_to_go_watcher", "writer: a BridgedState of server A only; watcher: a BridgedState of server B only; A and B share the etcd cluster", ls, el)
+
+	// The pair of members turns with the run: a watch on the leader sees a
+	// commit before one on a follower does, and varbridge's servers spread
+	// their etcd calls over every member.
+	wm, rm := r%len(members), (r+1)%len(members)
+	cpuE = membersCPU(members)
+	t0 = time.Now()
+	ls, err = etcdLatencyGo(ctx, members[wm].addr, members[rm].addr, fmt.Sprintf("cluster-lat-%d", r), n, c.rate)
+	if err != nil {
+		return fmt.Errorf("etcd: %w", err)
+	}
+	record("etcd_cluster_set_to_go_watcher", "writer: clientv3 Put through member r mod 3 (run r); watcher: clientv3 Watch through member r+1 mod 3", ls, time.Since(t0))
+	col.add("etcd_cluster_cpu_us_per_put", "us", perWrite(cpuE, membersCPU(members)), map[string]any{"how": "the three etcd members' CPU time (/proc) over the etcd_cluster_set_to_go_watcher run / its Puts"})
+	fmt.Fprintf(os.Stderr, "   (etcd writer member %d, watcher member %d, leader member %d; etcd Txn calls per varbridge Set %.2f)\n",
+		wm, rm, etcdLeader(members), (rpcs1["Txn"]-rpcs0["Txn"])/float64(n+1))
 	return nil
 }
 
