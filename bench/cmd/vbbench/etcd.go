@@ -101,6 +101,25 @@ func freeLoopbackURL() (*url.URL, error) {
 	return url.Parse("http://" + addr)
 }
 
+// freeLoopbackURLs is freeLoopbackURL n times, every port held until all
+// are picked, so they differ.
+func freeLoopbackURLs(n int) ([]*url.URL, error) {
+	var out []*url.URL
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		defer l.Close()
+		u, err := url.Parse("http://" + l.Addr().String())
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, u)
+	}
+	return out, nil
+}
+
 func startEtcd(self, dir string) (*proc, error) {
 	return startListener("etcd", self, "etcd-serve", "-dir", dir)
 }
@@ -114,17 +133,15 @@ func startEtcdCluster(self string, n int) (members []*proc, stop func(), err err
 	if err != nil {
 		return nil, nil, err
 	}
+	us, err := freeLoopbackURLs(3 * n)
+	if err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, nil, err
+	}
 	ms := make([]etcdMember, n)
 	var peers []string
 	for i := range ms {
-		var us [3]*url.URL
-		for j := range us {
-			if us[j], err = freeLoopbackURL(); err != nil {
-				_ = os.RemoveAll(dir)
-				return nil, nil, err
-			}
-		}
-		ms[i] = etcdMember{name: fmt.Sprintf("m%d", i), client: us[0].String(), peer: us[1].String(), metrics: us[2].String()}
+		ms[i] = etcdMember{name: fmt.Sprintf("m%d", i), client: us[3*i].String(), peer: us[3*i+1].String(), metrics: us[3*i+2].String()}
 		peers = append(peers, ms[i].name+"="+ms[i].peer)
 	}
 	members = make([]*proc, n)
