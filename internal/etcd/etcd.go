@@ -158,8 +158,9 @@ func Open(ctx context.Context, opts Options) (*Engine, error) {
 		_ = c.Close()
 		return nil, err
 	}
-	e.wg.Add(1)
+	e.wg.Add(2)
 	go e.health()
+	go e.renewLoop()
 	return e, nil
 }
 

@@ -13,6 +13,9 @@ import (
 	"github.com/varbridge/varbridge/internal/store"
 )
 
+// renewTick is how often renewLoop looks for leases due.
+const renewTick = 500 * time.Millisecond
+
 // rewatchPause spaces the re-opening of a session's etcd watch after etcd
 // cancelled it (a member that lost its leader, a compaction).
 const rewatchPause = 50 * time.Millisecond
@@ -20,13 +23,15 @@ const rewatchPause = 50 * time.Millisecond
 // follower is one session's etcd watch: at most one per session this
 // server has watchers for (the store starts and stops it).
 type follower struct {
-	e      *Engine
-	id     string
-	lease  clientv3.LeaseID
-	ttl    time.Duration
-	fn     func(store.FollowEvent)
-	ctx    context.Context
-	cancel context.CancelFunc
+	e     *Engine
+	id    string
+	lease clientv3.LeaseID
+	ttl   time.Duration
+	// renewAt is when renewLoop next renews the lease; guarded by e.mu.
+	renewAt time.Time
+	fn      func(store.FollowEvent)
+	ctx     context.Context
+	cancel  context.CancelFunc
 
 	lost     chan struct{} // closed when the engine is cut off from etcd
 	lostOnce sync.Once
@@ -51,7 +56,7 @@ func (f *follower) markLost() {
 // every follower.
 func (e *Engine) Follow(rec *store.SessionRecord, fence int64, fn func(store.FollowEvent)) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
-	f := &follower{e: e, id: rec.ID, lease: clientv3.LeaseID(rec.Lease), ttl: rec.TTL, fn: fn, ctx: ctx, cancel: cancel, lost: make(chan struct{})}
+	f := &follower{e: e, id: rec.ID, lease: clientv3.LeaseID(rec.Lease), ttl: rec.TTL, renewAt: time.Now().Add(max(rec.TTL/3, renewTick)), fn: fn, ctx: ctx, cancel: cancel, lost: make(chan struct{})}
 	// RequireLeader: a member cut off from its cluster cancels the watch
 	// rather than leaving it silent.
 	f.watching, f.stopWatching = context.WithCancel(clientv3.WithRequireLeader(ctx))
@@ -81,10 +86,6 @@ func (f *follower) run(from int64) {
 		f.e.mu.Unlock()
 		f.cancel()
 	}()
-	if f.lease != 0 && f.ttl > 0 {
-		f.e.wg.Add(1)
-		go f.keepAlive()
-	}
 	for {
 		wctx, wcancel := context.WithCancel(f.watching)
 		wch := f.e.c.Watch(wctx, f.e.keys.session(f.id), clientv3.WithPrefix(), clientv3.WithRev(from))
@@ -105,21 +106,34 @@ func (f *follower) run(from int64) {
 	}
 }
 
-// keepAlive renews the session's lease a few times per TTL while the
-// session is watched here: an open watch is use, on every server.
-// (clientv3's own KeepAlive runs goroutines of the client's that outlive a
-// follower; one request per third of a TTL needs none of them.)
-func (f *follower) keepAlive() {
-	defer f.e.wg.Done()
-	t := time.NewTicker(max(f.ttl/3, 500*time.Millisecond))
+// renewLoop renews, a few times per TTL, the lease of every session a
+// follower watches: an open watch is use, on every server. One loop for
+// every follower, rather than a goroutine each (or clientv3's KeepAlive,
+// whose goroutines outlive a follower): a watched session costs the
+// follower's goroutine and its etcd watch, nothing more.
+func (e *Engine) renewLoop() {
+	defer e.wg.Done()
+	t := time.NewTicker(renewTick)
 	defer t.Stop()
 	for {
 		select {
-		case <-f.ctx.Done():
+		case <-e.stop:
 			return
 		case <-t.C:
-			ctx, cancel := context.WithTimeout(f.ctx, f.e.opts.RequestTimeout)
-			_, _ = f.e.c.KeepAliveOnce(ctx, f.lease) // a lease gone means the session ended, which the watch shows
+		}
+		now := time.Now()
+		var due []*follower
+		e.mu.Lock()
+		for f := range e.followers {
+			if f.lease != 0 && f.ttl > 0 && !now.Before(f.renewAt) {
+				f.renewAt = now.Add(max(f.ttl/3, renewTick))
+				due = append(due, f)
+			}
+		}
+		e.mu.Unlock()
+		for _, f := range due {
+			ctx, cancel := context.WithTimeout(f.ctx, e.opts.RequestTimeout)
+			_, _ = e.c.KeepAliveOnce(ctx, f.lease) // a lease gone means the session ended, which the watch shows
 			cancel()
 		}
 	}
