@@ -82,7 +82,7 @@ func benchCluster(ctx context.Context, c *config, col *collector, self string) e
 		}
 	}
 	for _, p := range []string{"p50", "p99"} {
-		col.ratio("cluster_vs_etcd_"+p, "cluster_set_to_go_watcher_"+p+"_us", "etcd_cluster_set_to_go_watcher_"+p+"_us",
+		col.ratio("cluster_vs_etcd_set_to_go_watcher_"+p+"_ratio", "cluster_set_to_go_watcher_"+p+"_us", "etcd_cluster_set_to_go_watcher_"+p+"_us",
 			map[string]any{"target": "<= 1.2 (issue 12)"})
 	}
 	return nil

@@ -9,7 +9,7 @@ import (
 // benchWrites: 64 goroutines of one Go client (one BridgedState, one
 // connection) write as fast as the server acknowledges, each Setting its
 // own variable, against the in-memory server (issue 15's
-// go_pipelined_writes_per_s_64). BridgedState.Set puts every write on the
+// pipelined_writes_per_s_64). BridgedState.Set puts every write on the
 // connection's WriteVariables stream, so the writes are pipelined; against
 // a server without that RPC (an older binary, the A/B base) the same
 // client writes unary.
@@ -33,8 +33,8 @@ func benchWrites(ctx context.Context, c *config, col *collector) error {
 			return fmt.Errorf("run %d: %w", r, err)
 		}
 		fmt.Fprintf(os.Stderr, "   64 pipelined writers %10.0f writes/s  server CPU %5.1f us/write\n", rate, cpu)
-		col.add("go_pipelined_writes_per_s_64", "writes/s", rate, params)
-		col.add("go_pipelined_writes_server_cpu_us", "us", cpu, withKV(params, "how", "server process CPU time per acknowledged write during the measured window"))
+		col.add("pipelined_writes_per_s_64", "writes/s", rate, params)
+		col.add("pipelined_writes_server_cpu_us", "us", cpu, withKV(params, "how", "server process CPU time per acknowledged write during the measured window"))
 	}
 	return nil
 }
