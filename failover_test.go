@@ -99,7 +99,21 @@ func TestWatchFailsOverToLiveServer(t *testing.T) {
 		}
 	}
 	for _, kill := range []*cutproxy.Proxy{pa, pb} {
-		Eventually(t, "a connection through each proxy", func() bool { return pa.Open() > 0 && pb.Open() > 0 })
+		// A failover needs the other server up: its connection ready, not
+		// merely accepted (after the previous round's kill the watcher
+		// redials it on gRPC's backoff, and a busy machine may take a while
+		// between the accept and the handshake). round_robin sends calls
+		// only to ready connections, one after the other: two calls that
+		// reach both proxies show both ready.
+		Eventually(t, "a call through each proxy", func() bool {
+			fa, fb := pa.Forwarded(), pb.Forwarded()
+			for range 2 {
+				if _, err := watcher.Get(ctx, "x"); err != nil {
+					t.Fatalf("get: %v", err)
+				}
+			}
+			return pa.Forwarded() > fa && pb.Forwarded() > fb
+		})
 		write(writer)
 		before := WatchInfoOf(t, watcher, ref)
 		kill.SetRefuse(true)
