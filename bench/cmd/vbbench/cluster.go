@@ -2,22 +2,17 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
-	"os/signal"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
-
-	"google.golang.org/grpc"
 
 	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
@@ -31,7 +26,7 @@ import (
 //     on another (etcd_cluster_set_to_go_watcher_*): the same workload and
 //     method as the latency group;
 //   - one write through A to 10,000 watches of one session, the watches in
-//     a process of their own ("vbbench cluster-watch"), their connections
+//     a process of their own ("vbbench watchers"), their connections
 //     split between A and B (cluster_fanout_10k_watchers_*);
 //   - what a server pays per session it has watchers for: B (restarted, so
 //     its memory starts clean) gets one watch on each of N sessions from a
@@ -158,7 +153,7 @@ func clusterLatencyRun(ctx context.Context, c *config, col *collector, a, b *pro
 	return nil
 }
 
-// clusterFanoutRun: one session with 10,000 watches from a cluster-watch
+// clusterFanoutRun: one session with 10,000 watches from a watchers
 // process, over connections half to A and half to B; c.fanWrites spaced
 // writes through A (the first two warm up).
 func clusterFanoutRun(ctx context.Context, c *config, col *collector, self string, a, b *proc, r int) error {
@@ -172,45 +167,19 @@ func clusterFanoutRun(ctx context.Context, c *config, col *collector, self strin
 		return err
 	}
 	defer func() { _, _ = wc.CleanupSession(context.Background(), &pb.CleanupSessionRequest{SessionId: session}) }()
-	w, err := startPython(ctx, self, "cluster-watch", "-mode", "fanout", "-addrs", a.addr+","+b.addr, "-session", session,
-		"-n", fmt.Sprint(c.fanN), "-conns", fmt.Sprint(c.clusterConns), "-writes", fmt.Sprint(c.fanWrites))
+	res, err := remoteFanout(ctx, self, []string{"-mode", "fanout", "-addrs", a.addr + "," + b.addr, "-session", session,
+		"-n", fmt.Sprint(c.fanN), "-conns", fmt.Sprint(c.clusterConns), "-writes", fmt.Sprint(c.fanWrites)}, c.fanWrites, func() error {
+		_, err := wc.SetVariable(ctx, &pb.SetVariableRequest{SessionId: session, VariableIdentifier: "x", Value: intValue(mono())})
+		return err
+	})
 	if err != nil {
 		return err
-	}
-	defer w.kill()
-	line, err := w.waitLine(2 * time.Minute)
-	if err != nil {
-		return err
-	}
-	if !strings.HasPrefix(line, "ready") {
-		return fmt.Errorf("cluster-watch: %q", line)
-	}
-	for i := range c.fanWrites {
-		if _, err := wc.SetVariable(ctx, &pb.SetVariableRequest{SessionId: session, VariableIdentifier: "x", Value: intValue(mono())}); err != nil {
-			return err
-		}
-		line, err := w.waitLine(time.Minute)
-		if err != nil {
-			return err
-		}
-		if line != fmt.Sprint("got ", i) {
-			return fmt.Errorf("cluster-watch: %q", line)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	line, err = w.waitLine(time.Minute)
-	if err != nil {
-		return err
-	}
-	var res fanoutResult
-	if err := json.Unmarshal([]byte(line), &res); err != nil {
-		return fmt.Errorf("cluster-watch: %q: %w", line, err)
 	}
 	fmt.Fprintf(os.Stderr, "   cluster fanout run %d: opened %d watches in %d ms; write->all p50 %.2f ms p99 %.2f ms max %.2f ms\n",
 		r, c.fanN, res.OpenedMs, res.P50/1e3, res.P99/1e3, res.Max/1e3)
 	pr := map[string]any{
 		"watches": c.fanN, "connections": c.clusterConns,
-		"layout": "one Watch stream per connection (mux), connections alternately to server A and server B; the watchers in a process of their own (vbbench cluster-watch); writer: SetVariable through A",
+		"layout": "one Watch stream per connection (mux), connections alternately to server A and server B; the watchers in a process of their own (vbbench watchers); writer: SetVariable through A",
 		"how":    fmt.Sprintf("%d spaced writes (2 warm-up dropped), every delivery, send start -> receipt", c.fanWrites),
 	}
 	col.add("cluster_fanout_10k_watchers_p99_ms", "ms", res.P99/1e3, pr)
@@ -220,16 +189,8 @@ func clusterFanoutRun(ctx context.Context, c *config, col *collector, self strin
 	return nil
 }
 
-// fanoutResult is the cluster-watch fanout mode's last line: latencies in
-// microseconds.
-type fanoutResult struct {
-	P50, P99, Max float64
-	LastP50       float64 // median over writes of each write's slowest delivery
-	OpenedMs      int64
-}
-
 // clusterSessionsRun: c.clusterSessions sessions made through A; a
-// cluster-watch process opens one watch on each, all on B; B's RSS and the
+// watchers process opens one watch on each, all on B; B's RSS and the
 // members' etcd_debugging_mvcc_watcher_total before and after.
 func clusterSessionsRun(ctx context.Context, c *config, col *collector, self string, a, b *proc, members []*proc, r int) error {
 	prefix := sessionName("cl-sess")
@@ -284,7 +245,7 @@ func clusterSessionsRun(ctx context.Context, c *config, col *collector, self str
 	if err != nil {
 		return err
 	}
-	w, err := startPython(ctx, self, "cluster-watch", "-mode", "sessions", "-addrs", b.addr, "-session", prefix,
+	w, err := startPython(ctx, self, "watchers", "-mode", "sessions", "-addrs", b.addr, "-session", prefix,
 		"-n", fmt.Sprint(n), "-conns", fmt.Sprint(min(c.clusterConns, n)))
 	if err != nil {
 		return err
@@ -295,7 +256,7 @@ func clusterSessionsRun(ctx context.Context, c *config, col *collector, self str
 		return err
 	}
 	if !strings.HasPrefix(line, "ready") {
-		return fmt.Errorf("cluster-watch: %q", line)
+		return fmt.Errorf("watchers: %q", line)
 	}
 	time.Sleep(2 * time.Second) // let the server settle
 	rss1, err := rssBytes(b.pid())
@@ -312,14 +273,14 @@ func clusterSessionsRun(ctx context.Context, c *config, col *collector, self str
 	}
 	_ = w.cmd.Process.Signal(syscall.SIGTERM)
 	if _, err := w.waitLine(30 * time.Second); err == nil {
-		return errors.New("cluster-watch: unexpected output after ready")
+		return errors.New("watchers: unexpected output after ready")
 	}
 	perBytes := float64(rss1-rss0) / float64(n)
 	perWatch := (w1 - w0) / float64(n)
 	fmt.Fprintf(os.Stderr, "   cluster sessions run %d: %d sessions watched on B; B RSS %d -> %d MiB: %.0f bytes/session (heap %.0f, goroutines %.1f); etcd watchers %.0f -> %.0f: %.2f per session\n",
 		r, n, rss0>>20, rss1>>20, perBytes, (g1["go_memstats_heap_inuse_bytes"]-g0["go_memstats_heap_inuse_bytes"])/float64(n), (g1["go_goroutines"]-g0["go_goroutines"])/float64(n), w0, w1, perWatch)
 	pr := map[string]any{"sessions": n, "watches_per_session": 1, "connections": min(c.clusterConns, n),
-		"client": "one Watch stream per connection (mux), every watch on server B, from a process of their own (vbbench cluster-watch); the sessions made through server A"}
+		"client": "one Watch stream per connection (mux), every watch on server B, from a process of their own (vbbench watchers); the sessions made through server A"}
 	col.add("cluster_server_bytes_per_watched_session", "bytes", perBytes, withKV(pr, "how", "server B's VmRSS delta / sessions, 2 s after the last watch opened; B restarted before, warmed with one watched session"))
 	gpr := withKV(pr, "how", "server B's /metrics delta / sessions")
 	col.add("cluster_server_heap_bytes_per_watched_session", "bytes", (g1["go_memstats_heap_inuse_bytes"]-g0["go_memstats_heap_inuse_bytes"])/float64(n), gpr)
@@ -412,80 +373,4 @@ func etcdWatchers(members []*proc) (float64, error) {
 		sum += v
 	}
 	return sum, nil
-}
-
-// clusterWatch is the "cluster-watch" subcommand: the cluster group's
-// watchers, in a process of their own so that they do not share the
-// harness's runtime with the writer. Mode fanout opens n watches of
-// variable x of one session (openMuxWatchers) and prints "ready", then
-// "got W" once write W reached every watch, and after the last write a
-// fanoutResult as JSON. Mode sessions opens one watch of x on each of the
-// sessions SESSION-0 .. SESSION-(n-1), prints "ready" and keeps them open
-// until SIGTERM.
-func clusterWatch(args []string) error {
-	fs := flag.NewFlagSet("cluster-watch", flag.ExitOnError)
-	mode := fs.String("mode", "fanout", "fanout or sessions")
-	addrs := fs.String("addrs", "", "server addresses, comma-separated: connection i goes to the (i mod len)-th")
-	session := fs.String("session", "", "fanout: the session; sessions: the sessions' prefix")
-	n := fs.Int("n", 1, "watches")
-	conns := fs.Int("conns", 1, "connections")
-	writes := fs.Int("writes", 1, "fanout: writes to wait for")
-	_ = fs.Parse(args)
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-	defer stop()
-	as := strings.Split(*addrs, ",")
-	switch *mode {
-	case "fanout":
-		f, err := openMuxWatchers(ctx, as, *session, *n, *conns, *writes)
-		if err != nil {
-			return err
-		}
-		defer f.close()
-		fmt.Println("ready")
-		var all, last []int64
-		for w := range *writes {
-			if err := f.wait(w, time.Minute); err != nil {
-				return err
-			}
-			fmt.Println("got", w)
-			if w >= 2 { // the first two warm up
-				all = append(all, f.lat[w]...)
-				last = append(last, pct(f.lat[w], 100))
-			}
-		}
-		if e := f.errs.Load(); e > 0 {
-			return fmt.Errorf("%d watch streams failed", e)
-		}
-		p50, p99, pmax := latencyStats(all)
-		lp50, _, _ := latencyStats(last)
-		b, err := json.Marshal(fanoutResult{P50: p50, P99: p99, Max: pmax, LastP50: lp50, OpenedMs: f.opened.Milliseconds()})
-		if err != nil {
-			return err
-		}
-		fmt.Println(string(b))
-		return nil
-	case "sessions":
-		clients := make([]pb.BridgeServiceClient, *conns)
-		var ccs []*grpc.ClientConn
-		defer func() {
-			for _, cc := range ccs {
-				_ = cc.Close()
-			}
-		}()
-		for i := range clients {
-			cc, c, err := dial(as[i%len(as)])
-			if err != nil {
-				return err
-			}
-			ccs = append(ccs, cc)
-			clients[i] = c
-		}
-		if _, err := openMuxStreamsOf(ctx, clients, func(i int) string { return *session + "-" + strconv.Itoa(i) }, *n, nil, nil); err != nil {
-			return err
-		}
-		fmt.Println("ready")
-		<-ctx.Done()
-		return nil
-	}
-	return fmt.Errorf("unknown mode %q", *mode)
 }

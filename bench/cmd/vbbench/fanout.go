@@ -17,7 +17,8 @@ import (
 	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
 
-// fanout is a set of watches on one variable spread over several connections.
+// fanout is a set of watches on one variable (or, for etcd, one key)
+// spread over several connections, and the latency of every delivery.
 type fanout struct {
 	addr    string
 	session string
@@ -37,11 +38,7 @@ type fanout struct {
 // waiting for its initial value, and starts a receiver per watch that
 // records the latency of up to maxWrites writes.
 func openFanout(ctx context.Context, addr, session string, n, conns, maxWrites int) (*fanout, error) {
-	f := &fanout{addr: addr, session: session, n: n, recvd: make([]atomic.Int64, maxWrites), lat: make([][]int64, maxWrites), allDone: make([]chan struct{}, maxWrites)}
-	for i := range f.lat {
-		f.lat[i] = make([]int64, n)
-		f.allDone[i] = make(chan struct{})
-	}
+	f := newFanout(addr, session, n, maxWrites)
 	var err error
 	f.wconn, f.writer, err = dial(addr)
 	if err != nil {
@@ -117,11 +114,27 @@ func (f *fanout) receive(i int, st grpc.ServerStreamingClient[pb.VariableUpdate]
 		if u.GetUpdateType() != pb.UpdateType_UPDATE_TYPE_VALUE_CHANGE || w >= len(f.lat) {
 			continue
 		}
-		f.lat[w][i] = now - u.GetVariable().GetValue().GetIntValue()
-		if f.recvd[w].Add(1) == int64(f.n) {
-			close(f.allDone[w])
-		}
+		f.got(w, i, now-u.GetVariable().GetValue().GetIntValue())
 		w++
+	}
+}
+
+// newFanout is a fanout of n watches, recording up to maxWrites writes.
+func newFanout(addr, session string, n, maxWrites int) *fanout {
+	f := &fanout{addr: addr, session: session, n: n, recvd: make([]atomic.Int64, maxWrites), lat: make([][]int64, maxWrites), allDone: make([]chan struct{}, maxWrites)}
+	for i := range f.lat {
+		f.lat[i] = make([]int64, n)
+		f.allDone[i] = make(chan struct{})
+	}
+	return f
+}
+
+// got records that write w reached watch i after ns nanoseconds. Only the
+// receiver of watch i calls it for that watch, and in write order.
+func (f *fanout) got(w, i int, ns int64) {
+	f.lat[w][i] = ns
+	if f.recvd[w].Add(1) == int64(f.n) {
+		close(f.allDone[w])
 	}
 }
 

@@ -38,6 +38,7 @@ type config struct {
 	pyTputN                int
 	localN                 int
 	fanN, fanConns         int
+	fanProcConns           int // issue 15's layout: the watchers process's connections
 	fanWrites, fanBurst    int
 	idleN, idleConns       int
 	idleRuns               int
@@ -88,9 +89,9 @@ func main() {
 		}
 		return
 	}
-	if len(os.Args) > 1 && os.Args[1] == "cluster-watch" {
-		if err := clusterWatch(os.Args[2:]); err != nil {
-			fmt.Fprintln(os.Stderr, "cluster-watch:", err)
+	if len(os.Args) > 1 && os.Args[1] == "watchers" {
+		if err := watchersCmd(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "watchers:", err)
 			os.Exit(1)
 		}
 		return
@@ -123,7 +124,8 @@ func main() {
 	flag.IntVar(&c.pyTputN, "py-tput-n", 100000, "Python stream replay: updates read per run")
 	flag.IntVar(&c.localN, "local-n", 200000, "local.State saturated stream: updates per run")
 	flag.IntVar(&c.fanN, "fanout", 10000, "fan-out: watches")
-	flag.IntVar(&c.fanConns, "fanout-conns", 10, "fan-out: connections the watches are spread over")
+	flag.IntVar(&c.fanConns, "fanout-conns", 10, "fan-out: connections the watches are spread over, in the harness's process")
+	flag.IntVar(&c.fanProcConns, "fanout-proc-conns", 100, "fan-out: connections the watches are spread over, in a process of their own (issue 15's layout)")
 	flag.IntVar(&c.idleN, "idle", 100000, "idle: watches to open")
 	flag.IntVar(&c.idleConns, "idle-conns", 50, "idle: connections the watches are spread over")
 	flag.Parse()
@@ -134,7 +136,7 @@ func main() {
 		c.tputDur, c.recSessions, c.recVars, c.recWrites, c.recRuns = 300*time.Millisecond, 4, 50, 200, 1
 		c.runs, c.latN, c.latWarm = 1, 100, 20
 		c.goTputRevs, c.goTputVars, c.pyTputN, c.liveDur, c.localN = 50, 100, 2000, 300*time.Millisecond, 2000
-		c.fanN, c.fanConns, c.fanWrites, c.fanBurst = 200, 4, 5, 5
+		c.fanN, c.fanConns, c.fanProcConns, c.fanWrites, c.fanBurst = 200, 4, 4, 5, 5
 		c.idleN, c.idleConns, c.idleRuns = 500, 4, 1
 		c.clusterConns, c.clusterSessions = 4, 20
 	}

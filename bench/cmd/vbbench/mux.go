@@ -120,15 +120,11 @@ func openMuxFanout(ctx context.Context, addr, session string, n, conns, maxWrite
 }
 
 // openMuxWatchers opens the watches of openMuxFanout, of a session that
-// exists, without a writer: connection i goes to addrs[i%len(addrs)] (the
-// cluster group splits the watchers over two servers, in a process of
-// their own).
+// exists, without a writer: connection i goes to addrs[i%len(addrs)]. The
+// watchers subcommand runs it in a process of its own (the fanout group on
+// one server, the cluster group split over two).
 func openMuxWatchers(ctx context.Context, addrs []string, session string, n, conns, maxWrites int) (*fanout, error) {
-	f := &fanout{addr: addrs[0], session: session, n: n, recvd: make([]atomic.Int64, maxWrites), lat: make([][]int64, maxWrites), allDone: make([]chan struct{}, maxWrites)}
-	for i := range f.lat {
-		f.lat[i] = make([]int64, n)
-		f.allDone[i] = make(chan struct{})
-	}
+	f := newFanout(addrs[0], session, n, maxWrites)
 	clients := make([]pb.BridgeServiceClient, conns)
 	for i := range conns {
 		cc, c, err := dial(addrs[i%len(addrs)], grpc.WithDefaultCallOptions(grpc.ForceCodecV2(codec.Client)))
@@ -151,10 +147,7 @@ func openMuxWatchers(ctx context.Context, addrs []string, session string, n, con
 			if u.GetUpdateType() != pb.UpdateType_UPDATE_TYPE_VALUE_CHANGE || w >= len(f.lat) {
 				continue
 			}
-			f.lat[w][i] = now - u.GetVariable().GetValue().GetIntValue()
-			if f.recvd[w].Add(1) == int64(f.n) {
-				close(f.allDone[w])
-			}
+			f.got(w, i, now-u.GetVariable().GetValue().GetIntValue())
 			writes[i]++
 		}
 	}, &f.errs)

@@ -134,8 +134,9 @@ var targets = map[string]target{
 	"grpc_vs_nats_mem_go_watcher_from_send_p50_ratio": {"<=", 0.8},
 	"grpc_vs_nats_mem_py_watcher_from_send_p50_ratio": {"<=", 0.9},
 	// issue 15: watches on shared Watch streams.
-	"mux_fanout_10k_watchers_p99_ms": {"<=", 50},
-	"mux_idle_watch_server_bytes":    {"<=", 1024},
+	"mux_fanout_10k_watchers_p99_ms":            {"<=", 50},
+	"mux_idle_watch_server_bytes":               {"<=", 1024},
+	"mux_vs_etcd_fanout_10k_watchers_p99_ratio": {"<=", 0.5},
 	// issue 11: varbridge --fsync always against etcd (default fsync), in
 	// the same run; recovery of 1M revisions and 100k variables.
 	"durable_vs_etcd_set_to_go_watcher_p50_ratio": {"<=", 0.5},
