@@ -46,6 +46,7 @@ func (c clusterMain) Run() int {
 	if !ClusterMode {
 		return c.m.Run()
 	}
+	// The tests keep nothing across a crash of the machine: no fsync.
 	cl, stop, err := etcdtest.StartMain(clusterMembers, etcdtest.WithFlags("--unsafe-no-fsync"))
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "cluster mode: starting etcd: %v\n", err)
