@@ -296,6 +296,9 @@ func (c *streamConsumer) Run(ctx context.Context) error {
 		err := c.consume(stream)
 		stream.close()
 		stream = nil
+		if err == errBehind && ctx.Err() == nil {
+			continue // the stream is fine: reopen on it at once, uncounted
+		}
 		if err := c.failed(ctx, err); err != nil {
 			return err
 		}

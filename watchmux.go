@@ -24,10 +24,13 @@ import (
 // its own revision and incarnation, on the next shared stream.
 //
 // One reader goroutine per shared stream hands each response to its watch
-// through a small bounded queue: a watch whose handler does not keep up
-// stalls the reader, and so the other watches of its stream, until it does
-// (HTTP/2 flow control then holds the server back), as a slow reader of a
-// single stream holds back its own.
+// through a small bounded queue, and never waits for one: a watch whose
+// handler does not keep up would otherwise stall the reader, and so every
+// other watch of its stream (etcd#17529). A watch whose queue is full is
+// left behind instead: the reader drops its later responses, and its
+// consumer, once it has handled what was queued, reopens it on the stream
+// from the revision it reached, as after a cut: nothing lost or repeated,
+// and no memory grows for it.
 
 // muxSubQueue bounds the responses waiting for one watch's consumer.
 const muxSubQueue = 8
@@ -56,7 +59,14 @@ type muxSub struct {
 	ch   chan *pb.WatchResponse
 	left chan struct{} // closed when the consumer leaves
 	once sync.Once
+	// behind is closed by the reader when ch was full: the responses
+	// after those queued were dropped (see errBehind).
+	behind chan struct{}
 }
+
+// errBehind ends a watch's part of a shared stream when its consumer fell
+// behind; the consumer reopens it at once from the revision it reached.
+var errBehind = status.Error(codes.Unavailable, "the watch fell behind its shared stream and is reopened from its revision")
 
 // errNoMux says the server has no Watch method; the watch uses its own
 // stream instead.
@@ -87,7 +97,7 @@ func (pc *pooledConn) watchMux(ctx context.Context, auth bearer, req *pb.WatchVa
 		}
 	}
 	pc.nextWatch++
-	s := &muxSub{m: m, id: pc.nextWatch, ctx: ctx, ch: make(chan *pb.WatchResponse, muxSubQueue), left: make(chan struct{})}
+	s := &muxSub{m: m, id: pc.nextWatch, ctx: ctx, ch: make(chan *pb.WatchResponse, muxSubQueue), left: make(chan struct{}), behind: make(chan struct{})}
 	m.subs[s.id] = s
 	pc.mu.Unlock()
 	if err := m.send(&pb.WatchRequest{Request: &pb.WatchRequest_Create{Create: &pb.WatchCreateRequest{WatchId: s.id, Watch: req}}}); err != nil {
@@ -162,8 +172,15 @@ func (m *muxConn) read() {
 			continue
 		}
 		select {
+		case <-s.behind: // left behind: it reopens from where it got to
+			continue
+		default:
+		}
+		select {
 		case s.ch <- r:
 		case <-s.left:
+		default:
+			close(s.behind) // only this goroutine closes it
 		}
 	}
 }
@@ -200,6 +217,13 @@ func (s *muxSub) next() ([]*pb.VariableUpdate, error) {
 		default:
 		}
 		return nil, s.m.err
+	case <-s.behind:
+		select { // what was queued before it fell behind is still good
+		case r := <-s.ch:
+			return s.updates(r)
+		default:
+		}
+		return nil, errBehind
 	case <-s.ctx.Done():
 		return nil, status.FromContextError(s.ctx.Err()).Err()
 	}

@@ -189,3 +189,78 @@ func TestSharedStreamFallsBack(t *testing.T) {
 		t.Fatal("the connection did not note that the server lacks Watch")
 	}
 }
+
+// A watch whose handler blocks does not hold up the other watches of its
+// shared stream (etcd#17529): they get every write while it is stuck, and
+// once it is released it gets every write too, exactly once and in order,
+// having been left behind and reopened from its revision.
+func TestStuckWatchDoesNotHoldUpItsStream(t *testing.T) {
+	srv := StartServer(t, store.Options{})
+	b := DialBridged(t, srv.Addr)
+	ctx := context.Background()
+	MustRegister(t, b, "x", TypeInteger, 0)
+	release := make(chan struct{})
+	var mu sync.Mutex
+	var stuckGot []any
+	stuck := MustWatch(t, b, ctx, []string{"x"}, func(_ string, _, new any, _ UpdateMeta) {
+		<-release
+		mu.Lock()
+		stuckGot = append(stuckGot, new)
+		mu.Unlock()
+	})
+	free := NewRecorder()
+	MustWatch(t, b, ctx, []string{"x"}, free.Watch)
+	if w, s := muxSubs(b); w != 2 || s != 1 {
+		t.Fatalf("%d watches on %d shared streams, want 2 on 1", w, s)
+	}
+	const writes = 300 // far more responses than a watch's queue holds
+	for i := int64(1); i <= writes; i++ {
+		if _, err := b.Set(ctx, "x", i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := int64(1); i <= writes; i++ {
+		if u := free.Next(t); u.New != i {
+			t.Fatalf("the free watch got %+v, want %d", u, i)
+		}
+	}
+	close(release)
+	deadline := time.Now().Add(WaitTimeout)
+	for {
+		mu.Lock()
+		n := len(stuckGot)
+		mu.Unlock()
+		if n >= writes {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the released watch got %d of %d writes", n, writes)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for i, v := range stuckGot {
+		if v != int64(i+1) {
+			t.Fatalf("the released watch's update %d is %v: %v", i, v, stuckGot)
+		}
+	}
+	if len(stuckGot) != writes {
+		t.Fatalf("the released watch got %d updates, want %d", len(stuckGot), writes)
+	}
+	info := watchInfoOf(t, b, stuck)
+	if info.Failovers != 0 || !info.Alive {
+		t.Fatalf("the released watch: %+v", info)
+	}
+}
+
+func watchInfoOf(t *testing.T, b *BridgedState, ref WatchRef) WatchInfo {
+	t.Helper()
+	for _, wi := range b.ListWatchers() {
+		if wi.Ref == ref {
+			return wi
+		}
+	}
+	t.Fatalf("no watch %v", ref)
+	return WatchInfo{}
+}
