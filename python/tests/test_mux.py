@@ -55,3 +55,27 @@ async def test_watch_ended_by_the_server_raises(session: varbridge.SessionContex
     await session.cleanup()
     with pytest.raises(varbridge.SessionNotFound):
         await asyncio.wait_for(w.__anext__(), 10)
+
+
+async def test_unread_watch_does_not_hold_up_its_stream(session: varbridge.SessionContext) -> None:
+    """A watch nobody reads does not hold up the other watches of its shared
+    stream (etcd#17529): they get every write meanwhile, and the unread one,
+    left behind, reopens from its revision when it is read: every write
+    once, in order."""
+    await session.register_variable("x", "integer", 0)
+    idle = await session.watch_variables(["x"]).start()
+    busy = await session.watch_variables(["x"]).start()
+    assert len(session.bridge._muxes) == 1
+    writes = 200  # far more responses than one watch's queue holds
+    for i in range(1, writes + 1):
+        await session.set_variable("x", i)
+    for i in range(1, writes + 1):
+        u = await asyncio.wait_for(busy.__anext__(), 10)
+        assert u.value == i
+    got = [(await asyncio.wait_for(idle.__anext__(), 10)).value for _ in range(writes)]
+    assert got == list(range(1, writes + 1))
+    assert idle.failovers == 0
+    await session.set_variable("x", writes + 1)
+    assert (await asyncio.wait_for(idle.__anext__(), 10)).value == writes + 1
+    await idle.aclose()
+    await busy.aclose()

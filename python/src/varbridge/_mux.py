@@ -12,9 +12,13 @@ on it sees the error and resumes on its own schedule, each from its own
 revision and incarnation, on the next shared stream.
 
 One reader task per shared stream hands each response to its watch through
-a small bounded queue: a watch whose reader does not keep up stalls the
-reader task, and so the other watches of its stream, until it does (HTTP/2
-flow control then holds the server back).
+a small bounded queue, and never waits for one: a watch whose reader does
+not keep up would otherwise stall the reader task, and so every other watch
+of its stream (etcd#17529). A watch whose queue is full is left behind
+instead: its later responses are dropped, and once it has read what was
+queued, its read raises :class:`FellBehind` and the watch reopens at once
+from the revision it reached, as after a cut: nothing lost or repeated, and
+no memory grows for it.
 """
 
 from __future__ import annotations
@@ -34,6 +38,11 @@ INCARNATION_HEADER = "varbridge-watch-incarnation"
 
 _SUB_QUEUE = 8
 """Responses waiting for one watch's reader."""
+
+
+class FellBehind(Exception):
+    """A watch's reads fell behind its shared stream (its queue was full):
+    the watch reopens at once from its revision."""
 
 
 def _rpc_error(
@@ -170,6 +179,8 @@ class MuxCall:
         # read raises it again, whatever a put already under way adds.
         self._end: pb.WatchResponse | grpc.aio.AioRpcError | None = None
         self._left = False
+        # Left behind: the responses after those queued were dropped.
+        self._behind = False
 
     async def _put(self, msg: pb.WatchResponse, kind: str | None) -> None:
         if kind == "created":
@@ -184,8 +195,12 @@ class MuxCall:
         if kind == "canceled":
             self._fail(_rpc_error(grpc.StatusCode.CANCELLED, "the watch was cancelled"))
             return
-        if not self._left:
-            await self._q.put(msg)
+        if self._left or self._behind:
+            return
+        if self._q.full():
+            self._behind = True  # the reader task never waits for one watch
+            return
+        self._q.put_nowait(msg)
 
     def _fail(self, err: grpc.aio.AioRpcError) -> None:
         """The watch ended: what is queued goes (the watch resumes after what
@@ -214,6 +229,8 @@ class MuxCall:
         ``AioRpcError`` the watch ended with."""
         item = self._end
         if item is None:
+            if self._behind and self._q.empty():
+                raise FellBehind(f"watch {self.watch_id} fell behind its shared stream")
             item = await self._q.get()
             if item is _CANCELLED or isinstance(item, grpc.aio.AioRpcError):
                 self._end = item

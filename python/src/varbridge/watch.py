@@ -59,7 +59,7 @@ from typing import Any, Protocol
 import grpc
 import grpc.aio
 
-from varbridge._mux import MuxCall
+from varbridge._mux import FellBehind, MuxCall
 from varbridge._options import UpdateFilter, WatchOptions
 from varbridge._typecache import TypeCache
 from varbridge.errors import GaveUp, Unavailable, VarbridgeError, from_rpc_error
@@ -422,6 +422,10 @@ class Watch(AsyncIterator[VariableUpdate]):
                     assert read is not None
                 try:
                     msg = await read()
+                except FellBehind:
+                    # The shared stream is fine: reopen on it at once, uncounted.
+                    self._drop_call()
+                    continue
                 except asyncio.CancelledError:
                     if self._closed and not _cancelling():
                         # aclose() from another task cancelled the call under us.
