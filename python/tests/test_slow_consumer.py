@@ -96,7 +96,11 @@ async def test_sleeping_watcher_does_not_slow_writers(start_server: Callable[...
             def __init__(self) -> None:
                 self.released = asyncio.Event()
                 self.got: list[varbridge.VariableUpdate] = []
-                self.watch = session.watch_variables(include_initial=False)
+                # A stream of its own: the server's send to it blocks once
+                # its window is full, which is what this test is about. (On
+                # the shared stream a sleeping watch is left behind instead
+                # and blocks nothing; see test_mux.)
+                self.watch = session.watch_variables(include_initial=False, own_stream=True)
                 self.task = asyncio.create_task(self.run())
 
             async def run(self) -> None:
