@@ -35,7 +35,7 @@ if [[ -z $addr ]]; then
   cat "$work/serve.log" >&2
   exit 1
 fi
-echo "== varbridge serving on $addr (in-memory store)"
+echo "== varbridge serving on $addr (durable store in a temp data dir, --fsync always)"
 
 "$py" "$root/examples/demo/worker.py" --addr "$addr" &
 worker=$!
