@@ -104,18 +104,22 @@ func TestBridgedWriteLostAckIsUnavailable(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), WaitTimeout)
 	defer cancel()
 	MustRegister(t, b, "x", TypeInteger, 0)
-	for v := range int64(2) { // the first write goes unary; the next opens the stream
-		if _, err := b.Set(ctx, "x", v+1); err != nil {
+	// The first write goes unary; the next opens the stream, unless the
+	// connection is not ready at that moment (a busy machine), and then a
+	// later one does.
+	var s *writeStream
+	n := int64(0)
+	Eventually(t, "a write stream", func() bool {
+		n++
+		if _, err := b.Set(ctx, "x", n); err != nil {
 			t.Fatal(err)
 		}
-	}
-	s := openWriteStream(b)
-	if s == nil {
-		t.Fatal("no write stream")
-	}
+		s = openWriteStream(b)
+		return s != nil
+	})
 	proxy.Stall(time.Hour) // the next write and its ack wait in the proxy
 	done := make(chan error, 1)
-	go func() { _, err := b.Set(ctx, "x", int64(2)); done <- err }()
+	go func() { _, err := b.Set(ctx, "x", n+1); done <- err }()
 	Eventually(t, "the write waiting for its ack", func() bool {
 		s.mu.Lock()
 		defer s.mu.Unlock()
@@ -126,16 +130,17 @@ func TestBridgedWriteLostAckIsUnavailable(t *testing.T) {
 	if !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("write with its ack lost: %v, want ErrUnavailable", err)
 	}
-	if _, err := b.Set(ctx, "x", int64(3)); err != nil {
+	if _, err := b.Set(ctx, "x", n+2); err != nil {
 		t.Fatalf("the write after: %v", err)
 	}
-	if v, err := b.Get(ctx, "x"); err != nil || v.Value != int64(3) {
+	if v, err := b.Get(ctx, "x"); err != nil || v.Value != n+2 {
 		t.Fatalf("x = %+v, %v", v, err)
 	}
 	// The write after the cut went unary while the connection came back;
 	// once it is back, writes open a new stream.
 	Eventually(t, "a new write stream", func() bool {
-		if _, err := b.Set(ctx, "x", int64(4)); err != nil {
+		n++
+		if _, err := b.Set(ctx, "x", n+2); err != nil {
 			t.Fatal(err)
 		}
 		s2 := openWriteStream(b)
