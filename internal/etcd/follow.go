@@ -13,8 +13,10 @@ import (
 	"github.com/varbridge/varbridge/internal/store"
 )
 
-// renewTick is how often renewLoop looks for leases due.
-const renewTick = 500 * time.Millisecond
+// renewTick is how often renewLoop looks for leases due: a small part of
+// a third of the shortest TTL, so that no renewal comes a tick too late
+// (a 1 s session, with 500 ms ticks, could wait a whole TTL).
+const renewTick = 100 * time.Millisecond
 
 // rewatchPause spaces the re-opening of a session's etcd watch after etcd
 // cancelled it (a member that lost its leader, a compaction).
@@ -56,7 +58,7 @@ func (f *follower) markLost() {
 // every follower.
 func (e *Engine) Follow(rec *store.SessionRecord, fence int64, fn func(store.FollowEvent)) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
-	f := &follower{e: e, id: rec.ID, lease: clientv3.LeaseID(rec.Lease), ttl: rec.TTL, renewAt: time.Now().Add(max(rec.TTL/3, renewTick)), fn: fn, ctx: ctx, cancel: cancel, lost: make(chan struct{})}
+	f := &follower{e: e, id: rec.ID, lease: clientv3.LeaseID(rec.Lease), ttl: rec.TTL, renewAt: time.Now().Add(max(rec.TTL/3, 2*renewTick)), fn: fn, ctx: ctx, cancel: cancel, lost: make(chan struct{})}
 	// RequireLeader: a member cut off from its cluster cancels the watch
 	// rather than leaving it silent.
 	f.watching, f.stopWatching = context.WithCancel(clientv3.WithRequireLeader(ctx))
@@ -126,7 +128,7 @@ func (e *Engine) renewLoop() {
 		e.mu.Lock()
 		for f := range e.followers {
 			if f.lease != 0 && f.ttl > 0 && !now.Before(f.renewAt) {
-				f.renewAt = now.Add(max(f.ttl/3, renewTick))
+				f.renewAt = now.Add(max(f.ttl/3, 2*renewTick))
 				due = append(due, f)
 			}
 		}
