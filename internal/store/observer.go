@@ -79,6 +79,9 @@ type Watch struct {
 // means every variable, including ones registered later). Identifiers that
 // name nothing fail the call, all of them listed.
 func (st *Store) Watch(sessionID string, identifiers []string, opts WatchOptions) (w *Watch, err error) {
+	if st.sh == nil { // one server: no copy to read again, and no closure
+		return st.watchSession(sessionID, identifiers, opts)
+	}
 	err = st.reread(func() error { w, err = st.watchSession(sessionID, identifiers, opts); return err })
 	return w, err
 }

@@ -397,6 +397,9 @@ func (st *Store) register(sess *session, r Register, rl *rules) (*pb.Variable, i
 
 // Get reads one variable and the revision it was read at.
 func (st *Store) Get(sessionID, ident string) (v *pb.Variable, rev int64, err error) {
+	if st.sh == nil { // one server: no copy to read again, and no closure
+		return st.get(sessionID, ident)
+	}
 	err = st.reread(func() error { v, rev, err = st.get(sessionID, ident); return err })
 	return v, rev, err
 }
@@ -430,6 +433,9 @@ func (st *Store) get(sessionID, ident string) (*pb.Variable, int64, error) {
 // GetMany reads variables at one revision; found is keyed by the identifier
 // as passed, and missing lists those that name nothing.
 func (st *Store) GetMany(sessionID string, idents []string) (found map[string]*pb.Variable, missing []string, rev int64, err error) {
+	if st.sh == nil {
+		return st.getMany(sessionID, idents)
+	}
 	err = st.reread(func() error { found, missing, rev, err = st.getMany(sessionID, idents); return err })
 	return found, missing, rev, err
 }
@@ -674,6 +680,9 @@ func (r readPending) Wait() error { return r.sess.settleRead(r.rev) }
 // List returns the variables whose names match a glob pattern (all when
 // empty), sorted by name.
 func (st *Store) List(sessionID, pattern string) (vars []*pb.Variable, rev int64, err error) {
+	if st.sh == nil {
+		return st.list(sessionID, pattern)
+	}
 	err = st.reread(func() error { vars, rev, err = st.list(sessionID, pattern); return err })
 	return vars, rev, err
 }
