@@ -509,3 +509,34 @@ func TestFollowBelowCompaction(t *testing.T) {
 		}
 	}
 }
+
+// A write whose session lease is gone (it expired under the write) is
+// refused as stale, etcd's own error told apart by its code, so that the
+// store's sync finds the session gone rather than reporting etcd down.
+func TestWriteOnAGoneLeaseIsStale(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	eng, err := etcd.Open(ctx, etcd.Options{Endpoints: c.Endpoints(), Prefix: "/lease/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _, err := store.Open(store.Options{Engine: eng})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if _, _, err := st.CreateSession("l", 0, nil); err != nil {
+		t.Fatal(err)
+	}
+	sv, err := eng.Find("l")
+	if err != nil || sv == nil {
+		t.Fatalf("find: %v %v", sv, err)
+	}
+	rec := sv.Session
+	rec.Lease, rec.Revision = 0x7fff_0000_0001, rec.Revision+1 // a lease etcd never granted
+	_, err = eng.Save(&store.Mutation{Session: &rec, Change: &store.Change{Revision: rec.Revision, Time: time.Now()}, Fence: sv.Fence})
+	if !errors.Is(err, store.ErrStale) {
+		t.Fatalf("a write on a lease that is gone: %v, want ErrStale", err)
+	}
+}

@@ -4,8 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"strings"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/varbridge/varbridge/internal/record"
@@ -108,7 +108,7 @@ func (e *Engine) change(m *store.Mutation) (store.Pending, error) {
 	defer cancel()
 	resp, err := e.c.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(e.keys.meta(id)), "=", m.Fence)).Then(ops...).Commit()
 	if err != nil {
-		if isLeaseGone(err) {
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
 			return nil, store.ErrStale // expired meanwhile: the sync that follows finds it gone
 		}
 		return nil, e.unavailable(fmt.Sprintf("writing revision %d of session %s", m.Change.Revision, id), err)
@@ -168,8 +168,4 @@ func (e *Engine) revoke(id clientv3.LeaseID) {
 	ctx, cancel := e.ctx()
 	defer cancel()
 	_, _ = e.c.Revoke(ctx, id)
-}
-
-func isLeaseGone(err error) bool {
-	return err != nil && strings.Contains(err.Error(), "requested lease not found")
 }
