@@ -248,19 +248,8 @@ func TestStuckWatchDoesNotHoldUpItsStream(t *testing.T) {
 	if len(stuckGot) != writes {
 		t.Fatalf("the released watch got %d updates, want %d", len(stuckGot), writes)
 	}
-	info := watchInfoOf(t, b, stuck)
+	info := WatchInfoOf(t, b, stuck)
 	if info.Failovers != 0 || !info.Alive {
 		t.Fatalf("the released watch: %+v", info)
 	}
-}
-
-func watchInfoOf(t *testing.T, b *BridgedState, ref WatchRef) WatchInfo {
-	t.Helper()
-	for _, wi := range b.ListWatchers() {
-		if wi.Ref == ref {
-			return wi
-		}
-	}
-	t.Fatalf("no watch %v", ref)
-	return WatchInfo{}
 }
