@@ -26,6 +26,24 @@ func openWriteStream(b *BridgedState) *writeStream {
 	return w.byToken[bearer(b.rb.token)]
 }
 
+// writeUntilStream sets ident to *n+1, *n+2, ... until a write stream is
+// open, and returns it. The write after another opens the stream, unless
+// the connection is not ready at that moment (a busy machine): then a
+// later one does.
+func writeUntilStream(ctx context.Context, t *testing.T, b *BridgedState, ident string, n *int64) *writeStream {
+	t.Helper()
+	var s *writeStream
+	Eventually(t, "a write stream", func() bool {
+		*n++
+		if _, err := b.Set(ctx, ident, *n); err != nil {
+			t.Fatal(err)
+		}
+		s = openWriteStream(b)
+		return s != nil
+	})
+	return s
+}
+
 // Concurrent Sets and SetManys of one BridgedState go on one write stream,
 // pipelined: every write is acknowledged with its own result, and the
 // errors are the unary calls' (typed, with their fields).
@@ -104,19 +122,8 @@ func TestBridgedWriteLostAckIsUnavailable(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), WaitTimeout)
 	defer cancel()
 	MustRegister(t, b, "x", TypeInteger, 0)
-	// The first write goes unary; the next opens the stream, unless the
-	// connection is not ready at that moment (a busy machine), and then a
-	// later one does.
-	var s *writeStream
 	n := int64(0)
-	Eventually(t, "a write stream", func() bool {
-		n++
-		if _, err := b.Set(ctx, "x", n); err != nil {
-			t.Fatal(err)
-		}
-		s = openWriteStream(b)
-		return s != nil
-	})
+	s := writeUntilStream(ctx, t, b, "x", &n)
 	proxy.Stall(time.Hour) // the next write and its ack wait in the proxy
 	done := make(chan error, 1)
 	go func() { _, err := b.Set(ctx, "x", n+1); done <- err }()
@@ -203,18 +210,8 @@ func TestBridgedWriteStreamOpensAndIdles(t *testing.T) {
 	if s := openWriteStream(b); s != nil {
 		t.Fatal("a lone write opened a write stream")
 	}
-	// The next write opens the stream, unless the connection is not ready
-	// at that moment (a busy machine), and then a later one does.
 	n := int64(1)
-	var s *writeStream
-	Eventually(t, "a write stream after writes in a row", func() bool {
-		n++
-		if _, err := b.Set(ctx, "x", n); err != nil {
-			t.Fatal(err)
-		}
-		s = openWriteStream(b)
-		return s != nil
-	})
+	s := writeUntilStream(ctx, t, b, "x", &n)
 	Eventually(t, "the idle write stream to close", func() bool { return openWriteStream(b) == nil })
 	select {
 	case <-s.done:
