@@ -25,13 +25,10 @@ package systest
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"math/rand/v2"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -120,41 +117,13 @@ func TestClusterChaos(t *testing.T) {
 		append(watchOpts, varbridge.WithBatchedStream(false))...)
 
 	stopDir := t.TempDir()
-	var pyWatch *watchLog
-	var pyWatcher, pyWriter *pyProc
-	var pyMu sync.Mutex
-	var pyRecs []writeRec
-	var pySummary map[string]any
+	var pyW *pyWatcher
+	var pyWr *pyWriter
 	if py != "" {
-		pyWatch = &watchLog{name: "python, session"}
-		pyWatcher = startPy(t, py, "python watcher", func(b []byte) error {
-			if strings.Contains(string(b), `"summary"`) {
-				pyMu.Lock()
-				defer pyMu.Unlock()
-				return json.Unmarshal(b, &pySummary)
-			}
-			var u update
-			if err := json.Unmarshal(b, &u); err != nil {
-				return err
-			}
-			if t, ok := map[string]string{"value_change": "change", "initial_value": "initial"}[u.Type]; ok {
-				u.Type = t
-			}
-			pyWatch.add(u)
-			return nil
-		}, "watch", watchAddrs, session, fmt.Sprint(r0+1), filepath.Join(stopDir, "watch"))
-		pyWriter = startPy(t, py, "python writer", func(b []byte) error {
-			var r writeRec
-			if err := json.Unmarshal(b, &r); err != nil {
-				return err
-			}
-			pyMu.Lock()
-			pyRecs = append(pyRecs, r)
-			pyMu.Unlock()
-			return nil
-		}, "write", srvB.addr+","+srvA.addr, session, "p1", strings.Join(owners["p1"], ","), filepath.Join(stopDir, "write"), "7")
-		pyWatcher.waitReady(t)
-		pyWriter.waitReady(t)
+		pyW = startPyWatcher(t, py, watchAddrs, session, r0+1, stopDir)
+		pyWr = startPyWriter(t, py, srvB.addr+","+srvA.addr, session, "p1", owners["p1"], stopDir, "7")
+		pyW.proc.waitReady(t)
+		pyWr.proc.waitReady(t)
 	}
 
 	stop := make(chan struct{})
@@ -235,11 +204,10 @@ func TestClusterChaos(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if pyWriter != nil {
-		if err := os.WriteFile(filepath.Join(stopDir, "write"), nil, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		pyWriter.wait(t)
+	var pyRecs []writeRec
+	var pyWatch *watchLog
+	if pyWr != nil {
+		pyRecs, pyWatch = pyWr.finish(t), pyW.log
 	}
 	runTime := time.Since(t0)
 
@@ -250,44 +218,10 @@ func TestClusterChaos(t *testing.T) {
 		t.Fatal(err)
 	}
 	fence := fv.Revision
-	for _, l := range []*watchLog{goBatches, goSession, pyWatch} {
-		if l == nil {
-			continue
-		}
-		deadline := time.Now().Add(time.Minute)
-		for l.lastRev.Load() < fence {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: reached revision %d of %d", l.name, l.lastRev.Load(), fence)
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	}
-	var resumes []string
-	for _, r := range []struct {
-		l   *watchLog
-		ref varbridge.WatchRef
-	}{{goBatches, refBatches}, {goSession, refSession}} {
-		wi := watchInfo(t, wstate, r.ref)
-		resumes = append(resumes, fmt.Sprintf("%s: %d reconnects, %d duplicates skipped", r.l.name, wi.Reconnects, wi.DuplicatesSkipped))
-		if !wi.Alive || wi.Incarnation != incarnation {
-			t.Errorf("%s: alive %v, incarnation %q (was %q), last error %v", r.l.name, wi.Alive, wi.Incarnation, incarnation, wi.LastError)
-		}
-		if err := wstate.UnwatchVariables(r.ref); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if pyWatcher != nil {
-		if err := os.WriteFile(filepath.Join(stopDir, "watch"), nil, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		pyWatcher.wait(t)
-		pyMu.Lock()
-		resumes = append(resumes, fmt.Sprintf("%s: %v reconnects, %v duplicates skipped",
-			pyWatch.name, pySummary["reconnects"], pySummary["duplicates_skipped"]))
-		if n, _ := pySummary["incarnation_changes"].(float64); n != 0 {
-			t.Errorf("%s: the session's incarnation changed %v times", pyWatch.name, n)
-		}
-		pyMu.Unlock()
+	awaitFence(t, fence, goBatches, goSession, pyWatch)
+	resumes := goResumed(t, wstate, incarnation, goWatch{goBatches, refBatches}, goWatch{goSession, refSession})
+	if pyW != nil {
+		resumes = append(resumes, pyW.resumed(t))
 	}
 
 	// The history from revision 1 through B, the final values through A.

@@ -13,13 +13,9 @@ package systest
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
-	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -63,28 +59,11 @@ func TestClientsFailOverToAnotherAddress(t *testing.T) {
 
 	stopDir := t.TempDir()
 	var pyLog *watchLog
-	var pyProcess *pyProc
-	var pyMu sync.Mutex
-	var pySummary map[string]any
+	var pyW *pyWatcher
 	if py != "" {
-		pyLog = &watchLog{name: "python"}
-		pyProcess = startPy(t, py, "python watcher", func(b []byte) error {
-			if strings.Contains(string(b), `"summary"`) {
-				pyMu.Lock()
-				defer pyMu.Unlock()
-				return json.Unmarshal(b, &pySummary)
-			}
-			var u update
-			if err := json.Unmarshal(b, &u); err != nil {
-				return err
-			}
-			if u.Type == "value_change" {
-				u.Type = "change"
-			}
-			pyLog.add(u)
-			return nil
-		}, "watch", list, writer.SessionID(), fmt.Sprint(r0+1), filepath.Join(stopDir, "watch"))
-		pyProcess.waitReady(t)
+		pyW = startPyWatcher(t, py, list, writer.SessionID(), r0+1, stopDir)
+		pyLog = pyW.log
+		pyW.proc.waitReady(t)
 	}
 	logs := []*watchLog{goLog}
 	if pyLog != nil {
@@ -144,11 +123,9 @@ func TestClientsFailOverToAnotherAddress(t *testing.T) {
 	for _, l := range logs {
 		eventually(t, l.name+" watcher at the last write", func() bool { return l.lastRev.Load() >= last })
 	}
-	if pyProcess != nil {
-		if err := os.WriteFile(filepath.Join(stopDir, "watch"), nil, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		pyProcess.wait(t)
+	var pySummary map[string]any
+	if pyW != nil {
+		pySummary = pyW.finish(t)
 	}
 
 	unknown := 0
