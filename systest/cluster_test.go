@@ -225,29 +225,20 @@ func TestClusterChaos(t *testing.T) {
 	}
 
 	// The history from revision 1 through B, the final values through A.
-	hist := &watchLog{name: "history"}
 	reader := dialBridged(t, srvB.addr, opts...)
-	href := mustWatch(t, reader, ctx, nil, hist.goWatch, varbridge.WithStartRevision(1), varbridge.WithBatchedStream(true))
-	eventually(t, "the history watch to reach the fence", func() bool { return hist.lastRev.Load() >= fence })
-	if err := reader.UnwatchVariables(href); err != nil {
-		t.Fatal(err)
-	}
+	hist := readHistory(ctx, t, reader, fence)
 	final, missing, err := dialBridged(t, srvA.addr, opts...).GetMany(ctx, allNames)
 	if err != nil || len(missing) > 0 {
 		t.Fatalf("final values: %v, missing %v", err, missing)
 	}
 
 	all := slices.Concat(goRecs[0], goRecs[1], pyRecs, probes)
-	c := checkCrash(t, r0, fence, all, hist.updates(), final)
+	c := checkCrash(t, r0, fence, all, hist, final)
 	logs := []*watchLog{goBatches, goSession}
 	if pyWatch != nil {
 		logs = append(logs, pyWatch)
 	}
-	var delivered []string
-	for _, l := range logs {
-		n, resyncs := checkCrashWatcher(t, l, r0, fence, hist.updates())
-		delivered = append(delivered, fmt.Sprintf("%s %d (%d RESYNC)", l.name, n, resyncs))
-	}
+	delivered := checkCrashWatchers(t, r0, fence, hist, logs...)
 	t.Logf("faults in %v: %s; %d watcher connection cuts; revisions %d..%d", runTime.Round(time.Millisecond),
 		strings.Join(done, ", "), cuts.Load(), r0+1, fence)
 	t.Logf("writes: %s", c)

@@ -467,13 +467,8 @@ func TestCrashDurableSIGKILL(t *testing.T) {
 
 	// The history from revision 1, on a fresh direct connection, and the
 	// final values.
-	hist := &watchLog{name: "history"}
 	reader := dialBridged(t, srv.addr, opts...)
-	href := mustWatch(t, reader, ctx, nil, hist.goWatch, varbridge.WithStartRevision(1), varbridge.WithBatchedStream(true))
-	eventually(t, "the history watch to reach the fence", func() bool { return hist.lastRev.Load() >= fence })
-	if err := reader.UnwatchVariables(href); err != nil {
-		t.Fatal(err)
-	}
+	hist := readHistory(ctx, t, reader, fence)
 	final, missing, err := reader.GetMany(ctx, allNames)
 	if err != nil || len(missing) > 0 {
 		t.Fatalf("final values: %v, missing %v", err, missing)
@@ -483,16 +478,12 @@ func TestCrashDurableSIGKILL(t *testing.T) {
 	}
 
 	all := slices.Concat(goRecs[0], goRecs[1], pyRecs)
-	c := checkCrash(t, r0, fence, all, hist.updates(), final)
+	c := checkCrash(t, r0, fence, all, hist, final)
 	logs := []*watchLog{goBatches, goSession}
 	if pyWatch != nil {
 		logs = append(logs, pyWatch)
 	}
-	var delivered []string
-	for _, l := range logs {
-		n, resyncs := checkCrashWatcher(t, l, r0, fence, hist.updates())
-		delivered = append(delivered, fmt.Sprintf("%s %d (%d RESYNC)", l.name, n, resyncs))
-	}
+	delivered := checkCrashWatchers(t, r0, fence, hist, logs...)
 	t.Logf("%d kills, %d restarts, %d proxy cuts in %v; revisions %d..%d", kills, restarts, cuts.Load(),
 		runTime.Round(time.Millisecond), r0+1, fence)
 	t.Logf("writes: %s", c)

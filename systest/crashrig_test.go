@@ -5,6 +5,7 @@ package systest
 // and the Go watches' resume report.
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -152,4 +153,29 @@ func goResumed(t *testing.T, st *varbridge.BridgedState, incarnation string, wat
 		}
 	}
 	return out
+}
+
+// readHistory reads the session's whole history, from revision 1 to the
+// fence, through a watch of reader.
+func readHistory(ctx context.Context, t *testing.T, reader *varbridge.BridgedState, fence int64) []update {
+	t.Helper()
+	hist := &watchLog{name: "history"}
+	ref := mustWatch(t, reader, ctx, nil, hist.goWatch, varbridge.WithStartRevision(1), varbridge.WithBatchedStream(true))
+	eventually(t, "the history watch to reach the fence", func() bool { return hist.lastRev.Load() >= fence })
+	if err := reader.UnwatchVariables(ref); err != nil {
+		t.Fatal(err)
+	}
+	return hist.updates()
+}
+
+// checkCrashWatchers checks each watcher against the history
+// (checkCrashWatcher) and says what each delivered.
+func checkCrashWatchers(t *testing.T, r0, fence int64, hist []update, logs ...*watchLog) []string {
+	t.Helper()
+	var delivered []string
+	for _, l := range logs {
+		n, resyncs := checkCrashWatcher(t, l, r0, fence, hist)
+		delivered = append(delivered, fmt.Sprintf("%s %d (%d RESYNC)", l.name, n, resyncs))
+	}
+	return delivered
 }
