@@ -1,7 +1,6 @@
 package main
 
 import (
-	"io"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -38,30 +37,6 @@ func TestServeOnEtcd(t *testing.T) {
 	}
 }
 
-func TestServeEtcdFlagErrors(t *testing.T) {
-	dir := t.TempDir()
-	for _, c := range []struct {
-		args []string
-		want string
-	}{
-		{[]string{"--etcd-endpoints", "127.0.0.1:1", "--memory"}, "--memory"},
-		{[]string{"--etcd-endpoints", "127.0.0.1:1", "--data-dir", dir}, "--data-dir"},
-		{[]string{"--etcd-endpoints", "127.0.0.1:1", "--fsync", "never"}, "--fsync"},
-		{[]string{"--etcd-endpoints", "127.0.0.1:1", "--etcd-cert", "c.pem"}, "--etcd-key"},
-		{[]string{"--etcd-endpoints", "127.0.0.1:1", "--etcd-cacert", filepath.Join(dir, "none.pem")}, "--etcd-cacert"},
-		// Nothing listens there: refused within --etcd-timeout, naming it.
-		{[]string{"--etcd-endpoints", "127.0.0.1:1", "--etcd-timeout", "500ms"}, "127.0.0.1:1"},
-	} {
-		root := newRootCmd()
-		root.SetArgs(append([]string{"serve", "--listen", "127.0.0.1:0"}, c.args...))
-		root.SetOut(io.Discard)
-		root.SetErr(io.Discard)
-		if err := root.Execute(); err == nil || !strings.Contains(err.Error(), c.want) {
-			t.Errorf("serve %v: %v, want an error naming %s", c.args, err, c.want)
-		}
-	}
-}
-
 // serve reaches an etcd that wants TLS with client certificates and a
 // user and password (the password from the environment, never a flag).
 func TestServeOnEtcdWithTLSAndAuth(t *testing.T) {
@@ -72,11 +47,7 @@ func TestServeOnEtcdWithTLSAndAuth(t *testing.T) {
 		"--etcd-cacert", files.CAFile, "--etcd-cert", files.CertFile, "--etcd-key", files.KeyFile, "--etcd-username", "root"}
 
 	// Without the password etcd refuses, and serve says so.
-	root := newRootCmd()
-	root.SetArgs(append([]string{"serve", "--listen", "127.0.0.1:0"}, base...))
-	root.SetOut(io.Discard)
-	root.SetErr(io.Discard)
-	if err := root.Execute(); err == nil {
+	if err := serveErr(base...); err == nil {
 		t.Fatal("serve without the etcd password started")
 	}
 

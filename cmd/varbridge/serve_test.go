@@ -24,6 +24,16 @@ import (
 	varbridgev1 "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
 
+// serveErr runs "varbridge serve" on a free port with args and returns
+// its error: for flag combinations that must be refused before serving.
+func serveErr(args ...string) error {
+	root := newRootCmd()
+	root.SetArgs(append([]string{"serve", "--listen", "127.0.0.1:0"}, args...))
+	root.SetOut(io.Discard)
+	root.SetErr(io.Discard)
+	return root.Execute()
+}
+
 // startServe runs "varbridge serve args..." (in memory unless args give a
 // --data-dir) until the test ends and returns
 // the lines it printed before serving ("metrics on ...", "listening on ...").

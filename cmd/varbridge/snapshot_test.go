@@ -1,7 +1,6 @@
 package main
 
 import (
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -39,11 +38,7 @@ func TestSnapshotSaveAndRestore(t *testing.T) {
 	failCLI(t, restored, codes.InvalidArgument, "set", "lr", "2")
 
 	// Restoring over data is refused, whatever the snapshot.
-	root := newRootCmd()
-	root.SetArgs([]string{"serve", "--listen", "127.0.0.1:0", "--data-dir", filepath.Join(dir, "a"), "--restore", file})
-	root.SetOut(io.Discard)
-	root.SetErr(io.Discard)
-	if err := root.Execute(); err == nil || !strings.Contains(err.Error(), "not empty") {
+	if err := serveErr("--data-dir", filepath.Join(dir, "a"), "--restore", file); err == nil || !strings.Contains(err.Error(), "not empty") {
 		t.Errorf("restore into a data directory in use: %v", err)
 	}
 
@@ -69,12 +64,15 @@ func TestServeDataFlagErrors(t *testing.T) {
 		{[]string{"--data-dir", dir, "--fsync", "sometimes"}, "--fsync"},
 		{[]string{"--data-dir", foreign}, "not a varbridge data directory"},
 		{[]string{"--data-dir", filepath.Join(dir, "new"), "--restore", filepath.Join(dir, "missing.vbsnap")}, "--restore"},
+		{[]string{"--etcd-endpoints", "127.0.0.1:1", "--memory"}, "--memory"},
+		{[]string{"--etcd-endpoints", "127.0.0.1:1", "--data-dir", dir}, "--data-dir"},
+		{[]string{"--etcd-endpoints", "127.0.0.1:1", "--fsync", "never"}, "--fsync"},
+		{[]string{"--etcd-endpoints", "127.0.0.1:1", "--etcd-cert", "c.pem"}, "--etcd-key"},
+		{[]string{"--etcd-endpoints", "127.0.0.1:1", "--etcd-cacert", filepath.Join(dir, "none.pem")}, "--etcd-cacert"},
+		// Nothing listens there: refused within --etcd-timeout, naming it.
+		{[]string{"--etcd-endpoints", "127.0.0.1:1", "--etcd-timeout", "500ms"}, "127.0.0.1:1"},
 	} {
-		root := newRootCmd()
-		root.SetArgs(append([]string{"serve", "--listen", "127.0.0.1:0"}, c.args...))
-		root.SetOut(io.Discard)
-		root.SetErr(io.Discard)
-		if err := root.Execute(); err == nil || !strings.Contains(err.Error(), c.want) {
+		if err := serveErr(c.args...); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("serve %v: %v, want an error naming %s", c.args, err, c.want)
 		}
 	}
