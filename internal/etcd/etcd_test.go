@@ -24,26 +24,33 @@ func servers(t *testing.T, c *etcdtest.Cluster, n int, tune ...func(*etcd.Option
 	t.Helper()
 	out := make([]*store.Store, n)
 	for i := range out {
-		eo := etcd.Options{Endpoints: c.Endpoints(), Prefix: "/t/" + t.Name() + "/", RequestTimeout: 3 * time.Second, Logger: slog.New(slog.NewTextHandler(tWriter{t}, nil))}
-		so := store.Options{}
-		for _, f := range tune {
-			f(&eo, &so)
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		eng, err := etcd.Open(ctx, eo)
-		cancel()
-		if err != nil {
-			t.Fatal(err)
-		}
-		so.Engine = eng
-		st, _, err := store.Open(so)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(st.Close)
-		out[i] = st
+		_, out[i] = server(t, c, tune...)
 	}
 	return out
+}
+
+// server opens one store on the cluster, under the test's own prefix, and
+// returns its engine too.
+func server(t *testing.T, c *etcdtest.Cluster, tune ...func(*etcd.Options, *store.Options)) (*etcd.Engine, *store.Store) {
+	t.Helper()
+	eo := etcd.Options{Endpoints: c.Endpoints(), Prefix: "/t/" + t.Name() + "/", RequestTimeout: 3 * time.Second, Logger: slog.New(slog.NewTextHandler(tWriter{t}, nil))}
+	so := store.Options{}
+	for _, f := range tune {
+		f(&eo, &so)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	eng, err := etcd.Open(ctx, eo)
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	so.Engine = eng
+	st, _, err := store.Open(so)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Close)
+	return eng, st
 }
 
 func intVal(n int64) *pb.Value { return &pb.Value{Kind: &pb.Value_IntValue{IntValue: n}} }
@@ -458,15 +465,7 @@ func TestFollowBelowCompaction(t *testing.T) {
 	c := etcdtest.Start(t, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	eng, err := etcd.Open(ctx, etcd.Options{Endpoints: c.Endpoints(), Prefix: "/compact/"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, _, err := store.Open(store.Options{Engine: eng})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	eng, st := server(t, c)
 	if _, _, err := st.CreateSession("c", 0, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -479,7 +478,7 @@ func TestFollowBelowCompaction(t *testing.T) {
 		set(t, st, "c", map[string]int64{"v": int64(i + 1)})
 	}
 	cli := c.Client()
-	resp, err := cli.Get(ctx, "/compact/format")
+	resp, err := cli.Get(ctx, "/t/"+t.Name()+"/format")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -515,17 +514,7 @@ func TestFollowBelowCompaction(t *testing.T) {
 // store's sync finds the session gone rather than reporting etcd down.
 func TestWriteOnAGoneLeaseIsStale(t *testing.T) {
 	c := etcdtest.Start(t, 1)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	eng, err := etcd.Open(ctx, etcd.Options{Endpoints: c.Endpoints(), Prefix: "/lease/"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, _, err := store.Open(store.Options{Engine: eng})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	eng, st := server(t, c)
 	if _, _, err := st.CreateSession("l", 0, nil); err != nil {
 		t.Fatal(err)
 	}

@@ -113,30 +113,39 @@ func (f *follower) run(from int64) {
 // every follower, rather than a goroutine each (or clientv3's KeepAlive,
 // whose goroutines outlive a follower): a watched session costs the
 // follower's goroutine and its etcd watch, nothing more.
-func (e *Engine) renewLoop() {
+func (e *Engine) renewLoop() { e.every(renewTick, e.renewDue) }
+
+// renewDue renews the leases whose renewal is due.
+func (e *Engine) renewDue() {
+	now := time.Now()
+	var due []*follower
+	e.mu.Lock()
+	for f := range e.followers {
+		if f.lease != 0 && f.ttl > 0 && !now.Before(f.renewAt) {
+			f.renewAt = now.Add(max(f.ttl/3, 2*renewTick))
+			due = append(due, f)
+		}
+	}
+	e.mu.Unlock()
+	for _, f := range due {
+		ctx, cancel := context.WithTimeout(f.ctx, e.opts.RequestTimeout)
+		_, _ = e.c.KeepAliveOnce(ctx, f.lease) // a lease gone means the session ended, which the watch shows
+		cancel()
+	}
+}
+
+// every runs fn every d until the engine closes; the engine's WaitGroup
+// counts it.
+func (e *Engine) every(d time.Duration, fn func()) {
 	defer e.wg.Done()
-	t := time.NewTicker(renewTick)
+	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
 		case <-e.stop:
 			return
 		case <-t.C:
-		}
-		now := time.Now()
-		var due []*follower
-		e.mu.Lock()
-		for f := range e.followers {
-			if f.lease != 0 && f.ttl > 0 && !now.Before(f.renewAt) {
-				f.renewAt = now.Add(max(f.ttl/3, 2*renewTick))
-				due = append(due, f)
-			}
-		}
-		e.mu.Unlock()
-		for _, f := range due {
-			ctx, cancel := context.WithTimeout(f.ctx, e.opts.RequestTimeout)
-			_, _ = e.c.KeepAliveOnce(ctx, f.lease) // a lease gone means the session ended, which the watch shows
-			cancel()
+			fn()
 		}
 	}
 }
@@ -200,38 +209,31 @@ func (f *follower) watch(wch clientv3.WatchChan, from int64) (int64, bool) {
 // quorum. When it does not (a linearizable read failed for RequestTimeout),
 // every follower is told: this server can no longer promise its watches
 // are current, so they end and their clients resume elsewhere.
-func (e *Engine) health() {
-	defer e.wg.Done()
-	t := time.NewTicker(e.opts.HealthInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-e.stop:
-			return
-		case <-t.C:
+func (e *Engine) health() { e.every(e.opts.HealthInterval, e.checkQuorum) }
+
+// checkQuorum is one health check.
+func (e *Engine) checkQuorum() {
+	ctx, cancel := e.ctx()
+	_, err := e.c.Get(ctx, e.keys.format())
+	cancel()
+	select {
+	case <-e.stop: // closing: a failed read says nothing of etcd
+		return
+	default:
+	}
+	e.mu.Lock()
+	was := e.cutOff
+	e.cutOff = err != nil
+	if e.cutOff {
+		for f := range e.followers {
+			f.markLost()
 		}
-		ctx, cancel := e.ctx()
-		_, err := e.c.Get(ctx, e.keys.format())
-		cancel()
-		select {
-		case <-e.stop:
-			return
-		default:
-		}
-		e.mu.Lock()
-		was := e.cutOff
-		e.cutOff = err != nil
-		if e.cutOff {
-			for f := range e.followers {
-				f.markLost()
-			}
-		}
-		e.mu.Unlock()
-		switch {
-		case err != nil && !was:
-			e.log.Error("lost touch with etcd: ending this server's watches so that their clients move", "endpoints", strings.Join(e.opts.Endpoints, ","), "err", err)
-		case err == nil && was:
-			e.log.Info("reached etcd again", "endpoints", strings.Join(e.opts.Endpoints, ","))
-		}
+	}
+	e.mu.Unlock()
+	switch {
+	case err != nil && !was:
+		e.log.Error("lost touch with etcd: ending this server's watches so that their clients move", "endpoints", strings.Join(e.opts.Endpoints, ","), "err", err)
+	case err == nil && was:
+		e.log.Info("reached etcd again", "endpoints", strings.Join(e.opts.Endpoints, ","))
 	}
 }
