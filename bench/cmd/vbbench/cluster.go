@@ -157,21 +157,8 @@ func clusterLatencyRun(ctx context.Context, c *config, col *collector, a, b *pro
 // process, over connections half to A and half to B; c.fanWrites spaced
 // writes through A (the first two warm up).
 func clusterFanoutRun(ctx context.Context, c *config, col *collector, self string, a, b *proc, r int) error {
-	session := sessionName("cl-fan")
-	wcc, wc, err := dial(a.addr)
-	if err != nil {
-		return err
-	}
-	defer wcc.Close()
-	if err := newSession(ctx, wc, session, "x"); err != nil {
-		return err
-	}
-	defer func() { _, _ = wc.CleanupSession(context.Background(), &pb.CleanupSessionRequest{SessionId: session}) }()
-	res, err := remoteFanout(ctx, self, []string{"-mode", "fanout", "-addrs", a.addr + "," + b.addr, "-session", session,
-		"-n", fmt.Sprint(c.fanN), "-conns", fmt.Sprint(c.clusterConns), "-writes", fmt.Sprint(c.fanWrites)}, c.fanWrites, func() error {
-		_, err := wc.SetVariable(ctx, &pb.SetVariableRequest{SessionId: session, VariableIdentifier: "x", Value: intValue(mono())})
-		return err
-	})
+	res, err := varbridgeFanout(ctx, self, a.addr, sessionName("cl-fan"), []string{"-mode", "fanout", "-addrs", a.addr + "," + b.addr,
+		"-n", fmt.Sprint(c.fanN), "-conns", fmt.Sprint(c.clusterConns), "-writes", fmt.Sprint(c.fanWrites)}, c.fanWrites)
 	if err != nil {
 		return err
 	}

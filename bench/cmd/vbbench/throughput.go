@@ -8,8 +8,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	pb "github.com/varbridge/varbridge/proto/varbridge/v1"
 )
 
 func benchStream(ctx context.Context, c *config, col *collector) error {
@@ -189,26 +187,13 @@ func fanoutProcRun(ctx context.Context, c *config, col *collector, self string, 
 		col.add(prefix+"fanout_10k_watchers_max_ms", "ms", res.Max/1e3, pr)
 		col.add(prefix+"fanout_10k_watchers_last_ms", "ms", res.LastP50/1e3, withKV(pr, "how", "median over the spaced writes of the time to the write's last delivery"))
 	}
-	args := func(mode, addr, name string) []string {
-		return []string{"-mode", mode, "-addrs", addr, "-session", name,
+	args := func(mode, addr string) []string {
+		return []string{"-mode", mode, "-addrs", addr,
 			"-n", fmt.Sprint(c.fanN), "-conns", fmt.Sprint(c.fanProcConns), "-writes", fmt.Sprint(c.fanWrites)}
 	}
 	vb := func() error {
-		session := sessionName("fan-proc")
-		wcc, wc, err := dial(srv.addr)
-		if err != nil {
-			return err
-		}
-		defer wcc.Close()
-		if err := newSession(ctx, wc, session, "x"); err != nil {
-			return err
-		}
-		defer func() { _, _ = wc.CleanupSession(context.Background(), &pb.CleanupSessionRequest{SessionId: session}) }()
 		end := srv.phase("fanout-proc")
-		res, err := remoteFanout(ctx, self, args("fanout", srv.addr, session), c.fanWrites, func() error {
-			_, err := wc.SetVariable(ctx, &pb.SetVariableRequest{SessionId: session, VariableIdentifier: "x", Value: intValue(mono())})
-			return err
-		})
+		res, err := varbridgeFanout(ctx, self, srv.addr, sessionName("fan-proc"), args("fanout", srv.addr), c.fanWrites)
 		end()
 		if err != nil {
 			return fmt.Errorf("mux proc run %d: %w", r, err)
@@ -223,7 +208,7 @@ func fanoutProcRun(ctx context.Context, c *config, col *collector, self string, 
 			return err
 		}
 		defer ec.Close()
-		res, err := remoteFanout(ctx, self, args("etcd-fanout", esrv.addr, key), c.fanWrites, func() error {
+		res, err := remoteFanout(ctx, self, append(args("etcd-fanout", esrv.addr), "-session", key), c.fanWrites, func() error {
 			_, err := ec.Put(ctx, key, strconv.FormatInt(mono(), 10))
 			return err
 		})

@@ -133,6 +133,26 @@ func reportFanout(f *fanout, writes int) error {
 // and once its watches are open makes writes spaced writes with write (each
 // stamping mono() as the value), each after the last reached every watch,
 // 20 ms apart; it returns the process's statistics.
+// varbridgeFanout is remoteFanout on a varbridge session it makes (with
+// variable x) through the server at writer and removes afterwards: the
+// watchers process gets args plus -session, and each write is a
+// SetVariable of x carrying the monotonic time it was sent.
+func varbridgeFanout(ctx context.Context, self, writer, session string, args []string, writes int) (fanoutResult, error) {
+	wcc, wc, err := dial(writer)
+	if err != nil {
+		return fanoutResult{}, err
+	}
+	defer wcc.Close()
+	if err := newSession(ctx, wc, session, "x"); err != nil {
+		return fanoutResult{}, err
+	}
+	defer func() { _, _ = wc.CleanupSession(context.Background(), &pb.CleanupSessionRequest{SessionId: session}) }()
+	return remoteFanout(ctx, self, append(args, "-session", session), writes, func() error {
+		_, err := wc.SetVariable(ctx, &pb.SetVariableRequest{SessionId: session, VariableIdentifier: "x", Value: intValue(mono())})
+		return err
+	})
+}
+
 func remoteFanout(ctx context.Context, self string, args []string, writes int, write func() error) (fanoutResult, error) {
 	var res fanoutResult
 	w, err := startPython(ctx, self, append([]string{"watchers"}, args...)...)
